@@ -1,0 +1,65 @@
+// Package proxy is the sidecar's data path: listeners on the capture ports,
+// the original destination of each connection, and forwarding — outbound to
+// where the application meant to go, inbound to the application on loopback.
+package proxy
+
+import (
+	"fmt"
+	"time"
+)
+
+// Default values for Config, the user's contract in DESIGN.md.
+const (
+	DefaultOutboundPort   = 15001
+	DefaultInboundPort    = 15006
+	DefaultDialTimeout    = 5 * time.Second
+	DefaultMaxConnections = 16384
+	DefaultDrainTimeout   = 5 * time.Second
+)
+
+// Config is the proxy's validated configuration. Build it with Validate (or
+// DefaultConfig); the zero value is not valid.
+type Config struct {
+	// OutboundPort and InboundPort are the ports iptables redirects captured
+	// traffic to. The proxy listens on both, IPv4 and IPv6.
+	OutboundPort, InboundPort uint16
+	// DialTimeout bounds how long connecting upstream may take.
+	DialTimeout time.Duration
+	// MaxConnections caps the connections being proxied at once, both
+	// directions together; one more is accepted and reset at once.
+	MaxConnections int
+	// DrainTimeout bounds how long Run waits, once its context ends, for
+	// open connections to finish before it closes them.
+	DrainTimeout time.Duration
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{
+		OutboundPort:   DefaultOutboundPort,
+		InboundPort:    DefaultInboundPort,
+		DialTimeout:    DefaultDialTimeout,
+		MaxConnections: DefaultMaxConnections,
+		DrainTimeout:   DefaultDrainTimeout,
+	}
+}
+
+// Validate checks c and returns an error naming the first field that is
+// wrong. The names are the flags of `pillion proxy`.
+func (c Config) Validate() error {
+	switch {
+	case c.OutboundPort == 0:
+		return fmt.Errorf("--outbound-port: must be 1-65535")
+	case c.InboundPort == 0:
+		return fmt.Errorf("--inbound-port: must be 1-65535")
+	case c.OutboundPort == c.InboundPort:
+		return fmt.Errorf("--inbound-port: %d is also the outbound port; they must differ", c.InboundPort)
+	case c.DialTimeout <= 0:
+		return fmt.Errorf("--dial-timeout: %v: must be positive", c.DialTimeout)
+	case c.MaxConnections <= 0:
+		return fmt.Errorf("--max-connections: %d: must be positive", c.MaxConnections)
+	case c.DrainTimeout < 0:
+		return fmt.Errorf("--drain-timeout: %v: must not be negative", c.DrainTimeout)
+	}
+	return nil
+}

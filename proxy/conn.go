@@ -1,0 +1,116 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/pillionmesh/pillion/proxy/relay"
+)
+
+// errLoop marks a connection whose original destination is one of the
+// proxy's own listeners: forwarding it would send it back to us.
+var errLoop = errors.New("original destination is the proxy's own listener")
+
+// handle proxies one accepted connection. It owns c.
+func (s *Server) handle(c *net.TCPConn, dir Direction) {
+	start := time.Now()
+	st := &s.stats.Dir[dir]
+	untrack := s.track(c)
+	defer untrack()
+
+	dst, err := s.origDst(c)
+	if err != nil {
+		st.NoOrigDst.Add(1)
+		s.log.Error("refusing connection", zap.Stringer("direction", dir),
+			zap.Stringer("src", c.RemoteAddr()), zap.Error(err))
+		reset(c)
+		return
+	}
+	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
+	if s.isOwnListener(dst) {
+		st.Loops.Add(1)
+		s.log.Warn("refusing connection", zap.Stringer("direction", dir),
+			zap.Stringer("src", c.RemoteAddr()), zap.Stringer("dst", dst), zap.Error(errLoop))
+		reset(c)
+		return
+	}
+	target := s.target(dir, dst)
+
+	d := net.Dialer{Timeout: s.cfg.DialTimeout}
+	uc, err := d.Dial("tcp", target.String())
+	if err != nil {
+		st.DialFailures.Add(1)
+		s.log.Warn("upstream connect failed", zap.Stringer("direction", dir),
+			zap.Stringer("src", c.RemoteAddr()), zap.Stringer("dst", dst),
+			zap.Stringer("upstream", target), zap.Error(err))
+		reset(c)
+		return
+	}
+	up := uc.(*net.TCPConn)
+	untrackUp := s.track(up)
+	defer untrackUp()
+
+	st.Active.Add(1)
+	res := relay.TCP(c, up)
+	st.Active.Add(-1)
+	st.Completed.Add(1)
+	st.BytesSent.Add(res.Sent)
+	st.BytesRecv.Add(res.Received)
+	if ce := s.log.Check(zap.InfoLevel, "connection"); ce != nil {
+		fields := []zap.Field{
+			zap.Stringer("direction", dir),
+			zap.Stringer("src", c.RemoteAddr()),
+			zap.Stringer("dst", dst),
+			zap.Stringer("upstream", target),
+			zap.Int64("bytes_sent", res.Sent),
+			zap.Int64("bytes_received", res.Received),
+			zap.Duration("duration", time.Since(start)),
+		}
+		if res.Err != nil {
+			fields = append(fields, zap.NamedError("ended_by", res.Err))
+		}
+		ce.Write(fields...)
+	}
+}
+
+// target is where a connection to dst is forwarded: outbound, dst itself;
+// inbound, the application on loopback at the same port.
+func (s *Server) target(dir Direction, dst netip.AddrPort) netip.AddrPort {
+	if dir == Outbound {
+		return dst
+	}
+	lo := netip.MustParseAddr("127.0.0.1")
+	if dst.Addr().Is6() {
+		lo = netip.IPv6Loopback()
+	}
+	return netip.AddrPortFrom(lo, dst.Port())
+}
+
+// isOwnListener reports whether dst is one of the proxy's listeners: a
+// capture port on an address of this network namespace.
+func (s *Server) isOwnListener(dst netip.AddrPort) bool {
+	if dst.Port() != s.cfg.OutboundPort && dst.Port() != s.cfg.InboundPort {
+		return false
+	}
+	a := dst.Addr()
+	if a.IsLoopback() || a.IsUnspecified() {
+		return true
+	}
+	addrs, err := s.localAddrs()
+	if err != nil {
+		// Cannot tell: refusing is the safe side of a possible loop.
+		s.log.Error("listing local addresses", zap.Error(fmt.Errorf("proxy: %w", err)))
+		return true
+	}
+	for _, la := range addrs {
+		if p, err := netip.ParsePrefix(la.String()); err == nil && p.Addr().Unmap() == a {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,167 @@
+package relay
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"net"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// setup returns the client's end and the server's end of a connection that
+// runs through TCP(), and a channel with the relay's result.
+func setup(t *testing.T) (client, server *net.TCPConn, result <-chan Result) {
+	t.Helper()
+	front := listen(t)
+	back := listen(t)
+	res := make(chan Result, 1)
+	go func() {
+		down, err := front.AcceptTCP()
+		if err != nil {
+			return
+		}
+		up, err := net.DialTCP("tcp", nil, back.Addr().(*net.TCPAddr))
+		if err != nil {
+			down.Close()
+			return
+		}
+		res <- TCP(down, up)
+	}()
+	c, err := net.DialTCP("tcp", nil, front.Addr().(*net.TCPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := back.AcceptTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(); s.Close() })
+	deadline := time.Now().Add(20 * time.Second)
+	_ = c.SetDeadline(deadline)
+	_ = s.SetDeadline(deadline)
+	return c, s, res
+}
+
+func listen(t *testing.T) *net.TCPListener {
+	t.Helper()
+	l, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
+func waitResult(t *testing.T, res <-chan Result) Result {
+	t.Helper()
+	select {
+	case r := <-res:
+		return r
+	case <-time.After(10 * time.Second):
+		t.Fatal("relay did not finish")
+		return Result{}
+	}
+}
+
+func TestHalfCloseCarriedAcross(t *testing.T) {
+	client, server, res := setup(t)
+	if _, err := client.Write([]byte("question")); err != nil {
+		t.Fatal(err)
+	}
+	if err := client.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	// The server sees the client's EOF only if the half-close was carried.
+	got, err := io.ReadAll(server)
+	if err != nil {
+		t.Fatalf("server read: %v", err)
+	}
+	if string(got) != "question" {
+		t.Fatalf("server got %q", got)
+	}
+	// ...and can still answer after it.
+	if _, err := server.Write([]byte("answer")); err != nil {
+		t.Fatal(err)
+	}
+	server.Close()
+	answer, err := io.ReadAll(client)
+	if err != nil {
+		t.Fatalf("client read: %v", err)
+	}
+	if string(answer) != "answer" {
+		t.Fatalf("client got %q", answer)
+	}
+	r := waitResult(t, res)
+	if r.Sent != 8 || r.Received != 6 || r.Err != nil {
+		t.Errorf("result = %+v, want Sent 8, Received 6, no error", r)
+	}
+}
+
+func TestLargeTransferBothWays(t *testing.T) {
+	client, server, res := setup(t)
+	const size = 32 << 20
+	data := make([]byte, size)
+	_, _ = rand.Read(data)
+	want := sha256.Sum256(data)
+	// The server echoes everything back; the client writes and reads at once.
+	go func() {
+		_, _ = io.Copy(server, server)
+		server.CloseWrite()
+	}()
+	go func() {
+		_, _ = client.Write(data)
+		client.CloseWrite()
+	}()
+	h := sha256.New()
+	n, err := io.Copy(h, client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != size || !bytes.Equal(h.Sum(nil), want[:]) {
+		t.Fatalf("echo returned %d bytes with a different checksum", n)
+	}
+	r := waitResult(t, res)
+	if r.Sent != size || r.Received != size || r.Err != nil {
+		t.Errorf("result = %+v, want %d each way, no error", r, size)
+	}
+}
+
+func TestResetEndsBothSides(t *testing.T) {
+	client, server, res := setup(t)
+	if _, err := client.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(server, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	// The server aborts: the client must see a reset, not a clean EOF.
+	_ = server.SetLinger(0)
+	server.Close()
+	_, err := client.Read(make([]byte, 1))
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("client read after server reset = %v, want ECONNRESET", err)
+	}
+	if r := waitResult(t, res); r.Err == nil {
+		t.Errorf("result error = nil, want the reset")
+	}
+}
+
+func TestClientGoneWhileServerSends(t *testing.T) {
+	client, server, res := setup(t)
+	client.Close()
+	// The server keeps writing; once the relay notices the client is gone it
+	// must close the server's side too, so the writes fail.
+	buf := make([]byte, 64<<10)
+	var err error
+	for i := 0; i < 1000 && err == nil; i++ {
+		_, err = server.Write(buf)
+	}
+	if err == nil {
+		t.Fatal("server could keep writing after the client closed")
+	}
+	waitResult(t, res)
+}

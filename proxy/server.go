@@ -1,0 +1,211 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/pillionmesh/pillion/redirect"
+)
+
+// Server is the sidecar's TCP data path. Create it with New and start it
+// with Run; a Server runs once.
+type Server struct {
+	cfg   Config
+	log   *zap.Logger
+	stats Stats
+
+	// origDst and localAddrs are the kernel's answers, replaceable in tests.
+	origDst    func(*net.TCPConn) (netip.AddrPort, error)
+	localAddrs func() ([]net.Addr, error)
+	// bindV4 and bindV6 are the addresses listened on, loopback in tests.
+	bindV4, bindV6 netip.Addr
+
+	active atomic.Int64 // both directions, for MaxConnections
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	conns  map[*net.TCPConn]struct{} // open connections, both ends, for the final close
+
+	ready chan struct{}
+	addrs []net.Addr // set before ready is closed
+}
+
+// New returns a Server for cfg, which must be valid. log must not be nil.
+func New(cfg Config, log *zap.Logger) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("proxy: %w", err)
+	}
+	return &Server{
+		cfg:        cfg,
+		log:        log,
+		origDst:    redirect.OriginalDst,
+		localAddrs: net.InterfaceAddrs,
+		bindV4:     netip.IPv4Unspecified(),
+		bindV6:     netip.IPv6Unspecified(),
+		conns:      make(map[*net.TCPConn]struct{}),
+		ready:      make(chan struct{}),
+	}, nil
+}
+
+// Stats returns the server's live counters.
+func (s *Server) Stats() *Stats { return &s.stats }
+
+// Ready is closed once every listener is open.
+func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+// Addrs returns the addresses listened on; valid once Ready is closed.
+func (s *Server) Addrs() []net.Addr { <-s.ready; return s.addrs }
+
+// Run listens on the outbound and inbound ports, IPv4 and (where the
+// namespace has it) IPv6, and proxies connections until ctx ends. Then it
+// stops accepting, waits up to DrainTimeout for open connections to end,
+// closes those left, and returns. It returns an error only if a listener
+// cannot be opened.
+func (s *Server) Run(ctx context.Context) error {
+	type lis struct {
+		l   *net.TCPListener
+		dir Direction
+	}
+	var ls []lis
+	closeAll := func() {
+		for _, x := range ls {
+			x.l.Close()
+		}
+	}
+	for _, p := range []struct {
+		port uint16
+		dir  Direction
+	}{{s.cfg.OutboundPort, Outbound}, {s.cfg.InboundPort, Inbound}} {
+		for _, host := range []netip.Addr{s.bindV4, s.bindV6} {
+			l, err := listen(host, p.port)
+			if host.Is6() && ipv6Unavailable(err) {
+				s.log.Warn("no IPv6 in this network namespace; listening on IPv4 only",
+					zap.Uint16("port", p.port), zap.Error(err))
+				continue
+			}
+			if err != nil {
+				closeAll()
+				return fmt.Errorf("proxy: %s listener: %w", p.dir, err)
+			}
+			ls = append(ls, lis{l, p.dir})
+			s.addrs = append(s.addrs, l.Addr())
+			s.log.Info("listening", zap.Stringer("direction", p.dir), zap.Stringer("addr", l.Addr()))
+		}
+	}
+	close(s.ready)
+	s.log.Info("ready")
+
+	var accepting sync.WaitGroup
+	for _, x := range ls {
+		accepting.Add(1)
+		go func() {
+			defer accepting.Done()
+			s.accept(x.l, x.dir)
+		}()
+	}
+	<-ctx.Done()
+	closeAll()
+	accepting.Wait()
+	s.drain()
+	return nil
+}
+
+func listen(host netip.Addr, port uint16) (*net.TCPListener, error) {
+	network := "tcp4"
+	if host.Is6() {
+		network = "tcp6" // IPV6_V6ONLY: IPv4 has its own listener
+	}
+	return net.ListenTCP(network, net.TCPAddrFromAddrPort(netip.AddrPortFrom(host, port)))
+}
+
+// ipv6Unavailable tells an IPv6 listen error that means "this namespace has
+// no IPv6" from a real failure.
+func ipv6Unavailable(err error) bool {
+	return errors.Is(err, syscall.EAFNOSUPPORT) || errors.Is(err, syscall.EADDRNOTAVAIL) ||
+		errors.Is(err, syscall.EPROTONOSUPPORT)
+}
+
+// drain waits for open connections up to DrainTimeout, then closes them.
+func (s *Server) drain() {
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	if n := s.active.Load(); n > 0 {
+		s.log.Info("draining", zap.Int64("connections", n), zap.Duration("timeout", s.cfg.DrainTimeout))
+	}
+	select {
+	case <-done:
+		return
+	case <-time.After(s.cfg.DrainTimeout):
+	}
+	s.mu.Lock()
+	s.log.Warn("drain time-out: closing connections", zap.Int("sockets", len(s.conns)))
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	<-done
+}
+
+func (s *Server) accept(l *net.TCPListener, dir Direction) {
+	var backoff time.Duration
+	for {
+		c, err := l.AcceptTCP()
+		if errors.Is(err, net.ErrClosed) {
+			return
+		}
+		if err != nil {
+			// Out of file descriptors and the like: wait and try again.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.log.Error("accept failed", zap.Stringer("direction", dir), zap.Error(err), zap.Duration("retry_in", backoff))
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
+		st := &s.stats.Dir[dir]
+		st.Accepted.Add(1)
+		if s.active.Add(1) > int64(s.cfg.MaxConnections) {
+			s.active.Add(-1)
+			st.OverLimit.Add(1)
+			if ce := s.log.Check(zap.WarnLevel, "connection limit reached: refusing"); ce != nil {
+				ce.Write(zap.Stringer("direction", dir), zap.Stringer("src", c.RemoteAddr()),
+					zap.Int("max_connections", s.cfg.MaxConnections))
+			}
+			reset(c)
+			continue
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer s.active.Add(-1)
+			s.handle(c, dir)
+		}()
+	}
+}
+
+// track records c as open (so a drain time-out can close it) and returns a
+// func that forgets it.
+func (s *Server) track(c *net.TCPConn) func() {
+	s.mu.Lock()
+	s.conns[c] = struct{}{}
+	s.mu.Unlock()
+	return func() {
+		s.mu.Lock()
+		delete(s.conns, c)
+		s.mu.Unlock()
+	}
+}
+
+// reset closes c with a TCP reset rather than a FIN, so the peer sees a
+// refusal rather than an empty answer.
+func reset(c *net.TCPConn) {
+	_ = c.SetLinger(0)
+	_ = c.Close()
+}

@@ -1,0 +1,277 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// testServer runs a Server on loopback with free ports and a fake original
+// destination, and stops it when the test ends.
+func testServer(t *testing.T, cfg Config, origDst func(*net.TCPConn) (netip.AddrPort, error)) *Server {
+	t.Helper()
+	p := freePorts(t, 2)
+	cfg.OutboundPort, cfg.InboundPort = p[0], p[1]
+	s, err := New(cfg, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.origDst = origDst
+	s.bindV4 = netip.MustParseAddr("127.0.0.1")
+	s.bindV6 = netip.IPv6Loopback()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	select {
+	case <-s.Ready():
+	case err := <-done:
+		t.Fatalf("Run: %v", err)
+	}
+	t.Cleanup(func() { cancel(); <-done })
+	return s
+}
+
+func freePort(t *testing.T) uint16 { return freePorts(t, 1)[0] }
+
+// freePorts returns n distinct ports that were free a moment ago.
+func freePorts(t *testing.T, n int) []uint16 {
+	t.Helper()
+	var ports []uint16
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		ports = append(ports, uint16(l.Addr().(*net.TCPAddr).Port))
+	}
+	return ports
+}
+
+func fixed(ap netip.AddrPort) func(*net.TCPConn) (netip.AddrPort, error) {
+	return func(*net.TCPConn) (netip.AddrPort, error) { return ap, nil }
+}
+
+// echoServer answers each connection with "echo:" and what it read.
+func echoServer(t *testing.T) netip.AddrPort {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				b, _ := io.ReadAll(c)
+				_, _ = c.Write(append([]byte("echo:"), b...))
+			}()
+		}
+	}()
+	return l.Addr().(*net.TCPAddr).AddrPort()
+}
+
+func roundTrip(t *testing.T, port uint16, msg string) (string, error) {
+	t.Helper()
+	c, err := net.DialTCP("tcp", nil, net.TCPAddrFromAddrPort(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)))
+	if err != nil {
+		// On loopback a reset can come before connect(2) returns.
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte(msg)); err != nil {
+		return "", err
+	}
+	_ = c.CloseWrite()
+	b, err := io.ReadAll(c)
+	return string(b), err
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if cond() {
+			return
+		}
+	}
+	t.Fatalf("timed out waiting for %s", what)
+}
+
+func TestOutboundGoesToOriginalDestination(t *testing.T) {
+	backend := echoServer(t)
+	s := testServer(t, DefaultConfig(), fixed(backend))
+	got, err := roundTrip(t, s.cfg.OutboundPort, "hello")
+	if err != nil || got != "echo:hello" {
+		t.Fatalf("round trip = %q, %v; want %q", got, err, "echo:hello")
+	}
+	st := &s.Stats().Dir[Outbound]
+	waitFor(t, "completed count", func() bool { return st.Completed.Load() == 1 })
+	if snap := st.Load(); snap.Accepted != 1 || snap.BytesSent != 5 || snap.BytesRecv != 10 {
+		t.Errorf("outbound stats = %+v, want 1 accepted, 5 sent, 10 received", snap)
+	}
+}
+
+func TestInboundGoesToAppOnLoopback(t *testing.T) {
+	backend := echoServer(t)
+	// The peer called the pod's IP; the app listens on loopback, same port.
+	dst := netip.AddrPortFrom(netip.MustParseAddr("198.18.0.3"), backend.Port())
+	s := testServer(t, DefaultConfig(), fixed(dst))
+	got, err := roundTrip(t, s.cfg.InboundPort, "hi")
+	if err != nil || got != "echo:hi" {
+		t.Fatalf("round trip = %q, %v; want %q", got, err, "echo:hi")
+	}
+	if n := s.Stats().Dir[Inbound].Accepted.Load(); n != 1 {
+		t.Errorf("inbound accepted = %d, want 1", n)
+	}
+}
+
+func TestConnectionToOwnListenerRefused(t *testing.T) {
+	var s *Server
+	s = testServer(t, DefaultConfig(), func(*net.TCPConn) (netip.AddrPort, error) {
+		return netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), s.cfg.OutboundPort), nil
+	})
+	_, err := roundTrip(t, s.cfg.OutboundPort, "x")
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("client error = %v, want a reset", err)
+	}
+	if snap := s.Stats().Dir[Outbound].Load(); snap.Loops != 1 || snap.Completed != 0 {
+		t.Errorf("stats = %+v, want 1 loop refused and nothing relayed", snap)
+	}
+}
+
+func TestOwnListenerOnPodAddressIsALoop(t *testing.T) {
+	s := testServer(t, DefaultConfig(), fixed(netip.AddrPort{}))
+	s.localAddrs = func() ([]net.Addr, error) {
+		return []net.Addr{&net.IPNet{IP: net.ParseIP("198.18.0.3"), Mask: net.CIDRMask(24, 32)}}, nil
+	}
+	for _, tt := range []struct {
+		dst  string
+		want bool
+	}{
+		{"198.18.0.3:15001", true},
+		{"198.18.0.3:8080", false},
+		{"198.18.0.4:15001", false}, // another pod's port 15001 is not ours
+		{"0.0.0.0:15006", true},
+		{"[::1]:15006", true},
+	} {
+		s.cfg.OutboundPort, s.cfg.InboundPort = 15001, 15006
+		if got := s.isOwnListener(netip.MustParseAddrPort(tt.dst)); got != tt.want {
+			t.Errorf("isOwnListener(%s) = %v, want %v", tt.dst, got, tt.want)
+		}
+	}
+}
+
+func TestUpstreamRefusalResetsClient(t *testing.T) {
+	closed := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), freePort(t))
+	s := testServer(t, DefaultConfig(), fixed(closed))
+	_, err := roundTrip(t, s.cfg.OutboundPort, "x")
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("client error = %v, want a reset", err)
+	}
+	if n := s.Stats().Dir[Outbound].DialFailures.Load(); n != 1 {
+		t.Errorf("dial failures = %d, want 1", n)
+	}
+}
+
+func TestConnectionCap(t *testing.T) {
+	backend := echoServer(t)
+	cfg := DefaultConfig()
+	cfg.MaxConnections = 1
+	s := testServer(t, cfg, fixed(backend))
+	// Hold one connection open (no half-close yet).
+	hold, err := net.Dial("tcp", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), s.cfg.OutboundPort).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hold.Close()
+	waitFor(t, "first connection active", func() bool { return s.Stats().Dir[Outbound].Active.Load() == 1 })
+	if _, err := roundTrip(t, s.cfg.OutboundPort, "x"); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("second connection error = %v, want a reset", err)
+	}
+	if n := s.Stats().Dir[Outbound].OverLimit.Load(); n != 1 {
+		t.Errorf("over-limit count = %d, want 1", n)
+	}
+	hold.Close()
+	waitFor(t, "slot freed", func() bool { return s.active.Load() == 0 })
+	if got, err := roundTrip(t, s.cfg.OutboundPort, "y"); got != "echo:y" {
+		t.Errorf("after the first closed: %q, %v; want echo:y", got, err)
+	}
+}
+
+func TestDrainClosesStragglersAfterTimeout(t *testing.T) {
+	backend := echoServer(t)
+	cfg := DefaultConfig()
+	p := freePorts(t, 2)
+	cfg.OutboundPort, cfg.InboundPort = p[0], p[1]
+	cfg.DrainTimeout = 200 * time.Millisecond
+	s, _ := New(cfg, zap.NewNop())
+	s.origDst = fixed(backend)
+	s.bindV4, s.bindV6 = netip.MustParseAddr("127.0.0.1"), netip.IPv6Loopback()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	<-s.Ready()
+	c, err := net.Dial("tcp", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), cfg.OutboundPort).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	waitFor(t, "connection active", func() bool { return s.Stats().Dir[Outbound].Active.Load() == 1 })
+	start := time.Now()
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return after the drain time-out")
+	}
+	if el := time.Since(start); el < cfg.DrainTimeout {
+		t.Errorf("Run returned after %v, before the drain time-out %v", el, cfg.DrainTimeout)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Error("the straggling connection is still open")
+	}
+	if _, err := net.Dial("tcp", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), cfg.OutboundPort).String()); err == nil {
+		t.Error("listener still accepting after Run returned")
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	mod := func(f func(*Config)) Config { c := DefaultConfig(); f(&c); return c }
+	for _, tt := range []struct {
+		name string
+		cfg  Config
+		want string
+	}{
+		{"defaults", DefaultConfig(), ""},
+		{"zero outbound", mod(func(c *Config) { c.OutboundPort = 0 }), "--outbound-port: must be 1-65535"},
+		{"same ports", mod(func(c *Config) { c.InboundPort = c.OutboundPort }), "--inbound-port: 15001 is also the outbound port; they must differ"},
+		{"dial timeout", mod(func(c *Config) { c.DialTimeout = 0 }), "--dial-timeout: 0s: must be positive"},
+		{"max conns", mod(func(c *Config) { c.MaxConnections = -1 }), "--max-connections: -1: must be positive"},
+		{"drain", mod(func(c *Config) { c.DrainTimeout = -time.Second }), "--drain-timeout: -1s: must not be negative"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.cfg.Validate()
+			got := ""
+			if err != nil {
+				got = err.Error()
+			}
+			if got != tt.want {
+				t.Errorf("Validate() = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,59 @@
+package proxy
+
+import "sync/atomic"
+
+// Direction is which listener a connection came in on.
+type Direction uint8
+
+// The two directions of captured traffic.
+const (
+	Outbound Direction = iota // the application calling out
+	Inbound                   // a peer calling the application
+)
+
+func (d Direction) String() string {
+	if d == Inbound {
+		return "inbound"
+	}
+	return "outbound"
+}
+
+// Stats counts what the proxy did. Its fields are updated atomically while
+// the proxy runs; read them with Load.
+type Stats struct {
+	Dir [2]DirStats // indexed by Direction
+}
+
+// DirStats are the counters of one direction.
+type DirStats struct {
+	Accepted     atomic.Int64 // connections accepted on the listener
+	Active       atomic.Int64 // connections being proxied now
+	Completed    atomic.Int64 // relays that ended, cleanly or not
+	OverLimit    atomic.Int64 // refused: MaxConnections reached
+	Loops        atomic.Int64 // refused: original destination is one of our listeners
+	NoOrigDst    atomic.Int64 // refused: original destination unreadable
+	DialFailures atomic.Int64 // upstream connect failed or timed out
+	BytesSent    atomic.Int64 // downstream → upstream
+	BytesRecv    atomic.Int64 // upstream → downstream
+}
+
+// Snapshot is a plain copy of one direction's counters.
+type Snapshot struct {
+	Accepted, Active, Completed, OverLimit, Loops, NoOrigDst, DialFailures, BytesSent, BytesRecv int64
+}
+
+// Load returns a copy of d's counters. The fields are read one by one, not
+// as one atomic snapshot.
+func (d *DirStats) Load() Snapshot {
+	return Snapshot{
+		Accepted:     d.Accepted.Load(),
+		Active:       d.Active.Load(),
+		Completed:    d.Completed.Load(),
+		OverLimit:    d.OverLimit.Load(),
+		Loops:        d.Loops.Load(),
+		NoOrigDst:    d.NoOrigDst.Load(),
+		DialFailures: d.DialFailures.Load(),
+		BytesSent:    d.BytesSent.Load(),
+		BytesRecv:    d.BytesRecv.Load(),
+	}
+}
