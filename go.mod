@@ -2,11 +2,11 @@ module github.com/pillionmesh/pillion
 
 go 1.26.0
 
-require golang.org/x/sys v0.49.0
-
 require (
-	github.com/coreos/go-iptables v0.8.0 // indirect
-	github.com/google/go-cmp v0.7.0 // indirect
-	go.uber.org/multierr v1.10.0 // indirect
-	go.uber.org/zap v1.28.0 // indirect
+	github.com/coreos/go-iptables v0.8.0
+	github.com/google/go-cmp v0.7.0
+	go.uber.org/zap v1.28.0
+	golang.org/x/sys v0.49.0
 )
+
+require go.uber.org/multierr v1.10.0 // indirect

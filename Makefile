@@ -1,0 +1,56 @@
+# pillion — the two commands a newcomer needs are `make demo` and `make test`.
+
+GO          ?= go
+BIN         := bin/pillion
+# Heavy or downloaded tools are built once into this folder and reused.
+CACHE_DIR   ?= $(CURDIR)/.cache
+TOOLS_DIR   := $(CACHE_DIR)/tools
+STATICCHECK := $(TOOLS_DIR)/staticcheck
+STATICCHECK_VERSION := v0.7.0
+VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS     := -s -w -X main.version=$(VERSION)
+GOTEST_FLAGS ?= -count=1 -race -timeout 25m
+
+.PHONY: all build test unit demo lint deps clean help
+
+all: build
+
+help:
+	@echo "make demo   two pods in network namespaces on this machine, traffic through their sidecars (root)"
+	@echo "make test   lint, then every test, the root-only ones included (root; CI=true turns their skips into failures)"
+	@echo "make build  bin/pillion"
+	@echo "make lint   gofmt, go vet, staticcheck"
+	@echo "make clean  remove bin/, the tool cache and any test namespaces left behind"
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/pillion
+
+# deps installs what the tests and the demo use from the system: iptables,
+# iproute2, setpriv. It needs root when something is missing.
+deps:
+	@hack/deps.sh
+
+test: deps lint
+	@if [ "$$(id -u)" != 0 ]; then echo "note: not root: the tests that need network namespaces will be skipped (run 'sudo make test')"; fi
+	$(GO) test $(GOTEST_FLAGS) ./...
+
+# unit runs only the tests that need no privileges.
+unit:
+	$(GO) test -count=1 ./...
+
+demo: deps
+	@if [ "$$(id -u)" != 0 ]; then echo "make demo needs root: it creates network namespaces and iptables rules. Run: sudo make demo"; exit 1; fi
+	$(GO) run ./internal/demo $(DEMO_FLAGS)
+
+lint: $(STATICCHECK)
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(STATICCHECK) ./...
+
+$(STATICCHECK):
+	@mkdir -p $(TOOLS_DIR)
+	GOBIN=$(TOOLS_DIR) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+clean:
+	rm -rf bin $(CACHE_DIR)
+	@for ns in $$(ip netns list 2>/dev/null | awk '/^pilt-/{print $$1}'); do ip netns del $$ns; done

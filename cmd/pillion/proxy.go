@@ -1,0 +1,77 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+
+	"go.uber.org/zap"
+
+	"github.com/pillionmesh/pillion/proxy"
+)
+
+const proxySummary = `Run the sidecar proxy. It listens on the outbound capture port (traffic the
+application sends out, redirected by 'pillion init') and on the inbound capture
+port (traffic for the application), on IPv4 and, where the namespace has it,
+IPv6. Each connection's real destination is read with SO_ORIGINAL_DST:
+outbound connections go there, inbound ones go to the application on loopback
+at the same port. Run it as UID/GID 1337 so that its own connections are not
+captured.
+
+Logs are JSON lines on stderr, one per connection at info level.
+SIGINT or SIGTERM: stop accepting, let open connections finish for up to
+--drain-timeout, then exit.
+
+Example:
+  setpriv --reuid=1337 --regid=1337 --clear-groups pillion proxy --log-level=debug`
+
+func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("proxy", proxySummary, stderr)
+	cfg := proxy.DefaultConfig()
+	outbound := fs.Uint("outbound-port", uint(cfg.OutboundPort), "port outbound traffic is redirected to")
+	inbound := fs.Uint("inbound-port", uint(cfg.InboundPort), "port inbound traffic is redirected to")
+	fs.DurationVar(&cfg.DialTimeout, "dial-timeout", cfg.DialTimeout, "how long connecting upstream may take")
+	fs.IntVar(&cfg.MaxConnections, "max-connections", cfg.MaxConnections, "connections proxied at once, both directions; more are reset")
+	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "on shutdown, how long open connections may take to finish")
+	level := zap.NewAtomicLevelAt(zap.InfoLevel)
+	fs.TextVar(&level, "log-level", level, "log level: debug, info, warn or error")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	var err error
+	if cfg.OutboundPort, err = portFlag("outbound-port", *outbound); err != nil {
+		return err
+	}
+	if cfg.InboundPort, err = portFlag("inbound-port", *inbound); err != nil {
+		return err
+	}
+	if err := cfg.Validate(); err != nil {
+		return badUsage(err)
+	}
+	log := newLogger(level, stderr)
+	defer func() { _ = log.Sync() }()
+	s, err := proxy.New(cfg, log)
+	if err != nil {
+		return err
+	}
+	log.Info("starting", zap.String("version", version), zap.Uint16("outbound_port", cfg.OutboundPort),
+		zap.Uint16("inbound_port", cfg.InboundPort))
+	if err := s.Run(ctx); err != nil {
+		return err
+	}
+	for _, d := range []proxy.Direction{proxy.Outbound, proxy.Inbound} {
+		st := s.Stats().Dir[d].Load()
+		log.Info("stopped", zap.Stringer("direction", d), zap.Int64("accepted", st.Accepted),
+			zap.Int64("completed", st.Completed), zap.Int64("dial_failures", st.DialFailures),
+			zap.Int64("refused_loop", st.Loops), zap.Int64("refused_over_limit", st.OverLimit),
+			zap.Int64("bytes_sent", st.BytesSent), zap.Int64("bytes_received", st.BytesRecv))
+	}
+	return nil
+}
+
+func portFlag(name string, v uint) (uint16, error) {
+	if v == 0 || v > 65535 {
+		return 0, badUsage(fmt.Errorf("--%s: %d is not a port number (1-65535)", name, v))
+	}
+	return uint16(v), nil
+}

@@ -1,0 +1,284 @@
+// Package e2e holds the tests that cross components: the real pillion
+// binary, real iptables rules, real network namespaces.
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pillionmesh/pillion/internal/meshtest"
+	"github.com/pillionmesh/pillion/internal/privileged"
+	"github.com/pillionmesh/pillion/internal/testpod"
+)
+
+// pillionBin is the binary under test, built once by TestMain.
+var pillionBin string
+
+func TestMain(m *testing.M) {
+	root, err := meshtest.ModuleRoot()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	bin, remove, err := meshtest.Build(root)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	pillionBin = bin
+	code := m.Run()
+	remove()
+	os.Exit(code)
+}
+
+// mesh is three pods on one node: a and b run pillion, c does not.
+//
+//	a: client; outbound port 9001 and pod c's addresses excluded from capture
+//	b: server; inbound port 9002 excluded; echo on 8080, 9001, 9002, sink on 8081
+//	c: server without a sidecar; echo on 8080, sink on 8081
+type mesh struct {
+	a, b *meshtest.Sidecar
+	c    *testpod.Pod
+}
+
+func newMesh(t testing.TB) *mesh {
+	t.Helper()
+	privileged.Require(t, "ip", "iptables", "ip6tables", "setpriv")
+	node := testpod.NewNode(t)
+	podA, podB, podC := node.AddPod(t, "a"), node.AddPod(t, "b"), node.AddPod(t, "c")
+	for _, port := range []string{":8080", ":9001", ":9002"} {
+		meshtest.ServeEcho(t, podB, port)
+	}
+	meshtest.ServeSink(t, podB, ":8081")
+	meshtest.ServeHello(t, podB, ":7000")
+	meshtest.ServeEcho(t, podC, ":8080")
+	meshtest.ServeSink(t, podC, ":8081")
+	return &mesh{
+		a: meshtest.Inject(t, pillionBin, podA, []string{
+			"--exclude-outbound-ports=9001",
+			"--exclude-outbound-ip-ranges=" + podC.IPv4.String() + "/32," + podC.IPv6.String(),
+		}, nil),
+		b: meshtest.Inject(t, pillionBin, podB, []string{"--exclude-inbound-ports=9002"}, nil),
+		c: podC,
+	}
+}
+
+func hostPort(a netip.Addr, port uint16) string { return netip.AddrPortFrom(a, port).String() }
+
+func TestCapture(t *testing.T) {
+	m := newMesh(t)
+	a, b := m.a.Pod, m.b.Pod
+
+	for _, fam := range []struct {
+		name     string
+		dst      netip.Addr
+		src      netip.Addr
+		loopback string
+	}{
+		{"ipv4", b.IPv4, a.IPv4, "127.0.0.1"},
+		{"ipv6", b.IPv6, a.IPv6, "::1"},
+	} {
+		t.Run("echo through both sidecars/"+fam.name, func(t *testing.T) {
+			dst := hostPort(fam.dst, 8080)
+			peer, echoed, err := meshtest.Call(a, dst, "ping "+fam.name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if echoed != "ping "+fam.name {
+				t.Errorf("echo = %q", echoed)
+			}
+			// The app saw the inbound sidecar (loopback), not pod a.
+			if peer != fam.loopback {
+				t.Errorf("server saw peer %s, want the inbound sidecar on %s", peer, fam.loopback)
+			}
+			out, ok := m.a.WaitConnection("outbound", dst, 5*time.Second)
+			if !ok {
+				t.Fatalf("a's sidecar logged no outbound connection to %s:\n%s", dst, m.a.Proxy.Output())
+			}
+			in, ok := m.b.WaitConnection("inbound", dst, 5*time.Second)
+			if !ok {
+				t.Fatalf("b's sidecar logged no inbound connection to %s:\n%s", dst, m.b.Proxy.Output())
+			}
+			if want := hostPort(netip.MustParseAddr(fam.loopback), 8080); in.Upstream != want {
+				t.Errorf("b's sidecar forwarded to %s, want %s", in.Upstream, want)
+			}
+			// The inbound sidecar's peer is pod a's address: a's sidecar dialled as itself.
+			if !strings.HasPrefix(in.Src, strings.TrimSuffix(hostPort(fam.src, 0), ":0")+":") {
+				t.Errorf("b's sidecar saw source %s, want pod a (%s)", in.Src, fam.src)
+			}
+			if out.BytesSent != int64(len("ping "+fam.name)) || in.BytesReceived != int64(len(fam.loopback)+1+len("ping "+fam.name)) {
+				t.Errorf("byte counts: a sent %d, b received %d", out.BytesSent, in.BytesReceived)
+			}
+		})
+	}
+
+	t.Run("256 MiB intact", func(t *testing.T) {
+		got, want, err := meshtest.Send(a, hostPort(b.IPv4, 8081), 256<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != want {
+			t.Errorf("sink answered %q, want %q", got, want)
+		}
+		if _, ok := m.b.WaitConnection("inbound", hostPort(b.IPv4, 8081), 5*time.Second); !ok {
+			t.Error("the transfer did not go through b's sidecar")
+		}
+	})
+
+	t.Run("half-close", func(t *testing.T) {
+		// Call shuts its write side; the server answers only after EOF.
+		_, echoed, err := meshtest.Call(a, hostPort(b.IPv4, 8080), "question")
+		if err != nil || echoed != "question" {
+			t.Fatalf("answer after half-close = %q, %v", echoed, err)
+		}
+	})
+
+	t.Run("excluded outbound port bypasses a's sidecar", func(t *testing.T) {
+		dst := hostPort(b.IPv4, 9001)
+		peer, _, err := meshtest.Call(a, dst, "x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if peer != "127.0.0.1" {
+			t.Errorf("server saw %s, want b's inbound sidecar (port 9001 is only excluded outbound in a)", peer)
+		}
+		if _, ok := m.b.WaitConnection("inbound", dst, 5*time.Second); !ok {
+			t.Fatal("b's sidecar did not see it")
+		}
+		if c := m.a.Connections("outbound", dst); len(c) != 0 {
+			t.Errorf("a's sidecar saw an excluded port: %+v", c)
+		}
+	})
+
+	t.Run("excluded inbound port bypasses b's sidecar", func(t *testing.T) {
+		dst := hostPort(b.IPv4, 9002)
+		peer, _, err := meshtest.Call(a, dst, "x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if peer != a.IPv4.String() {
+			t.Errorf("server saw %s, want pod a's address %s straight from a's sidecar", peer, a.IPv4)
+		}
+		if _, ok := m.a.WaitConnection("outbound", dst, 5*time.Second); !ok {
+			t.Fatal("a's sidecar did not see it")
+		}
+		if c := m.b.Connections("inbound", dst); len(c) != 0 {
+			t.Errorf("b's sidecar saw an excluded inbound port: %+v", c)
+		}
+	})
+
+	for _, c := range []netip.Addr{m.c.IPv4, m.c.IPv6} {
+		t.Run("excluded CIDR bypasses a's sidecar/"+c.String(), func(t *testing.T) {
+			dst := hostPort(c, 8080)
+			peer, _, err := meshtest.Call(a, dst, "x")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := map[bool]netip.Addr{false: a.IPv4, true: a.IPv6}[c.Is6()]; peer != want.String() {
+				t.Errorf("server saw %s, want pod a %s", peer, want)
+			}
+			// A later captured call is logged; the excluded one never was.
+			if _, _, err := meshtest.Call(a, hostPort(b.IPv4, 8080), "marker"); err != nil {
+				t.Fatal(err)
+			}
+			if _, ok := m.a.WaitConnection("outbound", hostPort(b.IPv4, 8080), 5*time.Second); !ok {
+				t.Fatal("marker call not logged")
+			}
+			if got := m.a.Connections("outbound", dst); len(got) != 0 {
+				t.Errorf("a's sidecar saw an excluded CIDR: %+v", got)
+			}
+		})
+	}
+
+	t.Run("app calls its own pod IP", func(t *testing.T) {
+		dst := hostPort(b.IPv4, 8080)
+		before := len(m.b.Connections("inbound", dst))
+		peer, echoed, err := meshtest.Call(b, dst, "self")
+		if err != nil || echoed != "self" {
+			t.Fatalf("call to own pod IP = %q, %v", echoed, err)
+		}
+		if peer != "127.0.0.1" {
+			t.Errorf("app saw %s, want its inbound sidecar", peer)
+		}
+		// Through b's outbound sidecar, then its inbound sidecar: once each.
+		if _, ok := m.b.WaitConnection("outbound", dst, 5*time.Second); !ok {
+			t.Errorf("b's outbound sidecar did not see the call")
+		}
+		time.Sleep(100 * time.Millisecond)
+		if n := len(m.b.Connections("inbound", dst)) - before; n != 1 {
+			t.Errorf("b's inbound sidecar saw the call %d times, want 1 (no loop, no skip)", n)
+		}
+	})
+
+	t.Run("app calls localhost uncaptured", func(t *testing.T) {
+		peer, _, err := meshtest.Call(b, "127.0.0.1:8080", "lo")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if peer != "127.0.0.1" {
+			t.Errorf("peer = %s", peer)
+		}
+		if c := m.b.Connections("outbound", "127.0.0.1:8080"); len(c) != 0 {
+			t.Errorf("localhost call captured: %+v", c)
+		}
+	})
+
+	t.Run("sidecar's own connections not captured", func(t *testing.T) {
+		// A process running as the proxy's UID in pod a calls pod b: it must
+		// go straight out, not through a's outbound sidecar.
+		dst := hostPort(b.IPv4, 7000)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		script := fmt.Sprintf(`exec 3<>/dev/tcp/%s/7000 && cat <&3`, b.IPv4)
+		out, err := a.Command(ctx, testpod.ProxyUser, "bash", "-c", script).CombinedOutput()
+		if err != nil {
+			t.Fatalf("uid 1337 call: %v: %s", err, out)
+		}
+		if got := strings.TrimSpace(string(out)); got != "127.0.0.1" {
+			t.Errorf("server saw %q, want b's inbound sidecar", got)
+		}
+		if _, ok := m.b.WaitConnection("inbound", dst, 5*time.Second); !ok {
+			t.Fatal("b's inbound sidecar did not see the call")
+		}
+		if c := m.a.Connections("outbound", dst); len(c) != 0 {
+			t.Errorf("a's sidecar captured a connection of its own UID: %+v", c)
+		}
+	})
+
+	t.Run("connection to the sidecar's own port refused", func(t *testing.T) {
+		_, _, err := meshtest.Call(a, hostPort(a.IPv4, 15001), "loop?")
+		if err == nil {
+			t.Fatal("a call to the sidecar's own listener went through")
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for !strings.Contains(m.a.Proxy.Output(), "proxy's own listener") {
+			if time.Now().After(deadline) {
+				t.Fatalf("no loop refusal logged:\n%s", m.a.Proxy.Output())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	})
+
+	t.Run("fail closed when the sidecar is down", func(t *testing.T) {
+		m.a.Proxy.Kill()
+		start := time.Now()
+		_, _, err := meshtest.Call(a, hostPort(b.IPv4, 8080), "x")
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Errorf("call with a's sidecar down = %v, want connection refused", err)
+		}
+		if el := time.Since(start); el > time.Second {
+			t.Errorf("failure took %v, want at once", el)
+		}
+		// Pod c is excluded, so it still works: exclusions are not the sidecar's.
+		if _, _, err := meshtest.Call(a, hostPort(m.c.IPv4, 8080), "x"); err != nil {
+			t.Errorf("excluded destination failed with the sidecar down: %v", err)
+		}
+	})
+}

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs the system tools pillion's tests and demo use, if they are missing:
+# iptables and ip6tables (nf_tables), ip (iproute2), setpriv (util-linux),
+# bash, and gcc for the race detector. Debian/Ubuntu (apt-get) only.
+set -euo pipefail
+
+need=()
+command -v iptables  >/dev/null || need+=(iptables)
+command -v ip6tables >/dev/null || need+=(iptables)
+command -v ip        >/dev/null || need+=(iproute2)
+command -v setpriv   >/dev/null || need+=(util-linux)
+command -v bash      >/dev/null || need+=(bash)
+command -v gcc       >/dev/null || need+=(gcc)
+[ ${#need[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+  echo "missing: ${need[*]}; install them (as root, with your package manager) and run again" >&2
+  # Without root the privileged tests skip anyway; only fail where they must run.
+  [ "${CI:-}" = true ] && exit 1
+  exit 0
+fi
+echo "installing: ${need[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
