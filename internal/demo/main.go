@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"os/signal"
 	"strings"
 	"time"
 
@@ -26,7 +25,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "the demo needs root: it creates network namespaces and iptables rules. Run: sudo make demo")
 		os.Exit(1)
 	}
-	s := &testpod.Session{}
+	s := testpod.NewSession()
 	defer s.Close()
 	if err := run(s, *hold); err != nil {
 		s.Fatalf("demo: %v", err)
@@ -97,9 +96,7 @@ func run(s *testpod.Session, hold bool) error {
 
 	if hold {
 		step("Holding the pods; try: ip netns exec " + client.NetNS + " bash. Ctrl-C to clean up")
-		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-		defer stop()
-		<-ctx.Done()
+		select {}
 	}
 	step("Cleaning up: sidecars stopped, namespaces and their rules removed")
 	return nil

@@ -61,6 +61,14 @@ type Cleaner interface {
 
 var _ Cleaner = (testing.TB)(nil)
 
+// signalHandler is an optional ability of a Cleaner: one that runs its own
+// cleanups on SIGINT and SIGTERM (Session does) needs no handler from
+// NewNode. A test's Cleaner does not, so NewNode removes the process's
+// namespaces itself on those signals, then exits.
+type signalHandler interface {
+	HandlesSignals() bool
+}
+
 // NewNode creates the node namespace and its bridge. It fails t if that is
 // not possible; callers check privileges first (see internal/privileged).
 func NewNode(t Cleaner) *Node {
@@ -71,7 +79,9 @@ func NewNode(t Cleaner) *Node {
 	id := strconv.Itoa(os.Getpid()) + "-" + hex.EncodeToString(rnd[:])
 	n := &Node{name: nsPrefix + id + "-node", id: id, log: t.Logf}
 	t.Cleanup(n.Destroy)
-	n.watchSignals()
+	if sh, ok := t.(signalHandler); !ok || !sh.HandlesSignals() {
+		n.watchSignals()
+	}
 	if err := n.create(); err != nil {
 		t.Fatalf("testpod: %v", err)
 	}
@@ -233,6 +243,9 @@ func removeNS(name string) error {
 		return nil
 	}
 	if err := run("ip", "netns", "del", name); err != nil {
+		if _, serr := os.Stat(nsDir + "/" + name); os.IsNotExist(serr) {
+			return nil // removed meanwhile, by a signal handler
+		}
 		return fmt.Errorf("remove namespace %s: %w", name, err)
 	}
 	return nil

@@ -3,18 +3,47 @@ package testpod
 import (
 	"fmt"
 	"os"
+	"os/signal"
 	"sync"
+	"syscall"
 )
 
 // Session is a Cleaner for programs (the demo) rather than tests: Close runs
-// the registered cleanups, last first, and Fatalf prints, cleans up and
-// exits with status 1.
+// the registered cleanups, last first; Fatalf prints, cleans up and exits
+// with status 1. Create it with NewSession.
 type Session struct {
 	mu       sync.Mutex
 	cleanups []func()
+	stopSig  func()
 }
 
-var _ Cleaner = (*Session)(nil)
+var (
+	_ Cleaner       = (*Session)(nil)
+	_ signalHandler = (*Session)(nil)
+)
+
+// NewSession returns a Session that, on SIGINT or SIGTERM, runs its
+// cleanups and exits with 128+signal. Call Close when done.
+func NewSession() *Session {
+	s := &Session{}
+	ch := make(chan os.Signal, 1)
+	done := make(chan struct{})
+	signal.Notify(ch, os.Interrupt, syscall.SIGTERM)
+	s.stopSig = func() { signal.Stop(ch); close(done) }
+	go func() {
+		select {
+		case sig := <-ch:
+			fmt.Fprintf(os.Stderr, "\n%v: cleaning up\n", sig)
+			s.Close()
+			os.Exit(128 + int(sig.(syscall.Signal)))
+		case <-done:
+		}
+	}()
+	return s
+}
+
+// HandlesSignals reports that the Session cleans up on signals itself.
+func (s *Session) HandlesSignals() bool { return true }
 
 // Cleanup registers f to run on Close.
 func (s *Session) Cleanup(f func()) {
@@ -44,7 +73,12 @@ func (s *Session) Close() {
 	s.mu.Lock()
 	fs := s.cleanups
 	s.cleanups = nil
+	stop := s.stopSig
+	s.stopSig = nil
 	s.mu.Unlock()
+	if stop != nil {
+		defer stop()
+	}
 	for i := len(fs) - 1; i >= 0; i-- {
 		fs[i]()
 	}
