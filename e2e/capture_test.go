@@ -43,6 +43,10 @@ func TestMain(m *testing.M) {
 //	a: client; outbound port 9001 and pod c's addresses excluded from capture
 //	b: server; inbound port 9002 excluded; echo on 8080, 9001, 9002, sink on 8081
 //	c: server without a sidecar; echo on 8080, sink on 8081
+//
+// a's sidecar gives up connecting after dialTimeout.
+const dialTimeout = 500 * time.Millisecond
+
 type mesh struct {
 	a, b *meshtest.Sidecar
 	c    *testpod.Pod
@@ -64,7 +68,7 @@ func newMesh(t testing.TB) *mesh {
 		a: meshtest.Inject(t, pillionBin, podA, []string{
 			"--exclude-outbound-ports=9001",
 			"--exclude-outbound-ip-ranges=" + podC.IPv4.String() + "/32," + podC.IPv6.String(),
-		}, nil),
+		}, []string{"--dial-timeout=" + dialTimeout.String()}),
 		b: meshtest.Inject(t, pillionBin, podB, []string{"--exclude-inbound-ports=9002"}, nil),
 		c: podC,
 	}
@@ -249,6 +253,29 @@ func TestCapture(t *testing.T) {
 		}
 		if c := m.a.Connections("outbound", dst); len(c) != 0 {
 			t.Errorf("a's sidecar captured a connection of its own UID: %+v", c)
+		}
+	})
+
+	t.Run("upstream that never answers: dial time-out, then reset", func(t *testing.T) {
+		// No pod has this address: the SYN goes nowhere (ARP never resolves).
+		dst := "198.18.0.250:8080"
+		start := time.Now()
+		_, _, err := meshtest.Call(a, dst, "anyone?")
+		el := time.Since(start)
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("client error = %v, want a reset from the sidecar", err)
+		}
+		if el < dialTimeout || el > dialTimeout+time.Second {
+			t.Errorf("client failed after %v, want about the dial time-out %v", el, dialTimeout)
+		}
+		var logged bool
+		for _, l := range m.a.Logs() {
+			if l.Msg == "upstream connect failed" && strings.Contains(l.Error, "i/o timeout") && l.Dst == dst {
+				logged = true
+			}
+		}
+		if !logged {
+			t.Errorf("no dial time-out logged for %s:\n%s", dst, m.a.Proxy.Output())
 		}
 	})
 

@@ -3,6 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -181,5 +184,35 @@ func TestInitIPv6Disabled(t *testing.T) {
 	}
 	if strings.Contains(out, "PILLION") {
 		t.Errorf("IPv6 rules installed although IPv6 is disabled:\n%s", out)
+	}
+}
+
+// TestInitMissingCommand runs init with ip6tables missing from PATH: it must
+// name the command, exit 1, and install nothing (not even the IPv4 half).
+func TestInitMissingCommand(t *testing.T) {
+	pod := newInitPod(t)
+	before := natSaves(t, pod)
+	ipt, err := exec.LookPath("iptables")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := os.Symlink(ipt, filepath.Join(dir, "iptables")); err != nil {
+		t.Fatal(err)
+	}
+	oldPath := os.Getenv("PATH")
+	os.Setenv("PATH", dir)
+	code, _, stderr := runIn(t, pod, "init")
+	os.Setenv("PATH", oldPath)
+
+	if code != 1 {
+		t.Errorf("exit %d, want 1; stderr:\n%s", code, stderr)
+	}
+	want := `pillion init: redirect: IPv6 needs the ip6tables command: exec: "ip6tables": executable file not found in $PATH` + "\n"
+	if stderr != want {
+		t.Errorf("stderr = %q, want %q", stderr, want)
+	}
+	if diff := cmp.Diff(before, natSaves(t, pod)); diff != "" {
+		t.Errorf("tables changed (-before +after):\n%s", diff)
 	}
 }
