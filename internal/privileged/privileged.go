@@ -21,8 +21,20 @@ func InCI() bool {
 // PATH. It skips the test with the reason outside CI and fails it in CI.
 func Require(t testing.TB, tools ...string) {
 	t.Helper()
+	require(t, os.Geteuid() == 0, InCI(), tools)
+}
+
+// stopper is the part of testing.TB that require uses.
+type stopper interface {
+	Helper()
+	Fatal(args ...any)
+	Skip(args ...any)
+}
+
+func require(t stopper, root, ci bool, tools []string) {
+	t.Helper()
 	var missing []string
-	if os.Geteuid() != 0 {
+	if !root {
 		missing = append(missing, "root (run as root, e.g. sudo -E go test ./...)")
 	}
 	for _, tool := range tools {
@@ -34,8 +46,9 @@ func Require(t testing.TB, tools ...string) {
 		return
 	}
 	msg := "this test needs " + strings.Join(missing, " and ")
-	if InCI() {
+	if ci {
 		t.Fatal(msg + " (CI=true: failing instead of skipping)")
+		return
 	}
 	t.Skip(msg)
 }
