@@ -42,7 +42,7 @@ Examples:
 // runInit is `pillion init`: it validates the flags, then installs,
 // removes (--cleanup) or prints (--dry-run) the capture rules.
 func runInit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("init", initSummary, stderr)
+	fs := newFlagSet("init", initSummary, stdout)
 	var flags redirect.Flags
 	flags.Register(fs)
 	if err := parseFlags(fs, args); err != nil {

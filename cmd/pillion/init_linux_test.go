@@ -54,13 +54,13 @@ func newInitPod(t *testing.T) *testpod.Pod {
 }
 
 func TestInitUsage(t *testing.T) {
-	code, _, stderr := runIn(t, nil, "init", "--help")
+	code, stdout, _ := runIn(t, nil, "init", "--help")
 	if code != 0 {
 		t.Errorf("init --help: exit %d, want 0", code)
 	}
 	for _, want := range []string{"Usage: pillion init [flags]", "-exclude-outbound-ip-ranges", "-cleanup", "-dry-run", "Examples:"} {
-		if !strings.Contains(stderr, want) {
-			t.Errorf("init --help does not mention %q:\n%s", want, stderr)
+		if !strings.Contains(stdout, want) {
+			t.Errorf("init --help does not mention %q:\n%s", want, stdout)
 		}
 	}
 }
@@ -81,7 +81,7 @@ func TestInitBadFlags(t *testing.T) {
 		{[]string{"--include-inbound-ports=8080", "--exclude-inbound-ports=9090"},
 			`pillion init: --exclude-inbound-ports: "9090": conflicts with the --include-inbound-ports list "8080"; ` +
 				`exclusions apply only when --include-inbound-ports is "*"`},
-		{[]string{"--no-such-flag"}, `flag provided but not defined: -no-such-flag`},
+		{[]string{"--no-such-flag"}, `pillion init: flag provided but not defined: -no-such-flag`},
 		{[]string{"extra"}, `pillion init: unexpected argument "extra"`},
 	}
 	for _, tt := range tests {

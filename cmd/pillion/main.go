@@ -95,7 +95,7 @@ func usage(w io.Writer) {
 }
 
 // newFlagSet returns a FlagSet that reports errors instead of exiting and
-// prints its usage (summary, then flags) to w.
+// prints its usage (summary, then flags) to w when asked with --help.
 func newFlagSet(name, summary string, w io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("pillion "+name, flag.ContinueOnError)
 	fs.SetOutput(w)
@@ -106,16 +106,23 @@ func newFlagSet(name, summary string, w io.Writer) *flag.FlagSet {
 	return fs
 }
 
-// parseFlags parses args into fs. A parse error is returned as a
-// usageError; the flag package has already printed what was wrong.
+// parseFlags parses args into fs. --help prints the usage and returns
+// flag.ErrHelp; a bad flag is returned as a usageError, printed once by run
+// with a pointer to --help rather than the whole usage.
 func parseFlags(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
+	out, usage := fs.Output(), fs.Usage
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	err := fs.Parse(args)
+	fs.SetOutput(out)
+	fs.Usage = usage
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		fs.Usage()
+		return err
+	case err != nil:
 		return badUsage(err)
-	}
-	if fs.NArg() > 0 {
+	case fs.NArg() > 0:
 		return badUsage(fmt.Errorf("unexpected argument %q", fs.Arg(0)))
 	}
 	return nil

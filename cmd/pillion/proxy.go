@@ -26,7 +26,7 @@ Example:
   setpriv --reuid=1337 --regid=1337 --clear-groups pillion proxy --log-level=debug`
 
 func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("proxy", proxySummary, stderr)
+	fs := newFlagSet("proxy", proxySummary, stdout)
 	cfg := proxy.DefaultConfig()
 	outbound := fs.Uint("outbound-port", uint(cfg.OutboundPort), "port outbound traffic is redirected to")
 	inbound := fs.Uint("inbound-port", uint(cfg.InboundPort), "port inbound traffic is redirected to")

@@ -12,7 +12,7 @@ import (
 var version = "dev"
 
 func runVersion(_ context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("version", "Print pillion's version, the Go version it was built with, and its VCS revision.", stderr)
+	fs := newFlagSet("version", "Print pillion's version, the Go version it was built with, and its VCS revision.", stdout)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}

@@ -1,0 +1,87 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+)
+
+func runCmd(args ...string) (code int, stdout, stderr string) {
+	var o, e bytes.Buffer
+	code = run(context.Background(), args, &o, &e)
+	return code, o.String(), e.String()
+}
+
+func TestTopLevel(t *testing.T) {
+	for _, tt := range []struct {
+		name       string
+		args       []string
+		code       int
+		stdoutHas  string
+		stderrHead string
+	}{
+		{"no command", nil, 2, "Usage: pillion <command> [flags]", ""},
+		{"help", []string{"--help"}, 0, "  proxy     run the sidecar proxy", ""},
+		{"unknown", []string{"nope"}, 2, "", `pillion: unknown command "nope"`},
+		{"version", []string{"version"}, 0, "pillion dev (go", ""},
+		{"version extra arg", []string{"version", "x"}, 2, "", `pillion version: unexpected argument "x"`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			code, stdout, stderr := runCmd(tt.args...)
+			if code != tt.code {
+				t.Errorf("exit %d, want %d", code, tt.code)
+			}
+			if !strings.Contains(stdout, tt.stdoutHas) {
+				t.Errorf("stdout %q does not contain %q", stdout, tt.stdoutHas)
+			}
+			if first, _, _ := strings.Cut(stderr, "\n"); first != tt.stderrHead {
+				t.Errorf("stderr starts %q, want %q", first, tt.stderrHead)
+			}
+		})
+	}
+}
+
+// TestProxyBadFlags: each bad flag exits 2 with one line naming it, before
+// anything listens.
+func TestProxyBadFlags(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--outbound-port=70000"}, "pillion proxy: --outbound-port: 70000 is not a port number (1-65535)"},
+		{[]string{"--inbound-port=0"}, "pillion proxy: --inbound-port: 0 is not a port number (1-65535)"},
+		{[]string{"--inbound-port=15001"}, "pillion proxy: --inbound-port: 15001 is also the outbound port; they must differ"},
+		{[]string{"--dial-timeout=0s"}, "pillion proxy: --dial-timeout: 0s: must be positive"},
+		{[]string{"--dial-timeout=soon"}, `pillion proxy: invalid value "soon" for flag -dial-timeout: parse error`},
+		{[]string{"--max-connections=0"}, "pillion proxy: --max-connections: 0: must be positive"},
+		{[]string{"--drain-timeout=-1s"}, "pillion proxy: --drain-timeout: -1s: must not be negative"},
+		{[]string{"--log-level=loud"}, `pillion proxy: invalid value "loud" for flag -log-level: unrecognized level: "loud"`},
+	} {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			code, stdout, stderr := runCmd(append([]string{"proxy"}, tt.args...)...)
+			if code != 2 {
+				t.Errorf("exit %d, want 2", code)
+			}
+			want := tt.want + "\nRun 'pillion proxy --help' for usage.\n"
+			if stderr != want {
+				t.Errorf("stderr =\n%s\nwant\n%s", stderr, want)
+			}
+			if stdout != "" {
+				t.Errorf("stdout = %q", stdout)
+			}
+		})
+	}
+}
+
+func TestProxyHelp(t *testing.T) {
+	code, stdout, _ := runCmd("proxy", "--help")
+	if code != 0 {
+		t.Errorf("exit %d, want 0", code)
+	}
+	for _, want := range []string{"Usage: pillion proxy [flags]", "SO_ORIGINAL_DST", "-dial-timeout", "-max-connections", "-drain-timeout", "-log-level"} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("proxy --help lacks %q", want)
+		}
+	}
+}
