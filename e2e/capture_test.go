@@ -131,8 +131,16 @@ func TestCapture(t *testing.T) {
 		if got != want {
 			t.Errorf("sink answered %q, want %q", got, want)
 		}
-		if _, ok := m.b.WaitConnection("inbound", hostPort(b.IPv4, 8081), 5*time.Second); !ok {
-			t.Error("the transfer did not go through b's sidecar")
+		for _, sc := range []struct {
+			sc  *meshtest.Sidecar
+			dir string
+		}{{m.a, "outbound"}, {m.b, "inbound"}} {
+			l, ok := sc.sc.WaitConnection(sc.dir, hostPort(b.IPv4, 8081), 5*time.Second)
+			if !ok {
+				t.Errorf("the transfer did not go through %s's %s sidecar", sc.sc.Pod.Name, sc.dir)
+			} else if l.BytesSent != 256<<20 {
+				t.Errorf("%s's sidecar relayed %d bytes, want %d", sc.sc.Pod.Name, l.BytesSent, 256<<20)
+			}
 		}
 	})
 
@@ -192,8 +200,12 @@ func TestCapture(t *testing.T) {
 			if _, _, err := meshtest.Call(a, hostPort(b.IPv4, 8080), "marker"); err != nil {
 				t.Fatal(err)
 			}
+			// Wait for both sidecars' lines, so none arrives late in a later subtest.
 			if _, ok := m.a.WaitConnection("outbound", hostPort(b.IPv4, 8080), 5*time.Second); !ok {
-				t.Fatal("marker call not logged")
+				t.Fatal("marker call not logged by a")
+			}
+			if _, ok := m.b.WaitConnection("inbound", hostPort(b.IPv4, 8080), 5*time.Second); !ok {
+				t.Fatal("marker call not logged by b")
 			}
 			if got := m.a.Connections("outbound", dst); len(got) != 0 {
 				t.Errorf("a's sidecar saw an excluded CIDR: %+v", got)
@@ -201,25 +213,41 @@ func TestCapture(t *testing.T) {
 		})
 	}
 
-	t.Run("app calls its own pod IP", func(t *testing.T) {
-		dst := hostPort(b.IPv4, 8080)
-		before := len(m.b.Connections("inbound", dst))
-		peer, echoed, err := meshtest.Call(b, dst, "self")
-		if err != nil || echoed != "self" {
-			t.Fatalf("call to own pod IP = %q, %v", echoed, err)
-		}
-		if peer != "127.0.0.1" {
-			t.Errorf("app saw %s, want its inbound sidecar", peer)
-		}
-		// Through b's outbound sidecar, then its inbound sidecar: once each.
-		if _, ok := m.b.WaitConnection("outbound", dst, 5*time.Second); !ok {
-			t.Errorf("b's outbound sidecar did not see the call")
-		}
-		time.Sleep(100 * time.Millisecond)
-		if n := len(m.b.Connections("inbound", dst)) - before; n != 1 {
-			t.Errorf("b's inbound sidecar saw the call %d times, want 1 (no loop, no skip)", n)
-		}
-	})
+	for _, self := range []struct{ ip, loopback string }{
+		{b.IPv4.String(), "127.0.0.1"},
+		{b.IPv6.String(), "::1"},
+	} {
+		t.Run("app calls its own pod IP/"+self.ip, func(t *testing.T) {
+			dst := hostPort(netip.MustParseAddr(self.ip), 8080)
+			peer, echoed, err := meshtest.Call(b, dst, "self")
+			if err != nil || echoed != "self" {
+				t.Fatalf("call to own pod IP = %q, %v", echoed, err)
+			}
+			if peer != self.loopback {
+				t.Errorf("app saw %s, want its inbound sidecar", peer)
+			}
+			// Through b's outbound sidecar, then its inbound sidecar: once each.
+			if _, ok := m.b.WaitConnection("outbound", dst, 5*time.Second); !ok {
+				t.Errorf("b's outbound sidecar did not see the call")
+			}
+			// Inbound from b itself (its outbound sidecar), not a's calls.
+			fromSelf := func() (n int) {
+				for _, l := range m.b.Connections("inbound", dst) {
+					if strings.HasPrefix(l.Src, strings.TrimSuffix(dst, ":8080")+":") {
+						n++
+					}
+				}
+				return n
+			}
+			if _, ok := m.b.WaitLog(func(meshtest.LogLine) bool { return fromSelf() > 0 }, 5*time.Second); !ok {
+				t.Fatal("b's inbound sidecar did not see the call")
+			}
+			time.Sleep(100 * time.Millisecond) // a looping call would show up as more lines
+			if n := fromSelf(); n != 1 {
+				t.Errorf("b's inbound sidecar saw the call %d times, want 1 (no loop, no skip)", n)
+			}
+		})
+	}
 
 	t.Run("app calls localhost uncaptured", func(t *testing.T) {
 		peer, _, err := meshtest.Call(b, "127.0.0.1:8080", "lo")
@@ -268,12 +296,9 @@ func TestCapture(t *testing.T) {
 		if el < dialTimeout || el > dialTimeout+time.Second {
 			t.Errorf("client failed after %v, want about the dial time-out %v", el, dialTimeout)
 		}
-		var logged bool
-		for _, l := range m.a.Logs() {
-			if l.Msg == "upstream connect failed" && strings.Contains(l.Error, "i/o timeout") && l.Dst == dst {
-				logged = true
-			}
-		}
+		_, logged := m.a.WaitLog(func(l meshtest.LogLine) bool {
+			return l.Msg == "upstream connect failed" && strings.Contains(l.Error, "i/o timeout") && l.Dst == dst
+		}, 5*time.Second)
 		if !logged {
 			t.Errorf("no dial time-out logged for %s:\n%s", dst, m.a.Proxy.Output())
 		}

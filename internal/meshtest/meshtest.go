@@ -147,10 +147,21 @@ func (sc *Sidecar) Connections(dir, dst string) []LogLine {
 // WaitConnection waits up to timeout for the proxy to log a finished
 // connection in dir to dst and returns the first; ok is false if none came.
 func (sc *Sidecar) WaitConnection(dir, dst string, timeout time.Duration) (l LogLine, ok bool) {
+	return sc.WaitLog(func(l LogLine) bool {
+		return l.Msg == "connection" && l.Direction == dir && l.Dst == dst
+	}, timeout)
+}
+
+// WaitLog waits up to timeout for a log line that match accepts and returns
+// the first; ok is false if none came. The proxy's output reaches us through
+// a pipe, so a line may arrive a little after the event it records.
+func (sc *Sidecar) WaitLog(match func(LogLine) bool, timeout time.Duration) (l LogLine, ok bool) {
 	deadline := time.Now().Add(timeout)
 	for {
-		if c := sc.Connections(dir, dst); len(c) > 0 {
-			return c[0], true
+		for _, l := range sc.Logs() {
+			if match(l) {
+				return l, true
+			}
 		}
 		if time.Now().After(deadline) {
 			return LogLine{}, false
