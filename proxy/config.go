@@ -15,6 +15,7 @@ const (
 	DefaultDialTimeout    = 5 * time.Second
 	DefaultMaxConnections = 16384
 	DefaultDrainTimeout   = 5 * time.Second
+	DefaultIdleTimeout    = time.Hour // Envoy's tcp_proxy default
 )
 
 // Config is the proxy's validated configuration. Build it with Validate (or
@@ -29,8 +30,13 @@ type Config struct {
 	// directions together; one more is accepted and reset at once.
 	MaxConnections int
 	// DrainTimeout bounds how long Run waits, once its context ends, for
-	// open connections to finish before it closes them.
+	// open connections to finish before it resets them. Zero resets them at
+	// once.
 	DrainTimeout time.Duration
+	// IdleTimeout resets a connection on which no byte moved either way for
+	// this long (also one half-closed by one side and forgotten by the
+	// other). Zero means no limit.
+	IdleTimeout time.Duration
 }
 
 // DefaultConfig returns the defaults.
@@ -41,6 +47,7 @@ func DefaultConfig() Config {
 		DialTimeout:    DefaultDialTimeout,
 		MaxConnections: DefaultMaxConnections,
 		DrainTimeout:   DefaultDrainTimeout,
+		IdleTimeout:    DefaultIdleTimeout,
 	}
 }
 
@@ -60,6 +67,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("--max-connections: %d: must be positive", c.MaxConnections)
 	case c.DrainTimeout < 0:
 		return fmt.Errorf("--drain-timeout: %v: must not be negative", c.DrainTimeout)
+	case c.IdleTimeout < 0:
+		return fmt.Errorf("--idle-timeout: %v: must not be negative (0 means no limit)", c.IdleTimeout)
 	}
 	return nil
 }

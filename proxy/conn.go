@@ -16,12 +16,11 @@ import (
 // proxy's own listeners: forwarding it would send it back to us.
 var errLoop = errors.New("original destination is the proxy's own listener")
 
-// handle proxies one accepted connection. It owns c.
+// handle proxies one accepted connection. It owns c, which the caller has
+// tracked.
 func (s *Server) handle(c *net.TCPConn, dir Direction) {
 	start := time.Now()
 	st := &s.stats.Dir[dir]
-	untrack := s.track(c)
-	defer untrack()
 
 	dst, err := s.origDst(c)
 	if err != nil {
@@ -42,7 +41,7 @@ func (s *Server) handle(c *net.TCPConn, dir Direction) {
 	target := s.target(dir, dst)
 
 	d := net.Dialer{Timeout: s.cfg.DialTimeout}
-	uc, err := d.Dial("tcp", target.String())
+	uc, err := d.DialContext(s.hardStop, "tcp", target.String())
 	if err != nil {
 		st.DialFailures.Add(1)
 		s.log.Warn("upstream connect failed", zap.Stringer("direction", dir),
@@ -52,11 +51,15 @@ func (s *Server) handle(c *net.TCPConn, dir Direction) {
 		return
 	}
 	up := uc.(*net.TCPConn)
-	untrackUp := s.track(up)
-	defer untrackUp()
+	if !s.track(up) {
+		reset(up)
+		reset(c)
+		return
+	}
+	defer s.untrack(up)
 
 	st.Active.Add(1)
-	res := relay.TCP(c, up)
+	res := relay.TCP(c, up, s.cfg.IdleTimeout)
 	st.Active.Add(-1)
 	st.Completed.Add(1)
 	st.BytesSent.Add(res.Sent)

@@ -31,11 +31,17 @@ type Server struct {
 
 	active atomic.Int64 // both directions, for MaxConnections
 	wg     sync.WaitGroup
-	mu     sync.Mutex
-	conns  map[*net.TCPConn]struct{} // open connections, both ends, for the final close
+
+	// hardStop is cancelled when the drain time-out passes: dials in flight
+	// give up.
+	hardStop   context.Context
+	cancelHard context.CancelFunc
+
+	mu      sync.Mutex
+	conns   map[*net.TCPConn]struct{} // open sockets, both ends, for the final reset
+	closing bool                      // the final reset has run: refuse new sockets
 
 	ready chan struct{}
-	addrs []net.Addr // set before ready is closed
 }
 
 // New returns a Server for cfg, which must be valid. log must not be nil.
@@ -43,8 +49,11 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("proxy: %w", err)
 	}
+	hardStop, cancelHard := context.WithCancel(context.Background())
 	return &Server{
 		cfg:        cfg,
+		hardStop:   hardStop,
+		cancelHard: cancelHard,
 		log:        log,
 		origDst:    redirect.OriginalDst,
 		localAddrs: net.InterfaceAddrs,
@@ -58,17 +67,15 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 // Stats returns the server's live counters.
 func (s *Server) Stats() *Stats { return &s.stats }
 
-// Ready is closed once every listener is open.
+// Ready is closed once every listener is open. It is never closed if Run
+// fails to open them.
 func (s *Server) Ready() <-chan struct{} { return s.ready }
-
-// Addrs returns the addresses listened on; valid once Ready is closed.
-func (s *Server) Addrs() []net.Addr { <-s.ready; return s.addrs }
 
 // Run listens on the outbound and inbound ports, IPv4 and (where the
 // namespace has it) IPv6, and proxies connections until ctx ends. Then it
 // stops accepting, waits up to DrainTimeout for open connections to end,
-// closes those left, and returns. It returns an error only if a listener
-// cannot be opened.
+// resets those left, and returns. It returns an error only if a listener
+// cannot be opened. Run must be called once.
 func (s *Server) Run(ctx context.Context) error {
 	type lis struct {
 		l   *net.TCPListener
@@ -96,7 +103,6 @@ func (s *Server) Run(ctx context.Context) error {
 				return fmt.Errorf("proxy: %s listener: %w", p.dir, err)
 			}
 			ls = append(ls, lis{l, p.dir})
-			s.addrs = append(s.addrs, l.Addr())
 			s.log.Info("listening", zap.Stringer("direction", p.dir), zap.Stringer("addr", l.Addr()))
 		}
 	}
@@ -126,15 +132,16 @@ func listen(host netip.Addr, port uint16) (*net.TCPListener, error) {
 	return net.ListenTCP(network, net.TCPAddrFromAddrPort(netip.AddrPortFrom(host, port)))
 }
 
-// ipv6Unavailable tells an IPv6 listen error that means "this namespace has
-// no IPv6" from a real failure.
+// ipv6Unavailable tells an IPv6 listen error that means "this kernel has no
+// IPv6" from a real failure.
 func ipv6Unavailable(err error) bool {
-	return errors.Is(err, syscall.EAFNOSUPPORT) || errors.Is(err, syscall.EADDRNOTAVAIL) ||
-		errors.Is(err, syscall.EPROTONOSUPPORT)
+	return errors.Is(err, syscall.EAFNOSUPPORT) || errors.Is(err, syscall.EPROTONOSUPPORT)
 }
 
-// drain waits for open connections up to DrainTimeout, then closes them.
+// drain waits for open connections up to DrainTimeout, then resets them
+// (a reset, not a FIN: a cut-off transfer must not look complete).
 func (s *Server) drain() {
+	defer s.cancelHard()
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
 	if n := s.active.Load(); n > 0 {
@@ -146,11 +153,13 @@ func (s *Server) drain() {
 	case <-time.After(s.cfg.DrainTimeout):
 	}
 	s.mu.Lock()
-	s.log.Warn("drain time-out: closing connections", zap.Int("sockets", len(s.conns)))
+	s.closing = true
+	s.log.Warn("drain time-out: resetting connections", zap.Int("sockets", len(s.conns)))
 	for c := range s.conns {
-		c.Close()
+		reset(c)
 	}
 	s.mu.Unlock()
+	s.cancelHard()
 	<-done
 }
 
@@ -181,26 +190,39 @@ func (s *Server) accept(l *net.TCPListener, dir Direction) {
 			reset(c)
 			continue
 		}
+		if !s.track(c) {
+			s.active.Add(-1)
+			reset(c)
+			continue
+		}
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
 			defer s.active.Add(-1)
+			defer s.untrack(c)
 			s.handle(c, dir)
 		}()
 	}
 }
 
-// track records c as open (so a drain time-out can close it) and returns a
-// func that forgets it.
-func (s *Server) track(c *net.TCPConn) func() {
+// track records c as open, so a drain time-out can reset it. It returns
+// false, and does not record c, once that final reset has run: the caller
+// must then reset c itself.
+func (s *Server) track(c *net.TCPConn) bool {
 	s.mu.Lock()
-	s.conns[c] = struct{}{}
-	s.mu.Unlock()
-	return func() {
-		s.mu.Lock()
-		delete(s.conns, c)
-		s.mu.Unlock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
 	}
+	s.conns[c] = struct{}{}
+	return true
+}
+
+// untrack forgets c.
+func (s *Server) untrack(c *net.TCPConn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
 }
 
 // reset closes c with a TCP reset rather than a FIN, so the peer sees a

@@ -154,7 +154,10 @@ func TestConnectionToOwnListenerRefused(t *testing.T) {
 }
 
 func TestOwnListenerOnPodAddressIsALoop(t *testing.T) {
-	s := testServer(t, DefaultConfig(), fixed(netip.AddrPort{}))
+	s, err := New(DefaultConfig(), zap.NewNop()) // not running: only the check
+	if err != nil {
+		t.Fatal(err)
+	}
 	s.localAddrs = func() ([]net.Addr, error) {
 		return []net.Addr{&net.IPNet{IP: net.ParseIP("198.18.0.3"), Mask: net.CIDRMask(24, 32)}}, nil
 	}
@@ -168,7 +171,6 @@ func TestOwnListenerOnPodAddressIsALoop(t *testing.T) {
 		{"0.0.0.0:15006", true},
 		{"[::1]:15006", true},
 	} {
-		s.cfg.OutboundPort, s.cfg.InboundPort = 15001, 15006
 		if got := s.isOwnListener(netip.MustParseAddrPort(tt.dst)); got != tt.want {
 			t.Errorf("isOwnListener(%s) = %v, want %v", tt.dst, got, tt.want)
 		}
@@ -212,27 +214,65 @@ func TestConnectionCap(t *testing.T) {
 	}
 }
 
-func TestDrainClosesStragglersAfterTimeout(t *testing.T) {
+// startRun starts s.Run on loopback and returns a func that cancels it and
+// a channel that receives Run's result.
+func startRun(t *testing.T, s *Server) (stop func(), done <-chan error) {
+	t.Helper()
+	s.bindV4, s.bindV6 = netip.MustParseAddr("127.0.0.1"), netip.IPv6Loopback()
+	ctx, cancel := context.WithCancel(context.Background())
+	d := make(chan error, 1)
+	go func() { d <- s.Run(ctx) }()
+	<-s.Ready()
+	t.Cleanup(cancel)
+	return cancel, d
+}
+
+func TestDrain(t *testing.T) {
 	backend := echoServer(t)
 	cfg := DefaultConfig()
 	p := freePorts(t, 2)
 	cfg.OutboundPort, cfg.InboundPort = p[0], p[1]
-	cfg.DrainTimeout = 200 * time.Millisecond
+	cfg.DrainTimeout = 300 * time.Millisecond
 	s, _ := New(cfg, zap.NewNop())
 	s.origDst = fixed(backend)
-	s.bindV4, s.bindV6 = netip.MustParseAddr("127.0.0.1"), netip.IPv6Loopback()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	<-s.Ready()
-	c, err := net.Dial("tcp", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), cfg.OutboundPort).String())
+	stop, done := startRun(t, s)
+	proxyAddr := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), cfg.OutboundPort).String()
+
+	// Two connections are open when shutdown starts: one finishes within
+	// the drain window, the other never does.
+	finisher, err := net.Dial("tcp", proxyAddr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	waitFor(t, "connection active", func() bool { return s.Stats().Dir[Outbound].Active.Load() == 1 })
+	defer finisher.Close()
+	straggler, err := net.Dial("tcp", proxyAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer straggler.Close()
+	waitFor(t, "connections active", func() bool { return s.Stats().Dir[Outbound].Active.Load() == 2 })
 	start := time.Now()
-	cancel()
+	stop()
+
+	// New connections are refused at once.
+	waitFor(t, "listener closed", func() bool {
+		c, err := net.Dial("tcp", proxyAddr)
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	})
+	// The finisher completes inside the window, untouched.
+	time.Sleep(50 * time.Millisecond)
+	_ = finisher.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := finisher.Write([]byte("late")); err != nil {
+		t.Fatal(err)
+	}
+	_ = finisher.(*net.TCPConn).CloseWrite()
+	if got, err := io.ReadAll(finisher); err != nil || string(got) != "echo:late" {
+		t.Errorf("connection finishing inside the drain window got %q, %v", got, err)
+	}
+
 	select {
 	case <-done:
 	case <-time.After(5 * time.Second):
@@ -241,12 +281,10 @@ func TestDrainClosesStragglersAfterTimeout(t *testing.T) {
 	if el := time.Since(start); el < cfg.DrainTimeout {
 		t.Errorf("Run returned after %v, before the drain time-out %v", el, cfg.DrainTimeout)
 	}
-	_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
-	if _, err := c.Read(make([]byte, 1)); err == nil {
-		t.Error("the straggling connection is still open")
-	}
-	if _, err := net.Dial("tcp", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), cfg.OutboundPort).String()); err == nil {
-		t.Error("listener still accepting after Run returned")
+	// The straggler is reset, not closed: a cut-off stream must not look complete.
+	_ = straggler.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := straggler.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("straggler read = %v, want a reset", err)
 	}
 }
 
@@ -263,6 +301,8 @@ func TestConfigValidate(t *testing.T) {
 		{"dial timeout", mod(func(c *Config) { c.DialTimeout = 0 }), "--dial-timeout: 0s: must be positive"},
 		{"max conns", mod(func(c *Config) { c.MaxConnections = -1 }), "--max-connections: -1: must be positive"},
 		{"drain", mod(func(c *Config) { c.DrainTimeout = -time.Second }), "--drain-timeout: -1s: must not be negative"},
+		{"idle", mod(func(c *Config) { c.IdleTimeout = -time.Second }), "--idle-timeout: -1s: must not be negative (0 means no limit)"},
+		{"no idle limit", mod(func(c *Config) { c.IdleTimeout = 0 }), ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			err := tt.cfg.Validate()

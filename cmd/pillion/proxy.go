@@ -32,7 +32,8 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	inbound := fs.Uint("inbound-port", uint(cfg.InboundPort), "port inbound traffic is redirected to")
 	fs.DurationVar(&cfg.DialTimeout, "dial-timeout", cfg.DialTimeout, "how long connecting upstream may take")
 	fs.IntVar(&cfg.MaxConnections, "max-connections", cfg.MaxConnections, "connections proxied at once, both directions; more are reset")
-	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "on shutdown, how long open connections may take to finish")
+	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "on shutdown, how long open connections may take to finish before they are reset")
+	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", cfg.IdleTimeout, "reset a connection when no byte moved either way for this long (0: no limit)")
 	level := zap.NewAtomicLevelAt(zap.InfoLevel)
 	fs.TextVar(&level, "log-level", level, "log level: debug, info, warn or error")
 	if err := parseFlags(fs, args); err != nil {

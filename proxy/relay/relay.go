@@ -6,10 +6,16 @@ package relay
 
 import (
 	"errors"
-	"io"
 	"net"
+	"os"
 	"sync"
+	"sync/atomic"
+	"time"
 )
+
+// ErrIdle ends a relay in which no byte moved either way for the idle
+// time-out.
+var ErrIdle = errors.New("relay: idle time-out")
 
 // Result is what one relay did.
 type Result struct {
@@ -25,20 +31,30 @@ type Result struct {
 // dialled) until both directions are done, then closes both. It owns both
 // connections from the moment it is called.
 //
+// When no byte has moved either way for idle, both are reset and Err is
+// ErrIdle; this also ends a connection one side has half-closed and the
+// other has forgotten. The check runs every idle/2, so the actual cut comes
+// between idle and 1.5×idle. Zero idle means no limit.
+//
 // When one side shuts its write half (EOF), the other side's write half is
 // shut too and the opposite direction carries on: a client may send a
 // request, shut down writing and still read the answer. When a direction
 // fails (a reset, or writing to a peer that has gone), both connections are
 // closed at once, and the side that did not fail is reset rather than
 // closed gracefully, so it sees the failure instead of a clean end.
-func TCP(down, up *net.TCPConn) Result {
+func TCP(down, up *net.TCPConn, idle time.Duration) Result {
 	var (
 		wg         sync.WaitGroup
 		abortOnce  sync.Once
 		sent, recv int64
 		errUp      error // down → up
 		errDown    error // up → down
+		last       atomic.Int64 // when a byte last moved, either way (UnixNano)
 	)
+	last.Store(time.Now().UnixNano())
+	pipe := func(dst, src *net.TCPConn) (int64, error) {
+		return copyHalf(dst, src, idle, &last)
+	}
 	abort := func() {
 		abortOnce.Do(func() {
 			_ = down.SetLinger(0)
@@ -68,18 +84,38 @@ func TCP(down, up *net.TCPConn) Result {
 	return Result{Sent: sent, Received: recv, Err: firstReal(errUp, errDown)}
 }
 
-// pipe copies src to dst until src's EOF, then shuts dst's write half.
-func pipe(dst, src *net.TCPConn) (int64, error) {
-	// ReadFrom with a *TCPConn source takes the splice path; io.Copy would
-	// prefer src.WriteTo, which for TCP-to-TCP does not.
-	n, err := dst.ReadFrom(src)
-	if err != nil {
-		return n, err
+// copyHalf copies src to dst until src's EOF, then shuts dst's write half.
+// With an idle limit, it reads with a deadline of idle/2 and, each time the
+// deadline passes, records whether bytes moved and gives up once last (shared
+// with the other direction) is idle old.
+func copyHalf(dst, src *net.TCPConn, idle time.Duration, last *atomic.Int64) (int64, error) {
+	var total int64
+	for {
+		if idle > 0 {
+			_ = src.SetReadDeadline(time.Now().Add(idle / 2))
+		}
+		// TCPConn.ReadFrom from a *TCPConn uses splice(2): the bytes stay in
+		// the kernel. A deadline interrupts it between chunks, losing nothing.
+		n, err := dst.ReadFrom(src)
+		total += n
+		now := time.Now()
+		if n > 0 {
+			last.Store(now.UnixNano())
+		}
+		if err == nil {
+			break // EOF
+		}
+		if idle <= 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+			return total, err
+		}
+		if now.Sub(time.Unix(0, last.Load())) >= idle {
+			return total, ErrIdle
+		}
 	}
 	if err := dst.CloseWrite(); err != nil {
-		return n, err
+		return total, err
 	}
-	return n, nil
+	return total, nil
 }
 
 // firstReal returns the first error that is not a consequence of our own
@@ -89,7 +125,7 @@ func firstReal(errs ...error) error {
 	for _, err := range errs {
 		switch {
 		case err == nil:
-		case errors.Is(err, net.ErrClosed), errors.Is(err, io.EOF):
+		case errors.Is(err, net.ErrClosed):
 			if closed == nil {
 				closed = err
 			}

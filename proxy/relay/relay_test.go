@@ -15,6 +15,11 @@ import (
 // setup returns the client's end and the server's end of a connection that
 // runs through TCP(), and a channel with the relay's result.
 func setup(t *testing.T) (client, server *net.TCPConn, result <-chan Result) {
+	return setupIdle(t, 0)
+}
+
+// setupIdle is setup with an idle time-out on the relay.
+func setupIdle(t *testing.T, idle time.Duration) (client, server *net.TCPConn, result <-chan Result) {
 	t.Helper()
 	front := listen(t)
 	back := listen(t)
@@ -29,7 +34,7 @@ func setup(t *testing.T) (client, server *net.TCPConn, result <-chan Result) {
 			down.Close()
 			return
 		}
-		res <- TCP(down, up)
+		res <- TCP(down, up, idle)
 	}()
 	c, err := net.DialTCP("tcp", nil, front.Addr().(*net.TCPAddr))
 	if err != nil {
@@ -102,7 +107,8 @@ func TestHalfCloseCarriedAcross(t *testing.T) {
 }
 
 func TestLargeTransferBothWays(t *testing.T) {
-	client, server, res := setup(t)
+	// With an idle limit, as the proxy runs it: reads carry deadlines.
+	client, server, res := setupIdle(t, time.Minute)
 	const size = 32 << 20
 	data := make([]byte, size)
 	_, _ = rand.Read(data)
@@ -164,4 +170,76 @@ func TestClientGoneWhileServerSends(t *testing.T) {
 		t.Fatal("server could keep writing after the client closed")
 	}
 	waitResult(t, res)
+}
+
+func TestServerClosesFirstClientKeepsSending(t *testing.T) {
+	client, server, res := setup(t)
+	// The server says its piece and shuts its write side at once...
+	if _, err := server.Write([]byte("banner")); err != nil {
+		t.Fatal(err)
+	}
+	if err := server.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(client)
+	if err != nil || string(got) != "banner" {
+		t.Fatalf("client read %q, %v; want the banner then EOF", got, err)
+	}
+	// ...while the client can still send, and the server still receives.
+	if _, err := client.Write([]byte("late data")); err != nil {
+		t.Fatal(err)
+	}
+	client.CloseWrite()
+	rest, err := io.ReadAll(server)
+	if err != nil || string(rest) != "late data" {
+		t.Fatalf("server read %q, %v; want the client's data after its own FIN", rest, err)
+	}
+	if r := waitResult(t, res); r.Err != nil || r.Sent != 9 || r.Received != 6 {
+		t.Errorf("result = %+v", r)
+	}
+}
+
+func TestIdleHalfClosedConnectionIsReset(t *testing.T) {
+	const idle = 100 * time.Millisecond
+	client, server, res := setupIdle(t, idle)
+	start := time.Now()
+	// The client is done sending; the server never answers.
+	client.CloseWrite()
+	if _, err := io.ReadAll(server); err != nil {
+		t.Fatal(err)
+	}
+	r := waitResult(t, res)
+	el := time.Since(start)
+	if !errors.Is(r.Err, ErrIdle) {
+		t.Errorf("result error = %v, want ErrIdle", r.Err)
+	}
+	if el < idle || el > 3*idle {
+		t.Errorf("relay ended after %v, want between %v and %v", el, idle, 3*idle)
+	}
+	if _, err := client.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("client read after the idle cut = %v, want a reset", err)
+	}
+}
+
+func TestSlowSteadyTransferIsNotIdle(t *testing.T) {
+	const idle = 100 * time.Millisecond
+	client, server, res := setupIdle(t, idle)
+	// A byte every 30 ms for about six idle periods.
+	go func() {
+		for range 20 {
+			if _, err := client.Write([]byte("x")); err != nil {
+				return
+			}
+			time.Sleep(30 * time.Millisecond)
+		}
+		client.CloseWrite()
+	}()
+	got, err := io.ReadAll(server)
+	if err != nil || len(got) != 20 {
+		t.Fatalf("server read %d bytes, %v; want all 20", len(got), err)
+	}
+	server.CloseWrite()
+	if r := waitResult(t, res); r.Err != nil {
+		t.Errorf("a slow but steady transfer was cut: %v", r.Err)
+	}
 }
