@@ -2,18 +2,12 @@
 
 package redirect
 
-import (
-	"errors"
-	"fmt"
-)
-
-// errUnsupported is returned on systems without iptables.
-var errUnsupported = errors.New("redirect: iptables capture needs Linux")
+import "fmt"
 
 // NewTables returns an error: iptables exists only on Linux.
 func NewTables(f Family) (Tables, error) {
-	return nil, fmt.Errorf("%w (%s)", errUnsupported, f)
+	return nil, fmt.Errorf("%w (%s)", ErrUnsupported, f)
 }
 
 // IPv6Enabled returns an error: iptables exists only on Linux.
-func IPv6Enabled() (bool, error) { return false, errUnsupported }
+func IPv6Enabled() (bool, error) { return false, ErrUnsupported }

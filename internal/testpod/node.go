@@ -173,19 +173,28 @@ func (n *Node) Destroy() {
 // watchSignals removes this process's namespaces on SIGINT or SIGTERM and
 // then exits, as the signal would have.
 func (n *Node) watchSignals() {
+	n.stopSig = onSignal(func() {
+		fmt.Fprintln(os.Stderr, "testpod: removing test namespaces")
+		removeOwnedBy(os.Getpid())
+	})
+}
+
+// onSignal calls cleanup on the first SIGINT or SIGTERM, then exits with
+// 128+signal as the signal would have. The returned func stops watching.
+func onSignal(cleanup func()) (stop func()) {
 	ch := make(chan os.Signal, 1)
 	done := make(chan struct{})
 	signal.Notify(ch, os.Interrupt, syscall.SIGTERM)
-	n.stopSig = func() { signal.Stop(ch); close(done) }
 	go func() {
 		select {
 		case sig := <-ch:
-			fmt.Fprintf(os.Stderr, "testpod: %v: removing test namespaces\n", sig)
-			removeOwnedBy(os.Getpid())
+			fmt.Fprintf(os.Stderr, "\n%v: cleaning up\n", sig)
+			cleanup()
 			os.Exit(128 + int(sig.(syscall.Signal)))
 		case <-done:
 		}
 	}()
+	return func() { signal.Stop(ch); close(done) }
 }
 
 // sweepStale removes namespaces left by processes that no longer exist.

@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"os/exec"
-	"runtime"
 	"strconv"
 	"sync"
 
@@ -41,36 +40,7 @@ var (
 // Sockets fn creates stay in that namespace after Run returns, so
 // Run(func() error { l, err = net.Listen(...) }) gives a listener in the pod.
 func (p *Pod) Run(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		// The thread is not unlocked if it could not go back to its own
-		// namespace: the runtime then ends it with this goroutine.
-		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			errc <- fmt.Errorf("testpod: open own netns: %w", err)
-			return
-		}
-		defer unix.Close(orig)
-		target, err := unix.Open(nsDir+"/"+p.NetNS, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			errc <- fmt.Errorf("testpod: open netns %s: %w", p.NetNS, err)
-			return
-		}
-		defer unix.Close(target)
-		if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("testpod: enter netns %s: %w", p.NetNS, err)
-			return
-		}
-		ferr := fn()
-		if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("testpod: leave netns %s: %w", p.NetNS, err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
+	return inNetNS(nsDir+"/"+p.NetNS, fn)
 }
 
 // Listen opens a listener inside the pod.

@@ -3,9 +3,7 @@ package testpod
 import (
 	"fmt"
 	"os"
-	"os/signal"
 	"sync"
-	"syscall"
 )
 
 // Session is a Cleaner for programs (the demo) rather than tests: Close runs
@@ -26,19 +24,7 @@ var (
 // cleanups and exits with 128+signal. Call Close when done.
 func NewSession() *Session {
 	s := &Session{}
-	ch := make(chan os.Signal, 1)
-	done := make(chan struct{})
-	signal.Notify(ch, os.Interrupt, syscall.SIGTERM)
-	s.stopSig = func() { signal.Stop(ch); close(done) }
-	go func() {
-		select {
-		case sig := <-ch:
-			fmt.Fprintf(os.Stderr, "\n%v: cleaning up\n", sig)
-			s.Close()
-			os.Exit(128 + int(sig.(syscall.Signal)))
-		case <-done:
-		}
-	}()
+	s.stopSig = onSignal(s.Close)
 	return s
 }
 

@@ -47,8 +47,8 @@ func TCP(down, up *net.TCPConn, idle time.Duration) Result {
 		wg         sync.WaitGroup
 		abortOnce  sync.Once
 		sent, recv int64
-		errUp      error // down → up
-		errDown    error // up → down
+		errUp      error        // down → up
+		errDown    error        // up → down
 		last       atomic.Int64 // when a byte last moved, either way (UnixNano)
 	)
 	last.Store(time.Now().UnixNano())

@@ -1,0 +1,7 @@
+package redirect
+
+import "errors"
+
+// ErrUnsupported is returned, off Linux, by everything that needs netfilter:
+// NewTables, IPv6Enabled and OriginalDst.
+var ErrUnsupported = errors.New("redirect: transparent capture needs Linux netfilter")
