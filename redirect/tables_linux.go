@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 
 	"github.com/coreos/go-iptables/iptables"
@@ -31,19 +32,30 @@ func NewTables(f Family) (Tables, error) {
 	return t, nil
 }
 
-// IPv6Enabled reports whether IPv6 is enabled in the calling thread's
-// network namespace: the kernel has IPv6 and
-// /proc/sys/net/ipv6/conf/all/disable_ipv6 is 0. It does not look for
-// addresses: an enabled stack can carry IPv6 (link-local, or an address
-// added later), and uncaptured traffic would escape the sidecar, so
-// pillion captures IPv6 whenever the namespace could use it.
+// IPv6Enabled reports whether IPv6 is, or can become, enabled in the
+// calling thread's network namespace: the kernel has IPv6 and
+// disable_ipv6 is 0 for any entry of /proc/sys/net/ipv6/conf (all,
+// default, or one interface: an interface can be re-enabled after "all" was
+// set to 1). It does not look for addresses: an enabled stack can carry
+// IPv6 (link-local, or an address added later), and uncaptured traffic
+// would escape the sidecar, so pillion captures IPv6 whenever the namespace
+// could use it.
 func IPv6Enabled() (bool, error) {
-	b, err := os.ReadFile("/proc/sys/net/ipv6/conf/all/disable_ipv6")
-	switch {
-	case os.IsNotExist(err):
-		return false, nil // no IPv6 in this kernel
-	case err != nil:
+	files, err := filepath.Glob("/proc/sys/net/ipv6/conf/*/disable_ipv6")
+	if err != nil {
 		return false, fmt.Errorf("redirect: is IPv6 enabled: %w", err)
 	}
-	return strings.TrimSpace(string(b)) == "0", nil
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if os.IsNotExist(err) {
+			continue // an interface that just went away
+		}
+		if err != nil {
+			return false, fmt.Errorf("redirect: is IPv6 enabled: %w", err)
+		}
+		if strings.TrimSpace(string(b)) == "0" {
+			return true, nil
+		}
+	}
+	return false, nil // no IPv6 in this kernel, or disabled everywhere
 }

@@ -73,6 +73,14 @@ func runInit(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 		targets = append(targets, redirect.Target{Plan: redirect.NewPlan(cfg, f), Tables: t})
 	}
+	if cfg.Cleanup && !v6 {
+		// IPv6 may have been enabled when the rules went in: remove them
+		// whenever ip6tables can, even though IPv6 is off now.
+		if t, err := redirect.NewTables(redirect.IPv6); err == nil {
+			targets = append(targets, redirect.Target{Plan: redirect.NewPlan(cfg, redirect.IPv6), Tables: t})
+			v6 = true
+		}
+	}
 
 	op := redirect.Apply
 	if cfg.Cleanup {

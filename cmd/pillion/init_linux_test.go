@@ -187,6 +187,43 @@ func TestInitIPv6Disabled(t *testing.T) {
 	}
 }
 
+// TestInitIPv6ReenabledOnOneInterface: "all" says disabled, but eth0 was
+// turned back on; IPv6 must still be captured, or it would escape.
+func TestInitIPv6ReenabledOnOneInterface(t *testing.T) {
+	pod := newInitPod(t)
+	for _, kv := range []string{"net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.eth0.disable_ipv6=0"} {
+		if _, err := pod.Exec(context.Background(), "sysctl", "-qw", kv); err != nil {
+			t.Fatal(err)
+		}
+	}
+	code, stdout, stderr := runIn(t, pod, "init")
+	want := "IPv4: installed 4 chains and 14 rules\nIPv6: installed 4 chains and 14 rules\n"
+	if code != 0 || stdout != want {
+		t.Errorf("init: exit %d, stdout\n%s\nstderr\n%s\nwant stdout\n%s", code, stdout, stderr, want)
+	}
+}
+
+// TestInitCleanupAfterIPv6Disabled: rules installed while IPv6 was on are
+// removed by --cleanup after it was turned off.
+func TestInitCleanupAfterIPv6Disabled(t *testing.T) {
+	pod := newInitPod(t)
+	before := natSaves(t, pod)
+	if code, _, stderr := runIn(t, pod, "init"); code != 0 {
+		t.Fatalf("init: exit %d: %s", code, stderr)
+	}
+	if _, err := pod.Exec(context.Background(), "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"); err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, stderr := runIn(t, pod, "init", "--cleanup")
+	want := "IPv4: removed 4 chains and 14 rules\nIPv6: removed 4 chains and 14 rules\n"
+	if code != 0 || stdout != want {
+		t.Errorf("init --cleanup: exit %d, stdout\n%s\nstderr\n%s\nwant stdout\n%s", code, stdout, stderr, want)
+	}
+	if diff := cmp.Diff(before, natSaves(t, pod)); diff != "" {
+		t.Errorf("tables after cleanup differ from before (-before +after):\n%s", diff)
+	}
+}
+
 // TestInitMissingCommand runs init with ip6tables missing from PATH: it must
 // name the command, exit 1, and install nothing (not even the IPv4 half).
 func TestInitMissingCommand(t *testing.T) {
