@@ -294,6 +294,9 @@ func TestKernelRollback(t *testing.T) {
 	}
 }
 
+// proxyGIDOnly runs with the proxy's GID but not its UID.
+var proxyGIDOnly = testpod.User{UID: 1000, GID: 1337}
+
 // TestKernelCapture checks that the installed rules steer real
 // connections where the package documentation says: which listener in the
 // pod accepts each connection.
@@ -323,22 +326,34 @@ func TestKernelCapture(t *testing.T) {
 		{"proxy to its own pod IP goes inbound", pod, testpod.ProxyUser, self4 + ":8080", "inbound sidecar"},
 		{"proxy to its own pod IPv6 goes inbound", pod, testpod.ProxyUser, self6 + ":8080", "inbound sidecar"},
 		{"proxy to its own pod IP, sidecar port, is not redirected", pod, testpod.ProxyUser, self4 + ":15021", "health"},
+		// Rules 3 and 4: a process with the proxy's GID but another UID.
+		{"proxy GID to the world is not captured", pod, proxyGIDOnly, "198.18.0.1:80", ""},
+		{"proxy GID to its own pod IP goes inbound", pod, proxyGIDOnly, self4 + ":8080", "inbound sidecar"},
 		{"peer to the app is captured inbound", peer, testpod.Root, self4 + ":8080", "inbound sidecar"},
 		{"peer to the app over IPv6 is captured inbound", peer, testpod.Root, self6 + ":8080", "inbound sidecar"},
 		{"peer to the health port is not captured", peer, testpod.Root, self4 + ":15021", "health"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			// A late accept from an earlier case must not be blamed here.
+			for len(accepted) > 0 {
+				<-accepted
+			}
 			host, port, err := net.SplitHostPort(tt.dst)
 			if err != nil {
 				t.Fatal(err)
 			}
 			script := "exec 3<>/dev/tcp/" + host + "/" + port
 			out, err := tt.from.Command(context.Background(), tt.user, "bash", "-c", script).CombinedOutput()
+			// Wait long for an expected accept, briefly for an unexpected one.
+			wait := 5 * time.Second
+			if tt.want == "" {
+				wait = 300 * time.Millisecond
+			}
 			got := ""
 			select {
 			case got = <-accepted:
-			case <-time.After(500 * time.Millisecond):
+			case <-time.After(wait):
 			}
 			if got != tt.want {
 				t.Errorf("connection to %s accepted by %q, want %q (bash: %v %s)", tt.dst, got, tt.want, err, out)
