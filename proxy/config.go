@@ -6,12 +6,15 @@ package proxy
 import (
 	"fmt"
 	"time"
+
+	"github.com/pillionmesh/pillion/redirect"
 )
 
-// Default values for Config, the user's contract in DESIGN.md.
+// Default values for Config; the ports are the ones `pillion init`
+// redirects to by default.
 const (
-	DefaultOutboundPort   = 15001
-	DefaultInboundPort    = 15006
+	DefaultOutboundPort   = redirect.DefaultOutboundPort
+	DefaultInboundPort    = redirect.DefaultInboundPort
 	DefaultDialTimeout    = 5 * time.Second
 	DefaultMaxConnections = 16384
 	DefaultDrainTimeout   = 5 * time.Second

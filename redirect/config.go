@@ -19,6 +19,15 @@ const (
 	PrometheusPort uint16 = 15090 // Prometheus scrape
 )
 
+// The defaults of the capture ports and the proxy's identity: the user's
+// contract in DESIGN.md, shared with `pillion proxy`.
+const (
+	DefaultOutboundPort uint16 = 15001
+	DefaultInboundPort  uint16 = 15006
+	DefaultProxyUID     uint32 = 1337
+	DefaultProxyGID     uint32 = 1337
+)
+
 // sidecarPort is one of the ports the sidecar serves itself.
 type sidecarPort struct {
 	port uint16
@@ -60,13 +69,13 @@ func DefaultFlags() Flags {
 
 // Register defines the flags on fs, with their defaults, storing into f.
 func (f *Flags) Register(fs *flag.FlagSet) {
-	fs.StringVar(&f.OutboundPort, "outbound-port", "15001",
+	fs.StringVar(&f.OutboundPort, "outbound-port", strconv.Itoa(int(DefaultOutboundPort)),
 		"port the sidecar accepts captured outbound TCP on")
-	fs.StringVar(&f.InboundPort, "inbound-port", "15006",
+	fs.StringVar(&f.InboundPort, "inbound-port", strconv.Itoa(int(DefaultInboundPort)),
 		"port the sidecar accepts captured inbound TCP on")
-	fs.StringVar(&f.ProxyUID, "proxy-uid", "1337",
+	fs.StringVar(&f.ProxyUID, "proxy-uid", strconv.FormatUint(uint64(DefaultProxyUID), 10),
 		"user ID the sidecar runs as; its traffic is never captured")
-	fs.StringVar(&f.ProxyGID, "proxy-gid", "1337",
+	fs.StringVar(&f.ProxyGID, "proxy-gid", strconv.FormatUint(uint64(DefaultProxyGID), 10),
 		"group ID the sidecar runs as; its traffic is never captured")
 	fs.StringVar(&f.IncludeInboundPorts, "include-inbound-ports", "*",
 		`inbound ports to capture: "*" all, "" none, or a comma list `+

@@ -4,6 +4,12 @@ package redirect
 // subset of go-iptables' *iptables.IPTables they call, so tests can wrap
 // it. NewTables returns the real one. Every call acts on the network
 // namespace of the calling OS thread.
+//
+// It is larger than our interfaces usually are because a transaction needs
+// each mutation and its inverse (NewChain/DeleteChain, Append/Delete, and
+// Insert to put a deleted rule back where it was) plus reads to compare
+// what is installed with the plan. It mirrors go-iptables' method set so
+// that the real type satisfies it without an adapter.
 type Tables interface {
 	// ListChains returns the names of every chain in table.
 	ListChains(table string) ([]string, error)
