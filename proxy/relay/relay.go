@@ -52,9 +52,6 @@ func TCP(down, up *net.TCPConn, idle time.Duration) Result {
 		last       atomic.Int64 // when a byte last moved, either way (UnixNano)
 	)
 	last.Store(time.Now().UnixNano())
-	pipe := func(dst, src *net.TCPConn) (int64, error) {
-		return copyHalf(dst, src, idle, &last)
-	}
 	abort := func() {
 		abortOnce.Do(func() {
 			_ = down.SetLinger(0)
@@ -66,14 +63,14 @@ func TCP(down, up *net.TCPConn, idle time.Duration) Result {
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		sent, errUp = pipe(up, down)
+		sent, errUp = copyHalf(up, down, idle, &last)
 		if errUp != nil {
 			abort()
 		}
 	}()
 	go func() {
 		defer wg.Done()
-		recv, errDown = pipe(down, up)
+		recv, errDown = copyHalf(down, up, idle, &last)
 		if errDown != nil {
 			abort()
 		}
