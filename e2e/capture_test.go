@@ -41,7 +41,8 @@ func TestMain(m *testing.M) {
 // mesh is three pods on one node: a and b run pillion, c does not.
 //
 //	a: client; outbound port 9001 and pod c's addresses excluded from capture
-//	b: server; inbound port 9002 excluded; echo on 8080, 9001, 9002, sink on 8081
+//	b: server; inbound port 9002 excluded; echo on 8080, 9001, 9002, sink on 8081,
+//	   server-first greeters on 7000 and 3306
 //	c: server without a sidecar; echo on 8080, sink on 8081
 //
 // a's sidecar gives up connecting after dialTimeout.
@@ -62,6 +63,7 @@ func newMesh(t testing.TB) *mesh {
 	}
 	meshtest.ServeSink(t, podB, ":8081")
 	meshtest.ServeHello(t, podB, ":7000")
+	meshtest.ServeHello(t, podB, ":3306") // a default opaque port (MySQL)
 	meshtest.ServeEcho(t, podC, ":8080")
 	meshtest.ServeSink(t, podC, ":8081")
 	return &mesh{

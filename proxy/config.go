@@ -19,7 +19,23 @@ const (
 	DefaultMaxConnections = 16384
 	DefaultDrainTimeout   = 5 * time.Second
 	DefaultIdleTimeout    = time.Hour // Envoy's tcp_proxy default
+	// DefaultSniffTimeout is how long a client may take to send enough
+	// bytes to tell its protocol. Clients of client-first protocols send at
+	// once, so this is only waited for by server-first protocols on ports
+	// not declared opaque (each of their connections starts this much
+	// later) and by clients slower than this (forwarded as opaque TCP: they
+	// work, without the HTTP features).
+	DefaultSniffTimeout = 100 * time.Millisecond
 )
+
+// DefaultOpaquePorts returns the ports protocol detection skips by
+// default: well-known server-first or non-HTTP protocols (SMTP, MySQL,
+// Galera, PostgreSQL, Redis, Elasticsearch transport, memcached), the same
+// list as Linkerd's default opaque ports, so their connections never wait
+// for the sniff time-out.
+func DefaultOpaquePorts() redirect.PortSet {
+	return redirect.PortSet{Ports: []uint16{25, 587, 3306, 4444, 5432, 6379, 9300, 11211}}
+}
 
 // Config is the proxy's validated configuration. Build it with Validate (or
 // DefaultConfig); the zero value is not valid.
@@ -40,6 +56,11 @@ type Config struct {
 	// this long (also one half-closed by one side and forgotten by the
 	// other). Zero means no limit.
 	IdleTimeout time.Duration
+	// SniffTimeout bounds protocol detection; see DefaultSniffTimeout.
+	SniffTimeout time.Duration
+	// OpaquePorts are original destination ports whose connections skip
+	// protocol detection and are forwarded as opaque TCP at once.
+	OpaquePorts redirect.PortSet
 }
 
 // DefaultConfig returns the defaults.
@@ -51,6 +72,8 @@ func DefaultConfig() Config {
 		MaxConnections: DefaultMaxConnections,
 		DrainTimeout:   DefaultDrainTimeout,
 		IdleTimeout:    DefaultIdleTimeout,
+		SniffTimeout:   DefaultSniffTimeout,
+		OpaquePorts:    DefaultOpaquePorts(),
 	}
 }
 
@@ -72,6 +95,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("--drain-timeout: %v: must not be negative", c.DrainTimeout)
 	case c.IdleTimeout < 0:
 		return fmt.Errorf("--idle-timeout: %v: must not be negative (0 means no limit)", c.IdleTimeout)
+	case c.SniffTimeout <= 0:
+		return fmt.Errorf("--sniff-timeout: %v: must be positive (declare ports opaque with --opaque-ports instead)", c.SniffTimeout)
 	}
 	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pillionmesh/pillion/proxy/relay"
+	"github.com/pillionmesh/pillion/proxy/sniff"
 )
 
 // errLoop marks a connection whose original destination is one of the
@@ -40,6 +41,19 @@ func (s *Server) handle(c *net.TCPConn, dir Direction) {
 	}
 	target := s.target(dir, dst)
 
+	det, err := s.detect(c, dst)
+	if err != nil {
+		// The client reset the connection before it said enough.
+		s.log.Debug("connection ended during protocol detection", zap.Stringer("direction", dir),
+			zap.Stringer("src", c.RemoteAddr()), zap.Stringer("dst", dst), zap.Error(err))
+		reset(c)
+		return
+	}
+	st.Detected[det.Protocol].Add(1)
+	if det.TimedOut {
+		st.SniffTimeouts.Add(1)
+	}
+
 	d := net.Dialer{Timeout: s.cfg.DialTimeout}
 	uc, err := d.DialContext(s.hardStop, "tcp", target.String())
 	if err != nil {
@@ -57,12 +71,21 @@ func (s *Server) handle(c *net.TCPConn, dir Direction) {
 		return
 	}
 	defer s.untrack(up)
+	// What detection read goes first; the relay then splices the rest.
+	if _, err := up.Write(det.Peeked); err != nil {
+		st.DialFailures.Add(1)
+		s.log.Warn("upstream write failed", zap.Stringer("direction", dir),
+			zap.Stringer("dst", dst), zap.Stringer("upstream", target), zap.Error(err))
+		reset(up)
+		reset(c)
+		return
+	}
 
 	st.Active.Add(1)
 	res := relay.TCP(c, up, s.cfg.IdleTimeout)
 	st.Active.Add(-1)
 	st.Completed.Add(1)
-	st.BytesSent.Add(res.Sent)
+	st.BytesSent.Add(res.Sent + int64(len(det.Peeked)))
 	st.BytesRecv.Add(res.Received)
 	if ce := s.log.Check(zap.InfoLevel, "connection"); ce != nil {
 		fields := []zap.Field{
@@ -70,7 +93,9 @@ func (s *Server) handle(c *net.TCPConn, dir Direction) {
 			zap.Stringer("src", c.RemoteAddr()),
 			zap.Stringer("dst", dst),
 			zap.Stringer("upstream", target),
-			zap.Int64("bytes_sent", res.Sent),
+			zap.Stringer("protocol", det.Protocol),
+			zap.String("detection", det.how()),
+			zap.Int64("bytes_sent", res.Sent+int64(len(det.Peeked))),
 			zap.Int64("bytes_received", res.Received),
 			zap.Duration("duration", time.Since(start)),
 		}
@@ -116,4 +141,33 @@ func (s *Server) isOwnListener(dst netip.AddrPort) bool {
 		}
 	}
 	return false
+}
+
+// detection is what detect found, with how it came to it.
+type detection struct {
+	sniff.Result
+	skipped bool // the port is declared opaque
+}
+
+// how names the way the protocol was decided, for the log.
+func (d detection) how() string {
+	switch {
+	case d.skipped:
+		return "opaque port"
+	case d.TimedOut:
+		return "time-out"
+	case d.EOF:
+		return "client closed"
+	}
+	return "first bytes"
+}
+
+// detect tells the connection's protocol from its first bytes, unless its
+// original destination port is declared opaque.
+func (s *Server) detect(c *net.TCPConn, dst netip.AddrPort) (detection, error) {
+	if s.cfg.OpaquePorts.Contains(dst.Port()) {
+		return detection{skipped: true}, nil
+	}
+	r, err := sniff.Read(c, s.cfg.SniffTimeout)
+	return detection{Result: r}, err
 }

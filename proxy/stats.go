@@ -1,6 +1,10 @@
 package proxy
 
-import "sync/atomic"
+import (
+	"sync/atomic"
+
+	"github.com/pillionmesh/pillion/proxy/sniff"
+)
 
 // Direction is which listener a connection came in on.
 type Direction uint8
@@ -35,11 +39,19 @@ type DirStats struct {
 	DialFailures atomic.Int64 // upstream connect failed or timed out
 	BytesSent    atomic.Int64 // downstream → upstream
 	BytesRecv    atomic.Int64 // upstream → downstream
+
+	// Detected counts connections by the protocol they were detected to
+	// carry (indexed by sniff.Protocol); a connection on an opaque port
+	// counts as Opaque.
+	Detected      [4]atomic.Int64
+	SniffTimeouts atomic.Int64 // detection gave up waiting: forwarded as opaque
 }
 
 // Snapshot is a plain copy of one direction's counters.
 type Snapshot struct {
 	Accepted, Active, Completed, OverLimit, Loops, NoOrigDst, DialFailures, BytesSent, BytesRecv int64
+	Detected      map[string]int64 // by protocol name
+	SniffTimeouts int64
 }
 
 // Load returns a copy of d's counters. The fields are read one by one, not
@@ -55,5 +67,12 @@ func (d *DirStats) Load() Snapshot {
 		DialFailures: d.DialFailures.Load(),
 		BytesSent:    d.BytesSent.Load(),
 		BytesRecv:    d.BytesRecv.Load(),
+		Detected: map[string]int64{
+			sniff.Opaque.String(): d.Detected[sniff.Opaque].Load(),
+			sniff.HTTP1.String():  d.Detected[sniff.HTTP1].Load(),
+			sniff.HTTP2.String():  d.Detected[sniff.HTTP2].Load(),
+			sniff.TLS.String():    d.Detected[sniff.TLS].Load(),
+		},
+		SniffTimeouts: d.SniffTimeouts.Load(),
 	}
 }

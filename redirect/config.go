@@ -133,6 +133,17 @@ func (s PortSet) String() string {
 // Empty reports whether the set holds no port.
 func (s PortSet) Empty() bool { return !s.All && len(s.Ports) == 0 }
 
+// Contains reports whether p is in the set.
+func (s PortSet) Contains(p uint16) bool {
+	_, found := slices.BinarySearch(s.Ports, p)
+	return s.All || found
+}
+
+// ParsePortSet parses a port list the way pillion's port flags take it:
+// "*" for every port, "" for none, or a comma list of ports (blanks around
+// items and duplicates are fine). The error names the offending item.
+func ParsePortSet(raw string) (PortSet, error) { return parsePortSet(raw) }
+
 // PrefixSet is a set of address ranges, or every address. The zero
 // PrefixSet is empty.
 type PrefixSet struct {

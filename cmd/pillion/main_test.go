@@ -57,6 +57,8 @@ func TestProxyBadFlags(t *testing.T) {
 		{[]string{"--max-connections=0"}, "pillion proxy: --max-connections: 0: must be positive"},
 		{[]string{"--drain-timeout=-1s"}, "pillion proxy: --drain-timeout: -1s: must not be negative"},
 		{[]string{"--log-level=loud"}, `pillion proxy: invalid value "loud" for flag -log-level: unrecognized level: "loud"`},
+		{[]string{"--sniff-timeout=0s"}, "pillion proxy: --sniff-timeout: 0s: must be positive (declare ports opaque with --opaque-ports instead)"},
+		{[]string{"--opaque-ports=25,smtp"}, `pillion proxy: --opaque-ports: "25,smtp": "smtp" is not a port number (1-65535)`},
 	} {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
 			code, stdout, stderr := runCmd(append([]string{"proxy"}, tt.args...)...)
@@ -79,7 +81,8 @@ func TestProxyHelp(t *testing.T) {
 	if code != 0 {
 		t.Errorf("exit %d, want 0", code)
 	}
-	for _, want := range []string{"Usage: pillion proxy [flags]", "SO_ORIGINAL_DST", "-dial-timeout", "-max-connections", "-drain-timeout", "-log-level"} {
+	for _, want := range []string{"Usage: pillion proxy [flags]", "SO_ORIGINAL_DST", "-dial-timeout", "-max-connections",
+		"-drain-timeout", "-idle-timeout", "-log-level", "-sniff-timeout", "-opaque-ports", `(default "25,587,3306,4444,5432,6379,9300,11211")`} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("proxy --help lacks %q", want)
 		}

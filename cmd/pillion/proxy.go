@@ -8,6 +8,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pillionmesh/pillion/proxy"
+	"github.com/pillionmesh/pillion/redirect"
 )
 
 const proxySummary = `Run the sidecar proxy. It listens on the outbound capture port (traffic the
@@ -17,6 +18,12 @@ IPv6. Each connection's real destination is read with SO_ORIGINAL_DST:
 outbound connections go there, inbound ones go to the application on loopback
 at the same port. Run it as UID/GID 1337 so that its own connections are not
 captured.
+
+Each connection's protocol is detected from its first bytes (TLS ClientHello,
+HTTP/2 preface, HTTP/1.x request line, else opaque TCP) without consuming them.
+A client that sends nothing within --sniff-timeout (a server-first protocol
+such as SMTP or MySQL) is forwarded as opaque TCP; ports in --opaque-ports
+skip detection and never wait. For now every protocol is forwarded as TCP.
 
 Logs are JSON lines on stderr, one per connection at info level.
 SIGINT or SIGTERM: stop accepting, let open connections finish for up to
@@ -34,6 +41,10 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&cfg.MaxConnections, "max-connections", cfg.MaxConnections, "connections proxied at once, both directions; more are reset")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "on shutdown, how long open connections may take to finish before they are reset")
 	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", cfg.IdleTimeout, "reset a connection when no byte moved either way for this long (0: no limit)")
+	fs.DurationVar(&cfg.SniffTimeout, "sniff-timeout", cfg.SniffTimeout,
+		"how long a client may take to show its protocol; then the connection is forwarded as opaque TCP")
+	opaque := fs.String("opaque-ports", cfg.OpaquePorts.String(),
+		`original destination ports forwarded as opaque TCP without protocol detection: comma list, "" none, "*" all`)
 	level := zap.NewAtomicLevelAt(zap.InfoLevel)
 	fs.TextVar(&level, "log-level", level, "log level: debug, info, warn or error")
 	if err := parseFlags(fs, args); err != nil {
@@ -45,6 +56,9 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if cfg.InboundPort, err = portFlag("inbound-port", *inbound); err != nil {
 		return err
+	}
+	if cfg.OpaquePorts, err = redirect.ParsePortSet(*opaque); err != nil {
+		return badUsage(fmt.Errorf("--opaque-ports: %q: %w", *opaque, err))
 	}
 	if err := cfg.Validate(); err != nil {
 		return badUsage(err)

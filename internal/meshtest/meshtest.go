@@ -112,6 +112,8 @@ type LogLine struct {
 	Src           string `json:"src"`
 	Dst           string `json:"dst"`
 	Upstream      string `json:"upstream"`
+	Protocol      string `json:"protocol"`
+	Detection     string `json:"detection"`
 	BytesSent     int64  `json:"bytes_sent"`
 	BytesReceived int64  `json:"bytes_received"`
 	Error         string `json:"error"`

@@ -1,0 +1,100 @@
+package proxy
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/pillionmesh/pillion/proxy/sniff"
+	"github.com/pillionmesh/pillion/redirect"
+)
+
+// bannerServer is a server-first application: it greets each connection
+// before reading anything.
+func bannerServer(t *testing.T) netip.AddrPort {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = io.WriteString(c, "220 pillion-test ESMTP\r\n")
+			go func() { _, _ = io.Copy(io.Discard, c); c.Close() }()
+		}
+	}()
+	return l.Addr().(*net.TCPAddr).AddrPort()
+}
+
+// readBanner connects to the proxy and reads the greeting without sending.
+func readBanner(t *testing.T, port uint16, within time.Duration) (string, error) {
+	t.Helper()
+	c, err := net.Dial("tcp", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(within))
+	return bufio.NewReader(c).ReadString('\n')
+}
+
+func TestServerFirstProtocolAfterSniffTimeout(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.SniffTimeout = 150 * time.Millisecond
+	cfg.OpaquePorts = redirect.PortSet{}
+	s := testServer(t, cfg, fixed(bannerServer(t)))
+	line, err := readBanner(t, s.cfg.OutboundPort, 5*time.Second)
+	if err != nil || line != "220 pillion-test ESMTP\r\n" {
+		t.Fatalf("banner = %q, %v", line, err)
+	}
+	st := &s.Stats().Dir[Outbound]
+	if n := st.SniffTimeouts.Load(); n != 1 {
+		t.Errorf("sniff time-outs = %d, want 1", n)
+	}
+	if n := st.Detected[sniff.Opaque].Load(); n != 1 {
+		t.Errorf("detected opaque = %d, want 1", n)
+	}
+}
+
+func TestOpaquePortSkipsDetection(t *testing.T) {
+	backend := bannerServer(t)
+	cfg := DefaultConfig()
+	// Were detection to run, the banner would wait for this time-out.
+	cfg.SniffTimeout = time.Minute
+	cfg.OpaquePorts = redirect.PortSet{Ports: []uint16{backend.Port()}}
+	s := testServer(t, cfg, fixed(backend))
+	line, err := readBanner(t, s.cfg.OutboundPort, 5*time.Second)
+	if err != nil || line != "220 pillion-test ESMTP\r\n" {
+		t.Fatalf("banner on an opaque port = %q, %v; want it at once", line, err)
+	}
+	if n := s.Stats().Dir[Outbound].SniffTimeouts.Load(); n != 0 {
+		t.Errorf("sniff time-outs = %d, want 0", n)
+	}
+}
+
+func TestHTTP1DetectedAndForwardedIntact(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.SniffTimeout = time.Minute // a decision must come from the bytes
+	s := testServer(t, cfg, fixed(echoServer(t)))
+	req := "GET /path?q=1 HTTP/1.1\r\nHost: b:8080\r\n\r\n"
+	got, err := roundTrip(t, s.cfg.OutboundPort, req)
+	if err != nil || got != "echo:"+req {
+		t.Fatalf("round trip = %q, %v", got, err)
+	}
+	st := &s.Stats().Dir[Outbound]
+	waitFor(t, "completed", func() bool { return st.Completed.Load() == 1 })
+	if n := st.Detected[sniff.HTTP1].Load(); n != 1 {
+		t.Errorf("detected http/1 = %d, want 1 (snapshot %+v)", n, st.Load())
+	}
+	if n := st.BytesSent.Load(); n != int64(len(req)) {
+		t.Errorf("bytes sent = %d, want %d (peeked bytes counted once)", n, len(req))
+	}
+}
