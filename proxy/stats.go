@@ -50,8 +50,8 @@ type DirStats struct {
 // Snapshot is a plain copy of one direction's counters.
 type Snapshot struct {
 	Accepted, Active, Completed, OverLimit, Loops, NoOrigDst, DialFailures, BytesSent, BytesRecv int64
-	Detected      map[string]int64 // by protocol name
-	SniffTimeouts int64
+	Detected                                                                                     map[string]int64 // by protocol name
+	SniffTimeouts                                                                                int64
 }
 
 // Load returns a copy of d's counters. The fields are read one by one, not
