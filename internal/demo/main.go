@@ -77,10 +77,10 @@ func run(s *testpod.Session, hold bool) error {
 				sidecars["client"].Proxy.Output(), sidecars["server"].Proxy.Output())
 		}
 		fmt.Println("  what the sidecars saw:")
-		fmt.Printf("    client's sidecar  outbound  %s → %s, forwarded there      (%d B out, %d B back)\n",
-			out.Src, out.Dst, out.BytesSent, out.BytesReceived)
-		fmt.Printf("    server's sidecar  inbound   %s → %s, forwarded to %s (%d B in, %d B back)\n",
-			in.Src, in.Dst, in.Upstream, in.BytesSent, in.BytesReceived)
+		fmt.Printf("    client's sidecar  outbound  %s → %s, forwarded there      (%d B out, %d B back; %s by %s)\n",
+			out.Src, out.Dst, out.BytesSent, out.BytesReceived, out.Protocol, out.Detection)
+		fmt.Printf("    server's sidecar  inbound   %s → %s, forwarded to %s (%d B in, %d B back; %s by %s)\n",
+			in.Src, in.Dst, in.Upstream, in.BytesSent, in.BytesReceived, in.Protocol, in.Detection)
 	}
 
 	step("The capture rules in the server pod (iptables-save -t nat)")
