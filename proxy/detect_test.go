@@ -16,22 +16,10 @@ import (
 // before reading anything.
 func bannerServer(t *testing.T) netip.AddrPort {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			_, _ = io.WriteString(c, "220 pillion-test ESMTP\r\n")
-			go func() { _, _ = io.Copy(io.Discard, c); c.Close() }()
-		}
-	}()
-	return l.Addr().(*net.TCPAddr).AddrPort()
+	return loopbackServer(t, func(c net.Conn) {
+		_, _ = io.WriteString(c, "220 pillion-test ESMTP\r\n")
+		_, _ = io.Copy(io.Discard, c)
+	})
 }
 
 // readBanner connects to the proxy and reads the greeting without sending.

@@ -59,8 +59,9 @@ func fixed(ap netip.AddrPort) func(*net.TCPConn) (netip.AddrPort, error) {
 	return func(*net.TCPConn) (netip.AddrPort, error) { return ap, nil }
 }
 
-// echoServer answers each connection with "echo:" and what it read.
-func echoServer(t *testing.T) netip.AddrPort {
+// loopbackServer runs handle for each connection accepted on a loopback
+// port until the test ends, and returns the address.
+func loopbackServer(t *testing.T, handle func(net.Conn)) netip.AddrPort {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -75,12 +76,20 @@ func echoServer(t *testing.T) netip.AddrPort {
 			}
 			go func() {
 				defer c.Close()
-				b, _ := io.ReadAll(c)
-				_, _ = c.Write(append([]byte("echo:"), b...))
+				handle(c)
 			}()
 		}
 	}()
 	return l.Addr().(*net.TCPAddr).AddrPort()
+}
+
+// echoServer answers each connection with "echo:" and what it read.
+func echoServer(t *testing.T) netip.AddrPort {
+	t.Helper()
+	return loopbackServer(t, func(c net.Conn) {
+		b, _ := io.ReadAll(c)
+		_, _ = c.Write(append([]byte("echo:"), b...))
+	})
 }
 
 func roundTrip(t *testing.T, port uint16, msg string) (string, error) {
