@@ -149,18 +149,5 @@ func serveTLS(t *testing.T, pod *testpod.Pod, addr string) {
 		t.Fatal(err)
 	}
 	tl := tls.NewListener(l, &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}})
-	t.Cleanup(func() { tl.Close() })
-	go func() {
-		for {
-			c, err := tl.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-				_, _ = io.WriteString(c, "tls ok\n")
-			}()
-		}
-	}()
+	meshtest.Serve(t, tl, func(c net.Conn) { _, _ = io.WriteString(c, "tls ok\n") })
 }

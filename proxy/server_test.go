@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/pillionmesh/pillion/internal/meshtest"
 )
 
 // testServer runs a Server on loopback with free ports and a fake original
@@ -67,19 +69,7 @@ func loopbackServer(t *testing.T, handle func(net.Conn)) netip.AddrPort {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				handle(c)
-			}()
-		}
-	}()
+	meshtest.Serve(t, l, handle)
 	return l.Addr().(*net.TCPAddr).AddrPort()
 }
 

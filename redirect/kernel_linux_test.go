@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/pillionmesh/pillion/internal/meshtest"
 	"github.com/pillionmesh/pillion/internal/privileged"
 	"github.com/pillionmesh/pillion/internal/testpod"
 )
@@ -374,17 +375,7 @@ func listenAll(t *testing.T, pod *testpod.Pod) <-chan string {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { l.Close() })
-		go func() {
-			for {
-				c, err := l.Accept()
-				if err != nil {
-					return
-				}
-				c.Close()
-				accepted <- name
-			}
-		}()
+		meshtest.Serve(t, l, func(net.Conn) { accepted <- name })
 	}
 	return accepted
 }

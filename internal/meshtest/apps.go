@@ -61,6 +61,13 @@ func serve(t testpod.Cleaner, pod *testpod.Pod, addr string, handle func(net.Con
 	if err != nil {
 		t.Fatalf("meshtest: app in %s: %v", pod.Name, err)
 	}
+	Serve(t, l, handle)
+}
+
+// Serve accepts on l until t's cleanups close it, and runs handle for each
+// connection in its own goroutine, with a 2-minute deadline, closing the
+// connection when handle returns.
+func Serve(t testpod.Cleaner, l net.Listener, handle func(net.Conn)) {
 	t.Cleanup(func() { l.Close() })
 	go func() {
 		for {
