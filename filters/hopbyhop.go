@@ -1,0 +1,53 @@
+package filters
+
+import (
+	"net/http"
+	"net/textproto"
+	"strings"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// hopByHop are the headers of one connection, never forwarded (RFC 9110
+// section 7.6.1, plus the pre-standard ones proxies still see).
+var hopByHop = []string{
+	"Connection",
+	"Proxy-Connection",
+	"Keep-Alive",
+	"Proxy-Authenticate",
+	"Proxy-Authorization",
+	"Te",
+	"Trailer",
+	"Transfer-Encoding",
+	"Upgrade",
+}
+
+// RemoveHopByHop deletes from h the hop-by-hop headers and those the
+// Connection header names. It keeps "TE: trailers", which gRPC needs end to
+// end. It returns the protocol the client asked to switch to, lowercased,
+// when the request is an upgrade ("Connection: upgrade" and an Upgrade
+// header), except h2c: an HTTP/2 upgrade of this hop is the proxy's
+// business, and is refused by ignoring it, as Envoy does.
+func RemoveHopByHop(h http.Header) (upgrade string) {
+	if httpguts.HeaderValuesContainsToken(h["Connection"], "Upgrade") {
+		upgrade = strings.ToLower(strings.TrimSpace(h.Get("Upgrade")))
+		if upgrade == "h2c" {
+			upgrade = ""
+		}
+	}
+	trailers := httpguts.HeaderValuesContainsToken(h["Te"], "trailers")
+	for _, v := range h["Connection"] {
+		for sf := range strings.SplitSeq(v, ",") {
+			if sf = textproto.TrimString(sf); sf != "" {
+				h.Del(sf)
+			}
+		}
+	}
+	for _, k := range hopByHop {
+		h.Del(k)
+	}
+	if trailers {
+		h.Set("Te", "trailers")
+	}
+	return upgrade
+}

@@ -1,0 +1,251 @@
+// Package pool holds the sidecar's upstream HTTP connections: one pool of
+// HTTP/1.1 keep-alive connections (one request at a time each) and one of
+// HTTP/2 connections (many requests multiplexed on each), both keyed by
+// endpoint (ip:port). It builds on net/http's Transport and
+// golang.org/x/net/http2's Transport, which already implement the safe
+// retry of a request whose pooled connection closed before any byte was
+// written; this package adds the limits, the dialer, the connection counts
+// and the typed errors.
+package pool
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"golang.org/x/net/http2"
+)
+
+// Protocol is how a request travels to the upstream.
+type Protocol uint8
+
+// The protocols a pool speaks.
+const (
+	HTTP1 Protocol = iota // HTTP/1.1, one request per connection at a time
+	HTTP2                 // HTTP/2 over cleartext (h2c), multiplexed
+)
+
+func (p Protocol) String() string {
+	if p == HTTP2 {
+		return "HTTP/2"
+	}
+	return "HTTP/1.1"
+}
+
+// Defaults for Config.
+const (
+	// DefaultHTTP1IdleTimeout is shorter than the shortest keep-alive
+	// time-out common among application servers (Node.js: 5 s), so that the
+	// proxy closes an idle connection before the application does, not
+	// while sending a request on it.
+	DefaultHTTP1IdleTimeout = 4 * time.Second
+	// DefaultHTTP2IdleTimeout closes pooled HTTP/2 connections nobody used
+	// for this long; pillion's own HTTP/2 server keeps them far longer.
+	DefaultHTTP2IdleTimeout = time.Minute
+	// DefaultMaxIdlePerEndpoint is the idle HTTP/1.1 connections kept per
+	// endpoint.
+	DefaultMaxIdlePerEndpoint = 64
+	// DefaultPingInterval is how long an HTTP/2 connection may be silent
+	// before it is pinged to check the peer is still there.
+	DefaultPingInterval = 30 * time.Second
+)
+
+// Config sizes the pools. The zero value of a field means its default,
+// except MaxConnsPerEndpoint where zero means no limit.
+type Config struct {
+	// DialTimeout bounds connecting. Required.
+	DialTimeout time.Duration
+	// MaxConnsPerEndpoint caps HTTP/1.1 connections per endpoint, busy and
+	// idle; a request beyond waits for one to be free (bounded by its
+	// context). Zero: no cap.
+	MaxConnsPerEndpoint int
+	// MaxIdlePerEndpoint caps the idle HTTP/1.1 connections kept.
+	MaxIdlePerEndpoint int
+	// HTTP1IdleTimeout and HTTP2IdleTimeout close connections idle longer.
+	HTTP1IdleTimeout, HTTP2IdleTimeout time.Duration
+	// PingInterval: see DefaultPingInterval.
+	PingInterval time.Duration
+	// Dial connects to an endpoint; nil means a net.Dialer with
+	// DialTimeout. Connections of the HTTP/2 pool are dialed with it too
+	// (cleartext for now).
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+func (c Config) withDefaults() Config {
+	if c.MaxIdlePerEndpoint == 0 {
+		c.MaxIdlePerEndpoint = DefaultMaxIdlePerEndpoint
+	}
+	if c.HTTP1IdleTimeout == 0 {
+		c.HTTP1IdleTimeout = DefaultHTTP1IdleTimeout
+	}
+	if c.HTTP2IdleTimeout == 0 {
+		c.HTTP2IdleTimeout = DefaultHTTP2IdleTimeout
+	}
+	if c.PingInterval == 0 {
+		c.PingInterval = DefaultPingInterval
+	}
+	if c.Dial == nil {
+		d := &net.Dialer{Timeout: c.DialTimeout}
+		c.Dial = d.DialContext
+	}
+	return c
+}
+
+// Pools is the HTTP/1.1 and the HTTP/2 pool. It is safe for concurrent use.
+type Pools struct {
+	h1    *http.Transport
+	h2    *http2.Transport
+	conns *counter
+}
+
+// New returns empty pools; connections are made on demand.
+func New(cfg Config) *Pools {
+	cfg = cfg.withDefaults()
+	p := &Pools{conns: newCounter()}
+	p.h1 = &http.Transport{
+		Proxy:               nil, // never an HTTP proxy from the environment
+		DialContext:         p.dialer(cfg, HTTP1),
+		MaxConnsPerHost:     cfg.MaxConnsPerEndpoint,
+		MaxIdleConns:        0, // the per-endpoint cap is the one that matters
+		MaxIdleConnsPerHost: cfg.MaxIdlePerEndpoint,
+		IdleConnTimeout:     cfg.HTTP1IdleTimeout,
+		// The proxy forwards bodies as they are: no Accept-Encoding of its
+		// own, no transparent decompression.
+		DisableCompression:    true,
+		ExpectContinueTimeout: time.Second,
+		// Never HTTP/2 on this pool, whatever the environment says.
+		TLSNextProto:    map[string]func(string, *tls.Conn) http.RoundTripper{},
+		ReadBufferSize:  32 << 10,
+		WriteBufferSize: 32 << 10,
+	}
+	dial := p.dialer(cfg, HTTP2)
+	p.h2 = &http2.Transport{
+		AllowHTTP: true,
+		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
+			return dial(ctx, network, addr)
+		},
+		DisableCompression: true,
+		IdleConnTimeout:    cfg.HTTP2IdleTimeout,
+		ReadIdleTimeout:    cfg.PingInterval,
+		PingTimeout:        cfg.PingInterval / 2,
+	}
+	return p
+}
+
+// RoundTrip sends req to the endpoint in req.URL.Host with proto. An error
+// is a *Error, or the context's error when req's context ended first.
+func (p *Pools) RoundTrip(req *http.Request, proto Protocol) (*http.Response, error) {
+	var rt http.RoundTripper = p.h1
+	if proto == HTTP2 {
+		rt = p.h2
+	}
+	res, err := rt.RoundTrip(req)
+	if err != nil {
+		if ctxErr := req.Context().Err(); ctxErr != nil {
+			return nil, ctxErr
+		}
+		return nil, classify(req.URL.Host, proto, err)
+	}
+	return res, nil
+}
+
+// CloseIdle closes the idle connections of both pools.
+func (p *Pools) CloseIdle() {
+	p.h1.CloseIdleConnections()
+	p.h2.CloseIdleConnections()
+}
+
+// Conns returns the open connections per endpoint and protocol.
+func (p *Pools) Conns() []EndpointConns { return p.conns.snapshot() }
+
+// dialer returns the dial function of the proto pool: cfg.Dial, counted,
+// with its errors marked as connect failures.
+func (p *Pools) dialer(cfg Config, proto Protocol) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := cfg.Dial(ctx, network, addr)
+		if err != nil {
+			return nil, &dialError{err}
+		}
+		return p.conns.track(c, addr, proto), nil
+	}
+}
+
+// dialError marks an error of the dialer, wherever the transports put it.
+type dialError struct{ err error }
+
+func (e *dialError) Error() string { return e.err.Error() }
+func (e *dialError) Unwrap() error { return e.err }
+
+// Kind says what went wrong with an upstream request.
+type Kind uint8
+
+// The kinds of Error.
+const (
+	// ConnectFailure: no connection could be made; nothing was sent.
+	ConnectFailure Kind = iota + 1
+	// Reset: the connection or stream was closed or reset before the
+	// response headers arrived; the request may have been processed.
+	Reset
+	// ProtocolError: the upstream's answer was not valid HTTP.
+	ProtocolError
+	// Refused: the HTTP/2 peer refused the stream (REFUSED_STREAM) and did
+	// not process it.
+	Refused
+)
+
+func (k Kind) String() string {
+	switch k {
+	case ConnectFailure:
+		return "connect failure"
+	case Reset:
+		return "reset"
+	case ProtocolError:
+		return "protocol error"
+	case Refused:
+		return "stream refused"
+	}
+	return fmt.Sprintf("Kind(%d)", uint8(k))
+}
+
+// Error is a failed upstream request.
+type Error struct {
+	Kind     Kind
+	Endpoint string
+	Protocol Protocol
+	Err      error
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("pool: %s %s: %s: %v", e.Protocol, e.Endpoint, e.Kind, e.Err)
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+func classify(endpoint string, proto Protocol, err error) *Error {
+	e := &Error{Kind: Reset, Endpoint: endpoint, Protocol: proto, Err: err}
+	var de *dialError
+	var ce http2.ConnectionError
+	var se http2.StreamError
+	switch {
+	case errors.As(err, &de):
+		e.Kind, e.Err = ConnectFailure, de.err
+	case errors.As(err, &ce) && http2.ErrCode(ce) == http2.ErrCodeProtocol,
+		errors.As(err, &se) && se.Code == http2.ErrCodeProtocol,
+		isMalformed(err):
+		e.Kind = ProtocolError
+	case errors.As(err, &se) && se.Code == http2.ErrCodeRefusedStream:
+		e.Kind = Refused
+	}
+	return e
+}
+
+// isMalformed tells net/http's errors for a response that is not HTTP,
+// which it only reports as text.
+func isMalformed(err error) bool {
+	return strings.Contains(err.Error(), "malformed HTTP")
+}
