@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/pillionmesh/pillion/proxy/pool"
 	"github.com/pillionmesh/pillion/redirect"
 )
 
@@ -61,6 +62,16 @@ type Config struct {
 	// OpaquePorts are original destination ports whose connections skip
 	// protocol detection and are forwarded as opaque TCP at once.
 	OpaquePorts redirect.PortSet
+	// Pool sizes the upstream HTTP pools; its DialTimeout and Dial are
+	// ignored (DialTimeout above applies). Zero fields mean pool's
+	// defaults.
+	Pool pool.Config
+}
+
+func (c Config) poolConfig() pool.Config {
+	p := c.Pool
+	p.DialTimeout, p.Dial = c.DialTimeout, nil
+	return p
 }
 
 // DefaultConfig returns the defaults.
@@ -74,6 +85,12 @@ func DefaultConfig() Config {
 		IdleTimeout:    DefaultIdleTimeout,
 		SniffTimeout:   DefaultSniffTimeout,
 		OpaquePorts:    DefaultOpaquePorts(),
+		Pool: pool.Config{
+			MaxIdlePerEndpoint: pool.DefaultMaxIdlePerEndpoint,
+			HTTP1IdleTimeout:   pool.DefaultHTTP1IdleTimeout,
+			HTTP2IdleTimeout:   pool.DefaultHTTP2IdleTimeout,
+			PingInterval:       pool.DefaultPingInterval,
+		},
 	}
 }
 
@@ -95,6 +112,12 @@ func (c Config) Validate() error {
 		return fmt.Errorf("--drain-timeout: %v: must not be negative", c.DrainTimeout)
 	case c.IdleTimeout < 0:
 		return fmt.Errorf("--idle-timeout: %v: must not be negative (0 means no limit)", c.IdleTimeout)
+	case c.Pool.MaxConnsPerEndpoint < 0:
+		return fmt.Errorf("--max-conns-per-endpoint: %d: must not be negative (0 means no limit)", c.Pool.MaxConnsPerEndpoint)
+	case c.Pool.HTTP1IdleTimeout < 0:
+		return fmt.Errorf("--http1-idle-timeout: %v: must not be negative", c.Pool.HTTP1IdleTimeout)
+	case c.Pool.HTTP2IdleTimeout < 0:
+		return fmt.Errorf("--http2-idle-timeout: %v: must not be negative", c.Pool.HTTP2IdleTimeout)
 	case c.SniffTimeout <= 0:
 		return fmt.Errorf("--sniff-timeout: %v: must be positive (declare ports opaque with --opaque-ports instead)", c.SniffTimeout)
 	}

@@ -53,6 +53,10 @@ func (s *Server) handle(c *net.TCPConn, dir Direction) {
 	if det.TimedOut {
 		st.SniffTimeouts.Add(1)
 	}
+	if det.Protocol == sniff.HTTP1 || det.Protocol == sniff.HTTP2 {
+		s.handleHTTP(c, dir, dst, target, det, start)
+		return
+	}
 
 	d := net.Dialer{Timeout: s.cfg.DialTimeout}
 	uc, err := d.DialContext(s.hardStop, "tcp", target.String())
@@ -85,25 +89,57 @@ func (s *Server) handle(c *net.TCPConn, dir Direction) {
 	res := relay.TCP(c, up, s.cfg.IdleTimeout)
 	st.Active.Add(-1)
 	st.Completed.Add(1)
-	st.BytesSent.Add(res.Sent + int64(len(det.Peeked)))
+	sent := res.Sent + int64(len(det.Peeked))
+	st.BytesSent.Add(sent)
 	st.BytesRecv.Add(res.Received)
-	if ce := s.log.Check(zap.InfoLevel, "connection"); ce != nil {
-		fields := []zap.Field{
-			zap.Stringer("direction", dir),
-			zap.Stringer("src", c.RemoteAddr()),
-			zap.Stringer("dst", dst),
-			zap.Stringer("upstream", target),
-			zap.Stringer("protocol", det.Protocol),
-			zap.String("detection", det.how()),
-			zap.Int64("bytes_sent", res.Sent+int64(len(det.Peeked))),
-			zap.Int64("bytes_received", res.Received),
-			zap.Duration("duration", time.Since(start)),
-		}
-		if res.Err != nil {
-			fields = append(fields, zap.NamedError("ended_by", res.Err))
-		}
-		ce.Write(fields...)
+	s.logConnection(c, dir, dst, target, det, start, sent, res.Received, res.Err)
+}
+
+// handleHTTP hands c, detected as HTTP/1.x or h2c, to the direction's
+// HTTP server and returns when the connection is closed.
+func (s *Server) handleHTTP(c *net.TCPConn, dir Direction, dst, target netip.AddrPort, det detection, start time.Time) {
+	st := &s.stats.Dir[dir]
+	hc := newHTTPConn(c, det.Peeked, connMeta{src: addrPort(c.RemoteAddr()), dst: dst, upstream: target})
+	st.Active.Add(1)
+	s.http[dir].serve(hc, det.Protocol == sniff.HTTP2)
+	st.Active.Add(-1)
+	st.Completed.Add(1)
+	sent, recv := hc.read.Load(), hc.written.Load()
+	st.BytesSent.Add(sent)
+	st.BytesRecv.Add(recv)
+	s.logConnection(c, dir, dst, target, det, start, sent, recv, nil)
+}
+
+// logConnection writes the one info line of a connection.
+func (s *Server) logConnection(c *net.TCPConn, dir Direction, dst, target netip.AddrPort, det detection,
+	start time.Time, sent, received int64, endedBy error) {
+	ce := s.log.Check(zap.InfoLevel, "connection")
+	if ce == nil {
+		return
 	}
+	fields := []zap.Field{
+		zap.Stringer("direction", dir),
+		zap.Stringer("src", c.RemoteAddr()),
+		zap.Stringer("dst", dst),
+		zap.Stringer("upstream", target),
+		zap.Stringer("protocol", det.Protocol),
+		zap.String("detection", det.how()),
+		zap.Int64("bytes_sent", sent),
+		zap.Int64("bytes_received", received),
+		zap.Duration("duration", time.Since(start)),
+	}
+	if endedBy != nil {
+		fields = append(fields, zap.NamedError("ended_by", endedBy))
+	}
+	ce.Write(fields...)
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ap := ta.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	return netip.AddrPort{}
 }
 
 // target is where a connection to dst is forwarded: outbound, dst itself;

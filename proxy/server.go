@@ -13,6 +13,9 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/pillionmesh/pillion/filters/builtin"
+	"github.com/pillionmesh/pillion/proxy/configfile"
+	"github.com/pillionmesh/pillion/proxy/pool"
 	"github.com/pillionmesh/pillion/redirect"
 )
 
@@ -42,15 +45,21 @@ type Server struct {
 	closing bool                      // the final reset has run: refuse new sockets
 
 	ready chan struct{}
+
+	pools  *pool.Pools
+	config atomic.Pointer[running]
+	http   [2]*httpServer // by Direction; set by Run
 }
 
-// New returns a Server for cfg, which must be valid. log must not be nil.
+// New returns a Server for cfg, which must be valid, with the default
+// filter chains (the router alone) until Apply is called. log must not be
+// nil.
 func New(cfg Config, log *zap.Logger) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("proxy: %w", err)
 	}
 	hardStop, cancelHard := context.WithCancel(context.Background())
-	return &Server{
+	s := &Server{
 		cfg:        cfg,
 		hardStop:   hardStop,
 		cancelHard: cancelHard,
@@ -61,8 +70,20 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 		bindV6:     netip.IPv6Unspecified(),
 		conns:      make(map[*net.TCPConn]struct{}),
 		ready:      make(chan struct{}),
-	}, nil
+		pools:      pool.New(cfg.poolConfig()),
+	}
+	defaults, err := configfile.Parse(nil, builtin.Registry())
+	if err == nil {
+		err = s.Apply(defaults)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("proxy: default config: %w", err)
+	}
+	return s, nil
 }
+
+// Pools returns the upstream HTTP connection pools.
+func (s *Server) Pools() *pool.Pools { return s.pools }
 
 // Stats returns the server's live counters.
 func (s *Server) Stats() *Stats { return &s.stats }
@@ -106,6 +127,9 @@ func (s *Server) Run(ctx context.Context) error {
 			s.log.Info("listening", zap.Stringer("direction", p.dir), zap.Stringer("addr", l.Addr()))
 		}
 	}
+	for _, d := range []Direction{Outbound, Inbound} {
+		s.http[d] = s.newHTTPServer(d)
+	}
 	close(s.ready)
 	s.log.Info("ready")
 
@@ -121,6 +145,7 @@ func (s *Server) Run(ctx context.Context) error {
 	closeAll()
 	accepting.Wait()
 	s.drain()
+	s.pools.CloseIdle()
 	return nil
 }
 
@@ -144,6 +169,15 @@ func (s *Server) drain() {
 	defer s.cancelHard()
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
+	// HTTP servers close idle keep-alive connections and send GOAWAY;
+	// requests in flight finish.
+	shutCtx, cancelShut := context.WithTimeout(context.Background(), s.cfg.DrainTimeout)
+	defer cancelShut()
+	var shutdowns sync.WaitGroup
+	defer shutdowns.Wait()
+	for _, hs := range s.http {
+		shutdowns.Go(func() { hs.shutdown(shutCtx) })
+	}
 	if n := s.active.Load(); n > 0 {
 		s.log.Info("draining", zap.Int64("connections", n), zap.Duration("timeout", s.cfg.DrainTimeout))
 	}

@@ -39,6 +39,7 @@ type DirStats struct {
 	DialFailures atomic.Int64 // upstream connect failed or timed out
 	BytesSent    atomic.Int64 // downstream → upstream
 	BytesRecv    atomic.Int64 // upstream → downstream
+	Requests     atomic.Int64 // HTTP requests received
 
 	// Detected counts connections by the protocol they were detected to
 	// carry (indexed by sniff.Protocol); a connection on an opaque port
@@ -49,9 +50,9 @@ type DirStats struct {
 
 // Snapshot is a plain copy of one direction's counters.
 type Snapshot struct {
-	Accepted, Active, Completed, OverLimit, Loops, NoOrigDst, DialFailures, BytesSent, BytesRecv int64
-	Detected                                                                                     map[string]int64 // by protocol name
-	SniffTimeouts                                                                                int64
+	Accepted, Active, Completed, OverLimit, Loops, NoOrigDst, DialFailures, BytesSent, BytesRecv, Requests int64
+	Detected                                                                                               map[string]int64 // by protocol name
+	SniffTimeouts                                                                                          int64
 }
 
 // Load returns a copy of d's counters. The fields are read one by one, not
@@ -67,6 +68,7 @@ func (d *DirStats) Load() Snapshot {
 		DialFailures: d.DialFailures.Load(),
 		BytesSent:    d.BytesSent.Load(),
 		BytesRecv:    d.BytesRecv.Load(),
+		Requests:     d.Requests.Load(),
 		Detected: map[string]int64{
 			sniff.Opaque.String(): d.Detected[sniff.Opaque].Load(),
 			sniff.HTTP1.String():  d.Detected[sniff.HTTP1].Load(),

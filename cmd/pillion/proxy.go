@@ -5,9 +5,14 @@ import (
 	"fmt"
 	"io"
 
+	"os"
+	"os/signal"
+	"syscall"
+
 	"go.uber.org/zap"
 
 	"github.com/pillionmesh/pillion/proxy"
+	"github.com/pillionmesh/pillion/proxy/configfile"
 	"github.com/pillionmesh/pillion/redirect"
 )
 
@@ -23,7 +28,14 @@ Each connection's protocol is detected from its first bytes (TLS ClientHello,
 HTTP/2 preface, HTTP/1.x request line, else opaque TCP) without consuming them.
 A client that sends nothing within --sniff-timeout (a server-first protocol
 such as SMTP or MySQL) is forwarded as opaque TCP; ports in --opaque-ports
-skip detection and never wait. For now every protocol is forwarded as TCP.
+skip detection and never wait. TLS and opaque TCP are relayed byte for byte.
+
+HTTP/1.x and h2c requests run through a filter chain (--config) that ends in
+the router: it forwards each request over pooled connections, sets
+x-envoy-upstream-service-time on the response, and answers failures itself
+with 502/503/504 and a pillion-response-flags header saying why. Outbound
+HTTP to an address in the config's mesh networks travels as pooled HTTP/2 to
+the peer's sidecar, which speaks the original protocol to its application.
 
 Logs are JSON lines on stderr, one per connection at info level.
 SIGINT or SIGTERM: stop accepting, let open connections finish for up to
@@ -45,6 +57,13 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		"how long a client may take to show its protocol; then the connection is forwarded as opaque TCP")
 	opaque := fs.String("opaque-ports", cfg.OpaquePorts.String(),
 		`original destination ports forwarded as opaque TCP without protocol detection: comma list, "" none, "*" all`)
+	configPath := fs.String("config", "", "YAML config file: mesh networks and the inbound and outbound HTTP filter chains; re-read when it changes or on SIGHUP")
+	fs.IntVar(&cfg.Pool.MaxConnsPerEndpoint, "max-conns-per-endpoint", cfg.Pool.MaxConnsPerEndpoint,
+		"HTTP/1.1 connections per upstream endpoint; more requests wait for one (0: no limit)")
+	fs.DurationVar(&cfg.Pool.HTTP1IdleTimeout, "http1-idle-timeout", cfg.Pool.HTTP1IdleTimeout,
+		"close pooled HTTP/1.1 upstream connections idle this long; keep it below the application's keep-alive time-out")
+	fs.DurationVar(&cfg.Pool.HTTP2IdleTimeout, "http2-idle-timeout", cfg.Pool.HTTP2IdleTimeout,
+		"close pooled HTTP/2 upstream connections idle this long")
 	level := zap.NewAtomicLevelAt(zap.InfoLevel)
 	fs.TextVar(&level, "log-level", level, "log level: debug, info, warn or error")
 	if err := parseFlags(fs, args); err != nil {
@@ -63,11 +82,28 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := cfg.Validate(); err != nil {
 		return badUsage(err)
 	}
+	var file *configfile.File
+	if *configPath != "" {
+		if _, file, err = loadConfig(*configPath); err != nil {
+			return badUsage(fmt.Errorf("--config: %w", err))
+		}
+	}
 	log := newLogger(level, stderr)
 	defer func() { _ = log.Sync() }()
 	s, err := proxy.New(cfg, log)
 	if err != nil {
 		return err
+	}
+	if file != nil {
+		if err := s.Apply(file); err != nil {
+			return badUsage(fmt.Errorf("--config: %s: %w", *configPath, err))
+		}
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		r := &reloader{path: *configPath, s: s, log: log}
+		r.last, _ = os.ReadFile(*configPath)
+		go r.run(ctx, hup)
 	}
 	log.Info("starting", zap.String("version", version), zap.Uint16("outbound_port", cfg.OutboundPort),
 		zap.Uint16("inbound_port", cfg.InboundPort))

@@ -1,0 +1,78 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/pillionmesh/pillion/filters/builtin"
+	"github.com/pillionmesh/pillion/proxy"
+	"github.com/pillionmesh/pillion/proxy/configfile"
+)
+
+// configPollInterval is how often the config file is re-read. Polling the
+// content, rather than watching inotify events, also catches Kubernetes'
+// ConfigMap updates, which swap a symlink above the file.
+const configPollInterval = time.Second
+
+// loadConfig reads and parses the config file at path.
+func loadConfig(path string) ([]byte, *configfile.File, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	f, err := configfile.Parse(data, builtin.Registry())
+	if err != nil {
+		return data, nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return data, f, nil
+}
+
+// reloader re-applies the config file when its content changes or when
+// told to (SIGHUP). A file that fails to load or build is refused with a
+// log line; the running config stays.
+type reloader struct {
+	path string
+	s    *proxy.Server
+	log  *zap.Logger
+	last []byte // content last tried, applied or refused
+}
+
+// run polls until ctx ends; each receive on hup forces a reload.
+func (r *reloader) run(ctx context.Context, hup <-chan os.Signal) {
+	t := time.NewTicker(configPollInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			r.reload(true)
+		case <-t.C:
+			r.reload(false)
+		}
+	}
+}
+
+// reload loads the file and applies it when forced or when it changed.
+func (r *reloader) reload(force bool) {
+	data, f, err := loadConfig(r.path)
+	if !force && data != nil && bytes.Equal(data, r.last) {
+		return
+	}
+	if data != nil {
+		r.last = data
+	}
+	if err == nil {
+		err = r.s.Apply(f)
+	}
+	if err != nil {
+		r.log.Error("config refused: the running config stays", zap.String("path", r.path), zap.Error(err))
+		return
+	}
+	r.log.Info("config reloaded", zap.String("path", r.path))
+}

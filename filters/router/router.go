@@ -1,0 +1,280 @@
+// Package router is the terminal filter: it forwards each request to its
+// upstream over the proxy's pools, choosing the protocol, and reports the
+// upstream service time.
+//
+// Protocol choice: an upgrade request (WebSocket…) always goes over a
+// dedicated HTTP/1.1 connection and becomes opaque after the switch.
+// Outbound, a request to a meshed address goes over pooled HTTP/2 to the
+// peer's sidecar, an HTTP/1 request carrying its original protocol in
+// OrigProtoHeader; any other request keeps the protocol it arrived in.
+// Inbound, a request carrying OrigProtoHeader reaches the application in
+// that protocol, and any other in the protocol it arrived in.
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httputil"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/net/http/httpguts"
+
+	"github.com/pillionmesh/pillion/filters"
+	"github.com/pillionmesh/pillion/proxy/pool"
+)
+
+// Header names the router reads or writes on requests.
+const (
+	// OrigProtoHeader carries an HTTP/1 request's protocol across the
+	// pooled HTTP/2 hop between sidecars (Linkerd's l5d-orig-proto).
+	OrigProtoHeader = "pillion-orig-proto"
+	// AttemptCountHeader tells the upstream which attempt this is, from 1
+	// (Envoy's x-envoy-attempt-count).
+	AttemptCountHeader = "pillion-attempt-count"
+)
+
+// DefaultUpstreamServiceTimeHeader is the header Envoy sets, so existing
+// dashboards and scripts keep working.
+const DefaultUpstreamServiceTimeHeader = "x-envoy-upstream-service-time"
+
+// Config is the router's configuration. The zero value is the default:
+// the upstream service time in DefaultUpstreamServiceTimeHeader, no
+// Server-Timing.
+type Config struct {
+	// UpstreamServiceTimeHeader names the response header that carries the
+	// upstream service time in whole milliseconds: from the request fully
+	// sent upstream to the upstream's response headers (Envoy's x-envoy-
+	// upstream-service-time semantics: absent when the response headers
+	// came before the request was fully sent). Nil means the default; ""
+	// turns it off.
+	UpstreamServiceTimeHeader *string `json:"upstreamServiceTimeHeader"`
+	// ServerTiming adds "Server-Timing: upstream;dur=<ms>", with
+	// microsecond precision, to responses.
+	ServerTiming bool `json:"serverTiming"`
+}
+
+var _ filters.Config = (*Config)(nil)
+
+// Build validates c and returns the router. It needs env.Upstream.
+func (c *Config) Build(env filters.Env) (filters.Filter, error) {
+	r, err := New(*c, env)
+	if err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// Router forwards requests upstream. It is safe for concurrent use.
+type Router struct {
+	env          filters.Env
+	header       string
+	serverTiming bool
+	rp           *httputil.ReverseProxy
+}
+
+var _ filters.Filter = (*Router)(nil)
+
+// New returns a router for c.
+func New(c Config, env filters.Env) (*Router, error) {
+	header := DefaultUpstreamServiceTimeHeader
+	if c.UpstreamServiceTimeHeader != nil {
+		header = *c.UpstreamServiceTimeHeader
+		if header != "" && !httpguts.ValidHeaderFieldName(header) {
+			return nil, filters.Invalid("upstreamServiceTimeHeader", "%q is not a valid header name", header)
+		}
+	}
+	if env.Upstream == nil {
+		return nil, errors.New("router: no upstream pools")
+	}
+	rt := &Router{env: env, header: http.CanonicalHeaderKey(header), serverTiming: c.ServerTiming}
+	rt.rp = &httputil.ReverseProxy{
+		Rewrite:        rt.rewrite,
+		Transport:      transport{env.Upstream},
+		ModifyResponse: rt.modifyResponse,
+		ErrorHandler:   rt.errorHandler,
+		BufferPool:     newBufferPool(),
+		ErrorLog:       zap.NewStdLog(env.Log.Named("router")),
+	}
+	return rt, nil
+}
+
+// ServeHTTP makes Router usable as a filter; it never calls next.
+func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request, _ http.Handler) {
+	rt.Forward(w, r)
+}
+
+// Forward sends r upstream and writes the response to w.
+func (rt *Router) Forward(w http.ResponseWriter, r *http.Request) {
+	info := filters.FromContext(r.Context())
+	st := &attempt{info: info, upstream: info.Upstream.String()}
+	st.proto, st.origProto = rt.protocol(r, info)
+	if info.Upgrade != "" {
+		// The reverse proxy reads these to set up the upgrade.
+		r.Header.Set("Connection", "Upgrade")
+		r.Header.Set("Upgrade", info.Upgrade)
+	}
+	st.number = info.AddAttempt()
+	rt.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), attemptKey{}, st)))
+}
+
+// protocol chooses how r travels upstream and what OrigProtoHeader says.
+func (rt *Router) protocol(r *http.Request, info *filters.Info) (pool.Protocol, string) {
+	switch {
+	case info.Upgrade != "":
+		return pool.HTTP1, ""
+	case info.Direction == filters.Outbound && rt.env.Meshed(info.Destination.Addr()):
+		if r.ProtoMajor == 1 {
+			return pool.HTTP2, r.Proto
+		}
+		return pool.HTTP2, ""
+	case info.Direction == filters.Inbound && strings.HasPrefix(r.Header.Get(OrigProtoHeader), "HTTP/1."):
+		return pool.HTTP1, ""
+	case r.ProtoMajor == 2:
+		return pool.HTTP2, ""
+	}
+	return pool.HTTP1, ""
+}
+
+// attempt is one trip upstream, carried in the outgoing request's context
+// from Forward to the transport and the response hooks.
+type attempt struct {
+	info      *filters.Info
+	upstream  string
+	proto     pool.Protocol
+	origProto string
+	number    int
+	sent      atomic.Int64 // unix nanoseconds when the request was fully sent; 0 until then
+}
+
+type attemptKey struct{}
+
+func attemptOf(ctx context.Context) *attempt { return ctx.Value(attemptKey{}).(*attempt) }
+
+func (a *attempt) markSent(now time.Time) { a.sent.CompareAndSwap(0, now.UnixNano()) }
+
+// forwarded are the headers an upstream proxy or ingress set and the
+// application may rely on; ReverseProxy's Rewrite mode drops them, a
+// transparent sidecar must not.
+var forwarded = []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
+
+func (rt *Router) rewrite(pr *httputil.ProxyRequest) {
+	a := attemptOf(pr.Out.Context())
+	pr.Out.URL.Scheme = "http"
+	pr.Out.URL.Host = a.upstream
+	pr.Out.Host = pr.In.Host
+	for _, h := range forwarded {
+		if v, ok := pr.In.Header[h]; ok {
+			pr.Out.Header[h] = v
+		}
+	}
+	pr.Out.Header.Del(OrigProtoHeader)
+	if a.origProto != "" {
+		pr.Out.Header.Set(OrigProtoHeader, a.origProto)
+	}
+	pr.Out.Header.Set(AttemptCountHeader, strconv.Itoa(a.number))
+	if pr.Out.Body == nil || pr.Out.Body == http.NoBody {
+		a.markSent(rt.env.Now())
+		return
+	}
+	pr.Out.Body = &timedBody{ReadCloser: pr.Out.Body, a: a, now: rt.env.Now}
+}
+
+func (rt *Router) modifyResponse(res *http.Response) error {
+	a := attemptOf(res.Request.Context())
+	sent := a.sent.Load()
+	if sent == 0 {
+		return nil // the request was still being sent: no service time, as in Envoy
+	}
+	d := max(rt.env.Now().Sub(time.Unix(0, sent)), 0)
+	a.info.SetUpstreamTime(d)
+	if rt.header != "" {
+		res.Header.Set(rt.header, strconv.FormatInt(d.Milliseconds(), 10))
+	}
+	if rt.serverTiming {
+		res.Header.Add("Server-Timing", fmt.Sprintf("upstream;dur=%.3f", float64(d.Microseconds())/1000))
+	}
+	return nil
+}
+
+func (rt *Router) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
+	info := filters.FromContext(r.Context())
+	if ctxErr := r.Context().Err(); ctxErr != nil {
+		if errors.Is(ctxErr, context.DeadlineExceeded) {
+			filters.Reply(w, r, http.StatusGatewayTimeout, filters.UpstreamTimeout, "upstream request timeout")
+			return
+		}
+		// The client went away: nobody to answer, and no response (not
+		// even net/http's implicit 200) must look like one.
+		info.AddFlags(filters.DownstreamDisconnect)
+		panic(http.ErrAbortHandler)
+	}
+	var pe *pool.Error
+	if !errors.As(err, &pe) {
+		// Not the pools': ReverseProxy refused the upstream's answer (a bad
+		// upgrade response and the like).
+		filters.Reply(w, r, http.StatusBadGateway, filters.UpstreamProtocolError, "upstream protocol error: "+oneLine(err))
+		return
+	}
+	info.SetUpstreamFailure(pe.Kind)
+	switch pe.Kind {
+	case pool.ConnectFailure, pool.Refused:
+		filters.Reply(w, r, http.StatusServiceUnavailable, filters.UpstreamConnectFailure, "upstream connect error: "+oneLine(pe.Err))
+	case pool.ProtocolError:
+		filters.Reply(w, r, http.StatusBadGateway, filters.UpstreamProtocolError, "upstream protocol error: "+oneLine(pe.Err))
+	default:
+		filters.Reply(w, r, http.StatusServiceUnavailable, filters.UpstreamReset, "upstream reset before response headers: "+oneLine(pe.Err))
+	}
+}
+
+// oneLine makes err fit in a header value.
+func oneLine(err error) string {
+	return strings.Map(func(r rune) rune {
+		if r < ' ' || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, err.Error())
+}
+
+// transport hands each request to the pool its attempt chose.
+type transport struct{ up filters.Upstream }
+
+func (t transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	return t.up.RoundTrip(req, attemptOf(req.Context()).proto)
+}
+
+// timedBody notes when the request body was read to its end: the request
+// was then fully handed to the connection.
+type timedBody struct {
+	io.ReadCloser
+	a   *attempt
+	now func() time.Time
+}
+
+func (b *timedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF {
+		b.a.markSent(b.now())
+	}
+	return n, err
+}
+
+// bufferPool reuses the 32 KiB copy buffers of response bodies.
+type bufferPool struct{ p sync.Pool }
+
+func newBufferPool() *bufferPool {
+	return &bufferPool{p: sync.Pool{New: func() any { return make([]byte, 32<<10) }}}
+}
+
+func (b *bufferPool) Get() []byte { return b.p.Get().([]byte) }
+
+//lint:ignore SA6002 boxing the slice header costs less than the 32 KiB it saves
+func (b *bufferPool) Put(buf []byte) { b.p.Put(buf) }

@@ -1,0 +1,54 @@
+package proxy
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/pillionmesh/pillion/filters"
+	"github.com/pillionmesh/pillion/proxy/configfile"
+)
+
+// running is one applied config file: its parsed form and the chains built
+// from it. It is immutable; Apply replaces it whole.
+type running struct {
+	file    *configfile.File
+	chains  [2]*filters.Chain // by Direction
+	applied time.Time
+}
+
+func (r *running) chain(d Direction) *filters.Chain { return r.chains[d] }
+
+// Apply builds the filter chains of f and swaps them in atomically:
+// requests that started keep the chain they started with, new ones get the
+// new one. If a chain fails to build, nothing changes and the error names
+// the field. Apply is safe to call while Run runs.
+func (s *Server) Apply(f *configfile.File) error {
+	next := &running{file: f, applied: time.Now()}
+	for _, d := range []Direction{Outbound, Inbound} {
+		specs := f.Outbound
+		if d == Inbound {
+			specs = f.Inbound
+		}
+		env := filters.Env{
+			Direction: filters.Direction(d),
+			Log:       s.log,
+			AccessLog: s.log.Named("access"),
+			Now:       time.Now,
+			Upstream:  s.pools,
+			Meshed:    f.Mesh.Contains,
+		}
+		c, err := configfile.Build(specs, env)
+		if err != nil {
+			return fmt.Errorf("config: %w", err)
+		}
+		next.chains[d] = c
+	}
+	s.config.Store(next)
+	return nil
+}
+
+// Config returns the config file in use and when it was applied.
+func (s *Server) Config() (*configfile.File, time.Time) {
+	r := s.config.Load()
+	return r.file, r.applied
+}

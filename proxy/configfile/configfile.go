@@ -1,0 +1,234 @@
+// Package configfile reads the proxy's YAML config file (`pillion proxy
+// --config FILE`): it decodes it strictly (an unknown field is an error
+// naming it), validates it into typed values, and builds the inbound and
+// outbound filter chains. Errors name the field's path in the file, such as
+// `outbound.filters[1].retry.attempts`.
+//
+//	mesh:
+//	  networks: [10.0.0.0/8]          # addresses served by pillion sidecars
+//	inbound:
+//	  filters:
+//	    - ratelimit: { requestsPerSecond: 200, burst: 400 }
+//	outbound:
+//	  filters:
+//	    - timeout: { request: 15s }
+//	    - retry:   { attempts: 2, on: [connect-failure, refused-stream, "503"] }
+//	    - router:  { serverTiming: true }   # optional, and only last
+package configfile
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"net/http"
+	"net/netip"
+	"reflect"
+	"slices"
+	"strings"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/pillionmesh/pillion/filters"
+	"github.com/pillionmesh/pillion/filters/router"
+)
+
+// RouterName is the terminal filter's name; it may only be the last entry
+// of a chain, and is added with its defaults when absent.
+const RouterName = "router"
+
+// File is a validated config file. Build turns its chains into running
+// filters.
+type File struct {
+	// Mesh says which destinations are served by pillion sidecars.
+	Mesh Mesh
+	// Inbound and Outbound are the chains' filters in order, the router
+	// last.
+	Inbound, Outbound []Spec
+}
+
+// Mesh is the `mesh` section.
+type Mesh struct {
+	// Networks are the addresses whose traffic is received by a pillion
+	// sidecar: outbound HTTP to them travels as pooled HTTP/2 between the
+	// sidecars. Empty: every destination gets the application's own
+	// protocol.
+	Networks []netip.Prefix
+}
+
+// Contains reports whether a is in one of the mesh networks.
+func (m Mesh) Contains(a netip.Addr) bool {
+	a = a.Unmap()
+	for _, p := range m.Networks {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// Spec is one filter of a chain as the file configures it.
+type Spec struct {
+	Name   string
+	Path   string // where it is in the file, for errors
+	Config filters.Config
+}
+
+// Parse decodes data (YAML) and validates its structure with reg's filter
+// types. A filter's own values are validated when Build builds it.
+func Parse(data []byte, reg filters.Registry) (*File, error) {
+	js, err := yaml.YAMLToJSONStrict(data)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	var top map[string]json.RawMessage
+	if err := decodeObject(js, &top, ""); err != nil {
+		return nil, err
+	}
+	if err := onlyKeys(top, "", "mesh", "inbound", "outbound"); err != nil {
+		return nil, err
+	}
+	f := &File{}
+	if f.Mesh, err = parseMesh(top["mesh"]); err != nil {
+		return nil, err
+	}
+	if f.Inbound, err = parseChain(top["inbound"], "inbound", reg); err != nil {
+		return nil, err
+	}
+	if f.Outbound, err = parseChain(top["outbound"], "outbound", reg); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+func parseMesh(raw json.RawMessage) (Mesh, error) {
+	var m struct {
+		Networks []string `json:"networks"`
+	}
+	if err := decodeStrict(raw, &m, "mesh"); err != nil {
+		return Mesh{}, err
+	}
+	var out Mesh
+	for i, s := range m.Networks {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			if a, aerr := netip.ParseAddr(s); aerr == nil {
+				p = netip.PrefixFrom(a, a.BitLen())
+			} else {
+				return Mesh{}, filters.Invalid(fmt.Sprintf("mesh.networks[%d]", i), "%q is not a CIDR such as 10.0.0.0/8", s)
+			}
+		}
+		out.Networks = append(out.Networks, p.Masked())
+	}
+	return out, nil
+}
+
+func parseChain(raw json.RawMessage, dir string, reg filters.Registry) ([]Spec, error) {
+	var c struct {
+		Filters []map[string]json.RawMessage `json:"filters"`
+	}
+	if err := decodeStrict(raw, &c, dir); err != nil {
+		return nil, err
+	}
+	specs := make([]Spec, 0, len(c.Filters)+1)
+	for i, entry := range c.Filters {
+		at := fmt.Sprintf("%s.filters[%d]", dir, i)
+		if len(entry) != 1 {
+			return nil, filters.Invalid(at, "want one filter name as the only key, such as {ratelimit: {...}}, got %d keys", len(entry))
+		}
+		for name, body := range entry {
+			newConfig, ok := reg[name]
+			if !ok {
+				return nil, filters.Invalid(at, "unknown filter %q (known: %s)", name, strings.Join(names(reg), ", "))
+			}
+			path := at + "." + name
+			if name == RouterName && i != len(c.Filters)-1 {
+				return nil, filters.Invalid(path, "the router forwards the request: it must be the last filter")
+			}
+			cfg := newConfig()
+			if err := decodeStrict(body, cfg, path); err != nil {
+				return nil, err
+			}
+			specs = append(specs, Spec{Name: name, Path: path, Config: cfg})
+		}
+	}
+	if len(specs) == 0 || specs[len(specs)-1].Name != RouterName {
+		specs = append(specs, Spec{Name: RouterName, Path: dir + ".router", Config: &router.Config{}})
+	}
+	return specs, nil
+}
+
+// Build builds the chain of specs for env: every filter, the router last.
+func Build(specs []Spec, env filters.Env) (*filters.Chain, error) {
+	named := make([]filters.Named, 0, len(specs))
+	for _, s := range specs {
+		f, err := s.Config.Build(env)
+		if err != nil {
+			return nil, filters.Within(s.Path, err)
+		}
+		named = append(named, filters.Named{Name: s.Name, Filter: f})
+	}
+	last := named[len(named)-1].Filter
+	terminal := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { last.ServeHTTP(w, r, nil) })
+	return filters.NewChain(terminal, named[:len(named)-1]...), nil
+}
+
+// decodeObject decodes a JSON object (null counts as empty) into v.
+func decodeObject(js []byte, v any, path string) error {
+	if len(bytes.TrimSpace(js)) == 0 || string(bytes.TrimSpace(js)) == "null" {
+		return nil
+	}
+	return decodeStrict(js, v, path)
+}
+
+// decodeStrict decodes js into v refusing unknown fields, with errors
+// naming path.
+func decodeStrict(js []byte, v any, path string) error {
+	if len(js) == 0 || string(js) == "null" {
+		return nil
+	}
+	d := json.NewDecoder(bytes.NewReader(js))
+	d.DisallowUnknownFields()
+	err := d.Decode(v)
+	if err == nil {
+		return nil
+	}
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		p := path
+		if te.Field != "" {
+			p = join(path, te.Field)
+		}
+		want := te.Type.String()
+		if te.Type.Kind() == reflect.Map || te.Type.Kind() == reflect.Struct {
+			want = "a mapping"
+		} else if te.Type.Kind() == reflect.Slice {
+			want = "a list"
+		}
+		return filters.Invalid(p, "want %s, got %s", want, te.Value)
+	}
+	msg := strings.TrimPrefix(err.Error(), "json: ")
+	return filters.Invalid(path, "%s", msg)
+}
+
+func join(path, field string) string {
+	if path == "" {
+		return field
+	}
+	return path + "." + field
+}
+
+// onlyKeys refuses keys of m that are not in known.
+func onlyKeys(m map[string]json.RawMessage, path string, known ...string) error {
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		if !slices.Contains(known, k) {
+			return filters.Invalid(join(path, k), "unknown field (known: %s)", strings.Join(known, ", "))
+		}
+	}
+	return nil
+}
+
+func names(reg filters.Registry) []string {
+	return slices.Sorted(maps.Keys(reg))
+}

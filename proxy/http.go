@@ -1,0 +1,204 @@
+package proxy
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"golang.org/x/net/http2"
+
+	"github.com/pillionmesh/pillion/filters"
+)
+
+// Limits of the HTTP servers that face the application (outbound) and the
+// peers (inbound).
+const (
+	// maxHeaderBytes is Envoy's default limit (60 KiB) rounded up: larger
+	// request headers get 431.
+	maxHeaderBytes = 64 << 10
+	// readHeaderTimeout bounds how long a client may take to send request
+	// headers once it started.
+	readHeaderTimeout = time.Minute
+	// downstreamIdleTimeout closes a client's keep-alive connection idle
+	// this long (Envoy's default); longer than any pool's idle time-out,
+	// so that the client, not the proxy, closes idle connections.
+	downstreamIdleTimeout = time.Hour
+	// maxConcurrentStreams is what one HTTP/2 connection may carry at once;
+	// a pool needing more opens another connection.
+	maxConcurrentStreams = 250
+)
+
+// httpServer serves the connections of one direction that were detected
+// as HTTP/1.x (through an http.Server fed by a listener of handed-over
+// connections) or as h2c (x/net/http2 serving each connection).
+type httpServer struct {
+	dir  Direction
+	srv  *http.Server
+	h2   *http2.Server
+	lis  *handoff
+	base context.Context // every request's context derives from it
+	done chan struct{}   // closed when srv.Serve returned
+}
+
+func (s *Server) newHTTPServer(dir Direction) *httpServer {
+	hs := &httpServer{dir: dir, lis: newHandoff(), base: s.hardStop, done: make(chan struct{})}
+	hs.srv = &http.Server{
+		Handler:           http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.serveRequest(dir, w, r) }),
+		ReadHeaderTimeout: readHeaderTimeout,
+		IdleTimeout:       downstreamIdleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		BaseContext:       func(net.Listener) context.Context { return hs.base },
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, connKey{}, c.(*httpConn).meta)
+		},
+		// net/http reports clients' protocol errors here: routine, not
+		// the operator's concern above debug.
+		ErrorLog: zap.NewStdLog(s.log.Named("http").WithOptions(zap.IncreaseLevel(zapcore.DebugLevel))),
+	}
+	hs.h2 = &http2.Server{MaxConcurrentStreams: maxConcurrentStreams, IdleTimeout: downstreamIdleTimeout}
+	if err := http2.ConfigureServer(hs.srv, hs.h2); err != nil {
+		panic(err) // only fails for a TLS config, which this server has not
+	}
+	go func() {
+		defer close(hs.done)
+		_ = hs.srv.Serve(hs.lis)
+	}()
+	return hs
+}
+
+// serve serves c, detected as HTTP/1.x or h2c, until it is closed.
+func (hs *httpServer) serve(c *httpConn, h2c bool) {
+	if h2c {
+		ctx := context.WithValue(hs.base, connKey{}, c.meta)
+		hs.h2.ServeConn(c, &http2.ServeConnOpts{Context: ctx, BaseConfig: hs.srv, Handler: hs.srv.Handler})
+		_ = c.Close()
+		return
+	}
+	if !hs.lis.push(c) {
+		reset(c.TCPConn) // shutting down
+		return
+	}
+	<-c.closed
+}
+
+// shutdown stops accepting handed-over connections, closes idle ones,
+// sends GOAWAY on HTTP/2 ones, and returns when they are all closed or ctx
+// ends.
+func (hs *httpServer) shutdown(ctx context.Context) {
+	_ = hs.srv.Shutdown(ctx)
+	<-hs.done
+}
+
+// serveRequest is where every HTTP request enters the filter chain.
+func (s *Server) serveRequest(dir Direction, w http.ResponseWriter, r *http.Request) {
+	m := r.Context().Value(connKey{}).(connMeta)
+	info := &filters.Info{
+		Direction:   filters.Direction(dir),
+		Start:       time.Now(),
+		Destination: m.dst,
+		Upstream:    m.upstream,
+		Source:      m.src,
+	}
+	info.Upgrade = filters.RemoveHopByHop(r.Header)
+	if r.ProtoMajor == 1 {
+		// Proxied HTTP/1 requests may be answered while their body still
+		// streams in (and gRPC-Web-like clients rely on it).
+		_ = http.NewResponseController(w).EnableFullDuplex()
+	}
+	s.stats.Dir[dir].Requests.Add(1)
+	s.config.Load().chain(dir).ServeHTTP(w, r.WithContext(filters.NewContext(r.Context(), info)))
+}
+
+// connMeta is what the proxy knows of an HTTP connection.
+type connMeta struct {
+	src, dst, upstream netip.AddrPort
+}
+
+type connKey struct{}
+
+// httpConn is an accepted connection handed to an HTTP server: the bytes
+// detection peeked are read first, and closing it tells serve it is done.
+type httpConn struct {
+	*net.TCPConn
+	peeked []byte
+	meta   connMeta
+
+	read, written atomic.Int64
+	closeOnce     sync.Once
+	closed        chan struct{}
+}
+
+func newHTTPConn(c *net.TCPConn, peeked []byte, meta connMeta) *httpConn {
+	return &httpConn{TCPConn: c, peeked: peeked, meta: meta, closed: make(chan struct{})}
+}
+
+func (c *httpConn) Read(p []byte) (int, error) {
+	if len(c.peeked) > 0 {
+		n := copy(p, c.peeked)
+		c.peeked = c.peeked[n:]
+		c.read.Add(int64(n))
+		return n, nil
+	}
+	n, err := c.TCPConn.Read(p)
+	c.read.Add(int64(n))
+	return n, err
+}
+
+func (c *httpConn) Write(p []byte) (int, error) {
+	n, err := c.TCPConn.Write(p)
+	c.written.Add(int64(n))
+	return n, err
+}
+
+func (c *httpConn) Close() error {
+	err := c.TCPConn.Close()
+	c.closeOnce.Do(func() { close(c.closed) })
+	return err
+}
+
+// handoff is a net.Listener whose connections are pushed to it by the
+// proxy's own accept loop once detection found HTTP/1.x.
+type handoff struct {
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+}
+
+func newHandoff() *handoff { return &handoff{ch: make(chan net.Conn), done: make(chan struct{})} }
+
+// push hands c to the server; false when the listener is closed.
+func (h *handoff) push(c net.Conn) bool {
+	select {
+	case h.ch <- c:
+		return true
+	case <-h.done:
+		return false
+	}
+}
+
+func (h *handoff) Accept() (net.Conn, error) {
+	select {
+	case c := <-h.ch:
+		return c, nil
+	case <-h.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (h *handoff) Close() error {
+	h.once.Do(func() { close(h.done) })
+	return nil
+}
+
+func (h *handoff) Addr() net.Addr { return handoffAddr{} }
+
+type handoffAddr struct{}
+
+func (handoffAddr) Network() string { return "handoff" }
+func (handoffAddr) String() string  { return "handoff" }

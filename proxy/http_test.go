@@ -1,0 +1,165 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+
+	"github.com/pillionmesh/pillion/filters"
+	"github.com/pillionmesh/pillion/filters/builtin"
+	"github.com/pillionmesh/pillion/proxy/configfile"
+)
+
+// httpBackend answers every request with "<method> <uri> host=<host>
+// proto=<proto>" and echoes the request header X-Echo, over HTTP/1.1 and
+// h2c.
+func httpBackend(t *testing.T) netip.AddrPort {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Echo", r.Header.Get("X-Echo"))
+		w.Header().Set("X-Saw-Connection-Header", r.Header.Get("X-Hop"))
+		fmt.Fprintf(w, "%s %s host=%s proto=%s", r.Method, r.RequestURI, r.Host, r.Proto)
+	})}
+	var p http.Protocols
+	p.SetHTTP1(true)
+	p.SetUnencryptedHTTP2(true)
+	srv.Protocols = &p
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(func() { srv.Close() })
+	return l.Addr().(*net.TCPAddr).AddrPort()
+}
+
+// h2cClient speaks HTTP/2 with prior knowledge to whatever addr it is given.
+func h2cClient() *http.Client {
+	return &http.Client{Transport: &http2.Transport{
+		AllowHTTP: true,
+		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, network, addr)
+		},
+	}}
+}
+
+func get(t *testing.T, c *http.Client, url string, hdr http.Header) (*http.Response, string) {
+	t.Helper()
+	req, err := http.NewRequest("GET", url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Host = "b.example:8080"
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
+	res, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res, string(b)
+}
+
+func TestH2CServedAndForwardedAsHTTP2(t *testing.T) {
+	s := testServer(t, DefaultConfig(), fixed(httpBackend(t)))
+	res, body := get(t, h2cClient(), fmt.Sprintf("http://127.0.0.1:%d/x", s.cfg.OutboundPort), nil)
+	if res.ProtoMajor != 2 || body != "GET /x host=b.example:8080 proto=HTTP/2.0" {
+		t.Errorf("got %s %q; want HTTP/2 both hops, Host kept", res.Proto, body)
+	}
+	if n := s.Stats().Dir[Outbound].Requests.Load(); n != 1 {
+		t.Errorf("requests = %d, want 1", n)
+	}
+}
+
+func TestHopByHopHeadersStripped(t *testing.T) {
+	s := testServer(t, DefaultConfig(), fixed(httpBackend(t)))
+	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	res, _ := get(t, c, fmt.Sprintf("http://127.0.0.1:%d/", s.cfg.OutboundPort),
+		http.Header{"Connection": {"X-Hop"}, "X-Hop": {"secret"}, "X-Echo": {"kept"}})
+	if got := res.Header.Get("X-Saw-Connection-Header"); got != "" {
+		t.Errorf("backend saw X-Hop = %q; a header named by Connection must not be forwarded", got)
+	}
+	if got := res.Header.Get("X-Echo"); got != "kept" {
+		t.Errorf("X-Echo = %q, want it forwarded", got)
+	}
+}
+
+func TestUpstreamDownIs503WithFlag(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := l.Addr().(*net.TCPAddr).AddrPort()
+	l.Close()
+	s := testServer(t, DefaultConfig(), fixed(dead))
+	res, body := get(t, http.DefaultClient, fmt.Sprintf("http://127.0.0.1:%d/", s.cfg.OutboundPort), nil)
+	if res.StatusCode != 503 || res.Header.Get(filters.FlagsHeader) != "UF" {
+		t.Errorf("got %d flags %q, want 503 UF", res.StatusCode, res.Header.Get(filters.FlagsHeader))
+	}
+	if !strings.HasPrefix(body, "upstream connect error: ") || !strings.Contains(body, "connection refused") {
+		t.Errorf("body = %q, want the connect error", body)
+	}
+}
+
+// TestApplySwapsChains checks that a new config reaches new requests and a
+// config that fails to build changes nothing.
+func TestApplySwapsChains(t *testing.T) {
+	s := testServer(t, DefaultConfig(), fixed(httpBackend(t)))
+	url := fmt.Sprintf("http://127.0.0.1:%d/", s.cfg.OutboundPort)
+	parse := func(y string) *configfile.File {
+		f, err := configfile.Parse([]byte(y), builtin.Registry())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	if err := s.Apply(parse("outbound: {filters: [{router: {upstreamServiceTimeHeader: x-took}}]}")); err != nil {
+		t.Fatal(err)
+	}
+	res, _ := get(t, http.DefaultClient, url, nil)
+	if res.Header.Get("X-Took") == "" || res.Header.Get("X-Envoy-Upstream-Service-Time") != "" {
+		t.Fatalf("after apply: headers %v, want x-took only", res.Header)
+	}
+	err := s.Apply(parse(`outbound: {filters: [{router: {upstreamServiceTimeHeader: "bad header"}}]}`))
+	want := `config: outbound.filters[0].router.upstreamServiceTimeHeader: "bad header" is not a valid header name`
+	if err == nil || err.Error() != want {
+		t.Fatalf("bad apply: %v, want %s", err, want)
+	}
+	res, _ = get(t, http.DefaultClient, url, nil)
+	if res.Header.Get("X-Took") == "" {
+		t.Errorf("after a refused apply: headers %v, want the old config still serving", res.Header)
+	}
+}
+
+func TestUpstreamServiceTimeCoversTheUpstream(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(50 * time.Millisecond)
+	})}
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(func() { srv.Close() })
+	s := testServer(t, DefaultConfig(), fixed(l.Addr().(*net.TCPAddr).AddrPort()))
+	res, _ := get(t, http.DefaultClient, fmt.Sprintf("http://127.0.0.1:%d/", s.cfg.OutboundPort), nil)
+	var ms int
+	if _, err := fmt.Sscan(res.Header.Get("X-Envoy-Upstream-Service-Time"), &ms); err != nil || ms < 50 || ms > 5000 {
+		t.Errorf("x-envoy-upstream-service-time = %q, want ≥ 50 (the backend sleeps 50 ms)", res.Header.Get("X-Envoy-Upstream-Service-Time"))
+	}
+}
