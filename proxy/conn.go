@@ -101,7 +101,7 @@ func (s *Server) handleHTTP(c *net.TCPConn, dir Direction, dst, target netip.Add
 	st := &s.stats.Dir[dir]
 	hc := newHTTPConn(c, det.Peeked, connMeta{src: addrPort(c.RemoteAddr()), dst: dst, upstream: target})
 	st.Active.Add(1)
-	s.http[dir].serve(hc, det.Protocol == sniff.HTTP2)
+	s.http[dir].serve(hc)
 	st.Active.Add(-1)
 	st.Completed.Add(1)
 	sent, recv := hc.read.Load(), hc.written.Load()

@@ -11,7 +11,6 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
-	"golang.org/x/net/http2"
 
 	"github.com/pillionmesh/pillion/filters"
 )
@@ -35,12 +34,11 @@ const (
 )
 
 // httpServer serves the connections of one direction that were detected
-// as HTTP/1.x (through an http.Server fed by a listener of handed-over
-// connections) or as h2c (x/net/http2 serving each connection).
+// as HTTP/1.x or h2c: an http.Server speaking both, fed by a listener of
+// handed-over connections.
 type httpServer struct {
 	dir  Direction
 	srv  *http.Server
-	h2   *http2.Server
 	lis  *handoff
 	base context.Context // every request's context derives from it
 	done chan struct{}   // closed when srv.Serve returned
@@ -61,10 +59,11 @@ func (s *Server) newHTTPServer(dir Direction) *httpServer {
 		// the operator's concern above debug.
 		ErrorLog: zap.NewStdLog(s.log.Named("http").WithOptions(zap.IncreaseLevel(zapcore.DebugLevel))),
 	}
-	hs.h2 = &http2.Server{MaxConcurrentStreams: maxConcurrentStreams, IdleTimeout: downstreamIdleTimeout}
-	if err := http2.ConfigureServer(hs.srv, hs.h2); err != nil {
-		panic(err) // only fails for a TLS config, which this server has not
-	}
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	protos.SetUnencryptedHTTP2(true) // h2c with prior knowledge
+	hs.srv.Protocols = &protos
+	hs.srv.HTTP2 = &http.HTTP2Config{MaxConcurrentStreams: maxConcurrentStreams}
 	go func() {
 		defer close(hs.done)
 		_ = hs.srv.Serve(hs.lis)
@@ -73,13 +72,7 @@ func (s *Server) newHTTPServer(dir Direction) *httpServer {
 }
 
 // serve serves c, detected as HTTP/1.x or h2c, until it is closed.
-func (hs *httpServer) serve(c *httpConn, h2c bool) {
-	if h2c {
-		ctx := context.WithValue(hs.base, connKey{}, c.meta)
-		hs.h2.ServeConn(c, &http2.ServeConnOpts{Context: ctx, BaseConfig: hs.srv, Handler: hs.srv.Handler})
-		_ = c.Close()
-		return
-	}
+func (hs *httpServer) serve(c *httpConn) {
 	if !hs.lis.push(c) {
 		reset(c.TCPConn) // shutting down
 		return

@@ -1,24 +1,22 @@
 // Package pool holds the sidecar's upstream HTTP connections: one pool of
 // HTTP/1.1 keep-alive connections (one request at a time each) and one of
-// HTTP/2 connections (many requests multiplexed on each), both keyed by
-// endpoint (ip:port). It builds on net/http's Transport and
-// golang.org/x/net/http2's Transport, which already implement the safe
-// retry of a request whose pooled connection closed before any byte was
-// written; this package adds the limits, the dialer, the connection counts
-// and the typed errors.
+// HTTP/2 connections (many requests multiplexed on each, a new connection
+// opened when one is full), both keyed by endpoint (ip:port). It builds on
+// net/http's Transport, whose HTTP/2 is the golang.org/x/net/http2
+// implementation (x/net deprecates its own Transport in favour of it), and
+// which already retries a request whose pooled connection closed before
+// any byte was written, and an HTTP/2 stream the peer refused. This package
+// adds the limits, the dialer, the connection counts and the typed errors.
 package pool
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"strings"
 	"time"
-
-	"golang.org/x/net/http2"
 )
 
 // Protocol is how a request travels to the upstream.
@@ -71,8 +69,7 @@ type Config struct {
 	// PingInterval: see DefaultPingInterval.
 	PingInterval time.Duration
 	// Dial connects to an endpoint; nil means a net.Dialer with
-	// DialTimeout. Connections of the HTTP/2 pool are dialed with it too
-	// (cleartext for now).
+	// DialTimeout. Both pools dial with it (cleartext for now).
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
@@ -99,7 +96,7 @@ func (c Config) withDefaults() Config {
 // Pools is the HTTP/1.1 and the HTTP/2 pool. It is safe for concurrent use.
 type Pools struct {
 	h1    *http.Transport
-	h2    *http2.Transport
+	h2    *http.Transport
 	conns *counter
 }
 
@@ -107,6 +104,8 @@ type Pools struct {
 func New(cfg Config) *Pools {
 	cfg = cfg.withDefaults()
 	p := &Pools{conns: newCounter()}
+	var h1 http.Protocols
+	h1.SetHTTP1(true)
 	p.h1 = &http.Transport{
 		Proxy:               nil, // never an HTTP proxy from the environment
 		DialContext:         p.dialer(cfg, HTTP1),
@@ -118,21 +117,22 @@ func New(cfg Config) *Pools {
 		// own, no transparent decompression.
 		DisableCompression:    true,
 		ExpectContinueTimeout: time.Second,
-		// Never HTTP/2 on this pool, whatever the environment says.
-		TLSNextProto:    map[string]func(string, *tls.Conn) http.RoundTripper{},
-		ReadBufferSize:  32 << 10,
-		WriteBufferSize: 32 << 10,
+		Protocols:             &h1, // never HTTP/2 on this pool, whatever GODEBUG says
+		ReadBufferSize:        32 << 10,
+		WriteBufferSize:       32 << 10,
 	}
-	dial := p.dialer(cfg, HTTP2)
-	p.h2 = &http2.Transport{
-		AllowHTTP: true,
-		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
-			return dial(ctx, network, addr)
-		},
+	var h2c http.Protocols
+	h2c.SetUnencryptedHTTP2(true) // prior knowledge, no Upgrade dance
+	p.h2 = &http.Transport{
+		Proxy:              nil,
+		DialContext:        p.dialer(cfg, HTTP2),
+		Protocols:          &h2c,
 		DisableCompression: true,
 		IdleConnTimeout:    cfg.HTTP2IdleTimeout,
-		ReadIdleTimeout:    cfg.PingInterval,
-		PingTimeout:        cfg.PingInterval / 2,
+		HTTP2: &http.HTTP2Config{
+			SendPingTimeout: cfg.PingInterval,
+			PingTimeout:     cfg.PingInterval / 2,
+		},
 	}
 	return p
 }
@@ -229,23 +229,28 @@ func (e *Error) Unwrap() error { return e.Err }
 func classify(endpoint string, proto Protocol, err error) *Error {
 	e := &Error{Kind: Reset, Endpoint: endpoint, Protocol: proto, Err: err}
 	var de *dialError
-	var ce http2.ConnectionError
-	var se http2.StreamError
 	switch {
 	case errors.As(err, &de):
 		e.Kind, e.Err = ConnectFailure, de.err
-	case errors.As(err, &ce) && http2.ErrCode(ce) == http2.ErrCodeProtocol,
-		errors.As(err, &se) && se.Code == http2.ErrCodeProtocol,
-		isMalformed(err):
+	case isMalformed(err):
 		e.Kind = ProtocolError
-	case errors.As(err, &se) && se.Code == http2.ErrCodeRefusedStream:
+	case proto == HTTP2 && strings.Contains(err.Error(), "REFUSED_STREAM"):
 		e.Kind = Refused
 	}
 	return e
 }
 
-// isMalformed tells net/http's errors for a response that is not HTTP,
-// which it only reports as text.
+// isMalformed tells net/http's errors for an answer that is not valid
+// HTTP/1 or HTTP/2. net/http exports no type for them (its HTTP/2 error
+// types are unexported copies of x/net/http2's), so their text is all
+// there is: "malformed HTTP response", or an HTTP/2 PROTOCOL_ERROR,
+// COMPRESSION_ERROR or FRAME_SIZE_ERROR.
 func isMalformed(err error) bool {
-	return strings.Contains(err.Error(), "malformed HTTP")
+	msg := err.Error()
+	for _, s := range []string{"malformed HTTP", "PROTOCOL_ERROR", "COMPRESSION_ERROR", "FRAME_SIZE_ERROR"} {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
 }
