@@ -171,3 +171,37 @@ func (sc *Sidecar) WaitLog(match func(LogLine) bool, timeout time.Duration) (l L
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// MeshNetworks are the pod subnets of testpod nodes, for the config's
+// mesh section.
+const MeshNetworks = "[198.18.0.0/24, \"fd00:ca7::/64\"]"
+
+// WriteConfig writes a proxy config file that the proxy's UID can read and
+// the test can rewrite, and returns its path. It is removed with the test.
+func WriteConfig(t testpod.Cleaner, yaml string) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "pillion-config-")
+	if err != nil {
+		t.Fatalf("meshtest: %v", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatalf("meshtest: %v", err)
+	}
+	path := filepath.Join(dir, "pillion.yaml")
+	UpdateConfig(t, path, yaml)
+	return path
+}
+
+// UpdateConfig replaces the config file at path atomically (write, then
+// rename), as a ConfigMap update does.
+func UpdateConfig(t testpod.Cleaner, path, yaml string) {
+	t.Helper()
+	tmp := path + ".new"
+	if err := os.WriteFile(tmp, []byte(yaml), 0o644); err != nil {
+		t.Fatalf("meshtest: %v", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatalf("meshtest: %v", err)
+	}
+}

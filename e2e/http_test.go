@@ -1,0 +1,171 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pillionmesh/pillion/internal/meshtest"
+	"github.com/pillionmesh/pillion/internal/privileged"
+	"github.com/pillionmesh/pillion/internal/testpod"
+)
+
+// httpMesh is two pods with sidecars that know each other as meshed:
+// a is the client, b serves HTTP/1.1 and h2c on 8080 (see serveApp).
+type httpMesh struct {
+	a, b      *meshtest.Sidecar
+	configA   string // a's config file, rewritable
+	configB   string
+	bAddr     string // b's 8080 by IPv4
+	bAddr6    string // by IPv6
+	bIP, bIP6 string
+}
+
+const meshConfig = "mesh: {networks: " + meshtest.MeshNetworks + "}\n"
+
+func newHTTPMesh(t *testing.T, configA, configB string) *httpMesh {
+	t.Helper()
+	privileged.Require(t, "ip", "iptables", "ip6tables", "setpriv", "curl")
+	node := testpod.NewNode(t)
+	podA, podB := node.AddPod(t, "a"), node.AddPod(t, "b")
+	serveApp(t, podB, ":8080")
+	m := &httpMesh{
+		configA: meshtest.WriteConfig(t, meshConfig+configA),
+		configB: meshtest.WriteConfig(t, meshConfig+configB),
+		bAddr:   hostPort(podB.IPv4, 8080),
+		bAddr6:  hostPort(podB.IPv6, 8080),
+		bIP:     podB.IPv4.String(),
+		bIP6:    podB.IPv6.String(),
+	}
+	m.a = meshtest.Inject(t, pillionBin, podA, nil, []string{"--config=" + m.configA})
+	m.b = meshtest.Inject(t, pillionBin, podB, nil, []string{"--config=" + m.configB})
+	return m
+}
+
+// appSaw is what serveApp's /echo answers: the request as the app saw it.
+type appSaw struct {
+	Method, Proto, Host, URI string
+	Header                   http.Header
+	Remote                   string
+}
+
+// serveApp serves HTTP/1.x and h2c on addr in pod:
+//
+//	/echo           the request as JSON (appSaw)
+//	/sleep?ms=N     waits N ms, then 204
+func serveApp(t *testing.T, pod *testpod.Pod, addr string) {
+	t.Helper()
+	l, err := pod.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/echo", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(appSaw{r.Method, r.Proto, r.Host, r.RequestURI, r.Header, r.RemoteAddr})
+	})
+	mux.HandleFunc("/sleep", func(w http.ResponseWriter, r *http.Request) {
+		var ms int
+		fmt.Sscan(r.URL.Query().Get("ms"), &ms)
+		time.Sleep(time.Duration(ms) * time.Millisecond)
+		w.WriteHeader(http.StatusNoContent)
+	})
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	protos.SetUnencryptedHTTP2(true)
+	srv := &http.Server{Handler: mux, Protocols: &protos}
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(func() { srv.Close() })
+}
+
+// curl runs curl in pod with args and returns its stdout; -sS and a
+// time-out are added.
+func curl(t *testing.T, pod *testpod.Pod, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out, err := pod.Command(ctx, testpod.Root, "curl", append([]string{"-sS", "--max-time", "30"}, args...)...).Output()
+	if err != nil {
+		t.Fatalf("curl %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// sidecarConns counts the TCP connections established from a's sidecar to
+// b's inbound port, as b's network namespace sees them.
+func sidecarConns(t *testing.T, b *testpod.Pod) int {
+	t.Helper()
+	out, err := b.Exec(context.Background(), "ss", "-Htn", "state", "established", "( sport = :15006 )")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(strings.Fields(strings.TrimSpace(out))) / 4 // ss -H prints 4 columns per line in a state filter
+}
+
+func TestHTTPAcrossTheMesh(t *testing.T) {
+	m := newHTTPMesh(t, "", "")
+
+	for _, tc := range []struct {
+		name, flag, wantProto string
+	}{
+		{"HTTP/1.0", "--http1.0", "HTTP/1.1"},
+		{"HTTP/1.1", "--http1.1", "HTTP/1.1"},
+		{"h2c", "--http2-prior-knowledge", "HTTP/2.0"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, addr := range []string{m.bAddr, m.bAddr6} {
+				out := curl(t, m.a.Pod, tc.flag, "-H", "Host: b.shop:8080", "-D", "-", "http://"+addr+"/echo?x=1")
+				head, body, _ := strings.Cut(out, "\r\n\r\n")
+				var saw appSaw
+				if err := json.Unmarshal([]byte(body), &saw); err != nil {
+					t.Fatalf("%s: body %q: %v", addr, body, err)
+				}
+				if saw.Proto != tc.wantProto || saw.Host != "b.shop:8080" || saw.URI != "/echo?x=1" {
+					t.Errorf("%s: app saw %s %s %s, want %s, Host b.shop:8080, /echo?x=1", addr, saw.Proto, saw.Host, saw.URI, tc.wantProto)
+				}
+				if h := saw.Header.Get("Pillion-Orig-Proto"); h != "" {
+					t.Errorf("%s: app saw the sidecars' pillion-orig-proto header (%q)", addr, h)
+				}
+				if !strings.Contains(strings.ToLower(head), "x-envoy-upstream-service-time: ") {
+					t.Errorf("%s: response head has no upstream service time:\n%s", addr, head)
+				}
+			}
+		})
+	}
+
+	t.Run("N client connections share pooled HTTP/2 between the sidecars", func(t *testing.T) {
+		const clients = 20
+		errs := make(chan error, clients)
+		for range clients {
+			go func() {
+				_, err := m.a.Pod.Exec(context.Background(), "curl", "-sS", "--max-time", "30", "--http1.1", "-o", "/dev/null", "http://"+m.bAddr+"/sleep?ms=200")
+				errs <- err
+			}()
+		}
+		for range clients {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
+		if n := sidecarConns(t, m.b.Pod); n != 1 {
+			t.Errorf("established connections into b's sidecar = %d after %d concurrent clients, want 1 pooled HTTP/2 connection", n, clients)
+		}
+	})
+
+	t.Run("upstream service time covers the app", func(t *testing.T) {
+		out := curl(t, m.a.Pod, "-o", "/dev/null", "-D", "-", "http://"+m.bAddr+"/sleep?ms=50")
+		var ms int
+		for line := range strings.SplitSeq(out, "\r\n") {
+			if k, v, ok := strings.Cut(line, ": "); ok && strings.EqualFold(k, "x-envoy-upstream-service-time") {
+				fmt.Sscan(v, &ms)
+			}
+		}
+		if ms < 50 || ms > 5000 {
+			t.Errorf("x-envoy-upstream-service-time = %d, want ≥ 50 (the app sleeps 50 ms):\n%s", ms, out)
+		}
+	})
+}
