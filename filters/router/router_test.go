@@ -1,0 +1,232 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/pillionmesh/pillion/filters"
+	"github.com/pillionmesh/pillion/proxy/pool"
+)
+
+// upstream records what the router sent and answers with res or err.
+type upstream struct {
+	got   *http.Request
+	proto pool.Protocol
+	body  string
+	wait  time.Duration // the clock advances this much while "upstream"
+	clock *fakeClock
+	err   error
+}
+
+func (u *upstream) RoundTrip(r *http.Request, p pool.Protocol) (*http.Response, error) {
+	u.got, u.proto = r, p
+	if r.Body != nil {
+		b, _ := io.ReadAll(r.Body)
+		u.body = string(b)
+	}
+	if u.err != nil {
+		return nil, u.err
+	}
+	u.clock.t = u.clock.t.Add(u.wait)
+	return &http.Response{StatusCode: 200, Header: http.Header{}, Body: io.NopCloser(strings.NewReader("ok")), Request: r}, nil
+}
+
+type fakeClock struct{ t time.Time }
+
+func (c *fakeClock) now() time.Time { return c.t }
+
+func newRouter(t *testing.T, cfg Config, up *upstream) *Router {
+	t.Helper()
+	up.clock = &fakeClock{t: time.Unix(1000, 0)}
+	rt, err := New(cfg, filters.Env{
+		Log: zap.NewNop(), AccessLog: zap.NewNop(), Now: up.clock.now, Upstream: up,
+		Meshed: func(a netip.Addr) bool { return netip.MustParsePrefix("10.0.0.0/8").Contains(a) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rt
+}
+
+// serve runs one request through rt with info and returns the recorder.
+func serve(rt *Router, r *http.Request, info *filters.Info) *httptest.ResponseRecorder {
+	rec := httptest.NewRecorder()
+	rt.Forward(rec, r.WithContext(filters.NewContext(r.Context(), info)))
+	return rec
+}
+
+func TestProtocolChoice(t *testing.T) {
+	meshed := netip.MustParseAddrPort("10.1.1.1:8080")
+	outside := netip.MustParseAddrPort("192.0.2.1:8080")
+	for _, tc := range []struct {
+		name          string
+		dir           filters.Direction
+		dst           netip.AddrPort
+		proto         string // of the request as received
+		origProto     string // request header as received
+		upgrade       string
+		wantProto     pool.Protocol
+		wantOrigProto string
+	}{
+		{"outbound HTTP/1.1 to the mesh goes as HTTP/2, saying so", filters.Outbound, meshed, "HTTP/1.1", "", "", pool.HTTP2, "HTTP/1.1"},
+		{"outbound HTTP/1.0 to the mesh", filters.Outbound, meshed, "HTTP/1.0", "", "", pool.HTTP2, "HTTP/1.0"},
+		{"outbound h2c to the mesh", filters.Outbound, meshed, "HTTP/2.0", "", "", pool.HTTP2, ""},
+		{"outbound HTTP/1.1 outside the mesh stays HTTP/1.1", filters.Outbound, outside, "HTTP/1.1", "", "", pool.HTTP1, ""},
+		{"outbound h2c outside the mesh stays h2c", filters.Outbound, outside, "HTTP/2.0", "", "", pool.HTTP2, ""},
+		{"outbound upgrade goes HTTP/1.1 even to the mesh", filters.Outbound, meshed, "HTTP/1.1", "", "websocket", pool.HTTP1, ""},
+		{"a client's own orig-proto header outbound is dropped", filters.Outbound, outside, "HTTP/1.1", "HTTP/1.0", "", pool.HTTP1, ""},
+		{"inbound with orig-proto reaches the app as HTTP/1.1", filters.Inbound, meshed, "HTTP/2.0", "HTTP/1.1", "", pool.HTTP1, ""},
+		{"inbound h2c without it stays h2c", filters.Inbound, meshed, "HTTP/2.0", "", "", pool.HTTP2, ""},
+		{"inbound HTTP/1.1 stays HTTP/1.1", filters.Inbound, meshed, "HTTP/1.1", "", "", pool.HTTP1, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			up := &upstream{}
+			rt := newRouter(t, Config{}, up)
+			r := httptest.NewRequest("GET", "http://b.shop/x", nil)
+			r.Proto = tc.proto
+			r.ProtoMajor, r.ProtoMinor, _ = http.ParseHTTPVersion(tc.proto)
+			if tc.origProto != "" {
+				r.Header.Set(OrigProtoHeader, tc.origProto)
+			}
+			rec := serve(rt, r, &filters.Info{Direction: tc.dir, Destination: tc.dst, Upstream: netip.MustParseAddrPort("127.0.0.1:8080"), Upgrade: tc.upgrade})
+			if rec.Code != 200 {
+				t.Fatalf("status %d", rec.Code)
+			}
+			if up.proto != tc.wantProto || up.got.Header.Get(OrigProtoHeader) != tc.wantOrigProto {
+				t.Errorf("sent %v with %s %q, want %v with %q", up.proto, OrigProtoHeader, up.got.Header.Get(OrigProtoHeader), tc.wantProto, tc.wantOrigProto)
+			}
+			if tc.upgrade != "" && (up.got.Header.Get("Upgrade") != tc.upgrade || up.got.Header.Get("Connection") != "Upgrade") {
+				t.Errorf("upgrade headers = %v", up.got.Header)
+			}
+			if up.got.URL.Host != "127.0.0.1:8080" || up.got.Host != "b.shop" {
+				t.Errorf("sent to %s with Host %s, want 127.0.0.1:8080 and Host b.shop", up.got.URL.Host, up.got.Host)
+			}
+		})
+	}
+}
+
+func TestForwardingHeaders(t *testing.T) {
+	up := &upstream{}
+	rt := newRouter(t, Config{}, up)
+	r := httptest.NewRequest("POST", "http://b.shop/x", strings.NewReader("body"))
+	r.Header.Set("X-Forwarded-For", "203.0.113.7")
+	r.Header.Set("Forwarded", "for=203.0.113.7")
+	r.Header.Set("Traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+	info := &filters.Info{Upstream: netip.MustParseAddrPort("127.0.0.1:8080")}
+	info.AddAttempt() // a retry's second attempt
+	serve(rt, r, info)
+	h := up.got.Header
+	if h.Get("X-Forwarded-For") != "203.0.113.7" || h.Get("Forwarded") != "for=203.0.113.7" {
+		t.Errorf("forwarding headers changed: %v", h)
+	}
+	if h.Get("Traceparent") != "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01" {
+		t.Errorf("traceparent changed: %q", h.Get("Traceparent"))
+	}
+	if h.Get(AttemptCountHeader) != "2" || up.body != "body" {
+		t.Errorf("attempt %q body %q, want 2 and the body", h.Get(AttemptCountHeader), up.body)
+	}
+}
+
+func TestUpstreamServiceTime(t *testing.T) {
+	off := ""
+	for _, tc := range []struct {
+		name       string
+		cfg        Config
+		wantHeader map[string]string
+	}{
+		{"default header", Config{}, map[string]string{"X-Envoy-Upstream-Service-Time": "57", "Server-Timing": ""}},
+		{"renamed, with Server-Timing", Config{UpstreamServiceTimeHeader: ptr("x-took"), ServerTiming: true},
+			map[string]string{"X-Took": "57", "X-Envoy-Upstream-Service-Time": "", "Server-Timing": "upstream;dur=57.250"}},
+		{"off", Config{UpstreamServiceTimeHeader: &off}, map[string]string{"X-Envoy-Upstream-Service-Time": ""}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			up := &upstream{wait: 57250 * time.Microsecond}
+			rt := newRouter(t, tc.cfg, up)
+			info := &filters.Info{Upstream: netip.MustParseAddrPort("127.0.0.1:8080")}
+			rec := serve(rt, httptest.NewRequest("GET", "http://b/", nil), info)
+			for k, v := range tc.wantHeader {
+				if got := rec.Header().Get(k); got != v {
+					t.Errorf("%s = %q, want %q", k, got, v)
+				}
+			}
+			if d, ok := info.UpstreamTime(); !ok || d != 57250*time.Microsecond {
+				t.Errorf("Info upstream time = %v %v", d, ok)
+			}
+		})
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func TestUpstreamErrors(t *testing.T) {
+	refused := &pool.Error{Kind: pool.ConnectFailure, Endpoint: "127.0.0.1:8080", Err: syscall.ECONNREFUSED}
+	for _, tc := range []struct {
+		name      string
+		err       error
+		ctx       func() (context.Context, context.CancelFunc)
+		wantCode  int
+		wantFlags string
+		wantKind  pool.Kind
+		wantBody  string
+	}{
+		{"connect failure", refused, nil, 503, "UF", pool.ConnectFailure, "upstream connect error: connection refused\n"},
+		{"refused stream", &pool.Error{Kind: pool.Refused, Err: errors.New("stream error: REFUSED_STREAM")}, nil, 503, "UF", pool.Refused, "upstream connect error: stream error: REFUSED_STREAM\n"},
+		{"reset", &pool.Error{Kind: pool.Reset, Err: errors.New("EOF")}, nil, 503, "UC", pool.Reset, "upstream reset before response headers: EOF\n"},
+		{"protocol error", &pool.Error{Kind: pool.ProtocolError, Err: errors.New("malformed HTTP response \"x\\ny\"")}, nil, 502, "UPE", pool.ProtocolError, "upstream protocol error: malformed HTTP response \"x\\ny\"\n"},
+		{"deadline", context.DeadlineExceeded, func() (context.Context, context.CancelFunc) {
+			return context.WithDeadline(context.Background(), time.Unix(1, 0))
+		}, 504, "UT", 0, "upstream request timeout\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			up := &upstream{err: tc.err}
+			rt := newRouter(t, Config{}, up)
+			r := httptest.NewRequest("GET", "http://b/", nil)
+			if tc.ctx != nil {
+				ctx, cancel := tc.ctx()
+				defer cancel()
+				r = r.WithContext(ctx)
+			}
+			info := &filters.Info{Upstream: netip.MustParseAddrPort("127.0.0.1:8080")}
+			rec := serve(rt, r, info)
+			if rec.Code != tc.wantCode || rec.Header().Get(filters.FlagsHeader) != tc.wantFlags || rec.Body.String() != tc.wantBody {
+				t.Errorf("got %d %q %q, want %d %q %q", rec.Code, rec.Header().Get(filters.FlagsHeader), rec.Body.String(), tc.wantCode, tc.wantFlags, tc.wantBody)
+			}
+			if info.Flags().String() != tc.wantFlags || info.UpstreamFailure() != tc.wantKind {
+				t.Errorf("info flags %s kind %v, want %s %v", info.Flags(), info.UpstreamFailure(), tc.wantFlags, tc.wantKind)
+			}
+		})
+	}
+}
+
+func TestClientGoneAbortsWithoutAResponse(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	rt := newRouter(t, Config{}, &upstream{err: context.Canceled})
+	info := &filters.Info{}
+	defer func() {
+		if p := recover(); p != http.ErrAbortHandler {
+			t.Errorf("recovered %v, want http.ErrAbortHandler", p)
+		}
+		if info.Flags() != filters.DownstreamDisconnect {
+			t.Errorf("flags = %s, want DC", info.Flags())
+		}
+	}()
+	serve(rt, httptest.NewRequest("GET", "http://b/", nil).WithContext(ctx), info)
+}
+
+func TestConfigValidation(t *testing.T) {
+	_, err := (&Config{UpstreamServiceTimeHeader: ptr("no spaces")}).Build(filters.Env{Log: zap.NewNop(), Upstream: &upstream{}})
+	if want := `upstreamServiceTimeHeader: "no spaces" is not a valid header name`; err == nil || err.Error() != want {
+		t.Errorf("error = %v, want %s", err, want)
+	}
+}

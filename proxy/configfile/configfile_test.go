@@ -1,0 +1,196 @@
+package configfile
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"go.uber.org/zap"
+
+	"github.com/pillionmesh/pillion/filters"
+	"github.com/pillionmesh/pillion/filters/router"
+	"github.com/pillionmesh/pillion/proxy/pool"
+)
+
+// tag is a test filter: it appends its name to the X-Tags request header.
+type tag struct {
+	Name  string           `json:"name"`
+	Delay filters.Duration `json:"delay"`
+}
+
+func (c *tag) Build(filters.Env) (filters.Filter, error) {
+	if c.Name == "" {
+		return nil, filters.Invalid("name", "must not be empty")
+	}
+	return tagFilter(c.Name), nil
+}
+
+type tagFilter string
+
+func (f tagFilter) ServeHTTP(w http.ResponseWriter, r *http.Request, next http.Handler) {
+	r.Header.Add("X-Tags", string(f))
+	next.ServeHTTP(w, r)
+}
+
+func registry() filters.Registry {
+	return filters.Registry{
+		"tag":    func() filters.Config { return &tag{} },
+		"router": func() filters.Config { return &router.Config{} },
+	}
+}
+
+func TestParse(t *testing.T) {
+	f, err := Parse([]byte(`
+mesh:
+  networks: [10.1.2.3/8, "fd00::/64", 192.168.1.7]
+inbound:
+  filters:
+    - tag: {name: in, delay: 250ms}
+outbound:
+  filters:
+    - tag: {name: one}
+    - tag: {name: two}
+    - router: {serverTiming: true}
+`), registry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantNets := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("fd00::/64"), netip.MustParsePrefix("192.168.1.7/32")}
+	if diff := cmp.Diff(wantNets, f.Mesh.Networks, cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })); diff != "" {
+		t.Errorf("networks (-want +got):\n%s", diff)
+	}
+	if !f.Mesh.Contains(netip.MustParseAddr("::ffff:10.9.9.9")) || f.Mesh.Contains(netip.MustParseAddr("11.0.0.1")) {
+		t.Errorf("Contains is wrong for %v", f.Mesh.Networks)
+	}
+	names := func(specs []Spec) (out []string) {
+		for _, s := range specs {
+			out = append(out, s.Path)
+		}
+		return out
+	}
+	if diff := cmp.Diff([]string{"inbound.filters[0].tag", "inbound.router"}, names(f.Inbound)); diff != "" {
+		t.Errorf("inbound (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{"outbound.filters[0].tag", "outbound.filters[1].tag", "outbound.filters[2].router"}, names(f.Outbound)); diff != "" {
+		t.Errorf("outbound (-want +got):\n%s", diff)
+	}
+	if got := f.Inbound[0].Config.(*tag); got.Name != "in" || got.Delay.Std() != 250*time.Millisecond {
+		t.Errorf("inbound tag = %+v", got)
+	}
+	if !f.Outbound[2].Config.(*router.Config).ServerTiming {
+		t.Errorf("router config lost")
+	}
+}
+
+func TestParseEmptyIsDefaults(t *testing.T) {
+	for _, data := range []string{"", "# nothing\n", "{}", "inbound: {}\noutbound: {filters: []}"} {
+		f, err := Parse([]byte(data), registry())
+		if err != nil {
+			t.Fatalf("%q: %v", data, err)
+		}
+		if len(f.Mesh.Networks) != 0 || len(f.Inbound) != 1 || f.Inbound[0].Name != RouterName || len(f.Outbound) != 1 {
+			t.Errorf("%q: got %+v, want no mesh and the router alone", data, f)
+		}
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	for _, tc := range []struct{ name, yaml, want string }{
+		{"unknown top-level field", "mesh: {}\nfliters: []", `fliters: unknown field (known: mesh, inbound, outbound)`},
+		{"unknown mesh field", "mesh: {netwroks: []}", `mesh: unknown field "netwroks"`},
+		{"bad network", "mesh: {networks: [10.0.0.0/8, nope]}", `mesh.networks[1]: "nope" is not a CIDR such as 10.0.0.0/8`},
+		{"networks not a list", "mesh: {networks: 10.0.0.0/8}", `mesh.networks: want a list, got string`},
+		{"unknown chain field", "inbound: {filter: []}", `inbound: unknown field "filter"`},
+		{"unknown filter", "outbound: {filters: [{ratelimt: {}}]}", `outbound.filters[0]: unknown filter "ratelimt" (known: router, tag)`},
+		{"two filters in one item", "outbound: {filters: [{tag: {name: a}, router: {}}]}", `outbound.filters[0]: want one filter name as the only key, such as {ratelimit: {...}}, got 2 keys`},
+		{"unknown filter field", "inbound: {filters: [{tag: {name: a}}, {tag: {nmae: b}}]}", `inbound.filters[1].tag: unknown field "nmae"`},
+		{"wrong type in filter", "inbound: {filters: [{tag: {name: [a]}}]}", `inbound.filters[0].tag.name: want string, got array`},
+		{"bad duration", "inbound: {filters: [{tag: {name: a, delay: 5}}]}", `inbound.filters[0].tag: want a duration such as "250ms" or "15s", got 5`},
+		{"router not last", "outbound: {filters: [{router: {}}, {tag: {name: a}}]}", `outbound.filters[0].router: the router forwards the request: it must be the last filter`},
+		{"top level is a list", "- a\n- b", `want a mapping, got array`},
+		{"duplicate key", "mesh: {}\nmesh: {}", `config: yaml: unmarshal errors:
+  line 2: key "mesh" already set in map`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(tc.yaml), registry())
+			if err == nil || err.Error() != tc.want {
+				t.Errorf("error = %v\nwant    %s", err, tc.want)
+			}
+		})
+	}
+}
+
+type fakeUpstream struct{}
+
+func (fakeUpstream) RoundTrip(r *http.Request, _ pool.Protocol) (*http.Response, error) {
+	rec := httptest.NewRecorder()
+	rec.Header().Set("X-Tags-Seen", strings.Join(r.Header.Values("X-Tags"), ","))
+	rec.WriteHeader(http.StatusTeapot)
+	res := rec.Result()
+	res.Request = r // as real transports do
+	return res, nil
+}
+
+func env() filters.Env {
+	return filters.Env{Log: zap.NewNop(), AccessLog: zap.NewNop(), Now: time.Now, Upstream: fakeUpstream{}, Meshed: func(netip.Addr) bool { return false }}
+}
+
+func TestBuildRunsFiltersInOrderThenTheRouter(t *testing.T) {
+	f, err := Parse([]byte("outbound: {filters: [{tag: {name: one}}, {tag: {name: two}}]}"), registry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Build(f.Outbound, env())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"tag", "tag"}, c.Names()); diff != "" {
+		t.Errorf("names (-want +got):\n%s", diff)
+	}
+	rec := httptest.NewRecorder()
+	req := httptest.NewRequest("GET", "http://b/", nil)
+	req = req.WithContext(filters.NewContext(req.Context(), &filters.Info{Upstream: netip.MustParseAddrPort("127.0.0.1:1")}))
+	c.ServeHTTP(rec, req)
+	if rec.Code != http.StatusTeapot || rec.Header().Get("X-Tags-Seen") != "one,two" {
+		t.Errorf("got %d %v, want the router's 418 after both filters", rec.Code, rec.Header())
+	}
+}
+
+func TestBuildErrorNamesTheField(t *testing.T) {
+	f, err := Parse([]byte("inbound: {filters: [{tag: {name: ok}}, {tag: {}}]}"), registry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Build(f.Inbound, env())
+	if want := "inbound.filters[1].tag.name: must not be empty"; err == nil || err.Error() != want {
+		t.Errorf("error = %v, want %s", err, want)
+	}
+}
+
+// FuzzParse feeds arbitrary files to Parse and Build: they must never
+// panic, and a file Parse accepts has a router last in both chains.
+func FuzzParse(f *testing.F) {
+	for _, s := range []string{
+		"", "mesh: {networks: [10.0.0.0/8]}",
+		"outbound: {filters: [{tag: {name: a, delay: 1s}}, {router: {upstreamServiceTimeHeader: x}}]}",
+		"inbound: {filters: [{router: {}}, {tag: {}}]}", "- 1", "mesh: {networks: [\"::/0\", 1.2.3.4]}",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, data string) {
+		file, err := Parse([]byte(data), registry())
+		if err != nil {
+			return
+		}
+		for _, specs := range [][]Spec{file.Inbound, file.Outbound} {
+			if len(specs) == 0 || specs[len(specs)-1].Name != RouterName {
+				t.Fatalf("chain without the router last: %+v", specs)
+			}
+			_, _ = Build(specs, env())
+		}
+	})
+}
