@@ -7,11 +7,14 @@ CACHE_DIR   ?= $(CURDIR)/.cache
 TOOLS_DIR   := $(CACHE_DIR)/tools
 STATICCHECK := $(TOOLS_DIR)/staticcheck
 STATICCHECK_VERSION := v0.7.0
+# h2spec, the HTTP/2 conformance suite the e2e tests run against the sidecar.
+H2SPEC      := $(TOOLS_DIR)/h2spec
+H2SPEC_VERSION := v2.2.1
 VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS     := -s -w -X main.version=$(VERSION)
 GOTEST_FLAGS ?= -count=1 -race -timeout 25m
 
-.PHONY: all build test unit demo lint deps clean help
+.PHONY: all build test unit demo lint deps clean help h2spec
 
 all: build
 
@@ -30,9 +33,9 @@ build:
 deps:
 	@hack/deps.sh
 
-test: deps lint
+test: deps lint $(H2SPEC)
 	@if [ "$$(id -u)" != 0 ]; then echo "note: not root: the tests that need network namespaces will be skipped (run 'sudo make test')"; fi
-	$(GO) test $(GOTEST_FLAGS) ./...
+	H2SPEC=$(H2SPEC) $(GO) test $(GOTEST_FLAGS) ./...
 
 # unit runs only the tests that need no privileges.
 unit:
@@ -46,6 +49,12 @@ lint: $(STATICCHECK)
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(STATICCHECK) ./...
+
+h2spec: $(H2SPEC)
+
+$(H2SPEC):
+	@mkdir -p $(TOOLS_DIR)
+	GOBIN=$(TOOLS_DIR) $(GO) install github.com/summerwind/h2spec/cmd/h2spec@$(H2SPEC_VERSION)
 
 $(STATICCHECK):
 	@mkdir -p $(TOOLS_DIR)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system tools pillion's tests and demo use, if they are missing:
 # iptables and ip6tables (nf_tables), ip (iproute2), setpriv (util-linux),
-# bash, and gcc for the race detector. Debian/Ubuntu (apt-get) only.
+# bash, gcc for the race detector, curl (the HTTP tests' client) and ss
+# (iproute2, counts connections between sidecars). Debian/Ubuntu (apt-get) only.
 set -euo pipefail
 
 need=()
@@ -11,6 +12,8 @@ command -v ip        >/dev/null || need+=(iproute2)
 command -v setpriv   >/dev/null || need+=(util-linux)
 command -v bash      >/dev/null || need+=(bash)
 command -v gcc       >/dev/null || need+=(gcc)
+command -v curl      >/dev/null || need+=(curl)
+command -v ss        >/dev/null || need+=(iproute2)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
