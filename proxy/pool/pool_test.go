@@ -1,0 +1,294 @@
+package pool
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// backend serves HTTP/1.1 and h2c; handler may be nil (200 "ok").
+func backend(t *testing.T, idle time.Duration, handler http.HandlerFunc) (addr string, conns *atomic.Int64) {
+	t.Helper()
+	if handler == nil {
+		handler = func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }
+	}
+	srv := httptest.NewUnstartedServer(handler)
+	var p http.Protocols
+	p.SetHTTP1(true)
+	p.SetUnencryptedHTTP2(true)
+	srv.Config.Protocols = &p
+	srv.Config.IdleTimeout = idle
+	conns = &atomic.Int64{}
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return srv.Listener.Addr().String(), conns
+}
+
+func get(t *testing.T, p *Pools, addr string, proto Protocol) (*http.Response, error) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", "http://"+addr+"/", nil)
+	res, err := p.RoundTrip(req, proto)
+	if err == nil {
+		_, _ = io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+	}
+	return res, err
+}
+
+func TestHTTP2MultiplexesOnOneConnection(t *testing.T) {
+	release := make(chan struct{})
+	addr, conns := backend(t, 0, func(w http.ResponseWriter, r *http.Request) {
+		<-release
+		fmt.Fprint(w, r.Proto)
+	})
+	p := New(Config{DialTimeout: time.Second})
+	var wg sync.WaitGroup
+	errs := make(chan error, 20)
+	for range 20 {
+		wg.Go(func() {
+			res, err := get(t, p, addr, HTTP2)
+			if err == nil && res.ProtoMajor != 2 {
+				err = fmt.Errorf("proto %s", res.Proto)
+			}
+			errs <- err
+		})
+	}
+	// All 20 are in flight at once before any is answered.
+	deadline := time.Now().Add(5 * time.Second)
+	for len(p.Conns()) == 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond)
+	close(release)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := conns.Load(); n != 1 {
+		t.Errorf("backend saw %d connections for 20 concurrent requests, want 1", n)
+	}
+	if got := p.Conns(); len(got) != 1 || got[0].Open != 1 || got[0].Protocol != HTTP2 || got[0].Endpoint != addr {
+		t.Errorf("Conns() = %+v, want one HTTP/2 connection to %s", got, addr)
+	}
+}
+
+func TestHTTP1KeepAliveReusesAndIdleCloses(t *testing.T) {
+	addr, conns := backend(t, 0, nil)
+	p := New(Config{DialTimeout: time.Second, HTTP1IdleTimeout: 100 * time.Millisecond})
+	for range 3 {
+		if _, err := get(t, p, addr, HTTP1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := conns.Load(); n != 1 {
+		t.Errorf("3 sequential requests used %d connections, want 1 kept alive", n)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(p.Conns()) != 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := p.Conns(); len(got) != 0 {
+		t.Errorf("after the idle time-out Conns() = %+v, want none", got)
+	}
+}
+
+// closesSecondRequest answers the first request of each connection with
+// keep-alive, then closes the connection on the next without answering:
+// the application closing an idle connection just as the pool reuses it.
+func closesSecondRequest(t *testing.T) (addr string, conns *atomic.Int64) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	conns = &atomic.Int64{}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			conns.Add(1)
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				req, err := http.ReadRequest(br)
+				if err != nil {
+					return
+				}
+				_, _ = io.Copy(io.Discard, req.Body)
+				_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+				_, _ = http.ReadRequest(br) // and hang up
+			}()
+		}
+	}()
+	return l.Addr().String(), conns
+}
+
+// TestStaleIdleConnectionIsRetried is the classic "503 UC" race: the
+// application closes a keep-alive connection as the pool reuses it. A GET
+// is retried on a new connection; a POST, which the application may have
+// acted on, is not.
+func TestStaleIdleConnectionIsRetried(t *testing.T) {
+	addr, conns := closesSecondRequest(t)
+	p := New(Config{DialTimeout: time.Second})
+	for i := range 3 {
+		if _, err := get(t, p, addr, HTTP1); err != nil {
+			t.Fatalf("GET %d on a connection the app closed: %v", i, err)
+		}
+	}
+	if n := conns.Load(); n != 3 {
+		t.Errorf("backend saw %d connections, want 3 (every reuse met a close, and was retried on a new one)", n)
+	}
+	post := func() error {
+		req, _ := http.NewRequest("POST", "http://"+addr+"/", strings.NewReader("x"))
+		res, err := p.RoundTrip(req, HTTP1)
+		if err == nil {
+			_, _ = io.Copy(io.Discard, res.Body)
+			res.Body.Close()
+		}
+		return err
+	}
+	p.CloseIdle()
+	if err := post(); err != nil {
+		t.Fatalf("first POST: %v", err)
+	}
+	time.Sleep(20 * time.Millisecond) // the connection goes back to the pool after the body
+	var pe *Error
+	if err := post(); !errors.As(err, &pe) || pe.Kind != Reset {
+		t.Errorf("POST on a connection the app closed: %v, want a Reset *Error (not retried)", err)
+	}
+}
+
+func TestMaxConnsPerEndpoint(t *testing.T) {
+	var inFlight, peak atomic.Int64
+	addr, _ := backend(t, 0, func(w http.ResponseWriter, r *http.Request) {
+		n := inFlight.Add(1)
+		for {
+			old := peak.Load()
+			if n <= old || peak.CompareAndSwap(old, n) {
+				break
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+		inFlight.Add(-1)
+	})
+	p := New(Config{DialTimeout: time.Second, MaxConnsPerEndpoint: 2})
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			if _, err := get(t, p, addr, HTTP1); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if n := peak.Load(); n != 2 {
+		t.Errorf("peak concurrent requests at the backend = %d, want 2 (the limit)", n)
+	}
+}
+
+func TestErrorsAreTyped(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := l.Addr().String()
+	l.Close()
+
+	garbage, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer garbage.Close()
+	go func() {
+		for {
+			c, err := garbage.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 4096)
+				_, _ = c.Read(buf)
+				_, _ = io.WriteString(c, "SSH-2.0-OpenSSH_9.2\r\n")
+			}()
+		}
+	}()
+
+	hangup, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hangup.Close()
+	go func() {
+		for {
+			c, err := hangup.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				buf := make([]byte, 4096)
+				_, _ = c.Read(buf)
+				c.Close()
+			}()
+		}
+	}()
+
+	p := New(Config{DialTimeout: time.Second})
+	for _, tc := range []struct {
+		name  string
+		addr  string
+		proto Protocol
+		kind  Kind
+	}{
+		{"refused", dead, HTTP1, ConnectFailure},
+		{"refused h2", dead, HTTP2, ConnectFailure},
+		{"not HTTP", garbage.Addr().String(), HTTP1, ProtocolError},
+		{"closed before answering", hangup.Addr().String(), HTTP1, Reset},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, _ := http.NewRequest("POST", "http://"+tc.addr+"/", nil) // POST: not retried
+			_, err := p.RoundTrip(req, tc.proto)
+			var pe *Error
+			if !errors.As(err, &pe) || pe.Kind != tc.kind || pe.Endpoint != tc.addr || pe.Protocol != tc.proto {
+				t.Fatalf("error = %#v, want a %v *Error for %s", err, tc.kind, tc.addr)
+			}
+			if tc.kind == ConnectFailure && !errors.Is(err, syscall.ECONNREFUSED) {
+				t.Errorf("error %v does not wrap ECONNREFUSED", err)
+			}
+		})
+	}
+}
+
+func TestContextErrorIsReturnedAsIs(t *testing.T) {
+	addr, _ := backend(t, 0, func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() })
+	p := New(Config{DialTimeout: time.Second})
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+addr+"/", nil)
+	_, err := p.RoundTrip(req, HTTP2)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("error = %v, want context.DeadlineExceeded", err)
+	}
+}
