@@ -3,6 +3,7 @@ package filters
 import (
 	"net/http"
 	"net/textproto"
+	"slices"
 	"strings"
 
 	"golang.org/x/net/http/httpguts"
@@ -20,6 +21,13 @@ var hopByHop = []string{
 	"Trailer",
 	"Transfer-Encoding",
 	"Upgrade",
+}
+
+// IsHopByHop reports whether name (any case) is one of the standard
+// hop-by-hop headers, which filters may not set: they belong to one
+// connection, which the proxy manages.
+func IsHopByHop(name string) bool {
+	return slices.Contains(hopByHop, textproto.CanonicalMIMEHeaderKey(name))
 }
 
 // RemoveHopByHop deletes from h the hop-by-hop headers and those the

@@ -4,12 +4,20 @@ package builtin
 
 import (
 	"github.com/pillionmesh/pillion/filters"
+	"github.com/pillionmesh/pillion/filters/fault"
+	"github.com/pillionmesh/pillion/filters/headers"
+	"github.com/pillionmesh/pillion/filters/ratelimit"
+	"github.com/pillionmesh/pillion/filters/requestid"
 	"github.com/pillionmesh/pillion/filters/router"
 )
 
 // Registry returns a new registry of every built-in filter.
 func Registry() filters.Registry {
 	return filters.Registry{
-		"router": func() filters.Config { return &router.Config{} },
+		"fault":     func() filters.Config { return &fault.Config{} },
+		"headers":   func() filters.Config { return &headers.Config{} },
+		"ratelimit": func() filters.Config { return &ratelimit.Config{} },
+		"requestid": func() filters.Config { return &requestid.Config{} },
+		"router":    func() filters.Config { return &router.Config{} },
 	}
 }
