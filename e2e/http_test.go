@@ -2,12 +2,17 @@ package e2e
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/net/websocket"
 
 	"github.com/pillionmesh/pillion/internal/meshtest"
 	"github.com/pillionmesh/pillion/internal/privileged"
@@ -53,10 +58,30 @@ type appSaw struct {
 	Remote                   string
 }
 
+// bodySaw is what /body answers: the request body as the app received it.
+type bodySaw struct {
+	Bytes            int64
+	SHA256           string // hex
+	ContentLength    int64
+	TransferEncoding []string
+	Trailer          http.Header
+}
+
 // serveApp serves HTTP/1.x and h2c on addr in pod:
 //
 //	/echo           the request as JSON (appSaw)
 //	/sleep?ms=N     waits N ms, then 204
+//	/body           reads the body, answers bodySaw as JSON and repeats the
+//	                body's sha256 in the response trailer X-Body-Sha256
+//	/chunks?n=N     N times chunkText(i), each flushed, no Content-Length
+//	/fixed          "hello" with a Content-Length
+//	/status?code=N  status N with an ETag and no body (204, 304…)
+//	/hop            200 with hop-by-hop response headers: Connection names
+//	                X-Hop, which is set, and Keep-Alive
+//	/sse            text/event-stream: event "one", flushed, then 500 ms
+//	                later event "two"
+//	/ws             WebSocket: first the handshake request as JSON
+//	                (appSaw), then every message echoed back
 func serveApp(t *testing.T, pod *testpod.Pod, addr string) {
 	t.Helper()
 	l, err := pod.Listen("tcp", addr)
@@ -66,7 +91,7 @@ func serveApp(t *testing.T, pod *testpod.Pod, addr string) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/echo", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(appSaw{r.Method, r.Proto, r.Host, r.RequestURI, r.Header, r.RemoteAddr})
+		_ = json.NewEncoder(w).Encode(sawRequest(r))
 	})
 	mux.HandleFunc("/sleep", func(w http.ResponseWriter, r *http.Request) {
 		var ms int
@@ -74,6 +99,65 @@ func serveApp(t *testing.T, pod *testpod.Pod, addr string) {
 		time.Sleep(time.Duration(ms) * time.Millisecond)
 		w.WriteHeader(http.StatusNoContent)
 	})
+	mux.HandleFunc("/body", func(w http.ResponseWriter, r *http.Request) {
+		h := sha256.New()
+		n, err := io.Copy(h, r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		sum := hex.EncodeToString(h.Sum(nil))
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Trailer", "X-Body-Sha256")
+		_ = json.NewEncoder(w).Encode(bodySaw{n, sum, r.ContentLength, r.TransferEncoding, r.Trailer})
+		w.Header().Set("X-Body-Sha256", sum)
+	})
+	mux.HandleFunc("/chunks", func(w http.ResponseWriter, r *http.Request) {
+		var n int
+		fmt.Sscan(r.URL.Query().Get("n"), &n)
+		for i := range n {
+			io.WriteString(w, chunkText(i))
+			_ = http.NewResponseController(w).Flush()
+		}
+	})
+	mux.HandleFunc("/fixed", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "5")
+		io.WriteString(w, "hello")
+	})
+	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) {
+		var code int
+		fmt.Sscan(r.URL.Query().Get("code"), &code)
+		w.Header().Set("ETag", `"v1"`)
+		w.WriteHeader(code)
+	})
+	mux.HandleFunc("/hop", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Connection", "X-Hop")
+		w.Header().Set("X-Hop", "for the next hop only")
+		w.Header().Set("Keep-Alive", "timeout=9")
+		io.WriteString(w, "hop")
+	})
+	mux.HandleFunc("/sse", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, "data: one\n\n")
+		_ = http.NewResponseController(w).Flush()
+		select {
+		case <-time.After(500 * time.Millisecond):
+		case <-r.Context().Done():
+			return
+		}
+		io.WriteString(w, "data: two\n\n")
+	})
+	mux.Handle("/ws", websocket.Handler(func(ws *websocket.Conn) {
+		if websocket.JSON.Send(ws, sawRequest(ws.Request())) != nil {
+			return
+		}
+		for {
+			var msg []byte
+			if websocket.Message.Receive(ws, &msg) != nil || websocket.Message.Send(ws, msg) != nil {
+				return
+			}
+		}
+	}))
 	var protos http.Protocols
 	protos.SetHTTP1(true)
 	protos.SetUnencryptedHTTP2(true)
@@ -81,6 +165,13 @@ func serveApp(t *testing.T, pod *testpod.Pod, addr string) {
 	go func() { _ = srv.Serve(l) }()
 	t.Cleanup(func() { srv.Close() })
 }
+
+func sawRequest(r *http.Request) appSaw {
+	return appSaw{r.Method, r.Proto, r.Host, r.RequestURI, r.Header, r.RemoteAddr}
+}
+
+// chunkText is the i-th chunk /chunks writes.
+func chunkText(i int) string { return fmt.Sprintf("chunk %03d %s\n", i, strings.Repeat("x", 100*i)) }
 
 // curl runs curl in pod with args and returns its stdout; -sS and a
 // time-out are added.
@@ -95,11 +186,12 @@ func curl(t *testing.T, pod *testpod.Pod, args ...string) string {
 	return string(out)
 }
 
-// sidecarConns counts the TCP connections established from a's sidecar to
-// b's inbound port, as b's network namespace sees them.
+// sidecarConns counts the TCP connections established over IPv4 from a's
+// sidecar to b's inbound port, as b's network namespace sees them. (The
+// pools are per endpoint: b's IPv6 address has its own connection.)
 func sidecarConns(t *testing.T, b *testpod.Pod) int {
 	t.Helper()
-	out, err := b.Exec(context.Background(), "ss", "-Htn", "state", "established", "( sport = :15006 )")
+	out, err := b.Exec(context.Background(), "ss", "-Htn4", "state", "established", "( sport = :15006 )")
 	if err != nil {
 		t.Fatal(err)
 	}

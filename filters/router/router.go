@@ -170,6 +170,10 @@ func (rt *Router) rewrite(pr *httputil.ProxyRequest) {
 	pr.Out.URL.Scheme = "http"
 	pr.Out.URL.Host = a.upstream
 	pr.Out.Host = pr.In.Host
+	// ReverseProxy cloned the request trailers before the body was read,
+	// when they were still empty: the server fills in the inbound map when
+	// the body ends, and the transport reads the outbound one only then.
+	pr.Out.Trailer = pr.In.Trailer
 	for _, h := range forwarded {
 		if v, ok := pr.In.Header[h]; ok {
 			pr.Out.Header[h] = v

@@ -117,6 +117,16 @@ type LogLine struct {
 	BytesSent     int64  `json:"bytes_sent"`
 	BytesReceived int64  `json:"bytes_received"`
 	Error         string `json:"error"`
+
+	// Access log lines ("access").
+	Method     string  `json:"method"`
+	Authority  string  `json:"authority"`
+	Path       string  `json:"path"`
+	Code       int     `json:"code"`
+	Flags      string  `json:"flags"`
+	UpstreamMS float64 `json:"upstream_ms"`
+	RequestID  string  `json:"request_id"`
+	Peer       string  `json:"peer"`
 }
 
 // Logs parses what the proxy has logged so far; lines that are not JSON
