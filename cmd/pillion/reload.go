@@ -58,15 +58,18 @@ func (r *reloader) run(ctx context.Context, hup <-chan os.Signal) {
 	}
 }
 
-// reload loads the file and applies it when forced or when it changed.
+// reload loads the file and applies it when forced or when it changed. A
+// file that cannot be read counts as content of its own (the error's
+// text), so a missing file is reported once, not every poll.
 func (r *reloader) reload(force bool) {
 	data, f, err := loadConfig(r.path)
-	if !force && data != nil && bytes.Equal(data, r.last) {
+	if data == nil && err != nil {
+		data = []byte("unreadable: " + err.Error())
+	}
+	if !force && bytes.Equal(data, r.last) {
 		return
 	}
-	if data != nil {
-		r.last = data
-	}
+	r.last = data
 	if err == nil {
 		err = r.s.Apply(f)
 	}

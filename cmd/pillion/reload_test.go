@@ -1,0 +1,79 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/pillionmesh/pillion/proxy"
+)
+
+func TestReloader(t *testing.T) {
+	s, err := proxy.New(proxy.DefaultConfig(), zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "pillion.yaml")
+	write := func(y string) {
+		if err := os.WriteFile(path, []byte(y), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	core, logs := observer.New(zap.InfoLevel)
+	r := &reloader{path: path, s: s, log: zap.New(core)}
+	current := func() []string {
+		f, _ := s.Config()
+		var names []string
+		for _, sp := range f.Outbound {
+			names = append(names, sp.Path)
+		}
+		return names
+	}
+
+	write("outbound: {filters: [{requestid: {}}]}")
+	r.reload(false)
+	if got := strings.Join(current(), " "); got != "outbound.filters[0].requestid outbound.router" {
+		t.Fatalf("after the first load: %s", got)
+	}
+	before, _ := s.Config()
+	r.reload(false)
+	if after, _ := s.Config(); after != before {
+		t.Errorf("an unchanged file was applied again")
+	}
+	r.reload(true)
+	if after, _ := s.Config(); after == before {
+		t.Errorf("a forced reload (SIGHUP) did not apply the file")
+	}
+
+	write("outbound: {filters: [{ratelimit: {requestsPerSecond: -1}}]}")
+	kept, _ := s.Config()
+	r.reload(false)
+	if after, _ := s.Config(); after != kept {
+		t.Errorf("a config that fails to build replaced the running one")
+	}
+	refused := logs.FilterMessage("config refused: the running config stays").All()
+	if len(refused) != 1 || !strings.Contains(refused[0].ContextMap()["error"].(string),
+		"outbound.filters[0].ratelimit.requestsPerSecond: must be more than 0, got -1") {
+		t.Errorf("refusal log = %+v, want one line naming the field", refused)
+	}
+	r.reload(false) // the same bad content: not tried, not logged again
+	if n := logs.FilterMessage("config refused: the running config stays").Len(); n != 1 {
+		t.Errorf("the same bad file was refused %d times, want once", n)
+	}
+
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	r.reload(false)
+	r.reload(false)
+	if after, _ := s.Config(); after != kept {
+		t.Errorf("a missing file replaced the running config")
+	}
+	if n := logs.FilterMessage("config refused: the running config stays").Len(); n != 2 {
+		t.Errorf("refusals logged = %d, want 2: the missing file once, not every poll", n)
+	}
+}
