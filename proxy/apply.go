@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"fmt"
 	"time"
 
 	"github.com/pillionmesh/pillion/filters"
@@ -39,7 +38,7 @@ func (s *Server) Apply(f *configfile.File) error {
 		}
 		c, err := configfile.Build(specs, env)
 		if err != nil {
-			return fmt.Errorf("config: %w", err)
+			return err
 		}
 		next.chains[d] = c
 	}

@@ -128,7 +128,7 @@ func TestApplySwapsChains(t *testing.T) {
 		t.Fatalf("after apply: headers %v, want x-took only", res.Header)
 	}
 	err := s.Apply(parse(`outbound: {filters: [{router: {upstreamServiceTimeHeader: "bad header"}}]}`))
-	want := `config: outbound.filters[0].router.upstreamServiceTimeHeader: "bad header" is not a valid header name`
+	want := `outbound.filters[0].router.upstreamServiceTimeHeader: "bad header" is not a valid header name`
 	if err == nil || err.Error() != want {
 		t.Fatalf("bad apply: %v, want %s", err, want)
 	}

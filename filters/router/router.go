@@ -37,7 +37,8 @@ const (
 	// pooled HTTP/2 hop between sidecars (Linkerd's l5d-orig-proto).
 	OrigProtoHeader = "pillion-orig-proto"
 	// AttemptCountHeader tells the upstream which attempt this is, from 1
-	// (Envoy's x-envoy-attempt-count).
+	// (Envoy's x-envoy-attempt-count). The inbound router keeps the count
+	// the outbound sidecar sent, unless it retries itself.
 	AttemptCountHeader = "pillion-attempt-count"
 )
 
@@ -183,7 +184,11 @@ func (rt *Router) rewrite(pr *httputil.ProxyRequest) {
 	if a.origProto != "" {
 		pr.Out.Header.Set(OrigProtoHeader, a.origProto)
 	}
-	pr.Out.Header.Set(AttemptCountHeader, strconv.Itoa(a.number))
+	// The sidecar that retries says which attempt this is: outbound, or
+	// inbound when the peer did not say (a caller outside the mesh).
+	if a.info.Direction == filters.Outbound || pr.Out.Header.Get(AttemptCountHeader) == "" || a.number > 1 {
+		pr.Out.Header.Set(AttemptCountHeader, strconv.Itoa(a.number))
+	}
 	if pr.Out.Body == nil || pr.Out.Body == http.NoBody {
 		a.markSent(rt.env.Now())
 		return

@@ -230,3 +230,32 @@ func TestConfigValidation(t *testing.T) {
 		t.Errorf("error = %v, want %s", err, want)
 	}
 }
+
+func TestInboundKeepsThePeersAttemptCount(t *testing.T) {
+	for _, tc := range []struct {
+		dir      filters.Direction
+		sent     string
+		attempts int
+		want     string
+	}{
+		{filters.Outbound, "7", 1, "1"},
+		{filters.Inbound, "3", 1, "3"},
+		{filters.Inbound, "", 1, "1"},
+		{filters.Inbound, "3", 2, "2"}, // the inbound sidecar retries
+	} {
+		up := &upstream{}
+		rt := newRouter(t, Config{}, up)
+		r := httptest.NewRequest("GET", "http://b/", nil)
+		if tc.sent != "" {
+			r.Header.Set(AttemptCountHeader, tc.sent)
+		}
+		info := &filters.Info{Direction: tc.dir, Upstream: netip.MustParseAddrPort("127.0.0.1:8080")}
+		for range tc.attempts - 1 {
+			info.AddAttempt()
+		}
+		serve(rt, r, info)
+		if got := up.got.Header.Get(AttemptCountHeader); got != tc.want {
+			t.Errorf("%v, received %q, attempt %d: sent %q, want %q", tc.dir, tc.sent, tc.attempts, got, tc.want)
+		}
+	}
+}

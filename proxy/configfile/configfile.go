@@ -28,7 +28,7 @@ import (
 	"slices"
 	"strings"
 
-	"sigs.k8s.io/yaml"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/pillionmesh/pillion/filters"
 	"github.com/pillionmesh/pillion/filters/router"
@@ -78,9 +78,9 @@ type Spec struct {
 // Parse decodes data (YAML) and validates its structure with reg's filter
 // types. A filter's own values are validated when Build builds it.
 func Parse(data []byte, reg filters.Registry) (*File, error) {
-	js, err := yaml.YAMLToJSONStrict(data)
+	js, err := yamlToJSON(data)
 	if err != nil {
-		return nil, fmt.Errorf("config: %w", err)
+		return nil, err
 	}
 	var top map[string]json.RawMessage
 	if err := decodeObject(js, &top, ""); err != nil {
@@ -172,6 +172,22 @@ func Build(specs []Spec, env filters.Env) (*filters.Chain, error) {
 	last := named[len(named)-1].Filter
 	terminal := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { last.ServeHTTP(w, r, nil) })
 	return filters.NewChain(terminal, named[:len(named)-1]...), nil
+}
+
+// yamlToJSON converts a YAML document to JSON so that encoding/json can
+// decode it strictly. YAML 1.2 (yaml/v3): `on:` is the key "on", not the
+// boolean true of YAML 1.1, and a key given twice is an error.
+func yamlToJSON(data []byte) ([]byte, error) {
+	var v any
+	if err := yaml.Unmarshal(data, &v); err != nil {
+		return nil, err // "yaml: line 3: ..."
+	}
+	js, err := json.Marshal(v)
+	if err != nil {
+		// Only a mapping with keys that are not strings ({1: x}) gets here.
+		return nil, errors.New("every mapping key must be a string")
+	}
+	return js, nil
 }
 
 // decodeObject decodes a JSON object (null counts as empty) into v.

@@ -20,6 +20,7 @@ import (
 type tag struct {
 	Name  string           `json:"name"`
 	Delay filters.Duration `json:"delay"`
+	On    []string         `json:"on"` // YAML 1.1 would read the key as true
 }
 
 func (c *tag) Build(filters.Env) (filters.Filter, error) {
@@ -49,7 +50,7 @@ mesh:
   networks: [10.1.2.3/8, "fd00::/64", 192.168.1.7]
 inbound:
   filters:
-    - tag: {name: in, delay: 250ms}
+    - tag: {name: in, delay: 250ms, on: [x]}
 outbound:
   filters:
     - tag: {name: one}
@@ -78,7 +79,7 @@ outbound:
 	if diff := cmp.Diff([]string{"outbound.filters[0].tag", "outbound.filters[1].tag", "outbound.filters[2].router"}, names(f.Outbound)); diff != "" {
 		t.Errorf("outbound (-want +got):\n%s", diff)
 	}
-	if got := f.Inbound[0].Config.(*tag); got.Name != "in" || got.Delay.Std() != 250*time.Millisecond {
+	if got := f.Inbound[0].Config.(*tag); got.Name != "in" || got.Delay.Std() != 250*time.Millisecond || len(got.On) != 1 {
 		t.Errorf("inbound tag = %+v", got)
 	}
 	if !f.Outbound[2].Config.(*router.Config).ServerTiming {
@@ -112,8 +113,10 @@ func TestParseErrors(t *testing.T) {
 		{"bad duration", "inbound: {filters: [{tag: {name: a, delay: 5}}]}", `inbound.filters[0].tag: want a duration such as "250ms" or "15s", got 5`},
 		{"router not last", "outbound: {filters: [{router: {}}, {tag: {name: a}}]}", `outbound.filters[0].router: the router forwards the request: it must be the last filter`},
 		{"top level is a list", "- a\n- b", `want a mapping, got array`},
-		{"duplicate key", "mesh: {}\nmesh: {}", `config: yaml: unmarshal errors:
-  line 2: key "mesh" already set in map`},
+		{"duplicate key", "mesh: {}\nmesh: {}", `yaml: unmarshal errors:
+  line 2: mapping key "mesh" already defined at line 1`},
+		{"key not a string", "mesh: {1: x}", `every mapping key must be a string`},
+		{"not YAML", "mesh: [", `yaml: line 1: did not find expected node content`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse([]byte(tc.yaml), registry())
