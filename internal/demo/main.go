@@ -1,14 +1,16 @@
 // Command demo is `make demo`: two pods (network namespaces) on one node,
 // pillion's capture installed in each with `pillion init`, a sidecar in each
 // running as UID 1337, and a client application talking to a server
-// application by pod IP. It prints what happened and which sidecar saw
-// which connection, then removes everything (also on Ctrl-C).
+// application by pod IP, over TCP and over HTTP. It prints what happened
+// and what each sidecar saw, then removes everything (also on Ctrl-C).
 package main
 
 import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
+	"net/http"
 	"net/netip"
 	"os"
 	"strings"
@@ -52,11 +54,18 @@ func run(s *testpod.Session, hold bool) error {
 	}
 	meshtest.ServeEcho(s, server, ":8080")
 	fmt.Println("  the server pod runs an application on port 8080 that answers \"<who I saw>|<what you said>\"")
+	meshtest.ServeHTTP(s, server, ":8000", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(20 * time.Millisecond)
+		fmt.Fprintf(w, "hello over %s\n", r.Proto)
+	}))
+	fmt.Println("  and an HTTP/1.1 application on port 8000 that takes 20 ms to answer \"hello over <protocol>\"")
 
-	step("Injecting pillion: 'pillion init' (as root) then 'pillion proxy' (as UID 1337) in each pod")
+	config := meshtest.WriteConfig(s, demoConfig)
+	step("Injecting pillion: 'pillion init' (as root) then 'pillion proxy --config' (as UID 1337) in each pod")
+	fmt.Printf("  the sidecars' config (%s):\n    %s\n", config, strings.ReplaceAll(strings.TrimSpace(demoConfig), "\n", "\n    "))
 	sidecars := map[string]*meshtest.Sidecar{}
 	for _, p := range []*testpod.Pod{client, server} {
-		sc := meshtest.Inject(s, bin, p, nil, nil)
+		sc := meshtest.Inject(s, bin, p, nil, []string{"--config=" + config})
 		sidecars[p.Name] = sc
 		fmt.Printf("  %s: %s", p.Name, indent(sc.Init))
 	}
@@ -83,6 +92,10 @@ func run(s *testpod.Session, hold bool) error {
 			in.Src, in.Dst, in.Upstream, in.BytesSent, in.BytesReceived, in.Protocol, in.Detection)
 	}
 
+	if err := httpCall(client, netip.AddrPortFrom(server.IPv4, 8000).String(), sidecars); err != nil {
+		return err
+	}
+
 	step("The capture rules in the server pod (iptables-save -t nat)")
 	rules, err := server.Exec(context.Background(), "iptables-save", "-t", "nat")
 	if err != nil {
@@ -99,6 +112,48 @@ func run(s *testpod.Session, hold bool) error {
 		select {}
 	}
 	step("Cleaning up: sidecars stopped, namespaces and their rules removed")
+	return nil
+}
+
+// demoConfig is both sidecars' config file: the pods' subnets are the
+// mesh, and each sidecar writes an access log line per HTTP request.
+const demoConfig = `mesh:
+  networks: ` + meshtest.MeshNetworks + `
+inbound:
+  filters:
+    - accesslog: {}
+outbound:
+  filters:
+    - accesslog: {}
+    - requestid: {}
+`
+
+// httpCall makes an HTTP/1.1 request from the client pod to target and
+// shows what each hop did with it.
+func httpCall(client *testpod.Pod, target string, sidecars map[string]*meshtest.Sidecar) error {
+	step("The client application sends an HTTP/1.1 request to http://" + target + "/")
+	res, err := meshtest.NewHTTPClient(client, false).Get("http://" + target + "/")
+	if err != nil {
+		return err
+	}
+	body, err := io.ReadAll(res.Body)
+	res.Body.Close()
+	if err != nil {
+		return err
+	}
+	fmt.Printf("  answer: %s, %q\n", res.Status, strings.TrimSpace(string(body)))
+	fmt.Printf("  x-envoy-upstream-service-time: %s ms (set by the client's sidecar: the server's sidecar and the app's 20 ms)\n",
+		res.Header.Get("X-Envoy-Upstream-Service-Time"))
+	fmt.Println("  between the sidecars it travelled as HTTP/2 on a pooled connection (see the server sidecar's line);")
+	fmt.Println("  the server's sidecar handed it to the app as HTTP/1.1, the protocol the client used")
+	for _, name := range []string{"client", "server"} {
+		l, ok := sidecars[name].WaitLog(func(l meshtest.LogLine) bool { return l.Msg == "access" }, 5*time.Second)
+		if !ok {
+			return fmt.Errorf("the %s sidecar wrote no access log line:\n%s", name, sidecars[name].Proxy.Output())
+		}
+		fmt.Printf("  %s's sidecar access log: %s %s %s %s → %d, upstream %.1f ms, flags %s\n",
+			name, l.Direction, l.Protocol, l.Method, l.Authority+l.Path, l.Code, l.UpstreamMS, l.Flags)
+	}
 	return nil
 }
 
