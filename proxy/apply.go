@@ -29,7 +29,7 @@ func (s *Server) Apply(f *configfile.File) error {
 			specs = f.Inbound
 		}
 		env := filters.Env{
-			Direction: filters.Direction(d),
+			Direction: d,
 			Log:       s.log,
 			AccessLog: s.log.Named("access"),
 			Now:       time.Now,

@@ -92,7 +92,7 @@ func (hs *httpServer) shutdown(ctx context.Context) {
 func (s *Server) serveRequest(dir Direction, w http.ResponseWriter, r *http.Request) {
 	m := r.Context().Value(connKey{}).(connMeta)
 	info := &filters.Info{
-		Direction:   filters.Direction(dir),
+		Direction:   dir,
 		Start:       time.Now(),
 		Destination: m.dst,
 		Upstream:    m.upstream,

@@ -3,24 +3,20 @@ package proxy
 import (
 	"sync/atomic"
 
+	"github.com/pillionmesh/pillion/filters"
+
 	"github.com/pillionmesh/pillion/proxy/sniff"
 )
 
-// Direction is which listener a connection came in on.
-type Direction uint8
+// Direction is which listener a connection came in on; the filters see
+// the same type.
+type Direction = filters.Direction
 
 // The two directions of captured traffic.
 const (
-	Outbound Direction = iota // the application calling out
-	Inbound                   // a peer calling the application
+	Outbound = filters.Outbound // the application calling out
+	Inbound  = filters.Inbound  // a peer calling the application
 )
-
-func (d Direction) String() string {
-	if d == Inbound {
-		return "inbound"
-	}
-	return "outbound"
-}
 
 // Stats counts what the proxy did. Its fields are updated atomically while
 // the proxy runs; read them with Load.
