@@ -37,12 +37,24 @@ with 502/503/504 and a pillion-response-flags header saying why. Outbound
 HTTP to an address in the config's mesh networks travels as pooled HTTP/2 to
 the peer's sidecar, which speaks the original protocol to its application.
 
-Logs are JSON lines on stderr, one per connection at info level.
+The config file is re-read every second and on SIGHUP; a new config is built
+whole and swapped in (requests in flight finish on the old chain), and one
+that fails to load is refused with a log line while the old keeps serving.
+
+Logs are JSON lines on stderr, one per connection at info level, and one per
+HTTP request with the accesslog filter.
 SIGINT or SIGTERM: stop accepting, let open connections finish for up to
 --drain-timeout, then exit.
 
 Example:
-  setpriv --reuid=1337 --regid=1337 --clear-groups pillion proxy --log-level=debug`
+  setpriv --reuid=1337 --regid=1337 --clear-groups pillion proxy --config=/etc/pillion/proxy.yaml
+
+A config file (see the README for every filter):
+  mesh: {networks: [10.0.0.0/8]}
+  outbound:
+    filters:
+      - accesslog: {}
+      - retry: {attempts: 2, on: [connect-failure, "503"]}`
 
 func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("proxy", proxySummary, stdout)
