@@ -9,7 +9,7 @@ STATICCHECK := $(TOOLS_DIR)/staticcheck
 STATICCHECK_VERSION := v0.7.0
 # h2spec, the HTTP/2 conformance suite the e2e tests run against the sidecar.
 H2SPEC      := $(TOOLS_DIR)/h2spec
-H2SPEC_VERSION := v2.2.1
+H2SPEC_VERSION := v2.2.1+incompatible
 VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS     := -s -w -X main.version=$(VERSION)
 GOTEST_FLAGS ?= -count=1 -race -timeout 25m
