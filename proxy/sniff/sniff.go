@@ -82,7 +82,8 @@ func detectTLS(b []byte) (Protocol, bool) {
 	return Opaque, true
 }
 
-// detectHTTP1 matches "METHOD SP request-target SP HTTP/1.x CRLF".
+// detectHTTP1 matches "METHOD SP request-target SP HTTP/1.x CRLF", with
+// the target in origin form ("/path") or asterisk form ("*").
 func detectHTTP1(b []byte) (Protocol, bool) {
 	// Method: one or more token characters, then a space.
 	i := 0
@@ -104,6 +105,12 @@ func detectHTTP1(b []byte) (Protocol, bool) {
 		return Opaque, false
 	}
 	if j == i+1 || b[j] != ' ' {
+		return Opaque, true
+	}
+	// A request for a forward proxy (CONNECT host:port, or an absolute URL
+	// as target) is for the proxy at the destination to act on as sent:
+	// the sidecar must not serve it as an origin request.
+	if string(b[:i]) == "CONNECT" || b[i+1] != '/' && b[i+1] != '*' {
 		return Opaque, true
 	}
 	// Version and line end.

@@ -22,8 +22,10 @@ func TestDetect(t *testing.T) {
 		{"GET", "GET / HTTP/1.1\r\nHost: x\r\n\r\n", HTTP1, true},
 		{"HTTP/1.0", "GET /index.html HTTP/1.0\r\n", HTTP1, true},
 		{"extension method", "PROPFIND /dav HTTP/1.1\r\n", HTTP1, true},
-		{"absolute form", "GET http://b:8080/x?y=1 HTTP/1.1\r\n", HTTP1, true},
-		{"CONNECT", "CONNECT b:443 HTTP/1.1\r\n", HTTP1, true},
+		{"asterisk form", "OPTIONS * HTTP/1.1\r\n", HTTP1, true},
+		// Requests for a forward proxy are the proxy's to act on: opaque.
+		{"absolute form", "GET http://b:8080/x?y=1 HTTP/1.1\r\n", Opaque, true},
+		{"CONNECT", "CONNECT b:443 HTTP/1.1\r\n", Opaque, true},
 		{"partial method", "GE", Opaque, false},
 		{"partial target", "GET /long/pa", Opaque, false},
 		{"partial version", "GET / HTTP/1", Opaque, false},
