@@ -55,7 +55,8 @@ type Env struct {
 	Direction Direction
 	// Log is the proxy's own log. Never nil.
 	Log *zap.Logger
-	// AccessLog is where access log lines go (the proxy's stdout). Never
+	// AccessLog is where access log lines go (the proxy's log, named
+	// "access"). Never
 	// nil.
 	AccessLog *zap.Logger
 	// Now is the clock. Never nil.

@@ -115,11 +115,14 @@ func (i *Info) UpstreamTime() (d time.Duration, ok bool) {
 	return i.upstreamTime, i.haveUpstream
 }
 
-// AddAttempt counts one more attempt at the upstream and returns the count.
-func (i *Info) AddAttempt() int {
+// StartAttempt counts one more attempt at the upstream and returns the
+// count. It forgets the upstream time and failure of the attempt before,
+// so that they always describe the attempt whose response is forwarded.
+func (i *Info) StartAttempt() int {
 	i.mu.Lock()
 	defer i.mu.Unlock()
 	i.attempts++
+	i.upstreamTime, i.haveUpstream, i.failure = 0, false, 0
 	return i.attempts
 }
 

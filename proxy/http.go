@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"log"
 	"net"
 	"net/http"
 	"net/netip"
@@ -57,7 +58,7 @@ func (s *Server) newHTTPServer(dir Direction) *httpServer {
 		},
 		// net/http reports clients' protocol errors here: routine, not
 		// the operator's concern above debug.
-		ErrorLog: zap.NewStdLog(s.log.Named("http").WithOptions(zap.IncreaseLevel(zapcore.DebugLevel))),
+		ErrorLog: mustStdLogAt(s.log.Named("http"), zapcore.DebugLevel),
 	}
 	var protos http.Protocols
 	protos.SetHTTP1(true)
@@ -69,6 +70,16 @@ func (s *Server) newHTTPServer(dir Direction) *httpServer {
 		_ = hs.srv.Serve(hs.lis)
 	}()
 	return hs
+}
+
+// mustStdLogAt is zap.NewStdLogAt, which fails only for a level zap does
+// not know.
+func mustStdLogAt(l *zap.Logger, level zapcore.Level) *log.Logger {
+	std, err := zap.NewStdLogAt(l, level)
+	if err != nil {
+		panic(err)
+	}
+	return std
 }
 
 // serve serves c, detected as HTTP/1.x or h2c, until it is closed.

@@ -90,7 +90,7 @@ func TestFields(t *testing.T) {
 			header: http.Header{"X-Request-Id": {"6f1c"}, "User-Agent": {"curl/8.5.0"}},
 			next: func(w http.ResponseWriter, r *http.Request) {
 				info := filters.FromContext(r.Context())
-				info.AddAttempt()
+				info.StartAttempt()
 				info.SetUpstreamTime(1500 * time.Microsecond)
 				w.WriteHeader(http.StatusOK)
 				_, _ = io.WriteString(w, "hello")
@@ -109,7 +109,7 @@ func TestFields(t *testing.T) {
 			method: "POST", target: "http://cart.shop/items", body: "{\"sku\": 42}",
 			next: func(w http.ResponseWriter, r *http.Request) {
 				info := filters.FromContext(r.Context())
-				info.AddAttempt()
+				info.StartAttempt()
 				_, _ = io.Copy(io.Discard, r.Body)
 				info.SetUpstreamFailure(pool.ConnectFailure)
 				filters.Reply(w, r, http.StatusServiceUnavailable, filters.UpstreamConnectFailure, "upstream connect error")
@@ -198,7 +198,7 @@ func TestPanic(t *testing.T) {
 			func() {
 				defer func() { p = recover() }()
 				f.ServeHTTP(httptest.NewRecorder(), r, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-					info.AddAttempt()
+					info.StartAttempt()
 					_, _ = io.WriteString(w, "partial")
 					info.AddFlags(filters.UpstreamReset)
 					panic(value)

@@ -36,7 +36,7 @@ func Example() {
 	}
 	router := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		info := filters.FromContext(r.Context())
-		info.AddAttempt()
+		info.StartAttempt()
 		info.SetUpstreamTime(3 * time.Millisecond)
 		fmt.Fprint(w, "[]")
 	})

@@ -7,8 +7,9 @@
 // written by whatever runs after this filter: the router copying the
 // upstream's response, or a later filter replying itself (filters.Reply).
 // A filter placed before this one answers unchanged. 1xx
-// informational responses (100 Continue, 103 Early Hints) are left alone,
-// 101 Switching Protocols is a final response here as it is to net/http.
+// informational responses (100 Continue, 103 Early Hints) are left alone.
+// An upgrade's 101 Switching Protocols is written by the router on the
+// hijacked connection, so response changes do not reach it.
 package headers
 
 import (

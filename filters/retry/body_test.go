@@ -246,7 +246,7 @@ func TestAbandonedReader(t *testing.T) {
 			var second []byte
 			w := httptest.NewRecorder()
 			f.ServeHTTP(w, r, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				if info.AddAttempt() == 1 {
+				if info.StartAttempt() == 1 {
 					_, _ = io.ReadFull(r.Body, make([]byte, 1000))
 					wg.Go(func() { _, _ = io.Copy(io.Discard, r.Body) })
 					w.WriteHeader(http.StatusServiceUnavailable)

@@ -27,7 +27,7 @@ func Example() {
 	// time, and answers the second.
 	router := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		info := filters.FromContext(r.Context())
-		if info.AddAttempt() == 1 {
+		if info.StartAttempt() == 1 {
 			info.SetUpstreamFailure(pool.ConnectFailure)
 			filters.Reply(w, r, http.StatusServiceUnavailable, filters.UpstreamConnectFailure, "upstream connect error")
 			return

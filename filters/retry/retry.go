@@ -145,6 +145,9 @@ func (f *Retry) try(w http.ResponseWriter, r *http.Request, next http.Handler, a
 	ctx, cancel := f.tryContext(r.Context())
 	defer cancel()
 	req := r.Clone(ctx)
+	// Clone copied the trailer map while it was empty; the server fills
+	// r's when the body ends, and the attempt must send those values.
+	req.Trailer = r.Trailer
 	a.setBody(req)
 	hw := &holdWriter{w: w, header: base.Clone(), retriable: func(status int) bool {
 		return f.retriable(r, a, status) && a.retire()

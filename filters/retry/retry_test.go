@@ -55,7 +55,7 @@ type router struct {
 
 func (rt *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	info := filters.FromContext(r.Context())
-	n := info.AddAttempt()
+	n := info.StartAttempt()
 	o := rt.outcomes[min(n, len(rt.outcomes))-1]
 	var c call
 	if o.failure != pool.ConnectFailure {
@@ -360,7 +360,7 @@ func TestPerTryTimeout(t *testing.T) {
 	w := httptest.NewRecorder()
 	start := time.Now()
 	f.ServeHTTP(w, request(outer, "GET", nil, info), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		n := info.AddAttempt()
+		n := info.StartAttempt()
 		d, _ := r.Context().Deadline()
 		deadlines = append(deadlines, d)
 		contexts = append(contexts, r.Context())
@@ -397,7 +397,7 @@ func TestRequestDeadline(t *testing.T) {
 	w := httptest.NewRecorder()
 	var deadline time.Time
 	f.ServeHTTP(w, request(ctx, "GET", nil, info), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		info.AddAttempt()
+		info.StartAttempt()
 		deadline, _ = r.Context().Deadline()
 		<-r.Context().Done()
 		filters.Reply(w, r, http.StatusGatewayTimeout, filters.UpstreamTimeout, "upstream request timeout")
@@ -482,5 +482,44 @@ func TestSleep(t *testing.T) {
 	}
 	if d := time.Since(start); d > time.Second {
 		t.Errorf("sleep with an ended context took %v", d)
+	}
+}
+
+// trailerBody is a request body whose trailer values appear when it ends,
+// as net/http's server fills them in.
+type trailerBody struct {
+	r    io.Reader
+	req  *http.Request
+	done bool
+}
+
+func (b *trailerBody) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err == io.EOF && !b.done {
+		b.done = true
+		b.req.Trailer.Set("X-Sum", "abc")
+	}
+	return n, err
+}
+func (b *trailerBody) Close() error { return nil }
+
+func TestRetriedRequestCarriesTrailers(t *testing.T) {
+	cfg := &Config{Attempts: 2, On: []string{"connect-failure"}}
+	f, err := cfg.Build(filters.Env{Now: time.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := httptest.NewRequest("POST", "http://b/", nil)
+	r.Trailer = http.Header{"X-Sum": nil}
+	r.Body = &trailerBody{r: strings.NewReader("payload"), req: r}
+	r.ContentLength = -1
+	r = r.WithContext(filters.NewContext(r.Context(), &filters.Info{}))
+	var got string
+	f.ServeHTTP(httptest.NewRecorder(), r, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		_, _ = io.ReadAll(req.Body)
+		got = req.Trailer.Get("X-Sum")
+	}))
+	if got != "abc" {
+		t.Errorf("trailer the upstream saw = %q, want %q", got, "abc")
 	}
 }

@@ -122,8 +122,30 @@ func (rt *Router) Forward(w http.ResponseWriter, r *http.Request) {
 		r.Header.Set("Connection", "Upgrade")
 		r.Header.Set("Upgrade", info.Upgrade)
 	}
-	st.number = info.AddAttempt()
+	st.number = info.StartAttempt()
+	defer flagAbort(r, info)
 	rt.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), attemptKey{}, st)))
+}
+
+// flagAbort, deferred, records why a response was cut off after its
+// headers were sent (ReverseProxy then panics with http.ErrAbortHandler,
+// which carries on up to net/http, which resets the stream).
+func flagAbort(r *http.Request, info *filters.Info) {
+	p := recover()
+	if p == nil {
+		return
+	}
+	if p == http.ErrAbortHandler && info.Flags() == 0 {
+		switch {
+		case errors.Is(r.Context().Err(), context.DeadlineExceeded):
+			info.AddFlags(filters.UpstreamTimeout)
+		case r.Context().Err() != nil:
+			info.AddFlags(filters.DownstreamDisconnect)
+		default:
+			info.AddFlags(filters.UpstreamReset)
+		}
+	}
+	panic(p)
 }
 
 // protocol chooses how r travels upstream and what OrigProtoHeader says.
@@ -171,6 +193,9 @@ func (rt *Router) rewrite(pr *httputil.ProxyRequest) {
 	pr.Out.URL.Scheme = "http"
 	pr.Out.URL.Host = a.upstream
 	pr.Out.Host = pr.In.Host
+	// ReverseProxy re-encodes a query it cannot parse (";", a bad %xx);
+	// a proxy must send it as it came (signed URLs, for one).
+	pr.Out.URL.RawQuery = pr.In.URL.RawQuery
 	// ReverseProxy cloned the request trailers before the body was read,
 	// when they were still empty: the server fills in the inbound map when
 	// the body ends, and the transport reads the outbound one only then.

@@ -123,7 +123,7 @@ func TestForwardingHeaders(t *testing.T) {
 	r.Header.Set("Forwarded", "for=203.0.113.7")
 	r.Header.Set("Traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
 	info := &filters.Info{Upstream: netip.MustParseAddrPort("127.0.0.1:8080")}
-	info.AddAttempt() // a retry's second attempt
+	info.StartAttempt() // a retry's second attempt
 	serve(rt, r, info)
 	h := up.got.Header
 	if h.Get("X-Forwarded-For") != "203.0.113.7" || h.Get("Forwarded") != "for=203.0.113.7" {
@@ -251,11 +251,60 @@ func TestInboundKeepsThePeersAttemptCount(t *testing.T) {
 		}
 		info := &filters.Info{Direction: tc.dir, Upstream: netip.MustParseAddrPort("127.0.0.1:8080")}
 		for range tc.attempts - 1 {
-			info.AddAttempt()
+			info.StartAttempt()
 		}
 		serve(rt, r, info)
 		if got := up.got.Header.Get(AttemptCountHeader); got != tc.want {
 			t.Errorf("%v, received %q, attempt %d: sent %q, want %q", tc.dir, tc.sent, tc.attempts, got, tc.want)
 		}
 	}
+}
+
+func TestQueryForwardedAsItCame(t *testing.T) {
+	for _, q := range []string{"z=1&a=2;x", "sig=abc&a=%zz", "b=2&a=1", "a=1&&a=2"} {
+		up := &upstream{}
+		rt := newRouter(t, Config{}, up)
+		serve(rt, httptest.NewRequest("GET", "http://b/s?"+q, nil), &filters.Info{Upstream: netip.MustParseAddrPort("127.0.0.1:8080")})
+		if up.got.URL.RawQuery != q {
+			t.Errorf("query %q forwarded as %q", q, up.got.URL.RawQuery)
+		}
+	}
+}
+
+// brokenBody fails after its first bytes, as an upstream that resets.
+type brokenBody struct{ sent bool }
+
+func (b *brokenBody) Read(p []byte) (int, error) {
+	if !b.sent {
+		b.sent = true
+		return copy(p, "partial"), nil
+	}
+	return 0, syscall.ECONNRESET
+}
+func (b *brokenBody) Close() error { return nil }
+
+type brokenUpstream struct{}
+
+func (brokenUpstream) RoundTrip(r *http.Request, _ pool.Protocol) (*http.Response, error) {
+	return &http.Response{StatusCode: 200, Header: http.Header{}, Body: &brokenBody{}, Request: r}, nil
+}
+
+func TestResponseCutOffIsFlagged(t *testing.T) {
+	rt, err := New(Config{}, filters.Env{Log: zap.NewNop(), Now: time.Now, Upstream: brokenUpstream{}, Meshed: func(netip.Addr) bool { return false }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := &filters.Info{Upstream: netip.MustParseAddrPort("127.0.0.1:8080")}
+	defer func() {
+		if p := recover(); p != http.ErrAbortHandler {
+			t.Errorf("recovered %v, want http.ErrAbortHandler (the stream must be reset)", p)
+		}
+		if info.Flags() != filters.UpstreamReset {
+			t.Errorf("flags = %s, want UC", info.Flags())
+		}
+	}()
+	// ReverseProxy aborts (rather than ends) a cut-off response only under
+	// a real server, which is where the router runs.
+	r := httptest.NewRequest("GET", "http://b/", nil)
+	serve(rt, r.WithContext(context.WithValue(r.Context(), http.ServerContextKey, &http.Server{})), info)
 }
