@@ -13,6 +13,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -144,6 +145,10 @@ func (p *Pools) RoundTrip(req *http.Request, proto Protocol) (*http.Response, er
 	var rt http.RoundTripper = p.h1
 	if proto == HTTP2 {
 		rt = p.h2
+		if req.Body != nil && req.Body != http.NoBody && req.GetBody == nil {
+			req = req.WithContext(req.Context()) // a copy: RoundTrip must not change req
+			req.GetBody = notProcessed
+		}
 	}
 	res, err := rt.RoundTrip(req)
 	if err != nil {
@@ -176,6 +181,16 @@ func (p *Pools) dialer(cfg Config, proto Protocol) func(ctx context.Context, net
 	}
 }
 
+// errNotProcessed says the HTTP/2 peer did not process the request.
+var errNotProcessed = errors.New("the peer did not process the request, whose streamed body cannot be sent again")
+
+// notProcessed is the GetBody of a streamed request body. x/net/http2
+// calls GetBody only to send again a request the peer did not process (it
+// refused the stream, or a GOAWAY did not cover it); failing then with
+// errNotProcessed lets the caller (the retry filter) know it is safe to
+// retry, where x/net would otherwise return an error that says nothing.
+func notProcessed() (io.ReadCloser, error) { return nil, errNotProcessed }
+
 // dialError marks an error of the dialer, wherever the transports put it.
 type dialError struct{ err error }
 
@@ -194,8 +209,9 @@ const (
 	Reset
 	// ProtocolError: the upstream's answer was not valid HTTP.
 	ProtocolError
-	// Refused: the HTTP/2 peer refused the stream (REFUSED_STREAM) and did
-	// not process it.
+	// Refused: the HTTP/2 peer did not process the request (it refused
+	// the stream, or a GOAWAY did not cover it) and its body could not be
+	// sent again; a request without a body is sent again by the pool.
 	Refused
 )
 
@@ -235,7 +251,7 @@ func classify(endpoint string, proto Protocol, err error) *Error {
 	switch {
 	case errors.As(err, &de):
 		e.Kind, e.Err = ConnectFailure, de.err
-	case errors.As(err, &se) && se.Code == http2.ErrCodeRefusedStream:
+	case errors.Is(err, errNotProcessed), errors.As(err, &se) && se.Code == http2.ErrCodeRefusedStream:
 		e.Kind = Refused
 	case errors.As(err, &se) && se.Code == http2.ErrCodeProtocol,
 		errors.As(err, &ce) && http2.ErrCode(ce) == http2.ErrCodeProtocol,

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/net/http2"
 )
 
 // backend serves HTTP/1.1 and h2c; handler may be nil (200 "ok").
@@ -290,5 +292,61 @@ func TestContextErrorIsReturnedAsIs(t *testing.T) {
 	_, err := p.RoundTrip(req, HTTP2)
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("error = %v, want context.DeadlineExceeded", err)
+	}
+}
+
+// refusingH2 is an HTTP/2 server that refuses every stream.
+func refusingH2(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				preface := make([]byte, len(http2.ClientPreface))
+				if _, err := io.ReadFull(c, preface); err != nil {
+					return
+				}
+				fr := http2.NewFramer(c, c)
+				_ = fr.WriteSettings()
+				for {
+					f, err := fr.ReadFrame()
+					if err != nil {
+						return
+					}
+					switch f := f.(type) {
+					case *http2.SettingsFrame:
+						if !f.IsAck() {
+							_ = fr.WriteSettingsAck()
+						}
+					case *http2.HeadersFrame:
+						_ = fr.WriteRSTStream(f.StreamID, http2.ErrCodeRefusedStream)
+					}
+				}
+			}()
+		}
+	}()
+	return l.Addr().String()
+}
+
+func TestRefusedStreamWithABodyIsRefused(t *testing.T) {
+	addr := refusingH2(t)
+	p := New(Config{DialTimeout: time.Second})
+	req, _ := http.NewRequest("POST", "http://"+addr+"/", io.NopCloser(strings.NewReader("streamed")))
+	_, err := p.RoundTrip(req, HTTP2)
+	var pe *Error
+	if !errors.As(err, &pe) || pe.Kind != Refused {
+		t.Fatalf("error = %v, want a Refused *Error: the peer processed nothing, a retry is safe", err)
+	}
+	if req.GetBody != nil {
+		t.Errorf("RoundTrip changed the caller's request")
 	}
 }
