@@ -2,7 +2,8 @@ package filters
 
 import (
 	"encoding/json"
-	"fmt"
+	"reflect"
+	"strconv"
 	"time"
 )
 
@@ -11,15 +12,16 @@ import (
 type Duration time.Duration
 
 // UnmarshalJSON accepts a duration string; numbers are refused because
-// their unit would be a guess.
+// their unit would be a guess. The error is a *json.UnmarshalTypeError,
+// which encoding/json completes with the field's name.
 func (d *Duration) UnmarshalJSON(b []byte) error {
 	var s string
 	if err := json.Unmarshal(b, &s); err != nil {
-		return fmt.Errorf("want a duration such as \"250ms\" or \"15s\", got %s", b)
+		return &json.UnmarshalTypeError{Value: string(b), Type: reflect.TypeFor[Duration]()}
 	}
 	v, err := time.ParseDuration(s)
 	if err != nil {
-		return fmt.Errorf("%q is not a duration such as \"250ms\" or \"15s\"", s)
+		return &json.UnmarshalTypeError{Value: strconv.Quote(s), Type: reflect.TypeFor[Duration]()}
 	}
 	*d = Duration(v)
 	return nil

@@ -94,9 +94,12 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := cfg.Validate(); err != nil {
 		return badUsage(err)
 	}
-	var file *configfile.File
+	var (
+		file     *configfile.File
+		fileData []byte
+	)
 	if *configPath != "" {
-		if _, file, err = loadConfig(*configPath); err != nil {
+		if fileData, file, err = loadConfig(*configPath); err != nil {
 			return badUsage(fmt.Errorf("--config: %w", err))
 		}
 	}
@@ -113,8 +116,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		hup := make(chan os.Signal, 1)
 		signal.Notify(hup, syscall.SIGHUP)
 		defer signal.Stop(hup)
-		r := &reloader{path: *configPath, s: s, log: log}
-		r.last, _ = os.ReadFile(*configPath)
+		r := &reloader{path: *configPath, s: s, log: log, last: fileData}
 		go r.run(ctx, hup)
 	}
 	log.Info("starting", zap.String("version", version), zap.Uint16("outbound_port", cfg.OutboundPort),

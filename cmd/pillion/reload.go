@@ -14,9 +14,10 @@ import (
 	"github.com/pillionmesh/pillion/proxy/configfile"
 )
 
-// configPollInterval is how often the config file is re-read. Polling the
-// content, rather than watching inotify events, also catches Kubernetes'
-// ConfigMap updates, which swap a symlink above the file.
+// configPollInterval is how often the config file is re-read; a change
+// is applied when two reads in a row agree. Polling the content, rather
+// than watching inotify events, also catches Kubernetes' ConfigMap
+// updates, which swap a symlink above the file.
 const configPollInterval = time.Second
 
 // loadConfig reads and parses the config file at path.
@@ -36,10 +37,12 @@ func loadConfig(path string) ([]byte, *configfile.File, error) {
 // told to (SIGHUP). A file that fails to load or build is refused with a
 // log line; the running config stays.
 type reloader struct {
-	path string
-	s    *proxy.Server
-	log  *zap.Logger
-	last []byte // content last tried, applied or refused
+	path    string
+	s       *proxy.Server
+	log     *zap.Logger
+	last    []byte // content last tried, applied or refused
+	pending []byte // changed content seen once, waiting for a second read to agree
+	waiting bool   // pending is set (it may be empty)
 }
 
 // run polls until ctx ends; each receive on hup forces a reload.
@@ -58,18 +61,27 @@ func (r *reloader) run(ctx context.Context, hup <-chan os.Signal) {
 	}
 }
 
-// reload loads the file and applies it when forced or when it changed. A
-// file that cannot be read counts as content of its own (the error's
-// text), so a missing file is reported once, not every poll.
+// reload loads the file and applies it when forced, or when it changed
+// and the poll before saw the same change: a file caught half-written
+// (truncated, then written) is not applied. A file that cannot be read
+// counts as content of its own (the error's text), so a missing file is
+// reported once, not every poll.
 func (r *reloader) reload(force bool) {
 	data, f, err := loadConfig(r.path)
 	if data == nil && err != nil {
 		data = []byte("unreadable: " + err.Error())
 	}
-	if !force && bytes.Equal(data, r.last) {
-		return
+	if !force {
+		if bytes.Equal(data, r.last) {
+			r.pending, r.waiting = nil, false
+			return
+		}
+		if !r.waiting || !bytes.Equal(data, r.pending) {
+			r.pending, r.waiting = data, true
+			return
+		}
 	}
-	r.last = data
+	r.last, r.pending, r.waiting = data, nil, false
 	if err == nil {
 		err = r.s.Apply(f)
 	}

@@ -36,6 +36,10 @@ func TestReloader(t *testing.T) {
 
 	write("outbound: {filters: [{requestid: {}}]}")
 	r.reload(false)
+	if f, _ := s.Config(); len(f.Outbound) != 1 {
+		t.Fatalf("a change was applied at its first read; it must wait for a second read to agree")
+	}
+	r.reload(false)
 	if got := strings.Join(current(), " "); got != "outbound.filters[0].requestid outbound.router" {
 		t.Fatalf("after the first load: %s", got)
 	}
@@ -51,6 +55,7 @@ func TestReloader(t *testing.T) {
 
 	write("outbound: {filters: [{ratelimit: {requestsPerSecond: -1}}]}")
 	kept, _ := s.Config()
+	r.reload(false)
 	r.reload(false)
 	if after, _ := s.Config(); after != kept {
 		t.Errorf("a config that fails to build replaced the running one")
@@ -70,10 +75,46 @@ func TestReloader(t *testing.T) {
 	}
 	r.reload(false)
 	r.reload(false)
+	r.reload(false)
 	if after, _ := s.Config(); after != kept {
 		t.Errorf("a missing file replaced the running config")
 	}
 	if n := logs.FilterMessage("config refused: the running config stays").Len(); n != 2 {
 		t.Errorf("refusals logged = %d, want 2: the missing file once, not every poll", n)
+	}
+}
+
+// TestReloaderSkipsAHalfWrittenFile: a file caught truncated, then
+// written, is never applied in its truncated state.
+func TestReloaderSkipsAHalfWrittenFile(t *testing.T) {
+	s, err := proxy.New(proxy.DefaultConfig(), zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "pillion.yaml")
+	full := "outbound: {filters: [{requestid: {}}]}"
+	if err := os.WriteFile(path, []byte(full), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := &reloader{path: path, s: s, log: zap.NewNop()}
+	r.reload(true)
+	filtersNow := func() int { f, _ := s.Config(); return len(f.Outbound) }
+	if filtersNow() != 2 {
+		t.Fatal("the forced load was not applied")
+	}
+	if err := os.WriteFile(path, nil, 0o644); err != nil { // caught mid-write
+		t.Fatal(err)
+	}
+	r.reload(false)
+	if err := os.WriteFile(path, []byte(full+"\n# edited\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r.reload(false)
+	if filtersNow() != 2 {
+		t.Fatalf("the truncated file was applied: %d filters", filtersNow())
+	}
+	r.reload(false)
+	if f, applied := s.Config(); len(f.Outbound) != 2 || applied.IsZero() {
+		t.Errorf("the finished file was not applied")
 	}
 }

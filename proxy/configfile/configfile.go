@@ -21,6 +21,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"net/http"
 	"net/netip"
@@ -178,13 +179,22 @@ func Build(specs []Spec, env filters.Env) (*filters.Chain, error) {
 // decode it strictly. YAML 1.2 (yaml/v3): `on:` is the key "on", not the
 // boolean true of YAML 1.1, and a key given twice is an error.
 func yamlToJSON(data []byte) ([]byte, error) {
+	d := yaml.NewDecoder(bytes.NewReader(data))
 	var v any
-	if err := yaml.Unmarshal(data, &v); err != nil {
+	if err := d.Decode(&v); err != nil && err != io.EOF {
 		return nil, err // "yaml: line 3: ..."
 	}
+	var more any
+	if err := d.Decode(&more); err != io.EOF {
+		return nil, errors.New("yaml: one document only: the file has a second one (after ---)")
+	}
 	js, err := json.Marshal(v)
-	if err != nil {
-		// Only a mapping with keys that are not strings ({1: x}) gets here.
+	var uv *json.UnsupportedValueError
+	switch {
+	case errors.As(err, &uv):
+		return nil, fmt.Errorf("%s is not a number a config can hold", uv.Str)
+	case err != nil:
+		// A mapping with keys that are not strings ({1: x}).
 		return nil, errors.New("every mapping key must be a string")
 	}
 	return js, nil
@@ -217,9 +227,12 @@ func decodeStrict(js []byte, v any, path string) error {
 			p = join(path, te.Field)
 		}
 		want := te.Type.String()
-		if te.Type.Kind() == reflect.Map || te.Type.Kind() == reflect.Struct {
+		switch {
+		case te.Type == reflect.TypeFor[filters.Duration]():
+			want = `a duration such as "250ms" or "15s"`
+		case te.Type.Kind() == reflect.Map || te.Type.Kind() == reflect.Struct:
 			want = "a mapping"
-		} else if te.Type.Kind() == reflect.Slice {
+		case te.Type.Kind() == reflect.Slice:
 			want = "a list"
 		}
 		return filters.Invalid(p, "want %s, got %s", want, te.Value)

@@ -110,7 +110,10 @@ func TestParseErrors(t *testing.T) {
 		{"two filters in one item", "outbound: {filters: [{tag: {name: a}, router: {}}]}", `outbound.filters[0]: want one filter name as the only key, such as {ratelimit: {...}}, got 2 keys`},
 		{"unknown filter field", "inbound: {filters: [{tag: {name: a}}, {tag: {nmae: b}}]}", `inbound.filters[1].tag: unknown field "nmae"`},
 		{"wrong type in filter", "inbound: {filters: [{tag: {name: [a]}}]}", `inbound.filters[0].tag.name: want string, got array`},
-		{"bad duration", "inbound: {filters: [{tag: {name: a, delay: 5}}]}", `inbound.filters[0].tag: want a duration such as "250ms" or "15s", got 5`},
+		{"bad duration", "inbound: {filters: [{tag: {name: a, delay: 5}}]}", `inbound.filters[0].tag.delay: want a duration such as "250ms" or "15s", got 5`},
+		{"duration typo", "inbound: {filters: [{tag: {name: a, delay: 5sec}}]}", `inbound.filters[0].tag.delay: want a duration such as "250ms" or "15s", got "5sec"`},
+		{"infinity", "inbound: {filters: [{tag: {name: a, weight: .inf}}]}", `+Inf is not a number a config can hold`},
+		{"two documents", "mesh: {}\n---\nmesh: {}\n", `yaml: one document only: the file has a second one (after ---)`},
 		{"router not last", "outbound: {filters: [{router: {}}, {tag: {name: a}}]}", `outbound.filters[0].router: the router forwards the request: it must be the last filter`},
 		{"top level is a list", "- a\n- b", `want a mapping, got array`},
 		{"duplicate key", "mesh: {}\nmesh: {}", `yaml: unmarshal errors:
