@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
+
+	"github.com/pillionmesh/pillion/internal/meshtest"
 )
 
 // backend serves HTTP/1.1 and h2c; handler may be nil (200 "ok").
@@ -118,33 +120,31 @@ func TestHTTP1KeepAliveReusesAndIdleCloses(t *testing.T) {
 // the application closing an idle connection just as the pool reuses it.
 func closesSecondRequest(t *testing.T) (addr string, conns *atomic.Int64) {
 	t.Helper()
+	conns = &atomic.Int64{}
+	addr = tcpServer(t, func(c net.Conn) {
+		conns.Add(1)
+		br := bufio.NewReader(c)
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		_, _ = io.Copy(io.Discard, req.Body)
+		_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		_, _ = http.ReadRequest(br) // and hang up
+	})
+	return addr, conns
+}
+
+// tcpServer runs handle for each connection to a loopback port until the
+// test ends, and returns the address.
+func tcpServer(t *testing.T, handle func(net.Conn)) string {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { l.Close() })
-	conns = &atomic.Int64{}
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			conns.Add(1)
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				req, err := http.ReadRequest(br)
-				if err != nil {
-					return
-				}
-				_, _ = io.Copy(io.Discard, req.Body)
-				_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-				_, _ = http.ReadRequest(br) // and hang up
-			}()
-		}
-	}()
-	return l.Addr().String(), conns
+	meshtest.Serve(t, l, handle)
+	return l.Addr().String()
 }
 
 // TestStaleIdleConnectionIsRetried is the classic "503 UC" race: the
@@ -218,44 +218,13 @@ func TestErrorsAreTyped(t *testing.T) {
 	dead := l.Addr().String()
 	l.Close()
 
-	garbage, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer garbage.Close()
-	go func() {
-		for {
-			c, err := garbage.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 4096)
-				_, _ = c.Read(buf)
-				_, _ = io.WriteString(c, "SSH-2.0-OpenSSH_9.2\r\n")
-			}()
-		}
-	}()
-
-	hangup, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hangup.Close()
-	go func() {
-		for {
-			c, err := hangup.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				buf := make([]byte, 4096)
-				_, _ = c.Read(buf)
-				c.Close()
-			}()
-		}
-	}()
+	garbage := tcpServer(t, func(c net.Conn) {
+		_, _ = c.Read(make([]byte, 4096))
+		_, _ = io.WriteString(c, "SSH-2.0-OpenSSH_9.2\r\n")
+	})
+	hangup := tcpServer(t, func(c net.Conn) {
+		_, _ = c.Read(make([]byte, 4096))
+	})
 
 	p := New(Config{DialTimeout: time.Second})
 	for _, tc := range []struct {
@@ -266,8 +235,8 @@ func TestErrorsAreTyped(t *testing.T) {
 	}{
 		{"refused", dead, HTTP1, ConnectFailure},
 		{"refused h2", dead, HTTP2, ConnectFailure},
-		{"not HTTP", garbage.Addr().String(), HTTP1, ProtocolError},
-		{"closed before answering", hangup.Addr().String(), HTTP1, Reset},
+		{"not HTTP", garbage, HTTP1, ProtocolError},
+		{"closed before answering", hangup, HTTP1, Reset},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			req, _ := http.NewRequest("POST", "http://"+tc.addr+"/", nil) // POST: not retried
@@ -298,43 +267,28 @@ func TestContextErrorIsReturnedAsIs(t *testing.T) {
 // refusingH2 is an HTTP/2 server that refuses every stream.
 func refusingH2(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
+	return tcpServer(t, func(c net.Conn) {
+		preface := make([]byte, len(http2.ClientPreface))
+		if _, err := io.ReadFull(c, preface); err != nil {
+			return
+		}
+		fr := http2.NewFramer(c, c)
+		_ = fr.WriteSettings()
 		for {
-			c, err := l.Accept()
+			f, err := fr.ReadFrame()
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				preface := make([]byte, len(http2.ClientPreface))
-				if _, err := io.ReadFull(c, preface); err != nil {
-					return
+			switch f := f.(type) {
+			case *http2.SettingsFrame:
+				if !f.IsAck() {
+					_ = fr.WriteSettingsAck()
 				}
-				fr := http2.NewFramer(c, c)
-				_ = fr.WriteSettings()
-				for {
-					f, err := fr.ReadFrame()
-					if err != nil {
-						return
-					}
-					switch f := f.(type) {
-					case *http2.SettingsFrame:
-						if !f.IsAck() {
-							_ = fr.WriteSettingsAck()
-						}
-					case *http2.HeadersFrame:
-						_ = fr.WriteRSTStream(f.StreamID, http2.ErrCodeRefusedStream)
-					}
-				}
-			}()
+			case *http2.HeadersFrame:
+				_ = fr.WriteRSTStream(f.StreamID, http2.ErrCodeRefusedStream)
+			}
 		}
-	}()
-	return l.Addr().String()
+	})
 }
 
 func TestRefusedStreamWithABodyIsRefused(t *testing.T) {
