@@ -38,7 +38,6 @@ const (
 // as HTTP/1.x or h2c: an http.Server speaking both, fed by a listener of
 // handed-over connections.
 type httpServer struct {
-	dir  Direction
 	srv  *http.Server
 	lis  *handoff
 	base context.Context // every request's context derives from it
@@ -46,7 +45,7 @@ type httpServer struct {
 }
 
 func (s *Server) newHTTPServer(dir Direction) *httpServer {
-	hs := &httpServer{dir: dir, lis: newHandoff(), base: s.hardStop, done: make(chan struct{})}
+	hs := &httpServer{lis: newHandoff(), base: s.hardStop, done: make(chan struct{})}
 	hs.srv = &http.Server{
 		Handler:           http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.serveRequest(dir, w, r) }),
 		ReadHeaderTimeout: readHeaderTimeout,

@@ -82,9 +82,6 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 	return s, nil
 }
 
-// Pools returns the upstream HTTP connection pools.
-func (s *Server) Pools() *pool.Pools { return s.pools }
-
 // Stats returns the server's live counters.
 func (s *Server) Stats() *Stats { return &s.stats }
 

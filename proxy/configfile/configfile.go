@@ -84,7 +84,7 @@ func Parse(data []byte, reg filters.Registry) (*File, error) {
 		return nil, err
 	}
 	var top map[string]json.RawMessage
-	if err := decodeObject(js, &top, ""); err != nil {
+	if err := decodeStrict(js, &top, ""); err != nil {
 		return nil, err
 	}
 	if err := onlyKeys(top, "", "mesh", "inbound", "outbound"); err != nil {
@@ -200,16 +200,8 @@ func yamlToJSON(data []byte) ([]byte, error) {
 	return js, nil
 }
 
-// decodeObject decodes a JSON object (null counts as empty) into v.
-func decodeObject(js []byte, v any, path string) error {
-	if len(bytes.TrimSpace(js)) == 0 || string(bytes.TrimSpace(js)) == "null" {
-		return nil
-	}
-	return decodeStrict(js, v, path)
-}
-
-// decodeStrict decodes js into v refusing unknown fields, with errors
-// naming path.
+// decodeStrict decodes js (compact, from yamlToJSON; null or absent is
+// empty) into v refusing unknown fields, with errors naming path.
 func decodeStrict(js []byte, v any, path string) error {
 	if len(js) == 0 || string(js) == "null" {
 		return nil
