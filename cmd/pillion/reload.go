@@ -26,11 +26,17 @@ func loadConfig(path string) ([]byte, *configfile.File, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	f, err := parseConfig(path, data)
+	return data, f, err
+}
+
+// parseConfig parses data, read from path.
+func parseConfig(path string, data []byte) (*configfile.File, error) {
 	f, err := configfile.Parse(data, builtin.Registry())
 	if err != nil {
-		return data, nil, fmt.Errorf("%s: %w", path, err)
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	return data, f, nil
+	return f, nil
 }
 
 // reloader re-applies the config file when its content changes or when
@@ -67,9 +73,9 @@ func (r *reloader) run(ctx context.Context, hup <-chan os.Signal) {
 // counts as content of its own (the error's text), so a missing file is
 // reported once, not every poll.
 func (r *reloader) reload(force bool) {
-	data, f, err := loadConfig(r.path)
-	if data == nil && err != nil {
-		data = []byte("unreadable: " + err.Error())
+	data, readErr := os.ReadFile(r.path)
+	if readErr != nil {
+		data = []byte("unreadable: " + readErr.Error())
 	}
 	if !force {
 		if bytes.Equal(data, r.last) {
@@ -82,6 +88,11 @@ func (r *reloader) reload(force bool) {
 		}
 	}
 	r.last, r.pending, r.waiting = data, nil, false
+	err := readErr
+	var f *configfile.File
+	if err == nil {
+		f, err = parseConfig(r.path, data)
+	}
 	if err == nil {
 		err = r.s.Apply(f)
 	}
