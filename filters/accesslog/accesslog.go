@@ -5,9 +5,7 @@
 package accesslog
 
 import (
-	"bufio"
 	"io"
-	"net"
 	"net/http"
 	"net/netip"
 	"sync/atomic"
@@ -100,7 +98,7 @@ func (a *AccessLog) ServeHTTP(w http.ResponseWriter, r *http.Request, next http.
 		r = r.WithContext(r.Context()) // a copy: the inbound request keeps its body
 		r.Body = &countingBody{ReadCloser: r.Body, n: in}
 	}
-	o := &tap{Observer: filters.Observe(w)}
+	o := filters.Observe(w)
 	// Deferred calls run while a panic unwinds the stack, so the line is
 	// written when next panics without recovering and panicking again.
 	defer a.write(req, r, info, start, o, in)
@@ -108,7 +106,7 @@ func (a *AccessLog) ServeHTTP(w http.ResponseWriter, r *http.Request, next http.
 }
 
 // write writes the line of r.
-func (a *AccessLog) write(req request, r *http.Request, info *filters.Info, start time.Time, o *tap, in *atomic.Int64) {
+func (a *AccessLog) write(req request, r *http.Request, info *filters.Info, start time.Time, o *filters.Observer, in *atomic.Int64) {
 	ce := a.log.Check(zapcore.InfoLevel, "access")
 	if ce == nil {
 		return
@@ -121,7 +119,7 @@ func (a *AccessLog) write(req request, r *http.Request, info *filters.Info, star
 		zap.String("method", req.method),
 		zap.String("authority", req.authority),
 		zap.String("path", req.path),
-		zap.Int("code", o.status()),
+		zap.Int("code", o.Status()),
 		zap.String("flags", info.Flags().String()),
 		zap.Float64("duration_ms", ms(a.now().Sub(start))),
 	)
@@ -169,30 +167,4 @@ func (b *countingBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	b.n.Add(int64(n))
 	return n, err
-}
-
-// tap is a filters.Observer that also notes when the connection is
-// hijacked: the router does that with an upgrade once the upstream agreed,
-// and then writes the upstream's 101 Switching Protocols on the connection
-// itself, past the ResponseWriter.
-type tap struct {
-	*filters.Observer
-	hijacked bool
-}
-
-// Hijack hijacks the wrapped writer's connection, when it can.
-func (o *tap) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	c, rw, err := http.NewResponseController(o.Observer).Hijack()
-	if err == nil {
-		o.hijacked = true
-	}
-	return c, rw, err
-}
-
-// status returns the final status sent, 0 when none was.
-func (o *tap) status() int {
-	if s := o.Status(); s != 0 || !o.hijacked {
-		return s
-	}
-	return http.StatusSwitchingProtocols
 }
