@@ -5,6 +5,7 @@ package builtin
 import (
 	"github.com/pillionmesh/pillion/filters"
 	"github.com/pillionmesh/pillion/filters/accesslog"
+	"github.com/pillionmesh/pillion/filters/authz"
 	"github.com/pillionmesh/pillion/filters/fault"
 	"github.com/pillionmesh/pillion/filters/headers"
 	"github.com/pillionmesh/pillion/filters/ratelimit"
@@ -18,6 +19,7 @@ import (
 func Registry() filters.Registry {
 	return filters.Registry{
 		"accesslog": func() filters.Config { return &accesslog.Config{} },
+		"authz":     func() filters.Config { return &authz.Config{} },
 		"fault":     func() filters.Config { return &fault.Config{} },
 		"headers":   func() filters.Config { return &headers.Config{} },
 		"ratelimit": func() filters.Config { return &ratelimit.Config{} },

@@ -5,7 +5,9 @@
 // `outbound.filters[1].retry.attempts`.
 //
 //	mesh:
-//	  networks: [10.0.0.0/8]          # addresses served by pillion sidecars
+//	  networks: [10.0.0.0/8]          # addresses served by pillion sidecars: mTLS to them
+//	  exclude:  [10.0.0.10/32]        # …except these (no sidecar): plaintext as sent
+//	  mode: STRICT                    # inbound: refuse plaintext (default PERMISSIVE)
 //	inbound:
 //	  filters:
 //	    - ratelimit: { requestsPerSecond: 200, burst: 400 }
@@ -52,21 +54,51 @@ type File struct {
 // Mesh is the `mesh` section.
 type Mesh struct {
 	// Networks are the addresses whose traffic is received by a pillion
-	// sidecar: outbound HTTP to them travels as pooled HTTP/2 between the
-	// sidecars. Empty: every destination gets the application's own
-	// protocol.
+	// sidecar: outbound traffic to them travels in mTLS between the
+	// sidecars, HTTP as pooled HTTP/2. Empty: every destination gets the
+	// application's own bytes, in the clear.
 	Networks []netip.Prefix
+	// Exclude are addresses inside Networks without a sidecar (a DNS
+	// server, a node-local agent): traffic to them goes as the
+	// application sent it.
+	Exclude []netip.Prefix
+	// Mode is how the inbound side treats connections that are not mTLS
+	// from a peer sidecar.
+	Mode Mode
 }
 
-// Contains reports whether a is in one of the mesh networks.
+// Contains reports whether a is served by a pillion sidecar: in one of the
+// mesh networks and not excluded.
 func (m Mesh) Contains(a netip.Addr) bool {
 	a = a.Unmap()
-	for _, p := range m.Networks {
+	return inAny(m.Networks, a) && !inAny(m.Exclude, a)
+}
+
+func inAny(ps []netip.Prefix, a netip.Addr) bool {
+	for _, p := range ps {
 		if p.Contains(a) {
 			return true
 		}
 	}
 	return false
+}
+
+// Mode is the inbound mTLS mode, as Istio's PeerAuthentication names it.
+type Mode uint8
+
+const (
+	// Permissive passes connections that are not mTLS from a peer sidecar
+	// to the application, and counts them: for meshes being adopted.
+	Permissive Mode = iota
+	// Strict refuses them: only peer sidecars reach the application.
+	Strict
+)
+
+func (m Mode) String() string {
+	if m == Strict {
+		return "STRICT"
+	}
+	return "PERMISSIVE"
 }
 
 // Spec is one filter of a chain as the file configures it.
@@ -106,21 +138,46 @@ func Parse(data []byte, reg filters.Registry) (*File, error) {
 func parseMesh(raw json.RawMessage) (Mesh, error) {
 	var m struct {
 		Networks []string `json:"networks"`
+		Exclude  []string `json:"exclude"`
+		Mode     *string  `json:"mode"`
 	}
 	if err := decodeStrict(raw, &m, "mesh"); err != nil {
 		return Mesh{}, err
 	}
 	var out Mesh
-	for i, s := range m.Networks {
+	var err error
+	if out.Networks, err = parsePrefixes(m.Networks, "mesh.networks"); err != nil {
+		return Mesh{}, err
+	}
+	if out.Exclude, err = parsePrefixes(m.Exclude, "mesh.exclude"); err != nil {
+		return Mesh{}, err
+	}
+	if m.Mode != nil {
+		switch strings.ToUpper(*m.Mode) {
+		case "STRICT":
+			out.Mode = Strict
+		case "PERMISSIVE":
+			out.Mode = Permissive
+		default:
+			return Mesh{}, filters.Invalid("mesh.mode", "want STRICT or PERMISSIVE, got %q", *m.Mode)
+		}
+	}
+	return out, nil
+}
+
+// parsePrefixes parses CIDRs; a bare address is its own /32 or /128.
+func parsePrefixes(ss []string, field string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for i, s := range ss {
 		p, err := netip.ParsePrefix(s)
 		if err != nil {
-			if a, aerr := netip.ParseAddr(s); aerr == nil {
-				p = netip.PrefixFrom(a, a.BitLen())
-			} else {
-				return Mesh{}, filters.Invalid(fmt.Sprintf("mesh.networks[%d]", i), "%q is not a CIDR such as 10.0.0.0/8", s)
+			a, aerr := netip.ParseAddr(s)
+			if aerr != nil {
+				return nil, filters.Invalid(fmt.Sprintf("%s[%d]", field, i), "%q is not a CIDR such as 10.0.0.0/8", s)
 			}
+			p = netip.PrefixFrom(a, a.BitLen())
 		}
-		out.Networks = append(out.Networks, p.Masked())
+		out = append(out, p.Masked())
 	}
 	return out, nil
 }
@@ -211,6 +268,10 @@ func decodeStrict(js []byte, v any, path string) error {
 	err := d.Decode(v)
 	if err == nil {
 		return nil
+	}
+	var fe *filters.FieldError
+	if errors.As(err, &fe) { // from a filter's own UnmarshalJSON: the path goes on
+		return filters.Within(path, fe)
 	}
 	var te *json.UnmarshalTypeError
 	if errors.As(err, &te) {

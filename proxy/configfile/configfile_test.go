@@ -48,6 +48,8 @@ func TestParse(t *testing.T) {
 	f, err := Parse([]byte(`
 mesh:
   networks: [10.1.2.3/8, "fd00::/64", 192.168.1.7]
+  exclude: [10.0.0.10]
+  mode: STRICT
 inbound:
   filters:
     - tag: {name: in, delay: 250ms, on: [x]}
@@ -66,6 +68,12 @@ outbound:
 	}
 	if !f.Mesh.Contains(netip.MustParseAddr("::ffff:10.9.9.9")) || f.Mesh.Contains(netip.MustParseAddr("11.0.0.1")) {
 		t.Errorf("Contains is wrong for %v", f.Mesh.Networks)
+	}
+	if f.Mesh.Contains(netip.MustParseAddr("10.0.0.10")) || !f.Mesh.Contains(netip.MustParseAddr("10.0.0.11")) {
+		t.Errorf("Contains is wrong for exclude %v", f.Mesh.Exclude)
+	}
+	if f.Mesh.Mode != Strict {
+		t.Errorf("mode = %v, want STRICT", f.Mesh.Mode)
 	}
 	names := func(specs []Spec) (out []string) {
 		for _, s := range specs {
@@ -93,7 +101,7 @@ func TestParseEmptyIsDefaults(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%q: %v", data, err)
 		}
-		if len(f.Mesh.Networks) != 0 || len(f.Inbound) != 1 || f.Inbound[0].Name != RouterName || len(f.Outbound) != 1 {
+		if len(f.Mesh.Networks) != 0 || f.Mesh.Mode != Permissive || len(f.Inbound) != 1 || f.Inbound[0].Name != RouterName || len(f.Outbound) != 1 {
 			t.Errorf("%q: got %+v, want no mesh and the router alone", data, f)
 		}
 	}
@@ -104,6 +112,8 @@ func TestParseErrors(t *testing.T) {
 		{"unknown top-level field", "mesh: {}\nfliters: []", `fliters: unknown field (known: mesh, inbound, outbound)`},
 		{"unknown mesh field", "mesh: {netwroks: []}", `mesh: unknown field "netwroks"`},
 		{"bad network", "mesh: {networks: [10.0.0.0/8, nope]}", `mesh.networks[1]: "nope" is not a CIDR such as 10.0.0.0/8`},
+		{"bad exclude", "mesh: {exclude: [10.0.0.0/33]}", `mesh.exclude[0]: "10.0.0.0/33" is not a CIDR such as 10.0.0.0/8`},
+		{"bad mode", "mesh: {mode: MUTUAL}", `mesh.mode: want STRICT or PERMISSIVE, got "MUTUAL"`},
 		{"networks not a list", "mesh: {networks: 10.0.0.0/8}", `mesh.networks: want a list, got string`},
 		{"unknown chain field", "inbound: {filter: []}", `inbound: unknown field "filter"`},
 		{"unknown filter", "outbound: {filters: [{ratelimt: {}}]}", `outbound.filters[0]: unknown filter "ratelimt" (known: router, tag)`},
