@@ -37,6 +37,7 @@ func commands() []command {
 	return []command{
 		{"init", "install the capture rules in this network namespace (the init container)", runInit},
 		{"proxy", "run the sidecar proxy", runProxy},
+		{"identity", "serve SPIFFE identities from a local CA on the Workload API (laptops, demos, tests)", runIdentity},
 		{"version", "print the version", runVersion},
 	}
 }
