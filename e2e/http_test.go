@@ -19,10 +19,13 @@ import (
 	"github.com/pillionmesh/pillion/internal/testpod"
 )
 
-// httpMesh is two pods with sidecars that know each other as meshed:
-// a is the client, b serves HTTP/1.1 and h2c on 8080 (see serveApp).
+// httpMesh is two pods with sidecars that know each other as meshed, with
+// identities from the node's `pillion identity`: a is the client, b serves
+// HTTP/1.1 and h2c on 8080 (see serveApp).
 type httpMesh struct {
+	node      *testpod.Node
 	a, b      *meshtest.Sidecar
+	issuer    *meshtest.Issuer
 	configA   string // a's config file, rewritable
 	configB   string
 	bAddr     string // b's 8080 by IPv4
@@ -39,6 +42,8 @@ func newHTTPMesh(t *testing.T, configA, configB string) *httpMesh {
 	podA, podB := node.AddPod(t, "a"), node.AddPod(t, "b")
 	serveApp(t, podB, ":8080")
 	m := &httpMesh{
+		node:    node,
+		issuer:  meshtest.StartIssuer(t, pillionBin, time.Hour, podA, podB),
 		configA: meshtest.WriteConfig(t, meshConfig+configA),
 		configB: meshtest.WriteConfig(t, meshConfig+configB),
 		bAddr:   hostPort(podB.IPv4, 8080),
@@ -46,8 +51,8 @@ func newHTTPMesh(t *testing.T, configA, configB string) *httpMesh {
 		bIP:     podB.IPv4.String(),
 		bIP6:    podB.IPv6.String(),
 	}
-	m.a = meshtest.Inject(t, pillionBin, podA, nil, []string{"--config=" + m.configA})
-	m.b = meshtest.Inject(t, pillionBin, podB, nil, []string{"--config=" + m.configB})
+	m.a = meshtest.Inject(t, pillionBin, podA, nil, []string{"--config=" + m.configA, m.issuer.ProxyArg(podA)})
+	m.b = meshtest.Inject(t, pillionBin, podB, nil, []string{"--config=" + m.configB, m.issuer.ProxyArg(podB)})
 	return m
 }
 

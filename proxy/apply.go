@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/pillionmesh/pillion/filters"
@@ -22,6 +24,9 @@ func (r *running) chain(d Direction) *filters.Chain { return r.chains[d] }
 // new one. If a chain fails to build, nothing changes and the error names
 // the field. Apply is safe to call while Run runs.
 func (s *Server) Apply(f *configfile.File) error {
+	if err := s.checkMesh(f.Mesh); err != nil {
+		return err
+	}
 	next := &running{file: f, applied: time.Now()}
 	for _, d := range []Direction{Outbound, Inbound} {
 		specs := f.Outbound
@@ -34,7 +39,7 @@ func (s *Server) Apply(f *configfile.File) error {
 			AccessLog: s.log.Named("access"),
 			Now:       time.Now,
 			Upstream:  s.pools,
-			Meshed:    f.Mesh.Contains,
+			Meshed:    func(a netip.Addr) bool { return s.meshedIn(f.Mesh, a) },
 		}
 		c, err := configfile.Build(specs, env)
 		if err != nil {
@@ -42,7 +47,11 @@ func (s *Server) Apply(f *configfile.File) error {
 		}
 		next.chains[d] = c
 	}
-	s.config.Store(next)
+	prev := s.config.Swap(next)
+	if prev != nil && !(slices.Equal(prev.file.Mesh.Networks, f.Mesh.Networks) && slices.Equal(prev.file.Mesh.Exclude, f.Mesh.Exclude)) {
+		// Idle pooled connections were dialled for the old membership.
+		s.pools.CloseIdle()
+	}
 	return nil
 }
 

@@ -66,12 +66,10 @@ type Config struct {
 	// ignored (DialTimeout above applies). Zero fields mean pool's
 	// defaults.
 	Pool pool.Config
-}
-
-func (c Config) poolConfig() pool.Config {
-	p := c.Pool
-	p.DialTimeout, p.Dial = c.DialTimeout, nil
-	return p
+	// Identity is where the sidecar's SVID and trust bundle come from;
+	// nil turns mTLS off (and with it the config's mesh networks and
+	// STRICT mode, which need it). The caller closes it after Run.
+	Identity Identity
 }
 
 // DefaultConfig returns the defaults.

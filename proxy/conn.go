@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -9,6 +10,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/pillionmesh/pillion/mtls"
 	"github.com/pillionmesh/pillion/proxy/relay"
 	"github.com/pillionmesh/pillion/proxy/sniff"
 )
@@ -17,116 +19,164 @@ import (
 // proxy's own listeners: forwarding it would send it back to us.
 var errLoop = errors.New("original destination is the proxy's own listener")
 
+// conn is one proxied connection: what the proxy learnt of it before
+// forwarding.
+type conn struct {
+	c           *net.TCPConn // as accepted
+	dir         Direction
+	dst, target netip.AddrPort
+	det         detection
+	start       time.Time
+	// alpn and peer are set on connections from a peer sidecar: what the
+	// mTLS connection carries and the peer's SPIFFE ID.
+	alpn, peer string
+}
+
 // handle proxies one accepted connection. It owns c, which the caller has
 // tracked.
 func (s *Server) handle(c *net.TCPConn, dir Direction) {
-	start := time.Now()
 	st := &s.stats.Dir[dir]
+	cn := &conn{c: c, dir: dir, start: time.Now()}
 
 	dst, err := s.origDst(c)
 	if err != nil {
 		st.NoOrigDst.Add(1)
 		s.log.Error("refusing connection", zap.Stringer("direction", dir),
 			zap.Stringer("src", c.RemoteAddr()), zap.Error(err))
-		reset(c)
+		relay.Reset(c)
 		return
 	}
-	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
-	if s.isOwnListener(dst) {
+	cn.dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
+	if s.isOwnListener(cn.dst) {
 		st.Loops.Add(1)
 		s.log.Warn("refusing connection", zap.Stringer("direction", dir),
-			zap.Stringer("src", c.RemoteAddr()), zap.Stringer("dst", dst), zap.Error(errLoop))
-		reset(c)
+			zap.Stringer("src", c.RemoteAddr()), zap.Stringer("dst", cn.dst), zap.Error(errLoop))
+		relay.Reset(c)
 		return
 	}
-	target := s.target(dir, dst)
+	cn.target = s.target(dir, cn.dst)
 
-	det, err := s.detect(c, dst)
+	cn.det, err = s.detect(c, dir, cn.dst)
 	if err != nil {
 		// The client reset the connection before it said enough.
 		s.log.Debug("connection ended during protocol detection", zap.Stringer("direction", dir),
-			zap.Stringer("src", c.RemoteAddr()), zap.Stringer("dst", dst), zap.Error(err))
-		reset(c)
+			zap.Stringer("src", c.RemoteAddr()), zap.Stringer("dst", cn.dst), zap.Error(err))
+		relay.Reset(c)
 		return
 	}
-	st.Detected[det.Protocol].Add(1)
-	if det.TimedOut {
+	st.Detected[cn.det.Protocol].Add(1)
+	if cn.det.TimedOut {
 		st.SniffTimeouts.Add(1)
 	}
-	if det.Protocol == sniff.HTTP1 || det.Protocol == sniff.HTTP2 {
-		s.handleHTTP(c, dir, dst, target, det, start)
+	if dir == Inbound && s.mesh != nil && !s.admit(cn) {
 		return
 	}
-
-	d := net.Dialer{Timeout: s.cfg.DialTimeout}
-	uc, err := d.DialContext(s.hardStop, "tcp", target.String())
-	if err != nil {
-		st.DialFailures.Add(1)
-		s.log.Warn("upstream connect failed", zap.Stringer("direction", dir),
-			zap.Stringer("src", c.RemoteAddr()), zap.Stringer("dst", dst),
-			zap.Stringer("upstream", target), zap.Error(err))
-		reset(c)
+	if cn.det.isHTTP() {
+		s.handleHTTP(cn, c)
 		return
 	}
-	up := uc.(*net.TCPConn)
-	if !s.track(up) {
-		reset(up)
-		reset(c)
-		return
-	}
-	defer s.untrack(up)
-	// What detection read goes first; the relay then splices the rest.
-	if _, err := up.Write(det.Peeked); err != nil {
-		st.DialFailures.Add(1)
-		s.log.Warn("upstream write failed", zap.Stringer("direction", dir),
-			zap.Stringer("dst", dst), zap.Stringer("upstream", target), zap.Error(err))
-		reset(up)
-		reset(c)
-		return
-	}
-
-	st.Active.Add(1)
-	res := relay.TCP(c, up, s.cfg.IdleTimeout)
-	st.Active.Add(-1)
-	st.Completed.Add(1)
-	sent := res.Sent + int64(len(det.Peeked))
-	st.BytesSent.Add(sent)
-	st.BytesRecv.Add(res.Received)
-	s.logConnection(c, dir, dst, target, det, start, sent, res.Received, res.Err)
+	s.relayOpaque(cn, c)
 }
 
-// handleHTTP hands c, detected as HTTP/1.x or h2c, to the direction's
-// HTTP server and returns when the connection is closed.
-func (s *Server) handleHTTP(c *net.TCPConn, dir Direction, dst, target netip.AddrPort, det detection, start time.Time) {
-	st := &s.stats.Dir[dir]
-	hc := newHTTPConn(c, det.Peeked, connMeta{src: addrPort(c.RemoteAddr()), dst: dst, upstream: target})
+// relayOpaque forwards cn, read through down (c itself, or mTLS over it),
+// byte for byte: over mTLS when its destination is a peer sidecar.
+func (s *Server) relayOpaque(cn *conn, down relay.Conn) {
+	st := &s.stats.Dir[cn.dir]
+	var up relay.Conn
+	var upTCP *net.TCPConn
+	var err error
+	if cn.dir == Outbound && s.meshed(cn.dst) {
+		var tc *tls.Conn
+		tc, err = s.dialMesh(s.hardStop, cn.dst, mtls.ProtoTCP)
+		if err == nil {
+			up, upTCP = tc, tc.NetConn().(*net.TCPConn)
+		}
+	} else {
+		d := net.Dialer{Timeout: s.cfg.DialTimeout}
+		var uc net.Conn
+		uc, err = d.DialContext(s.hardStop, "tcp", cn.target.String())
+		if err == nil {
+			upTCP = uc.(*net.TCPConn)
+			up = upTCP
+		}
+	}
+	if err != nil {
+		st.DialFailures.Add(1)
+		s.log.Warn("upstream connect failed", cn.fields(zap.Error(err))...)
+		relay.Reset(down)
+		return
+	}
+	if !s.track(upTCP) {
+		relay.Reset(up)
+		relay.Reset(down)
+		return
+	}
+	defer s.untrack(upTCP)
+	// What detection read goes first; the relay then splices the rest.
+	if _, err := up.Write(cn.det.Peeked); err != nil {
+		st.DialFailures.Add(1)
+		s.log.Warn("upstream write failed", cn.fields(zap.Error(err))...)
+		relay.Reset(up)
+		relay.Reset(down)
+		return
+	}
+
 	st.Active.Add(1)
-	s.http[dir].serve(hc)
+	res := relay.TCP(down, up, s.cfg.IdleTimeout)
+	st.Active.Add(-1)
+	st.Completed.Add(1)
+	sent := res.Sent + int64(len(cn.det.Peeked))
+	st.BytesSent.Add(sent)
+	st.BytesRecv.Add(res.Received)
+	s.logConnection(cn, sent, res.Received, res.Err)
+}
+
+// handleHTTP hands cn, read through down (c itself, or mTLS over it), to
+// the direction's HTTP server and returns when the connection is closed.
+func (s *Server) handleHTTP(cn *conn, down net.Conn) {
+	st := &s.stats.Dir[cn.dir]
+	hc := newHTTPConn(down, cn.det.Peeked, connMeta{
+		src: addrPort(cn.c.RemoteAddr()), dst: cn.dst, upstream: cn.target, peer: cn.peer,
+	})
+	st.Active.Add(1)
+	s.http[cn.dir].serve(hc)
 	st.Active.Add(-1)
 	st.Completed.Add(1)
 	sent, recv := hc.read.Load(), hc.written.Load()
 	st.BytesSent.Add(sent)
 	st.BytesRecv.Add(recv)
-	s.logConnection(c, dir, dst, target, det, start, sent, recv, nil)
+	s.logConnection(cn, sent, recv, nil)
+}
+
+// fields are the log fields that say which connection cn is, then extra.
+func (cn *conn) fields(extra ...zap.Field) []zap.Field {
+	f := []zap.Field{
+		zap.Stringer("direction", cn.dir),
+		zap.Stringer("src", cn.c.RemoteAddr()),
+		zap.Stringer("dst", cn.dst),
+		zap.Stringer("upstream", cn.target),
+	}
+	if cn.peer != "" {
+		f = append(f, zap.String("peer", cn.peer))
+	}
+	return append(f, extra...)
 }
 
 // logConnection writes the one info line of a connection.
-func (s *Server) logConnection(c *net.TCPConn, dir Direction, dst, target netip.AddrPort, det detection,
-	start time.Time, sent, received int64, endedBy error) {
+func (s *Server) logConnection(cn *conn, sent, received int64, endedBy error) {
 	ce := s.log.Check(zap.InfoLevel, "connection")
 	if ce == nil {
 		return
 	}
-	fields := []zap.Field{
-		zap.Stringer("direction", dir),
-		zap.Stringer("src", c.RemoteAddr()),
-		zap.Stringer("dst", dst),
-		zap.Stringer("upstream", target),
-		zap.Stringer("protocol", det.Protocol),
-		zap.String("detection", det.how()),
+	fields := cn.fields(
+		zap.Stringer("protocol", cn.det.Protocol),
+		zap.String("detection", cn.det.how()),
 		zap.Int64("bytes_sent", sent),
 		zap.Int64("bytes_received", received),
-		zap.Duration("duration", time.Since(start)),
+		zap.Duration("duration", time.Since(cn.start)),
+	)
+	if cn.alpn != "" {
+		fields = append(fields, zap.String("mtls", cn.alpn))
 	}
 	if endedBy != nil {
 		fields = append(fields, zap.NamedError("ended_by", endedBy))
@@ -182,7 +232,13 @@ func (s *Server) isOwnListener(dst netip.AddrPort) bool {
 // detection is what detect found, with how it came to it.
 type detection struct {
 	sniff.Result
-	skipped bool // the port is declared opaque
+	skipped    bool // the port is declared opaque: not read
+	opaquePort bool // the port is declared opaque: read, never HTTP
+}
+
+// isHTTP reports whether the connection is served as HTTP.
+func (d detection) isHTTP() bool {
+	return !d.opaquePort && (d.Protocol == sniff.HTTP1 || d.Protocol == sniff.HTTP2)
 }
 
 // how names the way the protocol was decided, for the log.
@@ -199,11 +255,14 @@ func (d detection) how() string {
 }
 
 // detect tells the connection's protocol from its first bytes, unless its
-// original destination port is declared opaque.
-func (s *Server) detect(c *net.TCPConn, dst netip.AddrPort) (detection, error) {
-	if s.cfg.OpaquePorts.Contains(dst.Port()) {
+// original destination port is declared opaque. Inbound with mTLS on,
+// opaque ports are read too, to tell peer sidecars (who speak first) from
+// the rest, but never served as HTTP.
+func (s *Server) detect(c *net.TCPConn, dir Direction, dst netip.AddrPort) (detection, error) {
+	opaque := s.cfg.OpaquePorts.Contains(dst.Port())
+	if opaque && (dir == Outbound || s.mesh == nil) {
 		return detection{skipped: true}, nil
 	}
 	r, err := sniff.Read(c, s.cfg.SniffTimeout)
-	return detection{Result: r}, err
+	return detection{Result: r, opaquePort: opaque}, err
 }

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/pillionmesh/pillion/filters"
+	"github.com/pillionmesh/pillion/proxy/relay"
 )
 
 // Limits of the HTTP servers that face the application (outbound) and the
@@ -84,7 +85,7 @@ func mustStdLogAt(l *zap.Logger, level zapcore.Level) *log.Logger {
 // serve serves c, detected as HTTP/1.x or h2c, until it is closed.
 func (hs *httpServer) serve(c *httpConn) {
 	if !hs.lis.push(c) {
-		reset(c.TCPConn) // shutting down
+		relay.Reset(c.Conn) // shutting down
 		return
 	}
 	<-c.closed
@@ -107,6 +108,7 @@ func (s *Server) serveRequest(dir Direction, w http.ResponseWriter, r *http.Requ
 		Destination: m.dst,
 		Upstream:    m.upstream,
 		Source:      m.src,
+		Peer:        m.peer,
 	}
 	info.Upgrade = filters.RemoveHopByHop(r.Header)
 	if r.ProtoMajor == 1 {
@@ -121,24 +123,28 @@ func (s *Server) serveRequest(dir Direction, w http.ResponseWriter, r *http.Requ
 // connMeta is what the proxy knows of an HTTP connection.
 type connMeta struct {
 	src, dst, upstream netip.AddrPort
+	peer               string // the peer sidecar's SPIFFE ID, over mTLS
 }
 
 type connKey struct{}
 
 // httpConn is an accepted connection handed to an HTTP server: the bytes
 // detection peeked are read first, and closing it tells serve it is done.
+// The server sees it as cleartext even when it is mTLS from a peer sidecar
+// (which the proxy terminated), so it speaks HTTP/2 with prior knowledge
+// on it.
 type httpConn struct {
-	*net.TCPConn
-	peeked []byte
-	meta   connMeta
+	net.Conn // the accepted TCP connection, or TLS over it
+	peeked   []byte
+	meta     connMeta
 
 	read, written atomic.Int64
 	closeOnce     sync.Once
 	closed        chan struct{}
 }
 
-func newHTTPConn(c *net.TCPConn, peeked []byte, meta connMeta) *httpConn {
-	return &httpConn{TCPConn: c, peeked: peeked, meta: meta, closed: make(chan struct{})}
+func newHTTPConn(c net.Conn, peeked []byte, meta connMeta) *httpConn {
+	return &httpConn{Conn: c, peeked: peeked, meta: meta, closed: make(chan struct{})}
 }
 
 func (c *httpConn) Read(p []byte) (int, error) {
@@ -148,19 +154,19 @@ func (c *httpConn) Read(p []byte) (int, error) {
 		c.read.Add(int64(n))
 		return n, nil
 	}
-	n, err := c.TCPConn.Read(p)
+	n, err := c.Conn.Read(p)
 	c.read.Add(int64(n))
 	return n, err
 }
 
 func (c *httpConn) Write(p []byte) (int, error) {
-	n, err := c.TCPConn.Write(p)
+	n, err := c.Conn.Write(p)
 	c.written.Add(int64(n))
 	return n, err
 }
 
 func (c *httpConn) Close() error {
-	err := c.TCPConn.Close()
+	err := c.Conn.Close()
 	c.closeOnce.Do(func() { close(c.closed) })
 	return err
 }

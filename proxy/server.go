@@ -16,6 +16,7 @@ import (
 	"github.com/pillionmesh/pillion/filters/builtin"
 	"github.com/pillionmesh/pillion/proxy/configfile"
 	"github.com/pillionmesh/pillion/proxy/pool"
+	"github.com/pillionmesh/pillion/proxy/relay"
 	"github.com/pillionmesh/pillion/redirect"
 )
 
@@ -47,6 +48,7 @@ type Server struct {
 	ready chan struct{}
 
 	pools  *pool.Pools
+	mesh   *meshTLS // nil without an identity
 	config atomic.Pointer[running]
 	http   [2]*httpServer // by Direction; set by Run
 }
@@ -70,8 +72,13 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 		bindV6:     netip.IPv6Unspecified(),
 		conns:      make(map[*net.TCPConn]struct{}),
 		ready:      make(chan struct{}),
-		pools:      pool.New(cfg.poolConfig()),
 	}
+	if cfg.Identity != nil {
+		s.mesh = newMeshTLS(cfg.Identity)
+	}
+	pc := cfg.Pool
+	pc.DialTimeout, pc.Dial = cfg.DialTimeout, s.poolDial
+	s.pools = pool.New(pc)
 	defaults, err := configfile.Parse(nil, builtin.Registry())
 	if err == nil {
 		err = s.Apply(defaults)
@@ -85,9 +92,52 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 // Stats returns the server's live counters.
 func (s *Server) Stats() *Stats { return &s.stats }
 
-// Ready is closed once every listener is open. It is never closed if Run
-// fails to open them.
+// Ready is closed once every listener is open and, with mTLS, the
+// identity has an SVID. It is never closed if Run fails to open the
+// listeners.
 func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+// NotReady returns nil once the server is ready, else why it is not.
+// It is live: an identity that lost its SVID (expired files) makes the
+// server not ready again.
+func (s *Server) NotReady() error {
+	if s.mesh != nil {
+		if err := s.mesh.id.Ready(); err != nil {
+			return fmt.Errorf("no identity: %w", err)
+		}
+	}
+	select {
+	case <-s.ready:
+		return nil
+	default:
+		return errors.New("starting")
+	}
+}
+
+// becomeReady closes s.ready once the identity has an SVID (at once
+// without mTLS), or gives up when ctx ends. Until then the listeners
+// already serve, without mTLS: traffic that needs it fails, and STRICT
+// still refuses plaintext.
+func (s *Server) becomeReady(ctx context.Context) {
+	if s.mesh != nil {
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		logged := false
+		for err := s.mesh.id.Ready(); err != nil; err = s.mesh.id.Ready() {
+			if !logged {
+				s.log.Warn("not ready: waiting for an identity", zap.Error(err))
+				logged = true
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}
+	close(s.ready)
+	s.log.Info("ready")
+}
 
 // Run listens on the outbound and inbound ports, IPv4 and (where the
 // namespace has it) IPv6, and proxies connections until ctx ends. Then it
@@ -127,9 +177,6 @@ func (s *Server) Run(ctx context.Context) error {
 	for _, d := range []Direction{Outbound, Inbound} {
 		s.http[d] = s.newHTTPServer(d)
 	}
-	close(s.ready)
-	s.log.Info("ready")
-
 	var accepting sync.WaitGroup
 	for _, x := range ls {
 		accepting.Add(1)
@@ -138,6 +185,7 @@ func (s *Server) Run(ctx context.Context) error {
 			s.accept(x.l, x.dir)
 		}()
 	}
+	go s.becomeReady(ctx)
 	<-ctx.Done()
 	closeAll()
 	accepting.Wait()
@@ -187,7 +235,7 @@ func (s *Server) drain() {
 	s.closing = true
 	s.log.Warn("drain time-out: resetting connections", zap.Int("sockets", len(s.conns)))
 	for c := range s.conns {
-		reset(c)
+		relay.Reset(c)
 	}
 	s.mu.Unlock()
 	s.cancelHard()
@@ -218,12 +266,12 @@ func (s *Server) accept(l *net.TCPListener, dir Direction) {
 				ce.Write(zap.Stringer("direction", dir), zap.Stringer("src", c.RemoteAddr()),
 					zap.Int("max_connections", s.cfg.MaxConnections))
 			}
-			reset(c)
+			relay.Reset(c)
 			continue
 		}
 		if !s.track(c) {
 			s.active.Add(-1)
-			reset(c)
+			relay.Reset(c)
 			continue
 		}
 		s.wg.Add(1)
@@ -254,11 +302,4 @@ func (s *Server) untrack(c *net.TCPConn) {
 	s.mu.Lock()
 	delete(s.conns, c)
 	s.mu.Unlock()
-}
-
-// reset closes c with a TCP reset rather than a FIN, so the peer sees a
-// refusal rather than an empty answer.
-func reset(c *net.TCPConn) {
-	_ = c.SetLinger(0)
-	_ = c.Close()
 }

@@ -4,7 +4,7 @@ import (
 	"sync/atomic"
 
 	"github.com/pillionmesh/pillion/filters"
-
+	"github.com/pillionmesh/pillion/mtls"
 	"github.com/pillionmesh/pillion/proxy/sniff"
 )
 
@@ -42,6 +42,20 @@ type DirStats struct {
 	// counts as Opaque.
 	Detected      [4]atomic.Int64
 	SniffTimeouts atomic.Int64 // detection gave up waiting: forwarded as opaque
+
+	// MTLS counts connections between sidecars whose handshake completed:
+	// inbound, accepted from a peer; outbound, made to one.
+	MTLS atomic.Int64
+	// TLSFailures counts failed mTLS handshakes by why (indexed by
+	// mtls.Failure).
+	TLSFailures [mtls.NumFailures]atomic.Int64
+	// Plaintext counts inbound connections that were not mTLS from a peer
+	// sidecar, passed to the application (mesh.mode PERMISSIVE);
+	// PlaintextRefused those refused (STRICT). Both zero without mTLS.
+	Plaintext, PlaintextRefused atomic.Int64
+	// Denied counts opaque mTLS connections the inbound chain refused
+	// (authz).
+	Denied atomic.Int64
 }
 
 // Snapshot is a plain copy of one direction's counters.
@@ -49,6 +63,8 @@ type Snapshot struct {
 	Accepted, Active, Completed, OverLimit, Loops, NoOrigDst, DialFailures, BytesSent, BytesRecv, Requests int64
 	Detected                                                                                               map[string]int64 // by protocol name
 	SniffTimeouts                                                                                          int64
+	MTLS, Plaintext, PlaintextRefused, Denied                                                              int64
+	TLSFailures                                                                                            map[string]int64 // by mtls.Failure name, only those not zero
 }
 
 // Load returns a copy of d's counters. The fields are read one by one, not
@@ -71,6 +87,21 @@ func (d *DirStats) Load() Snapshot {
 			sniff.HTTP2.String():  d.Detected[sniff.HTTP2].Load(),
 			sniff.TLS.String():    d.Detected[sniff.TLS].Load(),
 		},
-		SniffTimeouts: d.SniffTimeouts.Load(),
+		SniffTimeouts:    d.SniffTimeouts.Load(),
+		MTLS:             d.MTLS.Load(),
+		Plaintext:        d.Plaintext.Load(),
+		PlaintextRefused: d.PlaintextRefused.Load(),
+		Denied:           d.Denied.Load(),
+		TLSFailures:      tlsFailures(&d.TLSFailures),
 	}
+}
+
+func tlsFailures(counts *[mtls.NumFailures]atomic.Int64) map[string]int64 {
+	m := map[string]int64{}
+	for i := range counts {
+		if n := counts[i].Load(); n > 0 {
+			m[mtls.Failure(i).String()] = n
+		}
+	}
+	return m
 }

@@ -76,6 +76,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		"close pooled HTTP/1.1 upstream connections idle this long; keep it below the application's keep-alive time-out")
 	fs.DurationVar(&cfg.Pool.HTTP2IdleTimeout, "http2-idle-timeout", cfg.Pool.HTTP2IdleTimeout,
 		"close pooled HTTP/2 upstream connections idle this long")
+	svid := addSVIDFlags(fs)
 	level := zap.NewAtomicLevelAt(zap.InfoLevel)
 	fs.TextVar(&level, "log-level", level, "log level: debug, info, warn or error")
 	if err := parseFlags(fs, args); err != nil {
@@ -105,6 +106,12 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	log := newLogger(level, stderr)
 	defer func() { _ = log.Sync() }()
+	id, closeID, err := svid.source(log)
+	if err != nil {
+		return err
+	}
+	defer closeID()
+	cfg.Identity = id
 	s, err := proxy.New(cfg, log)
 	if err != nil {
 		return err
@@ -129,6 +136,8 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		log.Info("stopped", zap.Stringer("direction", d), zap.Int64("accepted", st.Accepted),
 			zap.Int64("completed", st.Completed), zap.Int64("dial_failures", st.DialFailures),
 			zap.Int64("refused_loop", st.Loops), zap.Int64("refused_over_limit", st.OverLimit),
+			zap.Int64("mtls", st.MTLS), zap.Any("tls_failures", st.TLSFailures),
+			zap.Int64("plaintext", st.Plaintext), zap.Int64("refused_plaintext", st.PlaintextRefused),
 			zap.Int64("bytes_sent", st.BytesSent), zap.Int64("bytes_received", st.BytesRecv))
 	}
 	return nil

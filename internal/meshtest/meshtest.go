@@ -127,6 +127,12 @@ type LogLine struct {
 	UpstreamMS float64 `json:"upstream_ms"`
 	RequestID  string  `json:"request_id"`
 	Peer       string  `json:"peer"`
+
+	// mTLS and identity lines.
+	MTLS     string `json:"mtls"`   // the ALPN protocol of a connection between sidecars
+	Reason   string `json:"reason"` // why a handshake failed
+	SpiffeID string `json:"spiffe_id"`
+	Serial   string `json:"serial"`
 }
 
 // Logs parses what the proxy has logged so far; lines that are not JSON

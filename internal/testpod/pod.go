@@ -101,20 +101,37 @@ type Process struct {
 func (p *Pod) Start(t Cleaner, u User, name string, args ...string) *Process {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	pr := &Process{cmd: p.Command(ctx, u, name, args...), done: make(chan struct{})}
+	pr := start(t, p.Command(ctx, u, name, args...), cancel)
+	p.mu.Lock()
+	p.procs = append(p.procs, pr)
+	p.mu.Unlock()
+	return pr
+}
+
+// StartOnNode starts name on the node, outside any pod (in the test's own
+// network namespace, as the test's user), as a node agent runs. It is
+// killed when the test ends if it is still running.
+func StartOnNode(t Cleaner, name string, args ...string) *Process {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	return start(t, exec.CommandContext(ctx, name, args...), cancel)
+}
+
+// start starts cmd, collecting its output; cancel (of cmd's context) kills
+// it at the test's end.
+func start(t Cleaner, cmd *exec.Cmd, cancel context.CancelFunc) *Process {
+	t.Helper()
+	pr := &Process{cmd: cmd, done: make(chan struct{})}
 	pr.cmd.Stdout = &pr.out
 	pr.cmd.Stderr = &pr.out
 	if err := pr.cmd.Start(); err != nil {
 		cancel()
-		t.Fatalf("testpod: start %s in %s: %v", name, p.Name, err)
+		t.Fatalf("testpod: start %s: %v", cmd, err)
 	}
 	go func() {
 		pr.err = pr.cmd.Wait()
 		close(pr.done)
 	}()
-	p.mu.Lock()
-	p.procs = append(p.procs, pr)
-	p.mu.Unlock()
 	t.Cleanup(func() {
 		cancel()
 		<-pr.done

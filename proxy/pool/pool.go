@@ -71,9 +71,11 @@ type Config struct {
 	HTTP1IdleTimeout, HTTP2IdleTimeout time.Duration
 	// PingInterval: see DefaultPingInterval.
 	PingInterval time.Duration
-	// Dial connects to an endpoint; nil means a net.Dialer with
-	// DialTimeout. Both pools dial with it (cleartext for now).
-	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Dial connects to an endpoint for a pool of proto; nil means a
+	// net.Dialer with DialTimeout. The connection it returns carries the
+	// pool's protocol as is: the proxy wraps connections to peer sidecars
+	// in mTLS here.
+	Dial func(ctx context.Context, network, addr string, proto Protocol) (net.Conn, error)
 }
 
 func (c Config) withDefaults() Config {
@@ -91,7 +93,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Dial == nil {
 		d := &net.Dialer{Timeout: c.DialTimeout}
-		c.Dial = d.DialContext
+		c.Dial = func(ctx context.Context, network, addr string, _ Protocol) (net.Conn, error) {
+			return d.DialContext(ctx, network, addr)
+		}
 	}
 	return c
 }
@@ -173,7 +177,7 @@ func (p *Pools) Conns() []EndpointConns { return p.conns.snapshot() }
 // with its errors marked as connect failures.
 func (p *Pools) dialer(cfg Config, proto Protocol) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c, err := cfg.Dial(ctx, network, addr)
+		c, err := cfg.Dial(ctx, network, addr, proto)
 		if err != nil {
 			return nil, &dialError{err}
 		}

@@ -1,17 +1,40 @@
-// Package relay copies bytes both ways between two TCP connections, the way
-// a transparent proxy must: on the kernel's zero-copy path (splice(2) on
-// Linux, which net.TCPConn.ReadFrom uses when both ends are TCP), with
-// half-close carried across and a reset or error on either side ending both.
+// Package relay copies bytes both ways between two connections, the way a
+// transparent proxy must: on the kernel's zero-copy path when both ends are
+// TCP (splice(2) on Linux, which net.TCPConn.ReadFrom uses), with half-close
+// carried across (for TLS, as close_notify) and a reset or error on either
+// side ending both.
 package relay
 
 import (
+	"crypto/tls"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 )
+
+// Conn is one end of a relay: a *net.TCPConn, or a *tls.Conn over one.
+type Conn interface {
+	net.Conn
+	// CloseWrite shuts the write half: the peer reads EOF.
+	CloseWrite() error
+}
+
+// Reset closes c so that its peer sees a reset (RST) rather than a clean
+// end: at once, discarding unsent data. A TLS connection's TCP connection
+// is reset without a close_notify.
+func Reset(c net.Conn) {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	if l, ok := c.(interface{ SetLinger(int) error }); ok { // a *net.TCPConn, or one wrapped
+		_ = l.SetLinger(0)
+	}
+	_ = c.Close()
+}
 
 // ErrIdle ends a relay in which no byte moved either way for the idle
 // time-out.
@@ -42,7 +65,7 @@ type Result struct {
 // fails (a reset, or writing to a peer that has gone), both connections are
 // closed at once, and the side that did not fail is reset rather than
 // closed gracefully, so it sees the failure instead of a clean end.
-func TCP(down, up *net.TCPConn, idle time.Duration) Result {
+func TCP(down, up Conn, idle time.Duration) Result {
 	var (
 		wg         sync.WaitGroup
 		abortOnce  sync.Once
@@ -54,10 +77,8 @@ func TCP(down, up *net.TCPConn, idle time.Duration) Result {
 	last.Store(time.Now().UnixNano())
 	abort := func() {
 		abortOnce.Do(func() {
-			_ = down.SetLinger(0)
-			_ = up.SetLinger(0)
-			_ = down.Close()
-			_ = up.Close()
+			Reset(down)
+			Reset(up)
 		})
 	}
 	wg.Add(2)
@@ -85,15 +106,16 @@ func TCP(down, up *net.TCPConn, idle time.Duration) Result {
 // With an idle limit, it reads with a deadline of idle/2 and, each time the
 // deadline passes, records whether bytes moved and gives up once last (shared
 // with the other direction) is idle old.
-func copyHalf(dst, src *net.TCPConn, idle time.Duration, last *atomic.Int64) (int64, error) {
+func copyHalf(dst, src Conn, idle time.Duration, last *atomic.Int64) (int64, error) {
 	var total int64
 	for {
 		if idle > 0 {
 			_ = src.SetReadDeadline(time.Now().Add(idle / 2))
 		}
-		// TCPConn.ReadFrom from a *TCPConn uses splice(2): the bytes stay in
-		// the kernel. A deadline interrupts it between chunks, losing nothing.
-		n, err := dst.ReadFrom(src)
+		// Between two *TCPConn, io.Copy ends in TCPConn.ReadFrom, which uses
+		// splice(2): the bytes stay in the kernel. A deadline interrupts it
+		// between chunks, losing nothing.
+		n, err := io.Copy(dst, src)
 		total += n
 		now := time.Now()
 		if n > 0 {

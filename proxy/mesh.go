@@ -1,0 +1,210 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/pillionmesh/pillion/mtls"
+	"github.com/pillionmesh/pillion/proxy/configfile"
+	"github.com/pillionmesh/pillion/proxy/pool"
+	"github.com/pillionmesh/pillion/proxy/relay"
+	"github.com/pillionmesh/pillion/proxy/sniff"
+)
+
+// Identity is the sidecar's identity source (mtls.WorkloadSource or
+// mtls.FileSource).
+type Identity interface {
+	mtls.Source
+	// Ready returns nil when there is a valid SVID to present, else why
+	// not.
+	Ready() error
+}
+
+// handshakeTimeout bounds an mTLS handshake between sidecars, and reading
+// a ClientHello.
+const handshakeTimeout = 10 * time.Second
+
+// meshTLS is the mTLS side of the proxy: the identity and the TLS
+// configurations built from it once.
+type meshTLS struct {
+	id     Identity
+	server *tls.Config
+	client map[string]*tls.Config // by ALPN protocol
+}
+
+func newMeshTLS(id Identity) *meshTLS {
+	authz := mtls.AuthorizeSameTrustDomain(id)
+	m := &meshTLS{id: id, server: mtls.ServerConfig(id, authz), client: map[string]*tls.Config{}}
+	for _, p := range mtls.Protos() {
+		m.client[p] = mtls.ClientConfig(id, authz, p)
+	}
+	return m
+}
+
+// errNoIdentity refuses a config that needs mTLS from a proxy without an
+// identity.
+var errNoIdentity = errors.New("needs an identity: start the proxy with --spiffe-socket (or SPIFFE_ENDPOINT_SOCKET) or --svid-cert, --svid-key and --svid-bundle")
+
+// checkMesh refuses a mesh section the proxy cannot honour.
+func (s *Server) checkMesh(m configfile.Mesh) error {
+	if s.mesh != nil {
+		return nil
+	}
+	switch {
+	case len(m.Networks) > 0:
+		return fmt.Errorf("mesh.networks: traffic to the mesh is mTLS and %w", errNoIdentity)
+	case m.Mode == configfile.Strict:
+		return fmt.Errorf("mesh.mode: STRICT %w", errNoIdentity)
+	}
+	return nil
+}
+
+// meshed reports whether dst is served by a peer sidecar under the
+// running config, so that traffic to it goes in mTLS.
+func (s *Server) meshed(dst netip.AddrPort) bool {
+	return s.meshedIn(s.config.Load().file.Mesh, dst.Addr())
+}
+
+// meshedIn reports whether a is served by a peer sidecar under m. Never
+// without mTLS, and never on loopback: that is this pod's application.
+func (s *Server) meshedIn(m configfile.Mesh, a netip.Addr) bool {
+	return s.mesh != nil && !a.IsLoopback() && m.Contains(a)
+}
+
+// poolDial is the pools' dialer: mTLS to peer sidecars, announcing the
+// pool's protocol; plain TCP elsewhere.
+func (s *Server) poolDial(ctx context.Context, network, addr string, proto pool.Protocol) (net.Conn, error) {
+	if dst, err := netip.ParseAddrPort(addr); err == nil && s.meshed(dst) {
+		alpn := mtls.ProtoHTTP2
+		if proto == pool.HTTP1 {
+			alpn = mtls.ProtoHTTP1
+		}
+		return s.dialMesh(ctx, dst, alpn)
+	}
+	d := net.Dialer{Timeout: s.cfg.DialTimeout}
+	return d.DialContext(ctx, network, addr)
+}
+
+// dialMesh connects to the peer sidecar at dst (its pod's address: the
+// peer's inbound capture takes it) in mTLS carrying alpn. Without an SVID
+// it fails: traffic to the mesh is never sent in the clear.
+func (s *Server) dialMesh(ctx context.Context, dst netip.AddrPort, alpn string) (*tls.Conn, error) {
+	st := &s.stats.Dir[Outbound]
+	if err := s.mesh.id.Ready(); err != nil {
+		st.TLSFailures[mtls.FailureNoSVID].Add(1)
+		return nil, fmt.Errorf("mTLS to %s: %w: %w", dst, mtls.ErrNoSVID, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
+	defer cancel()
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", dst.String())
+	if err != nil {
+		return nil, err
+	}
+	tc := tls.Client(c, s.mesh.client[alpn])
+	if err := tc.HandshakeContext(ctx); err != nil {
+		f := mtls.Classify(err)
+		st.TLSFailures[f].Add(1)
+		relay.Reset(c)
+		return nil, fmt.Errorf("mTLS handshake with %s (%s): %w", dst, f, err)
+	}
+	st.MTLS.Add(1)
+	return tc, nil
+}
+
+// admit decides what becomes of an inbound connection when mTLS is on: one
+// from a peer sidecar is served here, over mTLS, and admit returns false;
+// any other is refused in STRICT mode (admit returns false) or let through
+// in PERMISSIVE mode (true: the caller forwards it as it is).
+func (s *Server) admit(cn *conn) bool {
+	st := &s.stats.Dir[Inbound]
+	if cn.det.Protocol == sniff.TLS {
+		mesh, err := s.readHello(cn)
+		if err != nil {
+			s.log.Debug("connection ended during the ClientHello", cn.fields(zap.Error(err))...)
+			relay.Reset(cn.c)
+			return false
+		}
+		if mesh {
+			s.serveMesh(cn)
+			return false
+		}
+	}
+	if s.config.Load().file.Mesh.Mode == configfile.Strict {
+		st.PlaintextRefused.Add(1)
+		s.log.Warn("refusing a connection that is not mTLS from a peer sidecar (mesh.mode STRICT)",
+			cn.fields(zap.Stringer("protocol", cn.det.Protocol))...)
+		relay.Reset(cn.c)
+		return false
+	}
+	st.Plaintext.Add(1)
+	return true
+}
+
+// readHello reads the whole ClientHello of cn (detection read only its
+// start) into cn.det.Peeked, and reports whether it is a peer sidecar's.
+func (s *Server) readHello(cn *conn) (bool, error) {
+	_ = cn.c.SetReadDeadline(time.Now().Add(handshakeTimeout))
+	defer cn.c.SetReadDeadline(time.Time{})
+	mesh, read, err := mtls.ReadHello(s.hardStop, io.MultiReader(bytes.NewReader(cn.det.Peeked), cn.c))
+	cn.det.Peeked = read
+	return mesh, err
+}
+
+// serveMesh terminates the mTLS connection of a peer sidecar and serves
+// what it carries: HTTP to the inbound chain, or one opaque stream to the
+// application if the inbound chain lets the peer connect.
+func (s *Server) serveMesh(cn *conn) {
+	st := &s.stats.Dir[Inbound]
+	tc := tls.Server(&prefixConn{TCPConn: cn.c, prefix: cn.det.Peeked}, s.mesh.server)
+	cn.det.Peeked = nil
+	ctx, cancel := context.WithTimeout(s.hardStop, handshakeTimeout)
+	err := tc.HandshakeContext(ctx)
+	cancel()
+	if err != nil {
+		f := mtls.Classify(err)
+		st.TLSFailures[f].Add(1)
+		s.log.Warn("mTLS handshake failed", cn.fields(zap.Stringer("reason", f), zap.Error(err))...)
+		relay.Reset(cn.c)
+		return
+	}
+	st.MTLS.Add(1)
+	state := tc.ConnectionState()
+	id, _ := mtls.PeerID(state) // verified in the handshake
+	cn.peer, cn.alpn = id.String(), state.NegotiatedProtocol
+	if cn.alpn != mtls.ProtoTCP {
+		s.handleHTTP(cn, tc)
+		return
+	}
+	if err := s.config.Load().chain(Inbound).AuthorizeConn(cn.peer); err != nil {
+		st.Denied.Add(1)
+		s.log.Info("connection denied", cn.fields(zap.Error(err))...)
+		_ = tc.Close()
+		return
+	}
+	s.relayOpaque(cn, tc)
+}
+
+// prefixConn reads prefix before what is left of the TCP connection.
+type prefixConn struct {
+	*net.TCPConn
+	prefix []byte
+}
+
+func (c *prefixConn) Read(p []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(p, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	return c.TCPConn.Read(p)
+}
