@@ -10,11 +10,16 @@ STATICCHECK_VERSION := v0.7.0
 # h2spec, the HTTP/2 conformance suite the e2e tests run against the sidecar.
 H2SPEC      := $(TOOLS_DIR)/h2spec
 H2SPEC_VERSION := v2.2.1+incompatible
+# SPIRE, the production SPIFFE issuer the identity e2e tests run against:
+# built from source once (several minutes, cgo) and kept here.
+SPIRE_VERSION := v1.13.3
+SPIRE_DIR   := $(CACHE_DIR)/spire-$(SPIRE_VERSION)
+SPIRE       := $(SPIRE_DIR)/spire-server
 VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS     := -s -w -X main.version=$(VERSION)
 GOTEST_FLAGS ?= -count=1 -race -timeout 25m
 
-.PHONY: all build test unit demo lint deps clean help h2spec
+.PHONY: all build test unit demo lint deps clean help h2spec spire
 
 all: build
 
@@ -33,9 +38,9 @@ build:
 deps:
 	@hack/deps.sh
 
-test: deps lint $(H2SPEC)
+test: deps lint $(H2SPEC) $(SPIRE)
 	@if [ "$$(id -u)" != 0 ]; then echo "note: not root: the tests that need network namespaces will be skipped (run 'sudo make test')"; fi
-	H2SPEC=$(H2SPEC) $(GO) test $(GOTEST_FLAGS) ./...
+	H2SPEC=$(H2SPEC) SPIRE_DIR=$(SPIRE_DIR) $(GO) test $(GOTEST_FLAGS) ./...
 
 # unit runs only the tests that need no privileges.
 unit:
@@ -51,6 +56,11 @@ lint: $(STATICCHECK)
 	$(STATICCHECK) ./...
 
 h2spec: $(H2SPEC)
+
+spire: $(SPIRE)
+
+$(SPIRE):
+	hack/build-spire.sh $(SPIRE_VERSION) $(SPIRE_DIR)
 
 $(H2SPEC):
 	@mkdir -p $(TOOLS_DIR)

@@ -25,8 +25,8 @@ import (
 type httpMesh struct {
 	node      *testpod.Node
 	a, b      *meshtest.Sidecar
-	issuer    *meshtest.Issuer
-	configA   string // a's config file, rewritable
+	issuer    *meshtest.Issuer // nil when the identities come from elsewhere
+	configA   string           // a's config file, rewritable
 	configB   string
 	bAddr     string // b's 8080 by IPv4
 	bAddr6    string // by IPv6
@@ -35,24 +35,52 @@ type httpMesh struct {
 
 const meshConfig = "mesh: {networks: " + meshtest.MeshNetworks + "}\n"
 
+// newHTTPMesh makes an httpMesh whose sidecars run with configA and
+// configB, each after the mesh section meshConfig unless it has its own.
 func newHTTPMesh(t *testing.T, configA, configB string) *httpMesh {
+	t.Helper()
+	return newHTTPMeshTTL(t, time.Hour, configA, configB)
+}
+
+// newHTTPMeshTTL is newHTTPMesh with SVIDs that live ttl.
+func newHTTPMeshTTL(t *testing.T, ttl time.Duration, configA, configB string) *httpMesh {
+	t.Helper()
+	var iss *meshtest.Issuer
+	m := newHTTPMeshWith(t, func(a, b *testpod.Pod) (string, string) {
+		iss = meshtest.StartIssuer(t, pillionBin, ttl, a, b)
+		return iss.ProxyArg(a), iss.ProxyArg(b)
+	}, configA, configB)
+	m.issuer = iss
+	return m
+}
+
+// newHTTPMeshWith is newHTTPMesh with identities from identify, which
+// starts an identity source for pods a and b and returns the proxy flag
+// that takes each pod's identity from it.
+func newHTTPMeshWith(t *testing.T, identify func(a, b *testpod.Pod) (flagA, flagB string), configA, configB string) *httpMesh {
 	t.Helper()
 	privileged.Require(t, "ip", "iptables", "ip6tables", "setpriv", "curl")
 	node := testpod.NewNode(t)
 	podA, podB := node.AddPod(t, "a"), node.AddPod(t, "b")
 	serveApp(t, podB, ":8080")
+	withMesh := func(config string) string {
+		if strings.HasPrefix(config, "mesh:") {
+			return config
+		}
+		return meshConfig + config
+	}
 	m := &httpMesh{
 		node:    node,
-		issuer:  meshtest.StartIssuer(t, pillionBin, time.Hour, podA, podB),
-		configA: meshtest.WriteConfig(t, meshConfig+configA),
-		configB: meshtest.WriteConfig(t, meshConfig+configB),
+		configA: meshtest.WriteConfig(t, withMesh(configA)),
+		configB: meshtest.WriteConfig(t, withMesh(configB)),
 		bAddr:   hostPort(podB.IPv4, 8080),
 		bAddr6:  hostPort(podB.IPv6, 8080),
 		bIP:     podB.IPv4.String(),
 		bIP6:    podB.IPv6.String(),
 	}
-	m.a = meshtest.Inject(t, pillionBin, podA, nil, []string{"--config=" + m.configA, m.issuer.ProxyArg(podA)})
-	m.b = meshtest.Inject(t, pillionBin, podB, nil, []string{"--config=" + m.configB, m.issuer.ProxyArg(podB)})
+	flagA, flagB := identify(podA, podB)
+	m.a = meshtest.Inject(t, pillionBin, podA, nil, []string{"--config=" + m.configA, flagA})
+	m.b = meshtest.Inject(t, pillionBin, podB, nil, []string{"--config=" + m.configB, flagB})
 	return m
 }
 

@@ -91,7 +91,7 @@ func (p *Pod) Exec(ctx context.Context, name string, args ...string) (string, er
 // Process is a long-running command in a pod whose output is collected.
 type Process struct {
 	cmd  *exec.Cmd
-	out  syncBuffer
+	out  SyncBuffer
 	done chan struct{}
 	err  error
 }
@@ -171,18 +171,21 @@ func (pr *Process) Kill() {
 	<-pr.done
 }
 
-type syncBuffer struct {
+// SyncBuffer collects a process's output: safe to write from the process's
+// pipes while a test reads it.
+type SyncBuffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
 }
 
-func (b *syncBuffer) Write(p []byte) (int, error) {
+func (b *SyncBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.Write(p)
 }
 
-func (b *syncBuffer) String() string {
+// String is everything written so far.
+func (b *SyncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()

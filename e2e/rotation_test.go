@@ -1,0 +1,140 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pillionmesh/pillion/internal/meshtest"
+)
+
+// TestRotationUnderLoad: SVIDs live 10 s (renewed every 5 s) while a sends
+// to b for 30 s: requests on a kept-alive connection, a new opaque
+// connection after another, and one opaque connection held open
+// throughout. Nothing fails, and b's sidecar takes several SVIDs.
+func TestRotationUnderLoad(t *testing.T) {
+	m := newHTTPMeshTTL(t, 10*time.Second, "", "")
+	res := meshLoad(t, m, 30*time.Second)
+	t.Logf("load: %s", res)
+	if res.failures() > 0 {
+		t.Errorf("%s; first failures: %v", res, res.errs)
+	}
+	serials := svidSerials(m.b)
+	if len(serials) < 3 {
+		t.Errorf("b's sidecar took %d SVIDs (%v) in 30 s of 10 s SVIDs; want at least 3", len(serials), serials)
+	}
+}
+
+// loadResult counts what meshLoad did.
+type loadResult struct {
+	mu                          sync.Mutex
+	requests, newConns, pings   int
+	reqFail, connFail, pingFail int
+	errs                        []error // the first few
+}
+
+func (r *loadResult) String() string {
+	return fmt.Sprintf("%d requests (%d failed), %d new connections (%d failed), %d pings on one held connection (%d failed)",
+		r.requests, r.reqFail, r.newConns, r.connFail, r.pings, r.pingFail)
+}
+
+func (r *loadResult) failures() int { return r.reqFail + r.connFail + r.pingFail }
+
+func (r *loadResult) add(count, fail *int, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	*count++
+	if err != nil {
+		*fail++
+		if len(r.errs) < 5 {
+			r.errs = append(r.errs, err)
+		}
+	}
+}
+
+// meshLoad sends from a to b for d, three ways at once: HTTP requests on a
+// kept-alive client connection (pooled HTTP/2 between the sidecars),
+// opaque TCP connections each new (a new mTLS handshake each), and pings
+// on one opaque connection held open throughout (an established mTLS
+// connection). It serves b:9001 (line echo) and b:9000 (echo until EOF).
+func meshLoad(t *testing.T, m *httpMesh, d time.Duration) *loadResult {
+	t.Helper()
+	meshtest.ServeEcho(t, m.b.Pod, ":9000")
+	l, err := m.b.Pod.Listen("tcp", ":9001")
+	if err != nil {
+		t.Fatal(err)
+	}
+	meshtest.Serve(t, l, func(c net.Conn) { _, _ = io.Copy(c, c) })
+
+	held, err := m.a.Pod.Dial(context.Background(), "tcp", hostPort(m.b.Pod.IPv4, 9001))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	heldR := bufio.NewReader(held)
+
+	res := &loadResult{}
+	stop := time.Now().Add(d)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		client := meshtest.NewHTTPClient(m.a.Pod, false)
+		for time.Now().Before(stop) {
+			resp, err := client.Get("http://" + m.bAddr + "/fixed")
+			if err == nil {
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					err = fmt.Errorf("GET /fixed: %s (%s)", resp.Status, resp.Header.Get("pillion-proxy-error"))
+				}
+			}
+			res.add(&res.requests, &res.reqFail, err)
+			time.Sleep(5 * time.Millisecond)
+		}
+	})
+	wg.Go(func() {
+		for i := 0; time.Now().Before(stop); i++ {
+			msg := fmt.Sprintf("OPAQUE %d", i)
+			_, echoed, err := meshtest.Call(m.a.Pod, hostPort(m.b.Pod.IPv4, 9000), msg)
+			if err == nil && echoed != msg {
+				err = fmt.Errorf("new connection %d: echoed %q", i, echoed)
+			}
+			res.add(&res.newConns, &res.connFail, err)
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
+	wg.Go(func() {
+		for i := 0; time.Now().Before(stop); i++ {
+			_ = held.SetDeadline(time.Now().Add(5 * time.Second))
+			line := fmt.Sprintf("ping %d\n", i)
+			_, err := io.WriteString(held, line)
+			var got string
+			if err == nil {
+				got, err = heldR.ReadString('\n')
+			}
+			if err == nil && got != line {
+				err = fmt.Errorf("held connection: sent %q, got %q", line, got)
+			}
+			res.add(&res.pings, &res.pingFail, err)
+			time.Sleep(100 * time.Millisecond)
+		}
+	})
+	wg.Wait()
+	return res
+}
+
+// svidSerials are the serial numbers of the SVIDs sc's sidecar took, in
+// order.
+func svidSerials(sc *meshtest.Sidecar) []string {
+	var out []string
+	for _, l := range sc.Logs() {
+		if l.Msg == "identity: SVID from the Workload API" {
+			out = append(out, l.Serial)
+		}
+	}
+	return out
+}
