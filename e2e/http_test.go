@@ -46,18 +46,18 @@ func newHTTPMesh(t *testing.T, configA, configB string) *httpMesh {
 func newHTTPMeshTTL(t *testing.T, ttl time.Duration, configA, configB string) *httpMesh {
 	t.Helper()
 	var iss *meshtest.Issuer
-	m := newHTTPMeshWith(t, func(a, b *testpod.Pod) (string, string) {
+	m := newHTTPMeshWith(t, func(a, b *testpod.Pod) ([]string, []string) {
 		iss = meshtest.StartIssuer(t, pillionBin, ttl, a, b)
-		return iss.ProxyArg(a), iss.ProxyArg(b)
+		return []string{iss.ProxyArg(a)}, []string{iss.ProxyArg(b)}
 	}, configA, configB)
 	m.issuer = iss
 	return m
 }
 
 // newHTTPMeshWith is newHTTPMesh with identities from identify, which
-// starts an identity source for pods a and b and returns the proxy flag
-// that takes each pod's identity from it.
-func newHTTPMeshWith(t *testing.T, identify func(a, b *testpod.Pod) (flagA, flagB string), configA, configB string) *httpMesh {
+// starts an identity source for pods a and b and returns the proxy flags
+// that take each pod's identity from it.
+func newHTTPMeshWith(t *testing.T, identify func(a, b *testpod.Pod) (flagsA, flagsB []string), configA, configB string) *httpMesh {
 	t.Helper()
 	privileged.Require(t, "ip", "iptables", "ip6tables", "setpriv", "curl")
 	node := testpod.NewNode(t)
@@ -78,9 +78,9 @@ func newHTTPMeshWith(t *testing.T, identify func(a, b *testpod.Pod) (flagA, flag
 		bIP:     podB.IPv4.String(),
 		bIP6:    podB.IPv6.String(),
 	}
-	flagA, flagB := identify(podA, podB)
-	m.a = meshtest.Inject(t, pillionBin, podA, nil, []string{"--config=" + m.configA, flagA})
-	m.b = meshtest.Inject(t, pillionBin, podB, nil, []string{"--config=" + m.configB, flagB})
+	flagsA, flagsB := identify(podA, podB)
+	m.a = meshtest.Inject(t, pillionBin, podA, nil, append([]string{"--config=" + m.configA}, flagsA...))
+	m.b = meshtest.Inject(t, pillionBin, podB, nil, append([]string{"--config=" + m.configB}, flagsB...))
 	return m
 }
 

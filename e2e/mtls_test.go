@@ -50,6 +50,10 @@ func TestMTLSOnTheWire(t *testing.T) {
 	if l, ok := m.b.WaitConnection("inbound", hostPort(m.b.Pod.IPv4, 9000), 5*time.Second); !ok || l.Peer != aID || l.MTLS != mtls.ProtoTCP {
 		t.Errorf("inbound opaque connection logged as %+v (found %v); want peer %s over %s", l, ok, aID, mtls.ProtoTCP)
 	}
+	bID := meshtest.PodID(m.b.Pod)
+	if l, ok := m.a.WaitConnection("outbound", hostPort(m.b.Pod.IPv4, 9000), 5*time.Second); !ok || l.Peer != bID || l.MTLS != mtls.ProtoTCP {
+		t.Errorf("outbound opaque connection logged as %+v (found %v); want peer %s over %s", l, ok, bID, mtls.ProtoTCP)
+	}
 
 	// Control: plaintext from c, no sidecar, passed under PERMISSIVE.
 	const plainMarker = "pillion-plain-marker-91e0"

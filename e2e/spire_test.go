@@ -18,12 +18,12 @@ import (
 func TestSPIRE(t *testing.T) {
 	srv := spiretest.StartServer(t, meshtest.TrustDomain)
 	srv.X509SVIDTTL = 10 * time.Second
-	m := newHTTPMeshWith(t, func(a, b *testpod.Pod) (string, string) {
-		var flags [2]string
+	m := newHTTPMeshWith(t, func(a, b *testpod.Pod) ([]string, []string) {
+		var flags [2][]string
 		for i, p := range []*testpod.Pod{a, b} {
 			agent := srv.StartAgent(t, p.Name)
 			srv.Register(t, agent, spiffeid.RequireFromString(meshtest.PodID(p)), "unix:uid:1337")
-			flags[i] = "--spiffe-socket=" + agent.SocketPath
+			flags[i] = []string{"--spiffe-socket=" + agent.SocketPath}
 		}
 		return flags[0], flags[1]
 	}, "", accessLogIn)

@@ -27,8 +27,8 @@ type conn struct {
 	dst, target netip.AddrPort
 	det         detection
 	start       time.Time
-	// alpn and peer are set on connections from a peer sidecar: what the
-	// mTLS connection carries and the peer's SPIFFE ID.
+	// alpn and peer are set on connections to or from a peer sidecar: what
+	// the mTLS connection carries and the peer's SPIFFE ID.
 	alpn, peer string
 }
 
@@ -90,6 +90,10 @@ func (s *Server) relayOpaque(cn *conn, down relay.Conn) {
 		tc, err = s.dialMesh(s.hardStop, cn.dst, mtls.ProtoTCP)
 		if err == nil {
 			up, upTCP = tc, tc.NetConn().(*net.TCPConn)
+			cn.alpn = mtls.ProtoTCP
+			if id, err := mtls.PeerID(tc.ConnectionState()); err == nil {
+				cn.peer = id.String() // the peer sidecar's
+			}
 		}
 	} else {
 		d := net.Dialer{Timeout: s.cfg.DialTimeout}

@@ -1,8 +1,10 @@
 // Command demo is `make demo`: two pods (network namespaces) on one node,
 // pillion's capture installed in each with `pillion init`, a sidecar in each
-// running as UID 1337, and a client application talking to a server
-// application by pod IP, over TCP and over HTTP. It prints what happened
-// and what each sidecar saw, then removes everything (also on Ctrl-C).
+// running as UID 1337 with an identity from `pillion identity`, and a client
+// application talking to a server application by pod IP, over TCP and over
+// HTTP, in mTLS between the sidecars. A third pod without a sidecar is
+// refused (STRICT). It prints what happened and what each sidecar saw, then
+// removes everything (also on Ctrl-C).
 package main
 
 import (
@@ -46,10 +48,10 @@ func run(s *testpod.Session, hold bool) error {
 	}
 	s.Cleanup(remove)
 
-	step("Making a node and two pods (network namespaces joined by a bridge)")
+	step("Making a node and three pods (network namespaces joined by a bridge)")
 	node := testpod.NewNode(s)
-	client, server := node.AddPod(s, "client"), node.AddPod(s, "server")
-	for _, p := range []*testpod.Pod{client, server} {
+	client, server, outsider := node.AddPod(s, "client"), node.AddPod(s, "server"), node.AddPod(s, "outsider")
+	for _, p := range []*testpod.Pod{client, server, outsider} {
 		fmt.Printf("  %-7s %-11s %-12s (ip netns exec %s ...)\n", p.Name, p.IPv4, p.IPv6, p.NetNS)
 	}
 	meshtest.ServeEcho(s, server, ":8080")
@@ -60,12 +62,19 @@ func run(s *testpod.Session, hold bool) error {
 	}))
 	fmt.Println("  and an HTTP/1.1 application on port 8000 that takes 20 ms to answer \"hello over <protocol>\"")
 
+	step("Starting the built-in identity issuer on the node: 'pillion identity' (a CA, one Workload API socket per pod)")
+	iss := meshtest.StartIssuer(s, bin, time.Hour, client, server)
+	fmt.Printf("  CA in %s\n", iss.Dir)
+	for _, p := range []*testpod.Pod{client, server} {
+		fmt.Printf("  %-7s %s → %s\n", p.Name, iss.Socket(p), meshtest.PodID(p))
+	}
+
 	config := meshtest.WriteConfig(s, demoConfig)
-	step("Injecting pillion: 'pillion init' (as root) then 'pillion proxy --config' (as UID 1337) in each pod")
+	step("Injecting pillion in the client and server pods: 'pillion init' (as root), then 'pillion proxy' (as UID 1337)")
 	fmt.Printf("  the sidecars' config (%s):\n    %s\n", config, strings.ReplaceAll(strings.TrimSpace(demoConfig), "\n", "\n    "))
 	sidecars := map[string]*meshtest.Sidecar{}
 	for _, p := range []*testpod.Pod{client, server} {
-		sc := meshtest.Inject(s, bin, p, nil, []string{"--config=" + config})
+		sc := meshtest.Inject(s, bin, p, nil, []string{"--config=" + config, iss.ProxyArg(p)})
 		sidecars[p.Name] = sc
 		fmt.Printf("  %s: %s", p.Name, indent(sc.Init))
 	}
@@ -88,11 +97,16 @@ func run(s *testpod.Session, hold bool) error {
 		fmt.Println("  what the sidecars saw:")
 		fmt.Printf("    client's sidecar  outbound  %s → %s, forwarded there      (%d B out, %d B back; %s by %s)\n",
 			out.Src, out.Dst, out.BytesSent, out.BytesReceived, out.Protocol, out.Detection)
-		fmt.Printf("    server's sidecar  inbound   %s → %s, forwarded to %s (%d B in, %d B back; %s by %s)\n",
-			in.Src, in.Dst, in.Upstream, in.BytesSent, in.BytesReceived, in.Protocol, in.Detection)
+		fmt.Printf("                      over mTLS (%s) to %s\n", out.MTLS, out.Peer)
+		fmt.Printf("    server's sidecar  inbound   %s → %s, forwarded to %s (%d B in, %d B back)\n",
+			in.Src, in.Dst, in.Upstream, in.BytesSent, in.BytesReceived)
+		fmt.Printf("                      over mTLS (%s) from %s\n", in.MTLS, in.Peer)
 	}
 
 	if err := httpCall(client, netip.AddrPortFrom(server.IPv4, 8000).String(), sidecars); err != nil {
+		return err
+	}
+	if err := outsiderCall(outsider, netip.AddrPortFrom(server.IPv4, 8000).String(), sidecars["server"]); err != nil {
 		return err
 	}
 
@@ -119,6 +133,7 @@ func run(s *testpod.Session, hold bool) error {
 // mesh, and each sidecar writes an access log line per HTTP request.
 const demoConfig = `mesh:
   networks: ` + meshtest.MeshNetworks + `
+  mode: STRICT
 inbound:
   filters:
     - accesslog: {}
@@ -144,7 +159,7 @@ func httpCall(client *testpod.Pod, target string, sidecars map[string]*meshtest.
 	fmt.Printf("  answer: %s, %q\n", res.Status, strings.TrimSpace(string(body)))
 	fmt.Printf("  x-envoy-upstream-service-time: %s ms (set by the client's sidecar: the server's sidecar and the app's 20 ms)\n",
 		res.Header.Get("X-Envoy-Upstream-Service-Time"))
-	fmt.Println("  between the sidecars it travelled as HTTP/2 on a pooled connection (see the server sidecar's line);")
+	fmt.Println("  between the sidecars it travelled in mTLS as HTTP/2 on a pooled connection (see the server sidecar's line);")
 	fmt.Println("  the server's sidecar handed it to the app as HTTP/1.1, the protocol the client used")
 	for _, name := range []string{"client", "server"} {
 		l, ok := sidecars[name].WaitLog(func(l meshtest.LogLine) bool { return l.Msg == "access" }, 5*time.Second)
@@ -153,7 +168,28 @@ func httpCall(client *testpod.Pod, target string, sidecars map[string]*meshtest.
 		}
 		fmt.Printf("  %s's sidecar access log: %s %s %s %s → %d, upstream %.1f ms, flags %s\n",
 			name, l.Direction, l.Protocol, l.Method, l.Authority+l.Path, l.Code, l.UpstreamMS, l.Flags)
+		if l.Peer != "" {
+			fmt.Printf("    the caller, as the server's sidecar saw it: %s\n", l.Peer)
+		}
 	}
+	return nil
+}
+
+// outsiderCall makes a plaintext HTTP request from a pod without a sidecar
+// to target, which the server's sidecar refuses under STRICT.
+func outsiderCall(outsider *testpod.Pod, target string, server *meshtest.Sidecar) error {
+	step("A pod without a sidecar sends the same request in plaintext (the mesh is STRICT)")
+	res, err := meshtest.NewHTTPClient(outsider, false).Get("http://" + target + "/")
+	if err == nil {
+		res.Body.Close()
+		return fmt.Errorf("the outsider got %s: STRICT let plaintext through", res.Status)
+	}
+	fmt.Printf("  refused: %v\n", err)
+	l, ok := server.WaitLog(func(l meshtest.LogLine) bool { return strings.HasPrefix(l.Msg, "refusing a connection that is not mTLS") }, 5*time.Second)
+	if !ok {
+		return fmt.Errorf("the server sidecar did not log the refusal:\n%s", server.Proxy.Output())
+	}
+	fmt.Printf("  the server's sidecar: %q (from %s, %s)\n", l.Msg, l.Src, l.Protocol)
 	return nil
 }
 

@@ -72,6 +72,13 @@ type Sidecar struct {
 // `pillion proxy proxyArgs...` as UID/GID 1337 and waits until it is ready.
 func Inject(t testpod.Cleaner, bin string, pod *testpod.Pod, initArgs, proxyArgs []string) *Sidecar {
 	t.Helper()
+	return InjectUntil(t, bin, pod, initArgs, proxyArgs, "ready")
+}
+
+// InjectUntil is Inject that waits for the proxy to log msg rather than
+// "ready".
+func InjectUntil(t testpod.Cleaner, bin string, pod *testpod.Pod, initArgs, proxyArgs []string, msg string) *Sidecar {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	out, err := pod.Exec(ctx, bin, append([]string{"init"}, initArgs...)...)
@@ -79,18 +86,25 @@ func Inject(t testpod.Cleaner, bin string, pod *testpod.Pod, initArgs, proxyArgs
 		t.Fatalf("meshtest: pillion init in %s: %v", pod.Name, err)
 	}
 	sc := &Sidecar{Pod: pod, Bin: bin, Init: out}
-	sc.StartProxy(t, proxyArgs...)
+	sc.StartProxyUntil(t, msg, proxyArgs...)
 	return sc
 }
 
 // StartProxy starts the proxy (again) and waits until it logs "ready".
 func (sc *Sidecar) StartProxy(t testpod.Cleaner, args ...string) {
 	t.Helper()
+	sc.StartProxyUntil(t, "ready", args...)
+}
+
+// StartProxyUntil starts the proxy (again) and waits until it logs a line
+// whose message is msg.
+func (sc *Sidecar) StartProxyUntil(t testpod.Cleaner, msg string, args ...string) {
+	t.Helper()
 	sc.Proxy = sc.Pod.Start(t, testpod.ProxyUser, sc.Bin, append([]string{"proxy"}, args...)...)
 	deadline := time.After(15 * time.Second)
 	for {
 		for _, l := range sc.Logs() {
-			if l.Msg == "ready" {
+			if l.Msg == msg {
 				return
 			}
 		}
@@ -98,7 +112,7 @@ func (sc *Sidecar) StartProxy(t testpod.Cleaner, args ...string) {
 		case <-sc.Proxy.Done():
 			t.Fatalf("meshtest: proxy in %s exited: %v\n%s", sc.Pod.Name, sc.Proxy.Wait(), sc.Proxy.Output())
 		case <-deadline:
-			t.Fatalf("meshtest: proxy in %s not ready after 15s:\n%s", sc.Pod.Name, sc.Proxy.Output())
+			t.Fatalf("meshtest: proxy in %s did not log %q in 15s:\n%s", sc.Pod.Name, msg, sc.Proxy.Output())
 		case <-time.After(10 * time.Millisecond):
 		}
 	}

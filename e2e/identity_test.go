@@ -1,0 +1,90 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pillionmesh/pillion/internal/meshtest"
+	"github.com/pillionmesh/pillion/internal/privileged"
+	"github.com/pillionmesh/pillion/internal/testpod"
+)
+
+// TestSidecarWaitsForItsIdentity: b's sidecar starts before its Workload
+// API socket exists. It says it is not ready and why, refuses plaintext
+// (STRICT) and cannot be reached in mTLS; once the socket appears it gets
+// its SVID on its own, becomes ready and serves a.
+func TestSidecarWaitsForItsIdentity(t *testing.T) {
+	privileged.Require(t, "ip", "iptables", "ip6tables", "setpriv", "curl")
+	node := testpod.NewNode(t)
+	podA, podB, podC := node.AddPod(t, "a"), node.AddPod(t, "b"), node.AddPod(t, "c")
+	serveApp(t, podB, ":8080")
+	iss := meshtest.StartIssuer(t, pillionBin, time.Hour, podA, podB)
+	later := filepath.Join(filepath.Dir(iss.Socket(podB)), "b-later.sock")
+	strict := meshtest.WriteConfig(t, "mesh: {networks: "+meshtest.MeshNetworks+", mode: STRICT}\n")
+
+	a := meshtest.Inject(t, pillionBin, podA, nil, []string{"--config=" + strict, iss.ProxyArg(podA)})
+	b := meshtest.InjectUntil(t, pillionBin, podB, nil, []string{"--config=" + strict, "--spiffe-socket=" + later},
+		"not ready: waiting for an identity")
+	l, _ := b.WaitLog(func(l meshtest.LogLine) bool { return l.Msg == "not ready: waiting for an identity" }, 0)
+	if !strings.Contains(l.Error, later) {
+		t.Errorf("the not-ready line does not say which socket: %+v", l)
+	}
+	bURL := "http://" + hostPort(podB.IPv4, 8080) + "/fixed"
+	if out, err := podC.Command(context.Background(), testpod.Root, "curl", "-sS", "--max-time", "5", bURL).CombinedOutput(); err == nil {
+		t.Errorf("plaintext answered while b had no identity: %s", out)
+	}
+	if got := curl(t, podA, "-o", "/dev/null", "-w", "%{http_code}", bURL); got != "503" {
+		t.Errorf("a's request to b without an SVID: %s, want 503", got)
+	}
+
+	if err := os.Symlink(iss.Socket(podB), later); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := b.WaitLog(func(l meshtest.LogLine) bool { return l.Msg == "ready" }, 15*time.Second); !ok {
+		t.Fatalf("b did not become ready once its socket appeared:\n%s", b.Proxy.Output())
+	}
+	if got := curl(t, podA, "-o", "/dev/null", "-w", "%{http_code}", bURL); got != "200" {
+		t.Errorf("a's request to b once b has its SVID: %s, want 200\na:\n%s", got, a.Proxy.Output())
+	}
+}
+
+// TestSVIDFromFiles: b's sidecar takes its identity from the PEM files of
+// `pillion identity issue`, a's from the Workload API of the same CA.
+func TestSVIDFromFiles(t *testing.T) {
+	m := newHTTPMeshWith(t, func(a, b *testpod.Pod) ([]string, []string) {
+		iss := meshtest.StartIssuer(t, pillionBin, time.Hour, a)
+		out := t.TempDir()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		for _, args := range [][]string{
+			{pillionBin, "identity", "issue", "--dir=" + iss.Dir, "--id=" + meshtest.PodID(b), "--out=" + out},
+			{"chown", "-R", "1337:1337", out},
+			{"chmod", "0755", filepath.Dir(out), out}, // t.TempDir is 0700: the proxy's UID must get in
+		} {
+			if msg, err := a.Command(ctx, testpod.Root, args[0], args[1:]...).CombinedOutput(); err != nil {
+				t.Fatalf("%v: %v\n%s", args, err, msg)
+			}
+		}
+		return []string{iss.ProxyArg(a)}, []string{
+			"--svid-cert=" + filepath.Join(out, "svid.pem"),
+			"--svid-key=" + filepath.Join(out, "svid-key.pem"),
+			"--svid-bundle=" + filepath.Join(out, "bundle.pem"),
+		}
+	}, "", accessLogIn)
+	if got := curl(t, m.a.Pod, "-o", "/dev/null", "-w", "%{http_code}", "http://"+m.bAddr+"/fixed"); got != "200" {
+		t.Fatalf("a → b: %s, want 200", got)
+	}
+	aID := meshtest.PodID(m.a.Pod)
+	if _, ok := m.b.WaitLog(func(l meshtest.LogLine) bool { return l.Msg == "access" && l.Peer == aID }, 5*time.Second); !ok {
+		t.Errorf("b's access log does not name %s:\n%s", aID, m.b.Proxy.Output())
+	}
+	if _, ok := m.b.WaitLog(func(l meshtest.LogLine) bool {
+		return l.Msg == "identity: SVID from files" && l.SpiffeID == meshtest.PodID(m.b.Pod)
+	}, 0); !ok {
+		t.Errorf("b did not log its SVID from files:\n%s", m.b.Proxy.Output())
+	}
+}
