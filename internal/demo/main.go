@@ -185,7 +185,9 @@ func outsiderCall(outsider *testpod.Pod, target string, server *meshtest.Sidecar
 		return fmt.Errorf("the outsider got %s: STRICT let plaintext through", res.Status)
 	}
 	fmt.Printf("  refused: %v\n", err)
-	l, ok := server.WaitLog(func(l meshtest.LogLine) bool { return strings.HasPrefix(l.Msg, "refusing a connection that is not mTLS") }, 5*time.Second)
+	l, ok := server.WaitLog(func(l meshtest.LogLine) bool {
+		return strings.HasPrefix(l.Msg, "refusing a connection that is not mTLS")
+	}, 5*time.Second)
 	if !ok {
 		return fmt.Errorf("the server sidecar did not log the refusal:\n%s", server.Proxy.Output())
 	}
