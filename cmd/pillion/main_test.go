@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -59,6 +61,12 @@ func TestProxyBadFlags(t *testing.T) {
 		{[]string{"--log-level=loud"}, `pillion proxy: invalid value "loud" for flag -log-level: unrecognized level: "loud"`},
 		{[]string{"--sniff-timeout=0s"}, "pillion proxy: --sniff-timeout: 0s: must be positive (declare ports opaque with --opaque-ports instead)"},
 		{[]string{"--opaque-ports=25,smtp"}, `pillion proxy: --opaque-ports: "25,smtp": "smtp" is not a port number (1-65535)`},
+		{[]string{"--svid-cert=/x/cert.pem"}, "pillion proxy: --svid-key: missing: --svid-cert, --svid-key and --svid-bundle go together"},
+		{[]string{"--svid-cert=/x/cert.pem", "--svid-key=/x/key.pem", "--svid-bundle=/x/bundle.pem", "--spiffe-socket=/run/agent.sock"},
+			"pillion proxy: --spiffe-socket and --svid-cert/--svid-key/--svid-bundle: give one identity source, not both"},
+		{[]string{"--svid-cert=/x/cert.pem", "--svid-key=/x/key.pem", "--svid-bundle=/x/bundle.pem"},
+			"pillion proxy: --svid-cert, --svid-key, --svid-bundle: mtls: open /x/cert.pem: no such file or directory"},
+		{[]string{"--spiffe-socket=tcp:agent"}, `pillion proxy: --spiffe-socket: "tcp:agent": workload endpoint tcp socket URI must not be opaque`},
 	} {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
 			code, stdout, stderr := runCmd(append([]string{"proxy"}, tt.args...)...)
@@ -76,13 +84,32 @@ func TestProxyBadFlags(t *testing.T) {
 	}
 }
 
+// TestProxyMeshNeedsIdentity: a config that sends to the mesh, or is
+// STRICT, is refused without an identity source: mTLS cannot be done, and
+// plaintext is never the fallback.
+func TestProxyMeshNeedsIdentity(t *testing.T) {
+	for _, tt := range []struct{ config, want string }{
+		{"mesh: {networks: [10.0.0.0/8]}", "mesh.networks: traffic to the mesh is mTLS and needs an identity"},
+		{"mesh: {mode: STRICT}", "mesh.mode: STRICT needs an identity"},
+	} {
+		path := filepath.Join(t.TempDir(), "pillion.yaml")
+		if err := os.WriteFile(path, []byte(tt.config), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		code, _, stderr := runCmd("proxy", "--config="+path)
+		if code != 2 || !strings.Contains(stderr, "--config: "+path+": "+tt.want) || !strings.Contains(stderr, "--spiffe-socket") {
+			t.Errorf("%s: exit %d, stderr %q; want 2 and %q with the flags to give", tt.config, code, stderr, tt.want)
+		}
+	}
+}
+
 func TestProxyHelp(t *testing.T) {
 	code, stdout, _ := runCmd("proxy", "--help")
 	if code != 0 {
 		t.Errorf("exit %d, want 0", code)
 	}
 	for _, want := range []string{"Usage: pillion proxy [flags]", "SO_ORIGINAL_DST", "-dial-timeout", "-max-connections",
-		"-drain-timeout", "-idle-timeout", "-log-level", "-sniff-timeout", "-opaque-ports", `(default "25,587,3306,4444,5432,6379,9300,11211")`} {
+		"-drain-timeout", "-idle-timeout", "-log-level", "-sniff-timeout", "-opaque-ports", "-spiffe-socket", "-svid-cert", "SPIFFE_ENDPOINT_SOCKET", `(default "25,587,3306,4444,5432,6379,9300,11211")`} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("proxy --help lacks %q", want)
 		}

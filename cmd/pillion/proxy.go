@@ -33,9 +33,19 @@ skip detection and never wait. TLS and opaque TCP are relayed byte for byte.
 HTTP/1.x and h2c requests run through a filter chain (--config) that ends in
 the router: it forwards each request over pooled connections, sets
 x-envoy-upstream-service-time on the response, and answers failures itself
-with 502/503/504 and a pillion-response-flags header saying why. Outbound
-HTTP to an address in the config's mesh networks travels as pooled HTTP/2 to
-the peer's sidecar, which speaks the original protocol to its application.
+with 502/503/504 and a pillion-response-flags header saying why.
+
+Between sidecars, traffic is mTLS (TLS 1.3, SPIFFE X.509-SVIDs on both sides).
+The identity comes from the SPIFFE Workload API (--spiffe-socket, default
+$SPIFFE_ENDPOINT_SOCKET: a SPIRE agent or 'pillion identity') or from PEM
+files (--svid-cert, --svid-key, --svid-bundle), and rotates without dropping
+a connection. Outbound traffic to the config's mesh networks (minus
+mesh.exclude) goes in mTLS, HTTP as pooled HTTP/2; without an SVID it fails,
+never in plaintext. Inbound, mTLS from a peer sidecar is terminated and the
+caller's SPIFFE ID reaches the filters (authz) and the access log; anything
+else is refused under mesh.mode STRICT, or passed and counted under
+PERMISSIVE (the default). Until its identity has an SVID the sidecar is not
+ready and logs why.
 
 The config file is re-read every second and on SIGHUP; a new config is built
 whole and swapped in (requests in flight finish on the old chain), and one
@@ -47,10 +57,14 @@ SIGINT or SIGTERM: stop accepting, let open connections finish for up to
 --drain-timeout, then exit.
 
 Example:
-  setpriv --reuid=1337 --regid=1337 --clear-groups pillion proxy --config=/etc/pillion/proxy.yaml
+  setpriv --reuid=1337 --regid=1337 --clear-groups pillion proxy --config=/etc/pillion/proxy.yaml \
+    --spiffe-socket=/run/spire/agent.sock
 
 A config file (see the README for every filter):
-  mesh: {networks: [10.0.0.0/8]}
+  mesh: {networks: [10.0.0.0/8], mode: STRICT}
+  inbound:
+    filters:
+      - authz: {allow: ["spiffe://cluster.local/ns/shop/sa/frontend"]}
   outbound:
     filters:
       - accesslog: {}

@@ -50,7 +50,7 @@ func (f *svidFlags) source(log *zap.Logger) (proxy.Identity, func(), error) {
 		}
 		src, err := mtls.NewFileSource(files, 0, log)
 		if err != nil {
-			return nil, nil, badUsage(err)
+			return nil, nil, badUsage(fmt.Errorf("--svid-cert, --svid-key, --svid-bundle: %w", err))
 		}
 		return src, func() { _ = src.Close() }, nil
 	case *f.socket != "":
