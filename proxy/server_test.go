@@ -19,6 +19,14 @@ import (
 // destination, and stops it when the test ends.
 func testServer(t *testing.T, cfg Config, origDst func(*net.TCPConn) (netip.AddrPort, error)) *Server {
 	t.Helper()
+	return startServer(t, cfg, origDst, true)
+}
+
+// startServer is testServer that waits for Ready only if ready is true,
+// else until the listeners accept (a server without an SVID is never
+// ready).
+func startServer(t *testing.T, cfg Config, origDst func(*net.TCPConn) (netip.AddrPort, error), ready bool) *Server {
+	t.Helper()
 	p := freePorts(t, 2)
 	cfg.OutboundPort, cfg.InboundPort = p[0], p[1]
 	s, err := New(cfg, zap.NewNop())
@@ -31,12 +39,22 @@ func testServer(t *testing.T, cfg Config, origDst func(*net.TCPConn) (netip.Addr
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	if !ready {
+		waitFor(t, "the listeners", func() bool {
+			c, err := net.Dial("tcp", netip.AddrPortFrom(s.bindV4, s.cfg.InboundPort).String())
+			if err == nil {
+				c.Close()
+			}
+			return err == nil
+		})
+		return s
+	}
 	select {
 	case <-s.Ready():
 	case err := <-done:
 		t.Fatalf("Run: %v", err)
 	}
-	t.Cleanup(func() { cancel(); <-done })
 	return s
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -13,10 +14,12 @@ import (
 // Capture records the TCP segments crossing the node namespace (every
 // packet between pods passes its veth ends), as tcpdump on the node would.
 type Capture struct {
-	fd   int
+	fd      int // set before the reading goroutine starts; closed by it
+	stopped atomic.Bool
+	done    chan struct{}
+
 	mu   sync.Mutex
 	segs []Segment
-	done chan struct{}
 }
 
 // Segment is one captured TCP segment that carried data.
@@ -51,14 +54,15 @@ func (n *Node) Capture(t Cleaner) *Capture {
 
 func (c *Capture) read() {
 	defer close(c.done)
+	defer unix.Close(c.fd)
 	buf := make([]byte, 1<<16)
-	for {
+	for !c.stopped.Load() {
 		n, _, err := unix.Recvfrom(c.fd, buf, 0)
 		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
-			continue
+			continue // the receive time-out: look at stopped again
 		}
 		if err != nil {
-			return // closed by Stop
+			return
 		}
 		if seg, ok := parseTCP(buf[:n]); ok {
 			c.mu.Lock()
@@ -68,17 +72,11 @@ func (c *Capture) read() {
 	}
 }
 
-// Stop ends the capture. It is idempotent.
+// Stop ends the capture (within the socket's 100 ms receive time-out).
+// It is idempotent.
 func (c *Capture) Stop() {
-	c.mu.Lock()
-	fd := c.fd
-	c.fd = -1
-	c.mu.Unlock()
-	if fd >= 0 {
-		_ = unix.Shutdown(fd, unix.SHUT_RDWR)
-		unix.Close(fd)
-		<-c.done
-	}
+	c.stopped.Store(true)
+	<-c.done
 }
 
 // Segments returns the data-carrying TCP segments from or to port so far.
