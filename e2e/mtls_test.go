@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -232,5 +233,53 @@ func decodeJSON(t *testing.T, s string, v any) {
 	t.Helper()
 	if err := json.Unmarshal([]byte(s), v); err != nil {
 		t.Fatalf("not JSON: %v: %q", err, s)
+	}
+}
+
+// TestMTLSCarriesAnyProtocol: what is not HTTP crosses the mesh as one
+// opaque stream in mTLS: the application's own TLS, and a server-first
+// protocol on an opaque port, which b's sidecar tells from a peer's
+// ClientHello at once (no sniff time-out) although it never serves that
+// port as HTTP.
+func TestMTLSCarriesAnyProtocol(t *testing.T) {
+	m := newHTTPMesh(t, "", "")
+	serveTLS(t, m.b.Pod, ":8443")
+	meshtest.ServeHello(t, m.b.Pod, ":3306")
+	bID := meshtest.PodID(m.b.Pod)
+
+	for _, tc := range []struct {
+		name, dst, outProto string
+		call                func(dst string) (string, error)
+		want                string
+	}{
+		{"the application's own TLS", hostPort(m.b.Pod.IPv4, 8443), "tls", func(dst string) (string, error) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			raw, err := m.a.Pod.Dial(ctx, "tcp", dst)
+			if err != nil {
+				return "", err
+			}
+			defer raw.Close()
+			c := tls.Client(raw, &tls.Config{InsecureSkipVerify: true, ServerName: "b"}) // the app's self-signed server
+			_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+			return bufio.NewReader(c).ReadString('\n')
+		}, "tls ok\n"},
+		{"server-first on an opaque port", hostPort(m.b.Pod.IPv4, 3306), "opaque", func(dst string) (string, error) {
+			return greeting(m.a.Pod, dst)
+		}, "127.0.0.1\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got, err := tc.call(tc.dst); err != nil || got != tc.want {
+				t.Fatalf("got %q, %v; want %q", got, err, tc.want)
+			}
+			out, ok := m.a.WaitConnection("outbound", tc.dst, 5*time.Second)
+			if !ok || out.Protocol != tc.outProto || out.MTLS != mtls.ProtoTCP || out.Peer != bID {
+				t.Errorf("a's outbound line: %+v (found %v); want %s in %s to %s", out, ok, tc.outProto, mtls.ProtoTCP, bID)
+			}
+			in, ok := m.b.WaitConnection("inbound", tc.dst, 5*time.Second)
+			if !ok || in.MTLS != mtls.ProtoTCP || in.Detection != "first bytes" {
+				t.Errorf("b's inbound line: %+v (found %v); want %s detected by its first bytes", in, ok, mtls.ProtoTCP)
+			}
+		})
 	}
 }
