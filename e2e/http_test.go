@@ -39,15 +39,16 @@ const meshConfig = "mesh: {networks: " + meshtest.MeshNetworks + "}\n"
 // configB, each after the mesh section meshConfig unless it has its own.
 func newHTTPMesh(t *testing.T, configA, configB string) *httpMesh {
 	t.Helper()
-	return newHTTPMeshTTL(t, time.Hour, configA, configB)
+	return newHTTPMeshTTL(t, time.Hour, 0, configA, configB)
 }
 
-// newHTTPMeshTTL is newHTTPMesh with SVIDs that live ttl.
-func newHTTPMeshTTL(t *testing.T, ttl time.Duration, configA, configB string) *httpMesh {
+// newHTTPMeshTTL is newHTTPMesh with SVIDs that live ttl and a CA that
+// lives caTTL (zero: the issuer's default).
+func newHTTPMeshTTL(t *testing.T, ttl, caTTL time.Duration, configA, configB string) *httpMesh {
 	t.Helper()
 	var iss *meshtest.Issuer
 	m := newHTTPMeshWith(t, func(a, b *testpod.Pod) ([]string, []string) {
-		iss = meshtest.StartIssuer(t, pillionBin, ttl, a, b)
+		iss = meshtest.StartRotatingIssuer(t, pillionBin, ttl, caTTL, a, b)
 		return []string{iss.ProxyArg(a)}, []string{iss.ProxyArg(b)}
 	}, configA, configB)
 	m.issuer = iss

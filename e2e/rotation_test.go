@@ -13,12 +13,14 @@ import (
 	"github.com/pillionmesh/pillion/internal/meshtest"
 )
 
-// TestRotationUnderLoad: SVIDs live 10 s (renewed every 5 s) while a sends
+// TestRotationUnderLoad: SVIDs live 8 s (renewed every 4 s) and the CA 32
+// s (the next CA joins the bundle at 16 s and signs from 24 s) while a sends
 // to b for 30 s: requests on a kept-alive connection, a new opaque
 // connection after another, and one opaque connection held open
-// throughout. Nothing fails, and b's sidecar takes several SVIDs.
+// throughout. Nothing fails, b's sidecar takes several SVIDs, and the CA
+// that signs them changes.
 func TestRotationUnderLoad(t *testing.T) {
-	m := newHTTPMeshTTL(t, 10*time.Second, "", "")
+	m := newHTTPMeshTTL(t, 8*time.Second, 32*time.Second, "", "")
 	res := meshLoad(t, m, 30*time.Second)
 	t.Logf("load: %s", res)
 	if res.failures() > 0 {
@@ -26,8 +28,30 @@ func TestRotationUnderLoad(t *testing.T) {
 	}
 	serials := svidSerials(m.b)
 	if len(serials) < 3 {
-		t.Errorf("b's sidecar took %d SVIDs (%v) in 30 s of 10 s SVIDs; want at least 3", len(serials), serials)
+		t.Errorf("b's sidecar took %d SVIDs (%v) in 30 s of 8 s SVIDs; want at least 3", len(serials), serials)
 	}
+	for _, step := range []string{"CA prepared", "CA activated"} {
+		if len(m.issuer.Lines(step)) == 0 {
+			t.Errorf("the issuer did not log %q in 30 s of a 32 s CA:\n%s", step, m.issuer.Output())
+		}
+	}
+	if issuers := svidIssuers(m.b); len(issuers) < 2 {
+		t.Errorf("b's SVIDs were all signed by %v; want the CA to change under load", issuers)
+	}
+}
+
+// svidIssuers are the distinct CAs (authority key IDs) that signed the
+// SVIDs sc's sidecar took.
+func svidIssuers(sc *meshtest.Sidecar) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, l := range sc.Logs() {
+		if l.Msg == "identity: SVID from the Workload API" && !seen[l.Issuer] {
+			seen[l.Issuer] = true
+			out = append(out, l.Issuer)
+		}
+	}
+	return out
 }
 
 // loadResult counts what meshLoad did.

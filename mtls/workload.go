@@ -2,6 +2,7 @@ package mtls
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
@@ -100,10 +101,19 @@ func (s *WorkloadSource) OnX509ContextUpdate(c *workloadapi.X509Context) {
 		close(s.first)
 	}
 	if prev == nil || prev.Certificates[0].SerialNumber.Cmp(svid.Certificates[0].SerialNumber) != 0 {
+		leaf := svid.Certificates[0]
 		s.log.Info("identity: SVID from the Workload API", zap.String("spiffe_id", svid.ID.String()),
-			zap.String("serial", svid.Certificates[0].SerialNumber.Text(16)),
-			zap.Time("expires", svid.Certificates[0].NotAfter), zap.String("addr", s.addr))
+			zap.String("serial", leaf.SerialNumber.Text(16)), zap.String("issuer", hex.EncodeToString(leaf.AuthorityKeyId)),
+			zap.Time("expires", leaf.NotAfter), zap.Int("bundle_cas", bundleSize(c.Bundles, svid.ID.TrustDomain())),
+			zap.String("addr", s.addr))
 	}
+}
+
+func bundleSize(set *x509bundle.Set, td spiffeid.TrustDomain) int {
+	if b, ok := set.Get(td); ok {
+		return len(b.X509Authorities())
+	}
+	return 0
 }
 
 // OnX509ContextWatchError is called by go-spiffe when the watch fails; it

@@ -35,10 +35,17 @@ serves, on unix sockets. Sidecars take their identity from it with
 Workload API or file-based SVID source instead.
 
 The CA (ECDSA P-256, self-signed, valid --ca-ttl) is created on the first run
-as ca.pem (the trust bundle, 0644) and ca-key.pem (0600) in --dir, and loaded
-on later runs. A folder holding a CA of another trust domain, a key that does
-not match, or an expired CA is an error: remove the folder to start over
-(every sidecar then needs the new bundle).
+as ca.pem (0644) and ca-key.pem (0600) in --dir, and loaded on later runs. It
+rotates, as SPIRE's does: at half of its lifetime a next CA is prepared
+(ca-next.pem, ca-next-key.pem) and added to the trust bundle; at three
+quarters it takes over signing, and the old one (ca-previous.pem) stays in
+the bundle until it expires. Open streams get the new bundle, then an SVID of
+the new CA, as each step happens, so peers trust a CA before they meet
+anything it signed. --svid-ttl must be at most --ca-ttl/4 so that no SVID
+outlives the CA that signed it. A folder holding a CA of another trust
+domain, a key that does not match, or an expired CA with no valid successor
+is an error: remove the folder to start over (every sidecar then needs the
+new bundle).
 
 Each --socket says who gets which ID. PATH=SPIFFE-ID: everyone who connects
 to PATH gets that ID. PATH alone: callers are told apart by their UID, which
@@ -62,11 +69,13 @@ Examples:
     --uid=1337=spiffe://cluster.local/ns/shop/sa/web --uid=1338=spiffe://cluster.local/ns/shop/sa/db
   pillion proxy --spiffe-socket=unix:///run/pillion/web.sock ...`
 
-const identityIssueSummary = `Issue one X.509-SVID with the CA in --dir (created if the folder holds
-none) and write it to --out, for a sidecar that reads its identity from files
-(pillion proxy --svid-cert, --svid-key, --svid-bundle):
+const identityIssueSummary = `Issue one X.509-SVID with the active CA in --dir (created if the folder
+holds none; a rotation step that is due is taken first) and write it to
+--out, for a sidecar that reads its identity from files (pillion proxy
+--svid-cert, --svid-key, --svid-bundle):
 
-  bundle.pem    the trust domain's CA certificate (PEM), 0644
+  bundle.pem    the trust domain's CA certificates (PEM: previous, active and
+                next CA, those there are), 0644
   svid-key.pem  the SVID's private key (PEM "PRIVATE KEY", PKCS #8), 0600
   svid.pem      the SVID certificate (PEM), 0644
 
@@ -103,8 +112,8 @@ func runIdentity(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	var sockets, uids repeatedFlag
 	fs.Var(&sockets, "socket", "unix socket to serve the Workload API on (repeatable): PATH=SPIFFE-ID gives every caller that ID; PATH alone identifies callers by --uid")
 	fs.Var(&uids, "uid", "UID=SPIFFE-ID: the ID a caller running as UID gets on a --socket without an ID (repeatable)")
-	svidTTL := fs.Duration("svid-ttl", issuer.DefaultSVIDTTL, "lifetime of each SVID; a new one is sent when half of it has passed (at least 2s)")
-	caTTL := fs.Duration("ca-ttl", defaultCATTL, "lifetime of the CA, when this run creates it")
+	svidTTL := fs.Duration("svid-ttl", issuer.DefaultSVIDTTL, "lifetime of each SVID; a new one is sent when half of it has passed (at least 2s, at most --ca-ttl/4)")
+	caTTL := fs.Duration("ca-ttl", defaultCATTL, "lifetime of each CA this run creates; the next CA is prepared at half of it and signs from three quarters")
 	level := zap.NewAtomicLevelAt(zap.InfoLevel)
 	fs.TextVar(&level, "log-level", level, "log level: debug, info, warn or error")
 	if err := parseFlags(fs, args); err != nil {
@@ -125,10 +134,14 @@ func runIdentity(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err := checkDirFlags(*dir, *caTTL); err != nil {
 		return err
 	}
+	if *svidTTL > *caTTL/4 {
+		return badUsage(fmt.Errorf("--svid-ttl: %v: must be at most a quarter of --ca-ttl (%v): a CA signs until three quarters of its lifetime, and no SVID may outlive its CA",
+			*svidTTL, *caTTL))
+	}
 
 	log := newLogger(level, stderr)
 	defer func() { _ = log.Sync() }()
-	ca, created, err := issuer.OpenCA(*dir, td, *caTTL)
+	auth, created, err := issuer.OpenAuthority(*dir, td, *caTTL, log)
 	if err != nil {
 		return err
 	}
@@ -136,13 +149,20 @@ func runIdentity(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if created {
 		msg = "created a CA"
 	}
+	active := auth.Current().Active.Certificate()
 	log.Info(msg, zap.String("version", version), zap.String("dir", *dir), zap.Stringer("trust_domain", td),
-		zap.Time("expires", ca.Certificate().NotAfter))
-	srv, err := issuer.Listen(ca, cfg, log)
+		zap.String("serial", active.SerialNumber.Text(16)), zap.Time("expires", active.NotAfter))
+	srv, err := issuer.Listen(auth, cfg, log)
 	if err != nil {
 		return err
 	}
-	return srv.Serve(ctx)
+	ctx, cancel := context.WithCancel(ctx)
+	rotated := make(chan struct{})
+	go func() { auth.Run(ctx); close(rotated) }()
+	err = srv.Serve(ctx)
+	cancel()
+	<-rotated
+	return err
 }
 
 func trustDomainFlag(s string) (spiffeid.TrustDomain, error) {
@@ -260,7 +280,7 @@ func identityIssue(args []string, stdout io.Writer) error {
 	idFlag := fs.String("id", "", "SPIFFE ID to issue, in --trust-domain (required), e.g. spiffe://cluster.local/ns/default/sa/default")
 	ttl := fs.Duration("ttl", defaultIssueTTL, "lifetime of the SVID (cut to the CA's own expiry)")
 	out := fs.String("out", "", "folder to write svid.pem, svid-key.pem and bundle.pem to, created if needed (required)")
-	caTTL := fs.Duration("ca-ttl", defaultCATTL, "lifetime of the CA, when this run creates it")
+	caTTL := fs.Duration("ca-ttl", defaultCATTL, "lifetime of each CA this run creates (the first, or the next one when its time has come)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -285,18 +305,19 @@ func identityIssue(args []string, stdout io.Writer) error {
 		return err
 	}
 
-	ca, created, err := issuer.OpenCA(*dir, td, *caTTL)
+	auth, created, err := issuer.OpenAuthority(*dir, td, *caTTL, zap.NewNop())
 	if err != nil {
 		return err
 	}
+	keys := auth.Current()
 	if created {
-		fmt.Fprintf(stdout, "created a CA for %s in %s, expires %s\n", td, *dir, rfc3339(ca.Certificate().NotAfter))
+		fmt.Fprintf(stdout, "created a CA for %s in %s, expires %s\n", td, *dir, rfc3339(keys.Active.Certificate().NotAfter))
 	}
-	svid, err := ca.Issue(id, *ttl)
+	svid, err := keys.Active.Issue(id, *ttl)
 	if err != nil {
 		return err
 	}
-	files, err := issuer.WriteFiles(*out, svid, ca.Bundle())
+	files, err := issuer.WriteFiles(*out, svid, keys.X509Bundle())
 	if err != nil {
 		return err
 	}

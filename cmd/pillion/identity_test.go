@@ -3,10 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"errors"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -63,6 +65,10 @@ func TestIdentityBadFlags(t *testing.T) {
 			"--uid: every --socket has its own ID; add a --socket PATH without =SPIFFE-ID to serve IDs by UID"},
 		{[]string{"--socket=" + sock + "=spiffe://cluster.local/a", "--svid-ttl=1s"}, "--svid-ttl: 1s: must be at least 2s"},
 		{[]string{"--socket=" + sock + "=spiffe://cluster.local/a", "--ca-ttl=0s"}, "--ca-ttl: 0s: must be positive"},
+		{[]string{"--socket=" + sock + "=spiffe://cluster.local/a", "--ca-ttl=8s", "--svid-ttl=2001ms"},
+			"--svid-ttl: 2.001s: must be at most a quarter of --ca-ttl (8s): a CA signs until three quarters of its lifetime, and no SVID may outlive its CA"},
+		{[]string{"--socket=" + sock + "=spiffe://cluster.local/a", "--ca-ttl=3h59m"},
+			"--svid-ttl: 1h0m0s: must be at most a quarter of --ca-ttl (3h59m0s): a CA signs until three quarters of its lifetime, and no SVID may outlive its CA"},
 		{[]string{"--socket=" + sock + "=spiffe://cluster.local/a", "--trust-domain=Bad_Domain"},
 			"--trust-domain Bad_Domain: trust domain characters are limited to lowercase letters, numbers, dots, dashes, and underscores"},
 		{[]string{"--socket=" + sock + "=spiffe://cluster.local/a", "--log-level=loud"},
@@ -218,26 +224,31 @@ func TestIdentityIssueBadFlags(t *testing.T) {
 	}
 }
 
-// TestIdentityServe runs `pillion identity` until its context ends: a
-// go-spiffe client gets its SVID from the socket, and the socket is gone
-// after.
-func TestIdentityServe(t *testing.T) {
-	tmp := identityTempDir(t)
-	ca, sock := filepath.Join(tmp, "ca"), filepath.Join(tmp, "run", "web.sock")
-	id := spiffeid.RequireFromString("spiffe://cluster.local/ns/shop/sa/web")
+// startIdentity runs `pillion identity` with args and waits until sock is
+// served. stop ends it and returns its exit code and stderr; the test's end
+// does too.
+func startIdentity(t *testing.T, sock string, args ...string) (stop func() (int, string)) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	var stdout, stderr bytes.Buffer
 	done := make(chan int, 1)
-	go func() {
-		done <- run(ctx, []string{"identity", "--dir=" + ca, "--socket=" + sock + "=" + id.String(), "--svid-ttl=1m"}, &stdout, &stderr)
-	}()
+	go func() { done <- run(ctx, append([]string{"identity"}, args...), &stdout, &stderr) }()
+	code, stopped := 0, false
+	stop = func() (int, string) {
+		if !stopped {
+			cancel()
+			code, stopped = <-done, true
+		}
+		return code, stderr.String()
+	}
+	t.Cleanup(func() { stop() })
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		if _, err := os.Stat(sock); err == nil {
-			break
+			return stop
 		}
 		select {
 		case code := <-done:
+			stopped = true
 			t.Fatalf("exited %d before serving: %s", code, stderr.String())
 		default:
 		}
@@ -245,7 +256,17 @@ func TestIdentityServe(t *testing.T) {
 			t.Fatal("no socket after 10s")
 		}
 	}
-	fetchCtx, fetchCancel := context.WithTimeout(ctx, 10*time.Second)
+}
+
+// TestIdentityServe runs `pillion identity` until its context ends: a
+// go-spiffe client gets its SVID from the socket, and the socket is gone
+// after.
+func TestIdentityServe(t *testing.T) {
+	tmp := identityTempDir(t)
+	ca, sock := filepath.Join(tmp, "ca"), filepath.Join(tmp, "run", "web.sock")
+	id := spiffeid.RequireFromString("spiffe://cluster.local/ns/shop/sa/web")
+	stop := startIdentity(t, sock, "--dir="+ca, "--socket="+sock+"="+id.String(), "--svid-ttl=1m")
+	fetchCtx, fetchCancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer fetchCancel()
 	svid, err := workloadapi.FetchX509SVID(fetchCtx, workloadapi.WithAddr("unix://"+sock))
 	if err != nil {
@@ -257,14 +278,13 @@ func TestIdentityServe(t *testing.T) {
 	if life := time.Until(svid.Certificates[0].NotAfter); life > time.Minute {
 		t.Errorf("the SVID lives %v, want --svid-ttl=1m", life)
 	}
-	cancel()
-	if code := <-done; code != 0 {
-		t.Errorf("exit %d, want 0: %s", code, stderr.String())
+	code, logs := stop()
+	if code != 0 {
+		t.Errorf("exit %d, want 0: %s", code, logs)
 	}
 	if _, err := os.Lstat(sock); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("socket after exit: %v, want it removed", err)
 	}
-	logs := stderr.String()
 	for _, w := range []string{`"msg":"created a CA"`, `"msg":"serving the Workload API","socket":"` + sock + `","spiffe_id":"` + id.String() + `"`,
 		`"msg":"issued an X.509-SVID"`, `"msg":"stopped serving the Workload API"`} {
 		if !strings.Contains(logs, w) {
@@ -278,5 +298,93 @@ func TestIdentityServe(t *testing.T) {
 	want := "pillion identity: issuer: " + filepath.Join(ca, "ca.pem") + ": the CA is for trust domain cluster.local, not other.org\n"
 	if code != 1 || errOut != want {
 		t.Errorf("exit %d, stderr\n%s\nwant exit 1 and\n%s", code, errOut, want)
+	}
+}
+
+// x509Updates hands go-spiffe's X.509 context updates to a test.
+type x509Updates chan *workloadapi.X509Context
+
+func (u x509Updates) OnX509ContextUpdate(c *workloadapi.X509Context) { u <- c }
+func (x509Updates) OnX509ContextWatchError(error)                    {}
+
+// TestIdentityRotation runs `pillion identity` with a CA of 8s and SVIDs of
+// 2s under go-spiffe's Workload API client: the bundle grows to the next CA
+// (at 4s), the SVID is then the new CA's (at 6s, the new CA having been
+// trusted for 2s), the old CA then leaves the bundle (at 8s), and every
+// update's SVID verifies against the bundle it came with.
+func TestIdentityRotation(t *testing.T) {
+	tmp := identityTempDir(t)
+	sock := filepath.Join(tmp, "web.sock")
+	id := spiffeid.RequireFromString("spiffe://cluster.local/ns/shop/sa/web")
+	stop := startIdentity(t, sock, "--dir="+filepath.Join(tmp, "ca"), "--socket="+sock+"="+id.String(),
+		"--ca-ttl=8s", "--svid-ttl=2s")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	client, err := workloadapi.New(ctx, workloadapi.WithAddr("unix://"+sock))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	updates := make(x509Updates, 64)
+	go func() { _ = client.WatchX509Context(ctx, updates) }()
+
+	var (
+		first, next *x509.Certificate // the first CA, the one that replaces it
+		trustedAt   time.Time         // when next reached the client
+		activated   bool
+	)
+	for n := 1; ; n++ {
+		var c *workloadapi.X509Context
+		select {
+		case c = <-updates:
+		case <-ctx.Done():
+			t.Fatalf("update %d: none within 30s (next CA seen %v, signing %v)", n, next != nil, activated)
+		}
+		now := time.Now()
+		svid := c.DefaultSVID()
+		_, chains, err := x509svid.Verify(svid.Certificates, c.Bundles)
+		if err != nil {
+			t.Fatalf("update %d: the SVID does not verify against the bundle it came with: %v", n, err)
+		}
+		b, _ := c.Bundles.Get(id.TrustDomain())
+		cas, signer := b.X509Authorities(), chains[0][len(chains[0])-1]
+		if first == nil {
+			if len(cas) != 1 {
+				t.Fatalf("first bundle: %d CAs, want 1", len(cas))
+			}
+			first = cas[0]
+		}
+		if next == nil && len(cas) == 2 {
+			if !cas[0].Equal(first) {
+				t.Fatal("the bundle grew and lost the first CA")
+			}
+			next, trustedAt = cas[1], now
+		}
+		switch {
+		case signer.Equal(first):
+			if activated {
+				t.Fatalf("update %d: an SVID of the old CA after the new one signed", n)
+			}
+		case next == nil || !signer.Equal(next):
+			t.Fatalf("update %d: an SVID of a CA the client never trusted before", n)
+		case !activated:
+			activated = true
+			if d := now.Sub(trustedAt); d < time.Second {
+				t.Errorf("the new CA signed %v after it reached the client, want about 2s (--ca-ttl/4)", d)
+			}
+		}
+		if activated && !slices.ContainsFunc(cas, first.Equal) {
+			break // the first CA expired and left the bundle
+		}
+	}
+	code, logs := stop()
+	if code != 0 {
+		t.Errorf("exit %d: %s", code, logs)
+	}
+	for _, w := range []string{`"msg":"CA prepared"`, `"msg":"CA activated"`, `"msg":"CA retired","serial":"` + first.SerialNumber.Text(16) + `"`} {
+		if !strings.Contains(logs, w) {
+			t.Errorf("logs lack %s:\n%s", w, logs)
+		}
 	}
 }

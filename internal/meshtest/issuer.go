@@ -33,6 +33,13 @@ type Issuer struct {
 // when the test ends.
 func StartIssuer(t testpod.Cleaner, bin string, ttl time.Duration, pods ...*testpod.Pod) *Issuer {
 	t.Helper()
+	return StartRotatingIssuer(t, bin, ttl, 0, pods...)
+}
+
+// StartRotatingIssuer is StartIssuer with a CA that lives caTTL (zero:
+// pillion identity's default), so that the trust bundle rotates too.
+func StartRotatingIssuer(t testpod.Cleaner, bin string, ttl, caTTL time.Duration, pods ...*testpod.Pod) *Issuer {
+	t.Helper()
 	dir, err := os.MkdirTemp("", "pillion-id-")
 	if err != nil {
 		t.Fatalf("meshtest: %v", err)
@@ -43,6 +50,9 @@ func StartIssuer(t testpod.Cleaner, bin string, ttl time.Duration, pods ...*test
 	}
 	iss := &Issuer{Dir: filepath.Join(dir, "ca"), sockets: map[string]string{}}
 	args := []string{"identity", "--dir=" + iss.Dir, "--trust-domain=" + TrustDomain, "--svid-ttl=" + ttl.String()}
+	if caTTL > 0 {
+		args = append(args, "--ca-ttl="+caTTL.String())
+	}
 	for _, p := range pods {
 		sock := filepath.Join(dir, p.Name+".sock")
 		iss.sockets[p.Name] = sock

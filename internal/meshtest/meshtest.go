@@ -147,6 +147,7 @@ type LogLine struct {
 	Reason   string `json:"reason"` // why a handshake failed
 	SpiffeID string `json:"spiffe_id"`
 	Serial   string `json:"serial"`
+	Issuer   string `json:"issuer"` // the signing CA's key ID
 }
 
 // Logs parses what the proxy has logged so far; lines that are not JSON

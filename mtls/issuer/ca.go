@@ -4,15 +4,31 @@
 // `pillion identity` runs. Production uses SPIRE or any other Workload API or
 // file-based SVID source; nothing in the sidecar depends on this package.
 //
-// The CA is one self-signed ECDSA P-256 certificate whose only URI SAN is the
-// trust domain's ID (spiffe://<trust-domain>). SVIDs follow the SPIFFE
+// Each CA is one self-signed ECDSA P-256 certificate whose only URI SAN is
+// the trust domain's ID (spiffe://<trust-domain>). SVIDs follow the SPIFFE
 // X509-SVID specification and carry no intermediates: the chain is the leaf
-// alone and the CA certificate is the trust bundle.
+// alone, and the trust bundle is the set of CA certificates.
+//
+// # Rotation
+//
+// An Authority rotates the CA as SPIRE does, with overlapping bundles. Let L
+// be the active CA's lifetime. At L/2 a next CA is prepared (new key, valid
+// the configured TTL from then) and published in the bundle; at 3L/4 it is
+// activated: it signs from then on and the old one becomes the previous CA,
+// which stays in the bundle until it expires. Every peer watching the
+// Workload API thus trusts a CA L/4 before anything it signed is presented,
+// and keeps trusting the old CA for as long as anything it signed can live:
+// SVIDs are capped at their CA's expiry, and an SVID TTL of at most L/4 (what
+// `pillion identity` enforces) means none is ever cut short.
+//
+// The folder is the state, re-read under its lock at every step, so several
+// processes (a server and `pillion identity issue`) may share it. The files
+// and the order they change in are described in folder.go; a crash at any
+// point leaves a folder that loads and finishes the step.
 package issuer
 
 import (
 	"bytes"
-	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -21,11 +37,8 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"io/fs"
 	"math/big"
 	"net/url"
-	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -33,98 +46,84 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
-// Names of the CA's files in its folder.
+// Names of the CA files in its folder. Certificates are PEM, mode 0644;
+// keys are PEM "PRIVATE KEY" (PKCS #8), mode 0600.
 const (
-	// CACertFile holds the CA certificate, PEM, mode 0644. It is the trust
-	// bundle of the trust domain.
+	// CACertFile holds the active CA's certificate: the one that signs.
 	CACertFile = "ca.pem"
-	// CAKeyFile holds the CA's private key, PEM "PRIVATE KEY" (PKCS #8),
-	// mode 0600.
+	// CAKeyFile holds the active CA's private key.
 	CAKeyFile = "ca-key.pem"
+	// NextCACertFile holds the prepared next CA's certificate, from half of
+	// the active CA's lifetime until it is activated.
+	NextCACertFile = "ca-next.pem"
+	// NextCAKeyFile holds the next CA's private key.
+	NextCAKeyFile = "ca-next-key.pem"
+	// PreviousCACertFile holds the previous CA's certificate, from the
+	// activation of its successor until it expires. Its key is gone.
+	PreviousCACertFile = "ca-previous.pem"
 )
 
 // backdate is how far before now certificates start, so that a peer whose
 // clock is a little behind does not reject a certificate issued just now.
 const backdate = 10 * time.Second
 
-// CA signs X.509-SVIDs for one trust domain. Get one from OpenCA; the zero
-// CA is not usable. It is immutable once opened and safe for concurrent use.
+// CA signs X.509-SVIDs for one trust domain. Get one from OpenCA or from an
+// Authority's State; the zero CA is not usable. It is immutable and safe for
+// concurrent use.
 type CA struct {
 	td   spiffeid.TrustDomain
 	cert *x509.Certificate
-	key  crypto.Signer
+	key  *ecdsa.PrivateKey
 	now  func() time.Time
 }
 
-// OpenCA loads the CA kept in dir, or creates it when dir holds no CA
-// certificate: dir is created (0755) if needed, and a new key and
-// self-signed certificate valid for ttl are written to CACertFile and
-// CAKeyFile, each atomically (temporary file, then rename), the key first,
-// so a crash leaves either no CA or a whole one. created says which happened.
-//
-// Loading fails, naming the file and the reason, when the PEM does not parse,
-// the certificate is not a CA or belongs to another trust domain than td, the
-// key does not match the certificate, or the CA has expired. Concurrent
-// OpenCA calls on one dir, in this process or others, agree on one CA.
-func OpenCA(dir string, td spiffeid.TrustDomain, ttl time.Duration) (ca *CA, created bool, err error) {
-	return openCA(dir, td, ttl, time.Now)
-}
+var _ KeySource = (*CA)(nil)
 
-func openCA(dir string, td spiffeid.TrustDomain, ttl time.Duration, now func() time.Time) (*CA, bool, error) {
-	if td.IsZero() {
-		return nil, false, errors.New("issuer: no trust domain")
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, false, fmt.Errorf("issuer: CA folder: %w", err)
-	}
-	unlock, err := lockDir(dir)
-	if err != nil {
-		return nil, false, fmt.Errorf("issuer: lock CA folder: %w", err)
-	}
-	defer unlock()
-	ca, err := loadCA(dir, td, now)
-	if err == nil || !errors.Is(err, errNoCA) {
-		return ca, false, err
-	}
-	if ttl <= 0 {
-		return nil, false, fmt.Errorf("issuer: CA lifetime %v: must be positive", ttl)
-	}
-	ca, err = createCA(dir, td, ttl, now)
-	return ca, err == nil, err
-}
-
-// errNoCA: the folder holds no CA certificate (a key alone is what a crash
-// between the two renames leaves, and is replaced).
-var errNoCA = errors.New("no CA")
-
-func loadCA(dir string, td spiffeid.TrustDomain, now func() time.Time) (*CA, error) {
-	certPath, keyPath := filepath.Join(dir, CACertFile), filepath.Join(dir, CAKeyFile)
-	certPEM, err := os.ReadFile(certPath)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, errNoCA
-	}
-	if err != nil {
-		return nil, fmt.Errorf("issuer: %w", err)
-	}
-	cert, err := parseCACert(certPEM, td, now())
-	if err != nil {
-		return nil, fmt.Errorf("issuer: %s: %w", certPath, err)
-	}
-	keyPEM, err := os.ReadFile(keyPath)
+// newCA makes a new key and a self-signed CA certificate for td, valid from
+// backdate before t until ttl after t. It writes nothing.
+func newCA(td spiffeid.TrustDomain, ttl time.Duration, t time.Time, now func() time.Time) (*CA, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("issuer: CA key: %w", err)
 	}
-	key, err := parseKey(keyPEM)
+	serial, err := newSerial()
 	if err != nil {
-		return nil, fmt.Errorf("issuer: %s: %w", keyPath, err)
+		return nil, err
 	}
-	if !key.Public().(*ecdsa.PublicKey).Equal(cert.PublicKey) {
-		return nil, fmt.Errorf("issuer: %s: the key does not match the certificate in %s", keyPath, certPath)
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{Organization: []string{"pillion"}, CommonName: "pillion identity CA " + td.Name()},
+		URIs:                  []*url.URL{td.ID().URL()},
+		NotBefore:             t.Add(-backdate),
+		NotAfter:              t.Add(ttl),
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		MaxPathLenZero:        true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		return nil, fmt.Errorf("issuer: create CA certificate: %w", err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("issuer: create CA certificate: %w", err)
 	}
 	return &CA{td: td, cert: cert, key: key, now: now}, nil
 }
 
-func parseCACert(data []byte, td spiffeid.TrustDomain, now time.Time) (*x509.Certificate, error) {
+// keyPEM is the CA's key as CAKeyFile holds it.
+func (ca *CA) keyPEM() ([]byte, error) {
+	der, err := x509.MarshalPKCS8PrivateKey(ca.key)
+	if err != nil {
+		return nil, fmt.Errorf("issuer: CA key: %w", err)
+	}
+	return pemBlock("PRIVATE KEY", der), nil
+}
+
+// parseCACert parses a CA certificate of td. Whether it is valid now is the
+// schedule's business (see checkActive).
+func parseCACert(data []byte, td spiffeid.TrustDomain) (*x509.Certificate, error) {
 	block, rest := pem.Decode(data)
 	if block == nil || block.Type != "CERTIFICATE" {
 		return nil, errors.New("no PEM CERTIFICATE block")
@@ -152,14 +151,6 @@ func parseCACert(data []byte, td spiffeid.TrustDomain, now time.Time) (*x509.Cer
 	if _, ok := cert.PublicKey.(*ecdsa.PublicKey); !ok {
 		return nil, fmt.Errorf("the key is %T, want ECDSA", cert.PublicKey)
 	}
-	if now.After(cert.NotAfter) {
-		return nil, fmt.Errorf("the CA expired at %s; remove its folder to create a new one",
-			cert.NotAfter.UTC().Format(time.RFC3339))
-	}
-	if now.Before(cert.NotBefore) {
-		return nil, fmt.Errorf("the CA is not valid before %s; is the clock right?",
-			cert.NotBefore.UTC().Format(time.RFC3339))
-	}
 	return cert, nil
 }
 
@@ -179,59 +170,23 @@ func parseKey(data []byte) (*ecdsa.PrivateKey, error) {
 	return ec, nil
 }
 
-func createCA(dir string, td spiffeid.TrustDomain, ttl time.Duration, now func() time.Time) (*CA, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("issuer: CA key: %w", err)
-	}
-	serial, err := newSerial()
-	if err != nil {
-		return nil, err
-	}
-	t := now()
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{Organization: []string{"pillion"}, CommonName: "pillion identity CA " + td.Name()},
-		URIs:                  []*url.URL{td.ID().URL()},
-		NotBefore:             t.Add(-backdate),
-		NotAfter:              t.Add(ttl),
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		MaxPathLenZero:        true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		return nil, fmt.Errorf("issuer: create CA certificate: %w", err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, fmt.Errorf("issuer: create CA certificate: %w", err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, fmt.Errorf("issuer: CA key: %w", err)
-	}
-	// The key goes first: the certificate's arrival is what makes a CA.
-	if err := writeFileAtomic(filepath.Join(dir, CAKeyFile), pemBlock("PRIVATE KEY", keyDER), 0o600); err != nil {
-		return nil, fmt.Errorf("issuer: %w", err)
-	}
-	if err := writeFileAtomic(filepath.Join(dir, CACertFile), pemBlock("CERTIFICATE", der), 0o644); err != nil {
-		return nil, fmt.Errorf("issuer: %w", err)
-	}
-	return &CA{td: td, cert: cert, key: key, now: now}, nil
-}
-
 // TrustDomain is the trust domain the CA issues for.
 func (ca *CA) TrustDomain() spiffeid.TrustDomain { return ca.td }
 
 // Certificate is the CA certificate. The caller must not modify it.
 func (ca *CA) Certificate() *x509.Certificate { return ca.cert }
 
-// Bundle returns the trust domain's X.509 bundle: the CA certificate. Each
-// call returns a new Bundle the caller may change.
+// Bundle returns an X.509 bundle of this CA's certificate alone. Each call
+// returns a new Bundle the caller may change. While an Authority rotates,
+// the trust domain's bundle is its State's X509Bundle.
 func (ca *CA) Bundle() *x509bundle.Bundle {
 	return x509bundle.FromX509Authorities(ca.td, []*x509.Certificate{ca.cert})
+}
+
+// Current makes a CA a KeySource that never changes: the CA signs and its
+// certificate is the whole bundle; the State's Changed channel is nil.
+func (ca *CA) Current() *State {
+	return &State{Active: ca, Bundle: []*x509.Certificate{ca.cert}}
 }
 
 // Issue signs a new X.509-SVID for id with a fresh ECDSA P-256 key: one URI

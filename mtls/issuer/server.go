@@ -69,14 +69,17 @@ type served struct {
 	grpc *grpc.Server
 }
 
-// Listen validates cfg against ca's trust domain and listens on each socket:
-// a stale socket file (one nobody accepts on) is removed first, the socket
-// is made 0666 so callers of any UID can connect (access is decided per
-// call, by socket or UID), and a path another process is serving on, or a
-// file that is not a socket, is an error. Nothing is served until Serve. The
-// caller must call Serve or Close, which remove the socket files.
-func Listen(ca *CA, cfg Config, log *zap.Logger) (*Server, error) {
-	if err := cfg.validate(ca.TrustDomain()); err != nil {
+// Listen validates cfg against the trust domain of keys' CA and listens on
+// each socket: a stale socket file (one nobody accepts on) is removed first,
+// the socket is made 0666 so callers of any UID can connect (access is
+// decided per call, by socket or UID), and a path another process is
+// serving on, or a file that is not a socket, is an error. Nothing is served
+// until Serve. The caller must call Serve or Close, which remove the socket
+// files. Callers get SVIDs signed by keys' active CA, and open streams a new
+// response each time keys' State changes; keeping an Authority on schedule
+// (Authority.Run) is the caller's job.
+func Listen(keys KeySource, cfg Config, log *zap.Logger) (*Server, error) {
+	if err := cfg.validate(keys.Current().Active.TrustDomain()); err != nil {
 		return nil, err
 	}
 	ttl := cfg.SVIDTTL
@@ -91,7 +94,7 @@ func Listen(ca *CA, cfg Config, log *zap.Logger) (*Server, error) {
 			_ = s.Close()
 			return nil, fmt.Errorf("issuer: socket %s: %w", sock.Path, err)
 		}
-		api := &workloadAPI{ca: ca, ttl: ttl, id: sock.ID, uids: uids, done: s.done,
+		api := &workloadAPI{keys: keys, ttl: ttl, id: sock.ID, uids: uids, done: s.done,
 			log: log.With(zap.String("socket", sock.Path))}
 		g := grpc.NewServer(
 			grpc.Creds(peerCredentials{required: sock.ID.IsZero()}),

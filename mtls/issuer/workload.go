@@ -1,11 +1,14 @@
 package issuer
 
 import (
+	"bytes"
 	"context"
+	"crypto/x509"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -27,7 +30,7 @@ const minRefresh = 500 * time.Millisecond
 // the ID its UID maps to in uids.
 type workloadAPI struct {
 	workload.UnimplementedSpiffeWorkloadAPIServer
-	ca   *CA
+	keys KeySource
 	ttl  time.Duration
 	id   spiffeid.ID
 	uids map[uint32]spiffeid.ID // read-only
@@ -43,63 +46,92 @@ var (
 	errJWT          = status.Error(codes.Unimplemented, "pillion identity issues X.509-SVIDs only; JWT-SVIDs are not supported")
 )
 
-// FetchX509SVID sends the caller's SVID, then a new one each time half of
-// the last one's lifetime has passed, until the caller goes or the server
-// closes.
+// FetchX509SVID sends the caller's SVID and the bundle, then again each
+// time half of the SVID's lifetime has passed (a new SVID) or the keys
+// change (a new bundle, and a new SVID when another CA signs), until the
+// caller goes or the server closes.
 func (w *workloadAPI) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerStreamingServer[workload.X509SVIDResponse]) error {
 	ctx := stream.Context()
 	id, err := w.identify(ctx)
 	if err != nil {
 		return err
 	}
-	bundle := w.ca.Certificate().Raw
+	st := w.keys.Current()
+	var (
+		svid    *x509svid.SVID
+		signer  *x509.Certificate // svid's CA
+		refresh time.Time         // when svid is half spent
+	)
 	for {
-		svid, err := w.ca.Issue(id, w.ttl)
-		if err != nil {
-			w.log.Error("could not issue an X.509-SVID", zap.Stringer("spiffe_id", id), zap.Error(err))
-			return status.Errorf(codes.Internal, "issue an X.509-SVID for %s: %v", id, err)
+		if now := st.Active.now(); svid == nil || !signer.Equal(st.Active.cert) || !now.Before(refresh) {
+			if svid, err = st.Active.Issue(id, w.ttl); err != nil {
+				w.log.Error("could not issue an X.509-SVID", zap.Stringer("spiffe_id", id), zap.Error(err))
+				return status.Errorf(codes.Internal, "issue an X.509-SVID for %s: %v", id, err)
+			}
+			leaf := svid.Certificates[0]
+			signer, refresh = st.Active.cert, now.Add(max(leaf.NotAfter.Sub(now)/2, minRefresh))
+			w.log.Info("issued an X.509-SVID", append([]zap.Field{zap.Stringer("spiffe_id", id),
+				zap.String("serial", leaf.SerialNumber.Text(16)), zap.Time("expires", leaf.NotAfter),
+				zap.String("ca_serial", signer.SerialNumber.Text(16))}, callerFields(ctx)...)...)
 		}
 		certs, key, err := svid.MarshalRaw()
 		if err != nil {
 			return status.Errorf(codes.Internal, "encode the X.509-SVID for %s: %v", id, err)
 		}
 		err = stream.Send(&workload.X509SVIDResponse{Svids: []*workload.X509SVID{{
-			SpiffeId: id.String(), X509Svid: certs, X509SvidKey: key, Bundle: bundle,
+			SpiffeId: id.String(), X509Svid: certs, X509SvidKey: key, Bundle: bundleDER(st),
 		}}})
 		if err != nil {
 			return err
 		}
-		leaf := svid.Certificates[0]
-		w.log.Info("issued an X.509-SVID", append([]zap.Field{zap.Stringer("spiffe_id", id),
-			zap.String("serial", leaf.SerialNumber.Text(16)), zap.Time("expires", leaf.NotAfter)},
-			callerFields(ctx)...)...)
-		refresh := max(leaf.NotAfter.Sub(w.ca.now())/2, minRefresh)
-		if err := w.wait(ctx, refresh); err != nil {
+		changed, err := w.wait(ctx, max(refresh.Sub(st.Active.now()), 0), st.Changed())
+		if err != nil {
 			return err
+		}
+		if changed {
+			st = w.keys.Current()
 		}
 	}
 }
 
-// FetchX509Bundles sends the trust domain's bundle once and keeps the
-// stream open: the CA does not change while the server runs.
+// FetchX509Bundles sends the trust domain's bundle, then again each time it
+// changes, until the caller goes or the server closes.
 func (w *workloadAPI) FetchX509Bundles(_ *workload.X509BundlesRequest, stream grpc.ServerStreamingServer[workload.X509BundlesResponse]) error {
 	ctx := stream.Context()
 	if _, err := w.identify(ctx); err != nil {
 		return err
 	}
-	err := stream.Send(&workload.X509BundlesResponse{Bundles: map[string][]byte{
-		w.ca.TrustDomain().IDString(): w.ca.Certificate().Raw,
-	}})
-	if err != nil {
-		return err
+	var sent []byte
+	for st := w.keys.Current(); ; st = w.keys.Current() {
+		if b := bundleDER(st); !bytes.Equal(b, sent) {
+			err := stream.Send(&workload.X509BundlesResponse{Bundles: map[string][]byte{
+				st.Active.TrustDomain().IDString(): b,
+			}})
+			if err != nil {
+				return err
+			}
+			sent = b
+		}
+		if _, err := w.wait(ctx, -1, st.Changed()); err != nil {
+			return err
+		}
 	}
-	return w.wait(ctx, -1)
 }
 
-// wait waits for d (forever when negative). It returns nil when d passed,
-// ctx's error when the caller went, and errShuttingDown when the server
-// closes.
-func (w *workloadAPI) wait(ctx context.Context, d time.Duration) error {
+// bundleDER is st's bundle as the Workload API carries it: the
+// certificates' DER, one after the other.
+func bundleDER(st *State) []byte {
+	var b []byte
+	for _, c := range st.Bundle {
+		b = append(b, c.Raw...)
+	}
+	return b
+}
+
+// wait waits for d (forever when negative) or for changed to close. It
+// returns whether changed closed, ctx's error when the caller went, and
+// errShuttingDown when the server closes.
+func (w *workloadAPI) wait(ctx context.Context, d time.Duration, changed <-chan struct{}) (bool, error) {
 	var tick <-chan time.Time
 	if d >= 0 {
 		t := time.NewTimer(d)
@@ -108,11 +140,13 @@ func (w *workloadAPI) wait(ctx context.Context, d time.Duration) error {
 	}
 	select {
 	case <-tick:
-		return nil
+		return false, nil
+	case <-changed:
+		return true, nil
 	case <-ctx.Done():
-		return ctx.Err()
+		return false, ctx.Err()
 	case <-w.done:
-		return errShuttingDown
+		return false, errShuttingDown
 	}
 }
 

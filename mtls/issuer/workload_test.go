@@ -49,8 +49,14 @@ func serve(t *testing.T, cfg Config) *testServer {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return serveKeys(t, ca, ca, cfg)
+}
+
+// serveKeys listens with cfg on keys and serves until the test ends.
+func serveKeys(t *testing.T, keys KeySource, ca *CA, cfg Config) *testServer {
+	t.Helper()
 	core, logs := observer.New(zap.DebugLevel)
-	srv, err := Listen(ca, cfg, zap.New(core))
+	srv, err := Listen(keys, cfg, zap.New(core))
 	if err != nil {
 		t.Fatal(err)
 	}
