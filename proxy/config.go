@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/pillionmesh/pillion/proxy/pool"
 	"github.com/pillionmesh/pillion/redirect"
 )
@@ -70,6 +72,9 @@ type Config struct {
 	// nil turns mTLS off (and with it the config's mesh networks and
 	// STRICT mode, which need it). The caller closes it after Run.
 	Identity Identity
+	// Registerer is where New registers the proxy's metrics (see
+	// metrics.go); nil turns metrics off.
+	Registerer prometheus.Registerer
 }
 
 // DefaultConfig returns the defaults.

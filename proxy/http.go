@@ -117,7 +117,7 @@ func (s *Server) serveRequest(dir Direction, w http.ResponseWriter, r *http.Requ
 		_ = http.NewResponseController(w).EnableFullDuplex()
 	}
 	s.stats.Dir[dir].Requests.Add(1)
-	s.config.Load().chain(dir).ServeHTTP(w, r.WithContext(filters.NewContext(r.Context(), info)))
+	s.metrics.serve(s.config.Load().chain(dir), w, r.WithContext(filters.NewContext(r.Context(), info)), info)
 }
 
 // connMeta is what the proxy knows of an HTTP connection.

@@ -45,12 +45,20 @@ type Server struct {
 	conns   map[*net.TCPConn]struct{} // open sockets, both ends, for the final reset
 	closing bool                      // the final reset has run: refuse new sockets
 
-	ready chan struct{}
+	ready    chan struct{} // closed once LIVE
+	listened atomic.Bool   // the listeners are open
+	addrs    []Listener    // the listeners, set by Run before listened
+	draining atomic.Bool   // Drain was called or Run's context ended
+	drained  atomic.Bool   // the drain is over
+	drainReq chan struct{} // closed by Drain
+	drainOne sync.Once
 
 	pools  *pool.Pools
 	mesh   *meshTLS // nil without an identity
 	config atomic.Pointer[running]
 	http   [2]*httpServer // by Direction; set by Run
+
+	metrics *requestMetrics // nil without Config.Registerer
 }
 
 // New returns a Server for cfg, which must be valid, with the default
@@ -72,6 +80,7 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 		bindV6:     netip.IPv6Unspecified(),
 		conns:      make(map[*net.TCPConn]struct{}),
 		ready:      make(chan struct{}),
+		drainReq:   make(chan struct{}),
 	}
 	if cfg.Identity != nil {
 		s.mesh = newMeshTLS(cfg.Identity)
@@ -79,6 +88,9 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 	pc := cfg.Pool
 	pc.DialTimeout, pc.Dial = cfg.DialTimeout, s.poolDial
 	s.pools = pool.New(pc)
+	if err := s.registerMetrics(cfg.Registerer); err != nil {
+		return nil, fmt.Errorf("proxy: %w", err)
+	}
 	defaults, err := configfile.Parse(nil, builtin.Registry())
 	if err == nil {
 		err = s.Apply(defaults)
@@ -97,21 +109,73 @@ func (s *Server) Stats() *Stats { return &s.stats }
 // listeners.
 func (s *Server) Ready() <-chan struct{} { return s.ready }
 
-// NotReady returns nil once the server is ready, else why it is not.
-// It is live: an identity that lost its SVID (expired files) makes the
-// server not ready again.
-func (s *Server) NotReady() error {
+// The states of a Server, as Envoy's admin /ready names them (DRAINED is
+// pillion's: drained by Drain, waiting to be stopped).
+const (
+	StatePreInitializing = "PRE_INITIALIZING"
+	StateInitializing    = "INITIALIZING"
+	StateLive            = "LIVE"
+	StateDraining        = "DRAINING"
+	StateDrained         = "DRAINED"
+)
+
+// State returns the server's state, and unless it is LIVE, why it is not
+// ready. It is live: an identity that lost its SVID (expired files) makes
+// a LIVE server not ready again.
+func (s *Server) State() (string, error) {
+	switch {
+	case s.drained.Load():
+		return StateDrained, errors.New("drained: no longer accepting connections")
+	case s.draining.Load():
+		return StateDraining, errors.New("draining: no longer accepting connections")
+	case !s.listened.Load():
+		return StatePreInitializing, errors.New("listeners not open yet")
+	}
 	if s.mesh != nil {
 		if err := s.mesh.id.Ready(); err != nil {
-			return fmt.Errorf("no identity: %w", err)
+			return StateInitializing, fmt.Errorf("no identity: %w", err)
 		}
 	}
 	select {
 	case <-s.ready:
-		return nil
+		return StateLive, nil
 	default:
-		return errors.New("starting")
+		return StateInitializing, errors.New("starting")
 	}
+}
+
+// NotReady returns nil when the server is LIVE, else why it is not.
+func (s *Server) NotReady() error {
+	_, err := s.State()
+	return err
+}
+
+// Listener is one of the proxy's listening sockets.
+type Listener struct {
+	Direction Direction
+	Addr      netip.AddrPort
+}
+
+// Listeners returns the listeners Run opened; none before.
+func (s *Server) Listeners() []Listener {
+	if !s.listened.Load() {
+		return nil
+	}
+	return append([]Listener(nil), s.addrs...)
+}
+
+// PoolConns returns the upstream pools' open connections per endpoint.
+func (s *Server) PoolConns() []pool.EndpointConns { return s.pools.Conns() }
+
+// Drain fails readiness at once, closes the listeners and lets open
+// connections finish (up to DrainTimeout, then resets them), as Run does
+// when its context ends; the server then stays DRAINED until the context
+// ends. It is idempotent and safe to call at any time.
+func (s *Server) Drain() {
+	s.drainOne.Do(func() {
+		s.draining.Store(true)
+		close(s.drainReq)
+	})
 }
 
 // becomeReady closes s.ready once the identity has an SVID (at once
@@ -171,6 +235,7 @@ func (s *Server) Run(ctx context.Context) error {
 				return fmt.Errorf("proxy: %s listener: %w", p.dir, err)
 			}
 			ls = append(ls, lis{l, p.dir})
+			s.addrs = append(s.addrs, Listener{Direction: p.dir, Addr: l.Addr().(*net.TCPAddr).AddrPort()})
 			s.log.Info("listening", zap.Stringer("direction", p.dir), zap.Stringer("addr", l.Addr()))
 		}
 	}
@@ -185,12 +250,20 @@ func (s *Server) Run(ctx context.Context) error {
 			s.accept(x.l, x.dir)
 		}()
 	}
+	s.listened.Store(true)
 	go s.becomeReady(ctx)
-	<-ctx.Done()
+	select {
+	case <-ctx.Done():
+		s.draining.Store(true)
+	case <-s.drainReq:
+		s.log.Info("drain requested")
+	}
 	closeAll()
 	accepting.Wait()
 	s.drain()
 	s.pools.CloseIdle()
+	s.drained.Store(true)
+	<-ctx.Done() // after Drain, stay until stopped
 	return nil
 }
 

@@ -139,7 +139,7 @@ func runIdentity(ctx context.Context, args []string, stdout, stderr io.Writer) e
 			*svidTTL, *caTTL))
 	}
 
-	log := newLogger(level, stderr)
+	log := newLogger(level, stderr, "json")
 	defer func() { _ = log.Sync() }()
 	auth, created, err := issuer.OpenAuthority(*dir, td, *caTTL, log)
 	if err != nil {

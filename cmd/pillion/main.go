@@ -38,6 +38,7 @@ func commands() []command {
 		{"init", "install the capture rules in this network namespace (the init container)", runInit},
 		{"proxy", "run the sidecar proxy", runProxy},
 		{"identity", "serve SPIFFE identities from a local CA on the Workload API (laptops, demos, tests)", runIdentity},
+		{"wait", "wait until the sidecar in this pod is ready (an application's postStart hook)", runWait},
 		{"version", "print the version", runVersion},
 	}
 }

@@ -4,11 +4,14 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"time"
 
 	"os"
 	"os/signal"
 	"syscall"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
 
 	"github.com/pillionmesh/pillion/proxy"
@@ -91,8 +94,10 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.DurationVar(&cfg.Pool.HTTP2IdleTimeout, "http2-idle-timeout", cfg.Pool.HTTP2IdleTimeout,
 		"close pooled HTTP/2 upstream connections idle this long")
 	svid := addSVIDFlags(fs)
+	ports := addOpsFlags(fs)
 	level := zap.NewAtomicLevelAt(zap.InfoLevel)
-	fs.TextVar(&level, "log-level", level, "log level: debug, info, warn or error")
+	fs.TextVar(&level, "log-level", level, "log level: debug, info, warn or error; changed at run time with POST /logging?level= on the admin endpoint")
+	logFormat := fs.String("log-format", "json", "log format: json, or console for humans")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -118,7 +123,10 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return badUsage(fmt.Errorf("--config: %w", err))
 		}
 	}
-	log := newLogger(level, stderr)
+	if *logFormat != "json" && *logFormat != "console" {
+		return badUsage(fmt.Errorf("--log-format: %q: want json or console", *logFormat))
+	}
+	log := newLogger(level, stderr, *logFormat)
 	defer func() { _ = log.Sync() }()
 	id, closeID, err := svid.source(log)
 	if err != nil {
@@ -126,6 +134,9 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer closeID()
 	cfg.Identity = id
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	cfg.Registerer = reg
 	s, err := proxy.New(cfg, log)
 	if err != nil {
 		return err
@@ -140,6 +151,13 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		r := &reloader{path: *configPath, s: s, log: log, last: fileData}
 		go r.run(ctx, hup)
 	}
+	ctx, quit := context.WithCancel(ctx)
+	defer quit()
+	o := &ops{s: s, reg: reg, id: id, level: level, quit: quit, flags: fs, started: time.Now()}
+	if err := o.start(ports, log); err != nil {
+		return err
+	}
+	defer o.stop()
 	log.Info("starting", zap.String("version", version), zap.Uint16("outbound_port", cfg.OutboundPort),
 		zap.Uint16("inbound_port", cfg.InboundPort))
 	if err := s.Run(ctx); err != nil {

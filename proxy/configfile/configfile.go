@@ -101,6 +101,9 @@ func (m Mode) String() string {
 	return "PERMISSIVE"
 }
 
+// MarshalText shows the mode by name (in the admin config dump).
+func (m Mode) MarshalText() ([]byte, error) { return []byte(m.String()), nil }
+
 // Spec is one filter of a chain as the file configures it.
 type Spec struct {
 	Name   string
