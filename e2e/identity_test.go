@@ -41,6 +41,13 @@ func TestSidecarWaitsForItsIdentity(t *testing.T) {
 		t.Errorf("a's request to b without an SVID: %s, want 503", got)
 	}
 
+	// pillion wait, the application's postStart hook, gives up saying why.
+	ctx := context.Background()
+	if out, err := podB.Command(ctx, testpod.Root, pillionBin, "wait", "--timeout=500ms").CombinedOutput(); err == nil ||
+		!strings.Contains(string(out), "not ready after 500ms") || !strings.Contains(string(out), "no identity") {
+		t.Errorf("pillion wait while b has no identity: %v, %q; want a failure naming the reason", err, out)
+	}
+
 	if err := os.Symlink(iss.Socket(podB), later); err != nil {
 		t.Fatal(err)
 	}
@@ -49,6 +56,9 @@ func TestSidecarWaitsForItsIdentity(t *testing.T) {
 	}
 	if got := curl(t, podA, "-o", "/dev/null", "-w", "%{http_code}", bURL); got != "200" {
 		t.Errorf("a's request to b once b has its SVID: %s, want 200\na:\n%s", got, a.Proxy.Output())
+	}
+	if out, err := podB.Command(ctx, testpod.Root, pillionBin, "wait", "--timeout=5s").CombinedOutput(); err != nil {
+		t.Errorf("pillion wait once b is ready: %v, %q", err, out)
 	}
 }
 
