@@ -54,10 +54,16 @@ The config file is re-read every second and on SIGHUP; a new config is built
 whole and swapped in (requests in flight finish on the old chain), and one
 that fails to load is refused with a log line while the old keeps serving.
 
-Logs are JSON lines on stderr, one per connection at info level, and one per
-HTTP request with the accesslog filter.
-SIGINT or SIGTERM: stop accepting, let open connections finish for up to
---drain-timeout, then exit.
+Operating it: the admin endpoint on 127.0.0.1:--admin-port (15000, loopback
+only: /ready, /stats, /stats/prometheus, /clusters, /listeners, /config_dump,
+/certs, /server_info, /help; POST /logging?level=, /drain, /quitquitquit,
+/healthcheck/fail and /healthcheck/ok), kubelet's /healthz/ready on
+:--health-port (15021) and /stats/prometheus on :--prometheus-port (15090).
+Logs are JSON lines on stderr (--log-format=console for humans), one per
+connection at info level, and one per HTTP request with the accesslog filter.
+SIGINT, SIGTERM or POST /quitquitquit: readiness fails at once, the listeners
+close, requests in flight finish, keep-alive clients are told to go, other
+connections get up to --drain-timeout; then exit 0.
 
 Example:
   setpriv --reuid=1337 --regid=1337 --clear-groups pillion proxy --config=/etc/pillion/proxy.yaml \
