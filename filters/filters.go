@@ -64,9 +64,10 @@ type Env struct {
 	// Upstream sends requests on: the terminal router uses it. Nil in the
 	// unit tests of other filters.
 	Upstream Upstream
-	// Meshed reports whether an address is served by a pillion sidecar, so
-	// that the outbound router can send it pooled HTTP/2. Never nil.
-	Meshed func(netip.Addr) bool
+	// Meshed reports whether a destination (address and port) is served by
+	// a pillion sidecar, so that the outbound router can send it pooled
+	// HTTP/2. Never nil.
+	Meshed func(netip.AddrPort) bool
 }
 
 // Upstream sends a request to the endpoint in its URL with the given

@@ -39,7 +39,7 @@ func (s *Server) Apply(f *configfile.File) error {
 			AccessLog: s.log.Named("access"),
 			Now:       time.Now,
 			Upstream:  s.pools,
-			Meshed:    func(a netip.Addr) bool { return s.meshedIn(f.Mesh, a) },
+			Meshed:    func(dst netip.AddrPort) bool { return s.meshedIn(f.Mesh, dst) },
 		}
 		c, err := configfile.Build(specs, env)
 		if err != nil {

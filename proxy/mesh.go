@@ -18,6 +18,7 @@ import (
 	"github.com/pillionmesh/pillion/proxy/pool"
 	"github.com/pillionmesh/pillion/proxy/relay"
 	"github.com/pillionmesh/pillion/proxy/sniff"
+	"github.com/pillionmesh/pillion/redirect"
 )
 
 // Identity is the sidecar's identity source (mtls.WorkloadSource or
@@ -69,15 +70,21 @@ func (s *Server) checkMesh(m configfile.Mesh) error {
 }
 
 // meshed reports whether dst is served by a peer sidecar under the
-// running config, so that traffic to it goes in mTLS.
+// running config, so that traffic to it goes in mTLS. The peer sidecar's
+// own health and Prometheus ports are not: its capture leaves them alone,
+// and they answer in the clear (a Prometheus with a sidecar scrapes them).
 func (s *Server) meshed(dst netip.AddrPort) bool {
-	return s.meshedIn(s.config.Load().file.Mesh, dst.Addr())
+	return s.meshedIn(s.config.Load().file.Mesh, dst)
 }
 
-// meshedIn reports whether a is served by a peer sidecar under m. Never
-// without mTLS, and never on loopback: that is this pod's application.
-func (s *Server) meshedIn(m configfile.Mesh, a netip.Addr) bool {
-	return s.mesh != nil && !a.IsLoopback() && m.Contains(a)
+// meshedIn reports whether dst is served by a peer sidecar under m. Never
+// without mTLS, never on loopback (this pod's application), and never the
+// peer sidecar's health or Prometheus port.
+func (s *Server) meshedIn(m configfile.Mesh, dst netip.AddrPort) bool {
+	if dst.Port() == redirect.HealthPort || dst.Port() == redirect.PrometheusPort {
+		return false
+	}
+	return s.mesh != nil && !dst.Addr().IsLoopback() && m.Contains(dst.Addr())
 }
 
 // poolDial is the pools' dialer: mTLS to peer sidecars, announcing the

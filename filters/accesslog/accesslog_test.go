@@ -38,7 +38,7 @@ func build(t *testing.T, level zapcore.Level, dir filters.Direction, elapsed tim
 		Log:       zap.NewNop(),
 		AccessLog: zap.New(core),
 		Now:       func() time.Time { return t0.Add(elapsed) },
-		Meshed:    func(netip.Addr) bool { return false },
+		Meshed:    func(netip.AddrPort) bool { return false },
 	})
 	if err != nil {
 		t.Fatal(err)

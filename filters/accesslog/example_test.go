@@ -29,7 +29,7 @@ func Example() {
 		Log:       zap.NewNop(),
 		AccessLog: log,
 		Now:       func() time.Time { return start.Add(4200 * time.Microsecond) },
-		Meshed:    func(netip.Addr) bool { return false },
+		Meshed:    func(netip.AddrPort) bool { return false },
 	})
 	if err != nil {
 		panic(err)

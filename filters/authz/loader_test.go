@@ -27,7 +27,7 @@ func (noUpstream) RoundTrip(*http.Request, pool.Protocol) (*http.Response, error
 func TestLoader(t *testing.T) {
 	env := func(d filters.Direction) filters.Env {
 		return filters.Env{Direction: d, Log: zap.NewNop(), AccessLog: zap.NewNop(), Now: time.Now,
-			Meshed: func(netip.Addr) bool { return false }, Upstream: noUpstream{}}
+			Meshed: func(netip.AddrPort) bool { return false }, Upstream: noUpstream{}}
 	}
 	f, err := configfile.Parse([]byte(`
 inbound:

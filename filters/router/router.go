@@ -153,7 +153,7 @@ func (rt *Router) protocol(r *http.Request, info *filters.Info) (pool.Protocol, 
 	switch {
 	case info.Upgrade != "":
 		return pool.HTTP1, ""
-	case info.Direction == filters.Outbound && rt.env.Meshed(info.Destination.Addr()):
+	case info.Direction == filters.Outbound && rt.env.Meshed(info.Destination):
 		if r.ProtoMajor == 1 {
 			return pool.HTTP2, r.Proto
 		}

@@ -50,7 +50,7 @@ func newRouter(t *testing.T, cfg Config, up *upstream) *Router {
 	up.clock = &fakeClock{t: time.Unix(1000, 0)}
 	rt, err := New(cfg, filters.Env{
 		Log: zap.NewNop(), AccessLog: zap.NewNop(), Now: up.clock.now, Upstream: up,
-		Meshed: func(a netip.Addr) bool { return netip.MustParsePrefix("10.0.0.0/8").Contains(a) },
+		Meshed: func(a netip.AddrPort) bool { return netip.MustParsePrefix("10.0.0.0/8").Contains(a.Addr()) },
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -290,7 +290,7 @@ func (brokenUpstream) RoundTrip(r *http.Request, _ pool.Protocol) (*http.Respons
 }
 
 func TestResponseCutOffIsFlagged(t *testing.T) {
-	rt, err := New(Config{}, filters.Env{Log: zap.NewNop(), Now: time.Now, Upstream: brokenUpstream{}, Meshed: func(netip.Addr) bool { return false }})
+	rt, err := New(Config{}, filters.Env{Log: zap.NewNop(), Now: time.Now, Upstream: brokenUpstream{}, Meshed: func(netip.AddrPort) bool { return false }})
 	if err != nil {
 		t.Fatal(err)
 	}

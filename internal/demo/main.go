@@ -9,11 +9,13 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -109,6 +111,9 @@ func run(s *testpod.Session, hold bool) error {
 	if err := outsiderCall(outsider, netip.AddrPortFrom(server.IPv4, 8000).String(), sidecars["server"]); err != nil {
 		return err
 	}
+	if err := showAdmin(client, server); err != nil {
+		return err
+	}
 
 	step("The capture rules in the server pod (iptables-save -t nat)")
 	rules, err := server.Exec(context.Background(), "iptables-save", "-t", "nat")
@@ -192,6 +197,93 @@ func outsiderCall(outsider *testpod.Pod, target string, server *meshtest.Sidecar
 		return fmt.Errorf("the server sidecar did not log the refusal:\n%s", server.Proxy.Output())
 	}
 	fmt.Printf("  the server's sidecar: %q (from %s, %s)\n", l.Msg, l.Src, l.Protocol)
+	return nil
+}
+
+// showAdmin prints the key outputs of the sidecars' admin endpoints, read
+// from inside each pod as an operator would with curl.
+func showAdmin(client, server *testpod.Pod) error {
+	step("What the sidecars' admin endpoints show (curl 127.0.0.1:15000/... inside each pod)")
+	get := func(pod *testpod.Pod, path string) (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.0.0.1:15000"+path, nil)
+		if err != nil {
+			return "", err
+		}
+		res, err := meshtest.NewHTTPClient(pod, false).Do(req)
+		if err != nil {
+			return "", fmt.Errorf("%s's admin endpoint: %w", pod.Name, err)
+		}
+		defer res.Body.Close()
+		body, err := io.ReadAll(res.Body)
+		if err == nil && res.StatusCode != http.StatusOK {
+			err = fmt.Errorf("%s", res.Status)
+		}
+		if err != nil {
+			return "", fmt.Errorf("%s's admin endpoint: GET %s: %w: %s", pod.Name, path, err, body)
+		}
+		return string(body), nil
+	}
+	lines := func(text string, keep func(string) bool) {
+		for l := range strings.SplitSeq(strings.TrimSpace(text), "\n") {
+			if keep(l) {
+				fmt.Println("    " + l)
+			}
+		}
+	}
+	all := func(string) bool { return true }
+
+	for _, p := range []struct {
+		pod    *testpod.Pod
+		filter string
+	}{{client, "pillion_requests_total"}, {server, `pillion_requests_total|reason="plaintext"`}} {
+		path := "/stats?filter=" + url.QueryEscape(p.filter)
+		out, err := get(p.pod, path)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("  %s GET /stats?filter=%s\n", p.pod.Name, p.filter)
+		lines(out, all)
+	}
+
+	out, err := get(client, "/clusters")
+	if err != nil {
+		return err
+	}
+	fmt.Println("  client GET /clusters (its pooled HTTP/2 connection to the server's sidecar; only some lines)")
+	lines(out, func(l string) bool {
+		return strings.HasPrefix(l, "http2_pool::") && (strings.Contains(l, "::cx_active::") || strings.Contains(l, "::protocol::"))
+	})
+
+	fmt.Println("  GET /certs (the workload SVIDs)")
+	for _, pod := range []*testpod.Pod{client, server} {
+		out, err := get(pod, "/certs")
+		if err != nil {
+			return err
+		}
+		var certs struct {
+			Certificates []struct {
+				CertChain []struct {
+					SubjectAltNames []struct {
+						URI string `json:"uri"`
+					} `json:"subject_alt_names"`
+					Seconds int64  `json:"seconds_until_expiration"`
+					Expires string `json:"expiration_time"`
+				} `json:"cert_chain"`
+			} `json:"certificates"`
+		}
+		if err := json.Unmarshal([]byte(out), &certs); err != nil {
+			return fmt.Errorf("%s's /certs: %w: %s", pod.Name, err, out)
+		}
+		if len(certs.Certificates) == 0 || len(certs.Certificates[0].CertChain) == 0 || len(certs.Certificates[0].CertChain[0].SubjectAltNames) == 0 {
+			return fmt.Errorf("%s's /certs shows no SVID: %s", pod.Name, out)
+		}
+		c := certs.Certificates[0].CertChain[0]
+		fmt.Printf("    %-7s %s, expires %s (in %s)\n", pod.Name, c.SubjectAltNames[0].URI, c.Expires,
+			(time.Duration(c.Seconds) * time.Second).Round(time.Minute))
+	}
+	fmt.Println("  also /ready, /listeners, /config_dump, /server_info, /help; Prometheus scrapes :15090, kubelet probes :15021")
 	return nil
 }
 

@@ -152,7 +152,7 @@ func (fakeUpstream) RoundTrip(r *http.Request, _ pool.Protocol) (*http.Response,
 }
 
 func env() filters.Env {
-	return filters.Env{Log: zap.NewNop(), AccessLog: zap.NewNop(), Now: time.Now, Upstream: fakeUpstream{}, Meshed: func(netip.Addr) bool { return false }}
+	return filters.Env{Log: zap.NewNop(), AccessLog: zap.NewNop(), Now: time.Now, Upstream: fakeUpstream{}, Meshed: func(netip.AddrPort) bool { return false }}
 }
 
 func TestBuildRunsFiltersInOrderThenTheRouter(t *testing.T) {
