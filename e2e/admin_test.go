@@ -306,11 +306,17 @@ func TestAdminEndpoint(t *testing.T) {
 			"http1_pool::observability_name::http1_pool",
 			"http2_pool::observability_name::http2_pool",
 			"http2_pool::" + m.bAddr + "::cx_active::1",
+			"http2_pool::" + m.bAddr + "::cx_total::1",
+			"http2_pool::" + m.bAddr + "::rq_active::0",
+			"http2_pool::" + m.bAddr + "::cx_connect_fail::0",
 			"http2_pool::" + m.bAddr + "::protocol::HTTP/2",
 		} {
 			if !slices.Contains(strings.Split(text, "\n"), line) {
 				t.Errorf("a's /clusters has no line %q:\n%s", line, text)
 			}
+		}
+		if !strings.Contains(text, "http2_pool::"+m.bAddr+"::rq_total::") || strings.Contains(text, "http2_pool::"+m.bAddr+"::rq_total::0\n") {
+			t.Errorf("a's /clusters does not count the requests sent to b:\n%s", text)
 		}
 		if strings.Contains(text, "http1_pool::"+m.bAddr) {
 			t.Errorf("a's /clusters has b in its HTTP/1.1 pool (between sidecars it is HTTP/2):\n%s", text)

@@ -139,7 +139,11 @@ func (o *ops) clusters() []admin.Cluster {
 	}
 	for _, c := range o.s.PoolConns() {
 		cl := byProto[c.Protocol]
-		cl.Endpoints = append(cl.Endpoints, admin.Endpoint{Address: c.Endpoint, Protocol: c.Protocol.String(), ActiveConns: c.Open})
+		cl.Endpoints = append(cl.Endpoints, admin.Endpoint{
+			Address: c.Endpoint, Protocol: c.Protocol.String(),
+			ActiveConns: c.Open, TotalConns: uint64(c.Total), ConnectFailures: uint64(c.ConnectFailures),
+			ActiveRequests: c.ActiveRequests, TotalRequests: uint64(c.TotalRequests),
+		})
 	}
 	return []admin.Cluster{*byProto[pool.HTTP1], *byProto[pool.HTTP2]}
 }

@@ -7,11 +7,16 @@ import (
 	"sync"
 )
 
-// EndpointConns is how many connections a pool has open to one endpoint.
+// EndpointConns is what a pool did with one endpoint: its connections and
+// requests now and since the pool started.
 type EndpointConns struct {
 	Endpoint string
 	Protocol Protocol
-	Open     int
+	// Open connections now; Total ever opened; ConnectFailures dials that
+	// failed.
+	Open, Total, ConnectFailures int
+	// ActiveRequests being sent or answered now; TotalRequests ever sent.
+	ActiveRequests, TotalRequests int
 }
 
 type connKey struct {
@@ -19,34 +24,45 @@ type connKey struct {
 	proto    Protocol
 }
 
-// counter counts open connections per endpoint and protocol.
+// counter counts connections and requests per endpoint and protocol. An
+// endpoint's entry is kept once made, like Envoy's host stats.
 type counter struct {
-	mu   sync.Mutex
-	open map[connKey]int
+	mu sync.Mutex
+	by map[connKey]*EndpointConns
 }
 
-func newCounter() *counter { return &counter{open: make(map[connKey]int)} }
+func newCounter() *counter { return &counter{by: make(map[connKey]*EndpointConns)} }
+
+// entry returns k's counts; n.mu must be held.
+func (n *counter) entry(k connKey) *EndpointConns {
+	e := n.by[k]
+	if e == nil {
+		e = &EndpointConns{Endpoint: k.endpoint, Protocol: k.proto}
+		n.by[k] = e
+	}
+	return e
+}
+
+// update changes k's counts under the lock.
+func (n *counter) update(endpoint string, proto Protocol, f func(*EndpointConns)) {
+	n.mu.Lock()
+	f(n.entry(connKey{endpoint, proto}))
+	n.mu.Unlock()
+}
 
 // track counts c until it is closed.
 func (n *counter) track(c net.Conn, endpoint string, proto Protocol) net.Conn {
-	k := connKey{endpoint, proto}
-	n.mu.Lock()
-	n.open[k]++
-	n.mu.Unlock()
+	n.update(endpoint, proto, func(e *EndpointConns) { e.Open++; e.Total++ })
 	return &countedConn{Conn: c, release: func() {
-		n.mu.Lock()
-		if n.open[k]--; n.open[k] == 0 {
-			delete(n.open, k)
-		}
-		n.mu.Unlock()
+		n.update(endpoint, proto, func(e *EndpointConns) { e.Open-- })
 	}}
 }
 
 func (n *counter) snapshot() []EndpointConns {
 	n.mu.Lock()
-	out := make([]EndpointConns, 0, len(n.open))
-	for k, v := range n.open {
-		out = append(out, EndpointConns{Endpoint: k.endpoint, Protocol: k.proto, Open: v})
+	out := make([]EndpointConns, 0, len(n.by))
+	for _, e := range n.by {
+		out = append(out, *e)
 	}
 	n.mu.Unlock()
 	slices.SortFunc(out, func(a, b EndpointConns) int {

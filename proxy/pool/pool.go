@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -154,14 +155,44 @@ func (p *Pools) RoundTrip(req *http.Request, proto Protocol) (*http.Response, er
 			req.GetBody = notProcessed
 		}
 	}
+	host := req.URL.Host
+	p.conns.update(host, proto, func(e *EndpointConns) { e.ActiveRequests++; e.TotalRequests++ })
 	res, err := rt.RoundTrip(req)
 	if err != nil {
+		p.conns.update(host, proto, func(e *EndpointConns) { e.ActiveRequests-- })
 		if ctxErr := req.Context().Err(); ctxErr != nil {
 			return nil, ctxErr
 		}
 		return nil, classify(req.URL.Host, proto, err)
 	}
+	done := func() { p.conns.update(host, proto, func(e *EndpointConns) { e.ActiveRequests-- }) }
+	if res.StatusCode == http.StatusSwitchingProtocols {
+		done() // the body is the upgraded connection, which must stay an io.ReadWriteCloser
+		return res, nil
+	}
+	res.Body = &countedBody{ReadCloser: res.Body, done: done}
 	return res, nil
+}
+
+// countedBody calls done once, when the body is read to its end or closed:
+// the request is no longer active.
+type countedBody struct {
+	io.ReadCloser
+	once sync.Once
+	done func()
+}
+
+func (b *countedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil {
+		b.once.Do(b.done)
+	}
+	return n, err
+}
+
+func (b *countedBody) Close() error {
+	b.once.Do(b.done)
+	return b.ReadCloser.Close()
 }
 
 // CloseIdle closes the idle connections of both pools.
@@ -179,6 +210,7 @@ func (p *Pools) dialer(cfg Config, proto Protocol) func(ctx context.Context, net
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		c, err := cfg.Dial(ctx, network, addr, proto)
 		if err != nil {
+			p.conns.update(addr, proto, func(e *EndpointConns) { e.ConnectFailures++ })
 			return nil, &dialError{err}
 		}
 		return p.conns.track(c, addr, proto), nil
