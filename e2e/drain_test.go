@@ -1,11 +1,8 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -51,29 +48,8 @@ func testDrain(t *testing.T, stop func(*testing.T, *meshtest.Sidecar)) {
 		return []string{iss.ProxyArg(a)}, []string{iss.ProxyArg(b), "--drain-timeout=" + drainTimeout.String()}
 	}, "", "")
 	podC := m.node.AddPod(t, "c")
-	l, err := m.b.Pod.Listen("tcp", ":9001")
-	if err != nil {
-		t.Fatal(err)
-	}
-	meshtest.Serve(t, l, func(c net.Conn) { _, _ = io.Copy(c, c) })
-	held, err := m.a.Pod.Dial(context.Background(), "tcp", hostPort(m.b.Pod.IPv4, 9001))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer held.Close()
-	heldR := bufio.NewReader(held)
-	ping := func(i int) error {
-		_ = held.SetDeadline(time.Now().Add(2 * time.Second))
-		line := fmt.Sprintf("ping %d\n", i)
-		if _, err := io.WriteString(held, line); err != nil {
-			return err
-		}
-		got, err := heldR.ReadString('\n')
-		if err == nil && got != line {
-			err = fmt.Errorf("sent %q, got %q", line, got)
-		}
-		return err
-	}
+	held := holdConn(t, m)
+	ping := func(i int) error { return held.ping(i, 2*time.Second) }
 	if err := ping(0); err != nil {
 		t.Fatalf("held connection before the drain: %v", err)
 	}
@@ -144,7 +120,7 @@ func testDrain(t *testing.T, stop func(*testing.T, *meshtest.Sidecar)) {
 		t.Errorf("b's sidecar exited after %v: it did not wait for the held connection until the %v deadline", took, drainTimeout)
 	}
 	_ = held.SetDeadline(time.Now().Add(2 * time.Second))
-	if _, err := heldR.ReadString('\n'); err == nil {
+	if _, err := held.r.ReadString('\n'); err == nil {
 		t.Error("the held connection is still open after the drain deadline")
 	}
 }

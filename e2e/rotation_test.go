@@ -89,18 +89,7 @@ func (r *loadResult) add(count, fail *int, err error) {
 func meshLoad(t *testing.T, m *httpMesh, d time.Duration) *loadResult {
 	t.Helper()
 	meshtest.ServeEcho(t, m.b.Pod, ":9000")
-	l, err := m.b.Pod.Listen("tcp", ":9001")
-	if err != nil {
-		t.Fatal(err)
-	}
-	meshtest.Serve(t, l, func(c net.Conn) { _, _ = io.Copy(c, c) })
-
-	held, err := m.a.Pod.Dial(context.Background(), "tcp", hostPort(m.b.Pod.IPv4, 9001))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer held.Close()
-	heldR := bufio.NewReader(held)
+	held := holdConn(t, m)
 
 	res := &loadResult{}
 	stop := time.Now().Add(d)
@@ -133,16 +122,7 @@ func meshLoad(t *testing.T, m *httpMesh, d time.Duration) *loadResult {
 	})
 	wg.Go(func() {
 		for i := 0; time.Now().Before(stop); i++ {
-			_ = held.SetDeadline(time.Now().Add(5 * time.Second))
-			line := fmt.Sprintf("ping %d\n", i)
-			_, err := io.WriteString(held, line)
-			var got string
-			if err == nil {
-				got, err = heldR.ReadString('\n')
-			}
-			if err == nil && got != line {
-				err = fmt.Errorf("held connection: sent %q, got %q", line, got)
-			}
+			err := held.ping(i, 5*time.Second)
 			res.add(&res.pings, &res.pingFail, err)
 			time.Sleep(100 * time.Millisecond)
 		}
@@ -161,4 +141,42 @@ func svidSerials(sc *meshtest.Sidecar) []string {
 		}
 	}
 	return out
+}
+
+// heldConn is an opaque connection from a to b's line echo (b:9001), kept
+// open to check an established connection survives.
+type heldConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+// holdConn serves a line echo on b:9001 and connects to it from a. The
+// connection is closed when the test ends.
+func holdConn(t *testing.T, m *httpMesh) *heldConn {
+	t.Helper()
+	l, err := m.b.Pod.Listen("tcp", ":9001")
+	if err != nil {
+		t.Fatal(err)
+	}
+	meshtest.Serve(t, l, func(c net.Conn) { _, _ = io.Copy(c, c) })
+	c, err := m.a.Pod.Dial(context.Background(), "tcp", hostPort(m.b.Pod.IPv4, 9001))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &heldConn{Conn: c, r: bufio.NewReader(c)}
+}
+
+// ping sends line i and reads it back, within timeout.
+func (h *heldConn) ping(i int, timeout time.Duration) error {
+	_ = h.SetDeadline(time.Now().Add(timeout))
+	line := fmt.Sprintf("ping %d\n", i)
+	if _, err := io.WriteString(h, line); err != nil {
+		return err
+	}
+	got, err := h.r.ReadString('\n')
+	if err == nil && got != line {
+		err = fmt.Errorf("held connection: sent %q, got %q", line, got)
+	}
+	return err
 }
