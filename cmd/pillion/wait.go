@@ -41,9 +41,15 @@ func runWait(ctx context.Context, args []string, stdout, _ io.Writer) error {
 	client := &http.Client{Timeout: min(*interval*5, time.Second)}
 	var last error
 	for {
-		if last = probe(ctx, client, *url); last == nil {
+		err := probe(ctx, client, *url)
+		if err == nil {
 			fmt.Fprintln(stdout, "the sidecar is ready")
 			return nil
+		}
+		// A probe cut short by the time-out says less than the answer
+		// before it.
+		if last == nil || ctx.Err() == nil {
+			last = err
 		}
 		select {
 		case <-ctx.Done():
