@@ -102,8 +102,8 @@ func TestOutboundNeverPlaintextToTheMesh(t *testing.T) {
 	apply(t, s, "mesh: {networks: []}")
 	_, _ = roundTrip(t, s.cfg.OutboundPort, "plain")
 	waitFor(t, "the unmeshed destination reached", func() bool { return reached.Load() == 1 })
-	if err := s.NotReady(); err == nil {
-		t.Error("NotReady = nil without an SVID")
+	if state, err := s.State(); err == nil || state != StateInitializing {
+		t.Errorf("State = %s, %v without an SVID; want INITIALIZING and why", state, err)
 	}
 }
 

@@ -144,12 +144,6 @@ func (s *Server) State() (string, error) {
 	}
 }
 
-// NotReady returns nil when the server is LIVE, else why it is not.
-func (s *Server) NotReady() error {
-	_, err := s.State()
-	return err
-}
-
 // Listener is one of the proxy's listening sockets.
 type Listener struct {
 	Direction Direction
