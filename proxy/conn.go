@@ -82,33 +82,25 @@ func (s *Server) handle(c *net.TCPConn, dir Direction) {
 // byte for byte: over mTLS when its destination is a peer sidecar.
 func (s *Server) relayOpaque(cn *conn, down relay.Conn) {
 	st := &s.stats.Dir[cn.dir]
-	var up relay.Conn
-	var upTCP *net.TCPConn
-	var err error
-	if cn.dir == Outbound && s.meshed(cn.dst) {
-		var tc *tls.Conn
-		tc, err = s.dialMesh(s.hardStop, cn.dst, mtls.ProtoTCP)
-		if err == nil {
-			up, upTCP = tc, tc.NetConn().(*net.TCPConn)
-			cn.alpn = mtls.ProtoTCP
-			if id, err := mtls.PeerID(tc.ConnectionState()); err == nil {
-				cn.peer = id.String() // the peer sidecar's
-			}
-		}
-	} else {
-		d := net.Dialer{Timeout: s.cfg.DialTimeout}
-		var uc net.Conn
-		uc, err = d.DialContext(s.hardStop, "tcp", cn.target.String())
-		if err == nil {
-			upTCP = uc.(*net.TCPConn)
-			up = upTCP
-		}
-	}
+	// Inbound, the target is the application on loopback, never meshed.
+	uc, err := s.dial(s.hardStop, cn.target, mtls.ProtoTCP)
 	if err != nil {
 		st.DialFailures.Add(1)
 		s.log.Warn("upstream connect failed", cn.fields(zap.Error(err))...)
 		relay.Reset(down)
 		return
+	}
+	var up relay.Conn
+	var upTCP *net.TCPConn
+	switch c := uc.(type) {
+	case *tls.Conn:
+		up, upTCP = c, c.NetConn().(*net.TCPConn)
+		cn.alpn = mtls.ProtoTCP
+		if id, err := mtls.PeerID(c.ConnectionState()); err == nil {
+			cn.peer = id.String() // the peer sidecar's
+		}
+	case *net.TCPConn:
+		up, upTCP = c, c
 	}
 	if !s.track(upTCP) {
 		relay.Reset(up)

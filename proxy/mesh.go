@@ -87,18 +87,33 @@ func (s *Server) meshedIn(m configfile.Mesh, dst netip.AddrPort) bool {
 	return s.mesh != nil && !dst.Addr().IsLoopback() && m.Contains(dst.Addr())
 }
 
-// poolDial is the pools' dialer: mTLS to peer sidecars, announcing the
-// pool's protocol; plain TCP elsewhere.
+// poolDial is the pools' dialer: dial, announcing the pool's protocol to
+// a peer sidecar.
 func (s *Server) poolDial(ctx context.Context, network, addr string, proto pool.Protocol) (net.Conn, error) {
-	if dst, err := netip.ParseAddrPort(addr); err == nil && s.meshed(dst) {
-		alpn := mtls.ProtoHTTP2
-		if proto == pool.HTTP1 {
-			alpn = mtls.ProtoHTTP1
+	dst, err := netip.ParseAddrPort(addr)
+	if err != nil { // the router always gives ip:port; be plain about anything else
+		d := net.Dialer{Timeout: s.cfg.DialTimeout}
+		return d.DialContext(ctx, network, addr)
+	}
+	alpn := mtls.ProtoHTTP2
+	if proto == pool.HTTP1 {
+		alpn = mtls.ProtoHTTP1
+	}
+	return s.dial(ctx, dst, alpn)
+}
+
+// dial connects to target: in mTLS carrying alpn when target is a peer
+// sidecar (a *tls.Conn), else in plain TCP (a *net.TCPConn).
+func (s *Server) dial(ctx context.Context, target netip.AddrPort, alpn string) (net.Conn, error) {
+	if s.meshed(target) {
+		tc, err := s.dialMesh(ctx, target, alpn)
+		if err != nil {
+			return nil, err // not a typed nil in the interface
 		}
-		return s.dialMesh(ctx, dst, alpn)
+		return tc, nil
 	}
 	d := net.Dialer{Timeout: s.cfg.DialTimeout}
-	return d.DialContext(ctx, network, addr)
+	return d.DialContext(ctx, "tcp", target.String())
 }
 
 // dialMesh connects to the peer sidecar at dst (its pod's address: the
