@@ -72,7 +72,7 @@ func (s *Server) handle(c *net.TCPConn, dir Direction) {
 		return
 	}
 	if cn.det.isHTTP() {
-		s.handleHTTP(cn, c)
+		s.handleHTTP(cn, &prefixConn{TCPConn: c, prefix: cn.det.Peeked})
 		return
 	}
 	s.relayOpaque(cn, c)
@@ -127,11 +127,12 @@ func (s *Server) relayOpaque(cn *conn, down relay.Conn) {
 	s.logConnection(cn, sent, res.Received, res.Err)
 }
 
-// handleHTTP hands cn, read through down (c itself, or mTLS over it), to
-// the direction's HTTP server and returns when the connection is closed.
+// handleHTTP hands cn, read through down (c after what detection peeked,
+// or mTLS over it), to the direction's HTTP server and returns when the
+// connection is closed.
 func (s *Server) handleHTTP(cn *conn, down net.Conn) {
 	st := &s.stats.Dir[cn.dir]
-	hc := newHTTPConn(down, cn.det.Peeked, connMeta{
+	hc := newHTTPConn(down, connMeta{
 		src: addrPort(cn.c.RemoteAddr()), dst: cn.dst, upstream: cn.target, peer: cn.peer,
 	})
 	st.Active.Add(1)

@@ -128,14 +128,12 @@ type connMeta struct {
 
 type connKey struct{}
 
-// httpConn is an accepted connection handed to an HTTP server: the bytes
-// detection peeked are read first, and closing it tells serve it is done.
-// The server sees it as cleartext even when it is mTLS from a peer sidecar
-// (which the proxy terminated), so it speaks HTTP/2 with prior knowledge
-// on it.
+// httpConn is an accepted connection handed to an HTTP server: it counts
+// the bytes, and closing it tells serve it is done. The server sees it as
+// cleartext even when it is mTLS from a peer sidecar (which the proxy
+// terminated), so it speaks HTTP/2 with prior knowledge on it.
 type httpConn struct {
-	net.Conn // the accepted TCP connection, or TLS over it
-	peeked   []byte
+	net.Conn // the accepted connection (with what detection peeked first), or TLS over it
 	meta     connMeta
 
 	read, written atomic.Int64
@@ -143,17 +141,11 @@ type httpConn struct {
 	closed        chan struct{}
 }
 
-func newHTTPConn(c net.Conn, peeked []byte, meta connMeta) *httpConn {
-	return &httpConn{Conn: c, peeked: peeked, meta: meta, closed: make(chan struct{})}
+func newHTTPConn(c net.Conn, meta connMeta) *httpConn {
+	return &httpConn{Conn: c, meta: meta, closed: make(chan struct{})}
 }
 
 func (c *httpConn) Read(p []byte) (int, error) {
-	if len(c.peeked) > 0 {
-		n := copy(p, c.peeked)
-		c.peeked = c.peeked[n:]
-		c.read.Add(int64(n))
-		return n, nil
-	}
 	n, err := c.Conn.Read(p)
 	c.read.Add(int64(n))
 	return n, err

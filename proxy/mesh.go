@@ -188,7 +188,7 @@ func (s *Server) readHello(cn *conn) (bool, error) {
 func (s *Server) serveMesh(cn *conn) {
 	st := &s.stats.Dir[Inbound]
 	tc := tls.Server(&prefixConn{TCPConn: cn.c, prefix: cn.det.Peeked}, s.mesh.server)
-	cn.det.Peeked = nil
+	cn.det.Peeked = nil // the handshake reads them
 	ctx, cancel := context.WithTimeout(s.hardStop, handshakeTimeout)
 	err := tc.HandshakeContext(ctx)
 	cancel()
@@ -216,7 +216,8 @@ func (s *Server) serveMesh(cn *conn) {
 	s.relayOpaque(cn, tc)
 }
 
-// prefixConn reads prefix before what is left of the TCP connection.
+// prefixConn reads prefix (what detection peeked) before what is left of
+// the TCP connection.
 type prefixConn struct {
 	*net.TCPConn
 	prefix []byte
