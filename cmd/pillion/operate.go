@@ -5,8 +5,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -15,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pillionmesh/pillion/admin"
+	"github.com/pillionmesh/pillion/appprobe"
 	"github.com/pillionmesh/pillion/proxy"
 	"github.com/pillionmesh/pillion/proxy/pool"
 )
@@ -27,7 +30,7 @@ type opsPorts struct {
 func addOpsFlags(fs *flag.FlagSet) *opsPorts {
 	p := &opsPorts{}
 	fs.UintVar(&p.admin, "admin-port", uint(admin.DefaultPort), "port of the admin endpoint, on 127.0.0.1 only (always loopback)")
-	fs.UintVar(&p.health, "health-port", 15021, "port of /healthz/ready for kubelet probes, on all addresses")
+	fs.UintVar(&p.health, "health-port", 15021, "port of /healthz/ready and, with --app-probes, /app-health/ for kubelet probes, on all addresses")
 	fs.UintVar(&p.prometheus, "prometheus-port", 15090, "port of /stats/prometheus for scrapers, on all addresses")
 	return p
 }
@@ -44,6 +47,9 @@ type ops struct {
 	started    time.Time
 	healthFail atomic.Bool
 	servers    []*http.Server
+	// appProbes are the application's probes the health port runs under
+	// /app-health/; empty: none.
+	appProbes appprobe.Set
 }
 
 // ready is the state the admin endpoint and kubelet see: the server's,
@@ -90,6 +96,12 @@ func (o *ops) start(p *opsPorts, log *zap.Logger) error {
 		}
 		fmt.Fprintln(w, state)
 	})
+	if len(o.appProbes) > 0 {
+		// Not gated on o.ready: these report the application's health,
+		// which kubelet must see while the sidecar starts or drains too.
+		health.Handle("GET "+appprobe.PathPrefix, appprobe.NewHandler(o.appProbes))
+		log.Info("serving application probes", zap.Strings("paths", slices.Sorted(maps.Keys(o.appProbes))))
+	}
 	prom := http.NewServeMux()
 	prom.Handle("GET /stats/prometheus", promhttp.HandlerFor(o.reg, promhttp.HandlerOpts{}))
 	errLog := zap.NewStdLog(log.Named("ops"))

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
 
+	"github.com/pillionmesh/pillion/appprobe"
 	"github.com/pillionmesh/pillion/proxy"
 	"github.com/pillionmesh/pillion/proxy/configfile"
 	"github.com/pillionmesh/pillion/redirect"
@@ -104,6 +105,11 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	level := zap.NewAtomicLevelAt(zap.InfoLevel)
 	fs.TextVar(&level, "log-level", level, "log level: debug, info, warn or error; changed at run time with POST /logging?level= on the admin endpoint")
 	logFormat := fs.String("log-format", "json", "log format: json, or console for humans")
+	appProbes := fs.String("app-probes", os.Getenv(appprobe.EnvVar),
+		"the application's original httpGet/tcpSocket/grpc probes as JSON, which the injector writes into $"+appprobe.EnvVar+
+			" when it rewrites them to the health port: :--health-port then answers GET /app-health/<container>/<readyz|livez|startupz>"+
+			" by running that probe against the application (on 127.0.0.1 unless the probe names a host) and answering as kubelet would judge it,"+
+			" whether or not the sidecar is ready, since they report the application's health")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -119,6 +125,10 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if err := cfg.Validate(); err != nil {
 		return badUsage(err)
+	}
+	probes, err := appprobe.Parse(*appProbes)
+	if err != nil {
+		return badUsage(fmt.Errorf("--app-probes: %w", err))
 	}
 	var (
 		file     *configfile.File
@@ -159,7 +169,8 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	ctx, quit := context.WithCancel(ctx)
 	defer quit()
-	o := &ops{s: s, reg: reg, id: id, level: level, quit: quit, flags: fs, started: time.Now()}
+	o := &ops{s: s, reg: reg, id: id, level: level, quit: quit, flags: fs, started: time.Now(),
+		appProbes: probes}
 	if err := o.start(ports, log); err != nil {
 		return err
 	}
