@@ -30,11 +30,14 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"time"
 
+	"go.uber.org/zap"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/pillionmesh/pillion/filters"
 	"github.com/pillionmesh/pillion/filters/router"
+	"github.com/pillionmesh/pillion/proxy/pool"
 )
 
 // RouterName is the terminal filter's name; it may only be the last entry
@@ -316,4 +319,39 @@ func onlyKeys(m map[string]json.RawMessage, path string, known ...string) error 
 
 func names(reg filters.Registry) []string {
 	return slices.Sorted(maps.Keys(reg))
+}
+
+// Check parses data and builds both of its chains without running them, so
+// that a config can be refused where it is written (the injector, a CI
+// step) rather than only where it runs. The error is Parse's or Build's.
+func Check(data []byte, reg filters.Registry) error {
+	f, err := Parse(data, reg)
+	if err != nil {
+		return err
+	}
+	for _, dir := range []struct {
+		d     filters.Direction
+		specs []Spec
+	}{{filters.Inbound, f.Inbound}, {filters.Outbound, f.Outbound}} {
+		env := filters.Env{
+			Direction: dir.d,
+			Log:       zap.NewNop(),
+			AccessLog: zap.NewNop(),
+			Now:       time.Now,
+			Meshed:    func(netip.AddrPort) bool { return false },
+			Upstream:  noUpstream{},
+		}
+		if _, err := Build(dir.specs, env); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// noUpstream stands in for the pools in Check: the chains are built, never
+// run.
+type noUpstream struct{}
+
+func (noUpstream) RoundTrip(*http.Request, pool.Protocol) (*http.Response, error) {
+	return nil, errors.New("configfile: Check builds chains that never forward")
 }
