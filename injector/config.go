@@ -1,0 +1,245 @@
+package injector
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"sigs.k8s.io/yaml"
+
+	"github.com/pillionmesh/pillion/filters/builtin"
+	"github.com/pillionmesh/pillion/proxy/configfile"
+)
+
+// RawConfig is the injector's config file as written (the ConfigMap
+// deploy/ installs), decoded strictly: an unknown field is an error.
+// Validate turns it into a Config.
+//
+//	image: ghcr.io/pillionmesh/pillion:v0.1.0
+//	imagePullPolicy: IfNotPresent
+//	nativeSidecars: true
+//	excludeNamespaces: [kube-system, pillion-system]
+//	identity:
+//	  csi: {driver: csi.spiffe.io, socket: spire-agent.sock}
+//	proxy:
+//	  logLevel: info
+//	  resources: {requests: {cpu: 10m, memory: 32Mi}, limits: {memory: 256Mi}}
+//	  rewriteAppProbes: true
+//	  config: |
+//	    mesh: {mode: PERMISSIVE}
+type RawConfig struct {
+	Image             string            `json:"image"`
+	ImagePullPolicy   corev1.PullPolicy `json:"imagePullPolicy,omitempty"`
+	NativeSidecars    *bool             `json:"nativeSidecars,omitempty"`
+	ExcludeNamespaces []string          `json:"excludeNamespaces,omitempty"`
+	Identity          Identity          `json:"identity"`
+	Proxy             RawProxy          `json:"proxy"`
+}
+
+// Identity says where the sidecar takes its SVID from: exactly one of its
+// fields is set.
+type Identity struct {
+	// CSI mounts the Workload API socket with a CSI driver, such as the
+	// SPIFFE CSI driver (csi.spiffe.io). The recommended way: it works
+	// under the restricted Pod Security Standard.
+	CSI *WorkloadAPIVolume `json:"csi,omitempty"`
+	// HostPath mounts the node's Workload API socket folder.
+	HostPath *WorkloadAPIVolume `json:"hostPath,omitempty"`
+	// Secret mounts PEM files (svid.pem, svid-key.pem, bundle.pem) from a
+	// Secret in the pod's namespace; the pod annotation
+	// sidecar.pillion.io/svid-secret names another one.
+	Secret *SecretIdentity `json:"secret,omitempty"`
+}
+
+// WorkloadAPIVolume is a folder holding a Workload API socket.
+type WorkloadAPIVolume struct {
+	// Driver is the CSI driver's name (csi only).
+	Driver string `json:"driver,omitempty"`
+	// Path is the node's folder (hostPath only).
+	Path string `json:"path,omitempty"`
+	// Socket is the socket's file name in the folder.
+	Socket string `json:"socket"`
+}
+
+// SecretIdentity names the Secret holding the SVID as PEM files.
+type SecretIdentity struct {
+	Name string `json:"name"`
+}
+
+// RawProxy is the `proxy` section: how the sidecar container runs.
+type RawProxy struct {
+	LogLevel         string                      `json:"logLevel,omitempty"`
+	Resources        corev1.ResourceRequirements `json:"resources,omitempty"`
+	RewriteAppProbes *bool                       `json:"rewriteAppProbes,omitempty"`
+	// Config is the sidecar's own config file (`pillion proxy --config`),
+	// given to every injected pod that does not bring its own in the
+	// annotation sidecar.pillion.io/proxy-config.
+	Config string `json:"config,omitempty"`
+}
+
+// Config is the validated injector config. It is immutable once built and
+// safe for concurrent use.
+type Config struct {
+	Image             string
+	ImagePullPolicy   corev1.PullPolicy
+	NativeSidecars    bool
+	ExcludeNamespaces []string // sorted, kube-system always in
+	Identity          Identity // exactly one source set, defaults filled
+	LogLevel          string
+	Resources         corev1.ResourceRequirements
+	RewriteAppProbes  bool
+	ProxyConfig       string // "" for none
+}
+
+// Defaults of the fields a config may leave out.
+const (
+	DefaultLogLevel  = "info"
+	DefaultCSIDriver = "csi.spiffe.io"
+	DefaultSocket    = "spire-agent.sock"
+)
+
+// DefaultResources are the sidecar's requests and limits when the config
+// says nothing.
+func DefaultResources() corev1.ResourceRequirements {
+	return corev1.ResourceRequirements{
+		Requests: corev1.ResourceList{
+			corev1.ResourceCPU:    resource.MustParse("10m"),
+			corev1.ResourceMemory: resource.MustParse("32Mi"),
+		},
+		Limits: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("256Mi")},
+	}
+}
+
+// LoadConfig reads and validates the config file at path.
+func LoadConfig(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := ParseConfig(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// ParseConfig decodes data strictly and validates it.
+func ParseConfig(data []byte) (*Config, error) {
+	var raw RawConfig
+	if err := yaml.UnmarshalStrict(data, &raw); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return raw.Validate()
+}
+
+// Validate checks every field and fills the defaults. The error names each
+// wrong field by its path in the file, one per line.
+func (r RawConfig) Validate() (*Config, error) {
+	var errs []error
+	fail := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
+	}
+	c := &Config{
+		Image:            r.Image,
+		ImagePullPolicy:  r.ImagePullPolicy,
+		NativeSidecars:   r.NativeSidecars == nil || *r.NativeSidecars,
+		LogLevel:         cmpOr(r.Proxy.LogLevel, DefaultLogLevel),
+		Resources:        r.Proxy.Resources,
+		RewriteAppProbes: r.Proxy.RewriteAppProbes == nil || *r.Proxy.RewriteAppProbes,
+		ProxyConfig:      r.Proxy.Config,
+	}
+	if strings.TrimSpace(c.Image) == "" {
+		fail("image", "required: the image the init container and the sidecar run")
+	}
+	switch c.ImagePullPolicy {
+	case "", corev1.PullAlways, corev1.PullIfNotPresent, corev1.PullNever:
+	default:
+		fail("imagePullPolicy", "%q: want Always, IfNotPresent or Never", c.ImagePullPolicy)
+	}
+	c.ExcludeNamespaces = append([]string{"kube-system"}, r.ExcludeNamespaces...)
+	slices.Sort(c.ExcludeNamespaces)
+	c.ExcludeNamespaces = slices.Compact(c.ExcludeNamespaces)
+	var err error
+	if c.Identity, err = r.Identity.validate(); err != nil {
+		errs = append(errs, err)
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		fail("proxy.logLevel", "%q: want debug, info, warn or error", c.LogLevel)
+	}
+	if len(c.Resources.Requests) == 0 && len(c.Resources.Limits) == 0 {
+		c.Resources = DefaultResources()
+	}
+	if c.ProxyConfig != "" {
+		if err := configfile.Check([]byte(c.ProxyConfig), builtin.Registry()); err != nil {
+			fail("proxy.config", "%v", err)
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return c, nil
+}
+
+func (id Identity) validate() (Identity, error) {
+	n := 0
+	for _, set := range []bool{id.CSI != nil, id.HostPath != nil, id.Secret != nil} {
+		if set {
+			n++
+		}
+	}
+	if n != 1 {
+		return id, errors.New("identity: set exactly one of csi, hostPath and secret")
+	}
+	out := id
+	switch {
+	case id.CSI != nil:
+		v := *id.CSI
+		v.Driver = cmpOr(v.Driver, DefaultCSIDriver)
+		v.Socket = cmpOr(v.Socket, DefaultSocket)
+		if v.Path != "" {
+			return id, errors.New("identity.csi.path: only for hostPath")
+		}
+		if err := checkSocketName("identity.csi.socket", v.Socket); err != nil {
+			return id, err
+		}
+		out.CSI = &v
+	case id.HostPath != nil:
+		v := *id.HostPath
+		v.Socket = cmpOr(v.Socket, DefaultSocket)
+		if v.Driver != "" {
+			return id, errors.New("identity.hostPath.driver: only for csi")
+		}
+		if !strings.HasPrefix(v.Path, "/") {
+			return id, fmt.Errorf("identity.hostPath.path: %q: want an absolute path on the node", v.Path)
+		}
+		if err := checkSocketName("identity.hostPath.socket", v.Socket); err != nil {
+			return id, err
+		}
+		out.HostPath = &v
+	default:
+		if err := checkSecretName("identity.secret.name", id.Secret.Name); err != nil {
+			return id, err
+		}
+	}
+	return out, nil
+}
+
+func checkSocketName(field, s string) error {
+	if s == "" || strings.Contains(s, "/") || s == "." || s == ".." {
+		return fmt.Errorf("%s: %q: want a file name in the mounted folder", field, s)
+	}
+	return nil
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}

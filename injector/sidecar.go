@@ -1,0 +1,158 @@
+package injector
+
+import (
+	"path"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/pillionmesh/pillion/appprobe"
+	"github.com/pillionmesh/pillion/redirect"
+)
+
+// Where the sidecar finds what the volumes hold.
+const (
+	identityMountPath = "/run/spiffe"
+	svidMountPath     = "/etc/pillion/svid"
+	configMountPath   = "/etc/pillion/proxy"
+	configFileName    = "config.yaml"
+	readyPath         = "/healthz/ready"
+)
+
+// volumes returns the identity volume and, when the sidecar has a config,
+// the downward API volume that shows it the config annotation as a file.
+func volumes(cfg *Config, opts options) []corev1.Volume {
+	id := corev1.Volume{Name: IdentityVolumeName}
+	switch {
+	case cfg.Identity.CSI != nil:
+		id.CSI = &corev1.CSIVolumeSource{Driver: cfg.Identity.CSI.Driver, ReadOnly: ptr(true)}
+	case cfg.Identity.HostPath != nil:
+		id.HostPath = &corev1.HostPathVolumeSource{Path: cfg.Identity.HostPath.Path, Type: ptr(corev1.HostPathDirectory)}
+	default:
+		id.Secret = &corev1.SecretVolumeSource{SecretName: opts.svidSecret}
+	}
+	vols := []corev1.Volume{id}
+	if opts.proxyConfig != "" {
+		vols = append(vols, corev1.Volume{
+			Name: ConfigVolumeName,
+			VolumeSource: corev1.VolumeSource{DownwardAPI: &corev1.DownwardAPIVolumeSource{
+				Items: []corev1.DownwardAPIVolumeFile{{
+					Path:     configFileName,
+					FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.annotations['" + ProxyConfigAnnotation + "']"},
+				}},
+			}},
+		})
+	}
+	return vols
+}
+
+func volumeNames(cfg *Config, opts options) []string {
+	var names []string
+	for _, v := range volumes(cfg, opts) {
+		names = append(names, v.Name)
+	}
+	return names
+}
+
+// initContainer runs `pillion init` with the pod's exclusions. It needs
+// root and NET_ADMIN and NET_RAW to write the pod's iptables rules, and
+// nothing else.
+func initContainer(cfg *Config, opts options) corev1.Container {
+	return corev1.Container{
+		Name:            InitName,
+		Image:           cfg.Image,
+		ImagePullPolicy: cfg.ImagePullPolicy,
+		Args:            append([]string{"init"}, opts.initArgs...),
+		Resources:       *opts.resources.DeepCopy(),
+		SecurityContext: &corev1.SecurityContext{
+			RunAsUser:    ptr(int64(0)),
+			RunAsGroup:   ptr(int64(0)),
+			RunAsNonRoot: ptr(false),
+			Privileged:   ptr(false),
+			// iptables takes its lock under /run.
+			ReadOnlyRootFilesystem:   ptr(false),
+			AllowPrivilegeEscalation: ptr(false),
+			Capabilities: &corev1.Capabilities{
+				Add:  []corev1.Capability{"NET_ADMIN", "NET_RAW"},
+				Drop: []corev1.Capability{"ALL"},
+			},
+		},
+		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
+	}
+}
+
+// proxyContainer is the sidecar: UID/GID 1337 (exempt from capture), no
+// capabilities, read-only root.
+func proxyContainer(cfg *Config, opts options, probes appProbes) corev1.Container {
+	c := corev1.Container{
+		Name:            ProxyName,
+		Image:           cfg.Image,
+		ImagePullPolicy: cfg.ImagePullPolicy,
+		Args:            []string{"proxy", "--log-level=" + opts.logLevel},
+		Ports: []corev1.ContainerPort{
+			{Name: "pillion-health", ContainerPort: int32(redirect.HealthPort), Protocol: corev1.ProtocolTCP},
+			{Name: "pillion-prom", ContainerPort: int32(redirect.PrometheusPort), Protocol: corev1.ProtocolTCP},
+		},
+		Resources:      *opts.resources.DeepCopy(),
+		ReadinessProbe: readyProbe(2, 3),
+		SecurityContext: &corev1.SecurityContext{
+			RunAsUser:                ptr(int64(redirect.DefaultProxyUID)),
+			RunAsGroup:               ptr(int64(redirect.DefaultProxyGID)),
+			RunAsNonRoot:             ptr(true),
+			Privileged:               ptr(false),
+			ReadOnlyRootFilesystem:   ptr(true),
+			AllowPrivilegeEscalation: ptr(false),
+			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+		},
+		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
+	}
+	switch {
+	case cfg.Identity.CSI != nil || cfg.Identity.HostPath != nil:
+		socket := cfg.Identity.HostPath
+		if cfg.Identity.CSI != nil {
+			socket = cfg.Identity.CSI
+		}
+		c.Env = append(c.Env, corev1.EnvVar{Name: "SPIFFE_ENDPOINT_SOCKET", Value: "unix://" + path.Join(identityMountPath, socket.Socket)})
+		c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: IdentityVolumeName, MountPath: identityMountPath, ReadOnly: true})
+	default:
+		c.Args = append(c.Args,
+			"--svid-cert="+path.Join(svidMountPath, "svid.pem"),
+			"--svid-key="+path.Join(svidMountPath, "svid-key.pem"),
+			"--svid-bundle="+path.Join(svidMountPath, "bundle.pem"))
+		c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: IdentityVolumeName, MountPath: svidMountPath, ReadOnly: true})
+	}
+	if opts.proxyConfig != "" {
+		c.Args = append(c.Args, "--config="+path.Join(configMountPath, configFileName))
+		c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: ConfigVolumeName, MountPath: configMountPath, ReadOnly: true})
+	}
+	if len(probes) > 0 {
+		c.Env = append(c.Env, corev1.EnvVar{Name: appprobe.EnvVar, Value: probes.Encode()})
+	}
+	if opts.native {
+		// An init container that keeps running: started before the app's
+		// containers once its startup probe passes, stopped after them,
+		// so Jobs complete.
+		c.RestartPolicy = ptr(corev1.ContainerRestartPolicyAlways)
+		c.StartupProbe = readyProbe(1, 600)
+	} else {
+		// kubelet starts the next container only when this hook returns.
+		c.Lifecycle = &corev1.Lifecycle{PostStart: &corev1.LifecycleHandler{
+			Exec: &corev1.ExecAction{Command: []string{"pillion", "wait", "--timeout=2m"}},
+		}}
+	}
+	return c
+}
+
+func readyProbe(period, failures int32) *corev1.Probe {
+	return &corev1.Probe{
+		ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
+			Path: readyPath, Port: intstr.FromInt32(int32(redirect.HealthPort)), Scheme: corev1.URISchemeHTTP,
+		}},
+		TimeoutSeconds:   3,
+		PeriodSeconds:    period,
+		SuccessThreshold: 1,
+		FailureThreshold: failures,
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
