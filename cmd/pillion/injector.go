@@ -1,0 +1,140 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+
+	"github.com/pillionmesh/pillion/injector"
+)
+
+const injectorSummary = `Serve the mutating admission webhook that adds the pillion sidecar to pods:
+admission.k8s.io/v1 AdmissionReviews over HTTPS on --port, at /inject/namespace
+(pods of namespaces labelled pillion.io/inject=enabled: injected unless they
+opt out) and /inject/pod (other namespaces: only pods annotated
+pillion.io/inject: "enabled"). The MutatingWebhookConfiguration under deploy/
+sends each path its namespaces. It never calls the Kubernetes API.
+
+The serving certificate is re-read when its files change. /healthz/ready
+answers on both ports; Prometheus metrics are on --metrics-port at /metrics.
+A bad flag or config file exits 2 naming it.`
+
+// injectorFlags are the webhook server's settings after parsing.
+type injectorFlags struct {
+	config, cert, key, address string
+	port, metricsPort          uint
+	shutdownTimeout            time.Duration
+}
+
+func runInjector(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("injector", injectorSummary, stdout)
+	var f injectorFlags
+	fs.StringVar(&f.config, "config", "/etc/pillion/injector/config.yaml", "injector config file (image, identity, sidecar resources, the sidecar's config): the ConfigMap deploy/ installs")
+	fs.StringVar(&f.cert, "tls-cert", "/etc/pillion/injector/tls/tls.crt", "serving certificate (PEM, leaf first); re-read when it changes")
+	fs.StringVar(&f.key, "tls-key", "/etc/pillion/injector/tls/tls.key", "serving certificate's private key (PEM)")
+	fs.StringVar(&f.address, "address", "", "address to listen on (empty: all)")
+	fs.UintVar(&f.port, "port", 9443, "HTTPS port of the webhook")
+	fs.UintVar(&f.metricsPort, "metrics-port", 9090, "plain HTTP port of /metrics and /healthz/ready")
+	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 10*time.Second, "on SIGTERM, how long reviews in flight may take to finish")
+	level := zap.NewAtomicLevelAt(zap.InfoLevel)
+	fs.TextVar(&level, "log-level", level, "log level: debug, info, warn or error")
+	logFormat := fs.String("log-format", "json", "log format: json, or console for humans")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	for _, p := range []struct {
+		name string
+		v    uint
+	}{{"port", f.port}, {"metrics-port", f.metricsPort}} {
+		if p.v == 0 || p.v > 65535 {
+			return badUsage(fmt.Errorf("--%s: %d is not a port number (1-65535)", p.name, p.v))
+		}
+	}
+	if f.port == f.metricsPort {
+		return badUsage(fmt.Errorf("--metrics-port: %d is also the --port", f.port))
+	}
+	cfg, err := injector.LoadConfig(f.config)
+	if err != nil {
+		return badUsage(fmt.Errorf("--config: %w", err))
+	}
+	log := newLogger(level, stderr, *logFormat)
+	defer func() { _ = log.Sync() }()
+	certs, err := injector.NewCertFiles(f.cert, f.key, log)
+	if err != nil {
+		return badUsage(fmt.Errorf("--tls-cert, --tls-key: %w", err))
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	wh, err := injector.NewWebhook(cfg, log, reg)
+	if err != nil {
+		return err
+	}
+	return serveInjector(ctx, f, wh, certs, reg, log)
+}
+
+// serveInjector runs the HTTPS webhook and the metrics server until ctx
+// ends, then lets reviews in flight finish.
+func serveInjector(ctx context.Context, f injectorFlags, wh *injector.Webhook, certs *injector.CertFiles, reg *prometheus.Registry, log *zap.Logger) error {
+	ready := func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ready") }
+	hooks := http.NewServeMux()
+	hooks.Handle("/inject/", wh.Handler())
+	hooks.HandleFunc("GET /healthz/ready", ready)
+	metrics := http.NewServeMux()
+	metrics.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	metrics.HandleFunc("GET /healthz/ready", ready)
+
+	hookL, err := net.Listen("tcp", net.JoinHostPort(f.address, fmt.Sprint(f.port)))
+	if err != nil {
+		return fmt.Errorf("webhook: %w", err)
+	}
+	metricsL, err := net.Listen("tcp", net.JoinHostPort(f.address, fmt.Sprint(f.metricsPort)))
+	if err != nil {
+		hookL.Close()
+		return fmt.Errorf("metrics: %w", err)
+	}
+	errLog := zap.NewStdLog(log.Named("http"))
+	servers := []*http.Server{
+		{
+			Handler:   hooks,
+			TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: certs.GetCertificate},
+			// The API server waits timeoutSeconds (10 in deploy/) for
+			// the whole review; nothing here should take longer.
+			ReadHeaderTimeout: 5 * time.Second,
+			ReadTimeout:       10 * time.Second,
+			WriteTimeout:      10 * time.Second,
+			IdleTimeout:       90 * time.Second,
+			MaxHeaderBytes:    64 << 10,
+			ErrorLog:          errLog,
+		},
+		{Handler: metrics, ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 30 * time.Second, ErrorLog: errLog},
+	}
+	errc := make(chan error, 2)
+	go func() { errc <- servers[0].ServeTLS(hookL, "", "") }()
+	go func() { errc <- servers[1].Serve(metricsL) }()
+	log.Info("injector serving", zap.String("webhook", hookL.Addr().String()), zap.String("metrics", metricsL.Addr().String()))
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-errc:
+	}
+	log.Info("injector stopping")
+	sctx, cancel := context.WithTimeout(context.Background(), f.shutdownTimeout)
+	defer cancel()
+	for _, s := range servers {
+		_ = s.Shutdown(sctx)
+	}
+	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
+		return serveErr
+	}
+	return nil
+}
