@@ -10,16 +10,28 @@ STATICCHECK_VERSION := v0.7.0
 # h2spec, the HTTP/2 conformance suite the e2e tests run against the sidecar.
 H2SPEC      := $(TOOLS_DIR)/h2spec
 H2SPEC_VERSION := v2.2.1+incompatible
+# kustomize renders deploy/ (the injector webhook's manifests and their overlays).
+KUSTOMIZE   := $(TOOLS_DIR)/kustomize
+KUSTOMIZE_VERSION := v5.8.0
 # SPIRE, the production SPIFFE issuer the identity e2e tests run against:
 # built from source once (several minutes, cgo) and kept here.
 SPIRE_VERSION := v1.13.3
 SPIRE_DIR   := $(CACHE_DIR)/spire-$(SPIRE_VERSION)
 SPIRE       := $(SPIRE_DIR)/spire-server
+# A real kube-apiserver and etcd for the injector's tests (envtest), built
+# from the Go module proxy once (about 5 minutes cold) and kept here; and
+# cert-manager's CRDs, so deploy/cert-manager can be dry-run applied.
+KUBE_VERSION := v1.36.3
+ETCD_VERSION := v3.6.8
+KUBE_DIR    := $(CACHE_DIR)/kube-$(KUBE_VERSION)
+KUBE        := $(KUBE_DIR)/kube-apiserver
+CERT_MANAGER_VERSION := v1.19.1
+CERT_MANAGER_CRDS := $(CACHE_DIR)/cert-manager-$(CERT_MANAGER_VERSION)/crds
 VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS     := -s -w -X main.version=$(VERSION)
 GOTEST_FLAGS ?= -count=1 -race -timeout 25m
 
-.PHONY: all build test unit demo lint deps clean help h2spec spire
+.PHONY: all build test unit demo lint deps clean help h2spec spire kustomize kube
 
 all: build
 
@@ -38,9 +50,9 @@ build:
 deps:
 	@hack/deps.sh
 
-test: deps lint $(H2SPEC) $(SPIRE)
+test: deps lint $(H2SPEC) $(SPIRE) $(KUBE) $(KUSTOMIZE) $(CERT_MANAGER_CRDS)
 	@if [ "$$(id -u)" != 0 ]; then echo "note: not root: the tests that need network namespaces will be skipped (run 'sudo make test')"; fi
-	H2SPEC=$(H2SPEC) SPIRE_DIR=$(SPIRE_DIR) $(GO) test $(GOTEST_FLAGS) ./...
+	H2SPEC=$(H2SPEC) SPIRE_DIR=$(SPIRE_DIR) KUBEBUILDER_ASSETS=$(KUBE_DIR) KUSTOMIZE=$(KUSTOMIZE) CERT_MANAGER_CRDS=$(CERT_MANAGER_CRDS) $(GO) test $(GOTEST_FLAGS) ./...
 
 # unit runs only the tests that need no privileges.
 unit:
@@ -59,12 +71,28 @@ h2spec: $(H2SPEC)
 
 spire: $(SPIRE)
 
+kustomize: $(KUSTOMIZE)
+
+kube: $(KUBE)
+
+$(KUBE):
+	hack/build-kube.sh $(KUBE_VERSION) $(ETCD_VERSION) $(KUBE_DIR)
+
+$(CERT_MANAGER_CRDS):
+	@src=$$($(GO) mod download -json github.com/cert-manager/cert-manager@$(CERT_MANAGER_VERSION) | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$$/\1/p'); \
+	  test -d "$$src/deploy/crds" || { echo "cert-manager $(CERT_MANAGER_VERSION): no deploy/crds in $$src" >&2; exit 1; }; \
+	  mkdir -p $@ && cp "$$src"/deploy/crds/cert-manager.io_*.yaml $@/ && chmod -R u+w $@
+
 $(SPIRE):
 	hack/build-spire.sh $(SPIRE_VERSION) $(SPIRE_DIR)
 
 $(H2SPEC):
 	@mkdir -p $(TOOLS_DIR)
 	GOBIN=$(TOOLS_DIR) $(GO) install github.com/summerwind/h2spec/cmd/h2spec@$(H2SPEC_VERSION)
+
+$(KUSTOMIZE):
+	@mkdir -p $(TOOLS_DIR)
+	GOBIN=$(TOOLS_DIR) $(GO) install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
 
 $(STATICCHECK):
 	@mkdir -p $(TOOLS_DIR)
