@@ -25,7 +25,6 @@ package appprobe
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -45,6 +44,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
+
+	"github.com/pillionmesh/pillion/mtls"
 )
 
 // PathPrefix starts every probe path on the health port.
@@ -406,9 +407,7 @@ func newClient() *http.Client {
 			DialContext:        (&net.Dialer{}).DialContext,
 			DisableKeepAlives:  true,
 			DisableCompression: true,
-			// The one tls.Config outside mtls/: it is kubelet's probe
-			// client, which verifies nothing, not a mesh connection.
-			TLSClientConfig: &tls.Config{InsecureSkipVerify: true},
+			TLSClientConfig:    mtls.ProbeClientConfig(),
 		},
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}

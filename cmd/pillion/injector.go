@@ -1,13 +1,14 @@
 package main
 
 import (
+	"bytes"
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -16,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pillionmesh/pillion/injector"
+	"github.com/pillionmesh/pillion/mtls"
 )
 
 const injectorSummary = `Serve the mutating admission webhook that adds the pillion sidecar to pods:
@@ -25,7 +27,8 @@ opt out) and /inject/pod (other namespaces: only pods annotated
 pillion.io/inject: "enabled"). The MutatingWebhookConfiguration under deploy/
 sends each path its namespaces. It never calls the Kubernetes API.
 
-The serving certificate is re-read when its files change. /healthz/ready
+The serving certificate and the config file are re-read when they change; a
+changed config that does not validate is logged and the one in use stays. /healthz/ready
 answers on both ports; Prometheus metrics are on --metrics-port at /metrics.
 A bad flag or config file exits 2 naming it.`
 
@@ -63,9 +66,13 @@ func runInjector(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if f.port == f.metricsPort {
 		return badUsage(fmt.Errorf("--metrics-port: %d is also the --port", f.port))
 	}
-	cfg, err := injector.LoadConfig(f.config)
+	cfgData, err := os.ReadFile(f.config)
 	if err != nil {
 		return badUsage(fmt.Errorf("--config: %w", err))
+	}
+	cfg, err := injector.ParseConfig(cfgData)
+	if err != nil {
+		return badUsage(fmt.Errorf("--config: %s: %w", f.config, err))
 	}
 	log := newLogger(level, stderr, *logFormat)
 	defer func() { _ = log.Sync() }()
@@ -79,7 +86,36 @@ func runInjector(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err != nil {
 		return err
 	}
+	go watchInjectorConfig(ctx, f.config, cfgData, wh, log)
 	return serveInjector(ctx, f, wh, certs, reg, log)
+}
+
+// watchInjectorConfig re-reads the config file every configPollInterval
+// and gives the webhook each new content that validates; one that does not
+// is logged, once, and the config in use stays. A ConfigMap update reaches
+// the file within a minute or so, so a change needs no restart.
+func watchInjectorConfig(ctx context.Context, path string, last []byte, wh *injector.Webhook, log *zap.Logger) {
+	t := time.NewTicker(configPollInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		data, err := os.ReadFile(path)
+		if err != nil || bytes.Equal(data, last) {
+			continue
+		}
+		last = data
+		cfg, err := injector.ParseConfig(data)
+		if err != nil {
+			log.Warn("refusing the changed injector config; the one in use stays", zap.String("path", path), zap.Error(err))
+			continue
+		}
+		wh.SetConfig(cfg)
+		log.Info("injector config reloaded", zap.String("path", path), zap.String("image", cfg.Image))
+	}
 }
 
 // serveInjector runs the HTTPS webhook and the metrics server until ctx
@@ -106,7 +142,7 @@ func serveInjector(ctx context.Context, f injectorFlags, wh *injector.Webhook, c
 	servers := []*http.Server{
 		{
 			Handler:   hooks,
-			TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: certs.GetCertificate},
+			TLSConfig: mtls.WebhookServerConfig(certs.GetCertificate),
 			// The API server waits timeoutSeconds (10 in deploy/) for
 			// the whole review; nothing here should take longer.
 			ReadHeaderTimeout: 5 * time.Second,
