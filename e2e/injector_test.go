@@ -32,6 +32,7 @@ type runningInjector struct {
 	proc              *testpod.Process
 	base, metricsBase string
 	certDir           string
+	configPath        string
 }
 
 // freePort returns a port nothing listens on right now.
@@ -61,6 +62,7 @@ func startInjector(t *testing.T, env *kubetest.Env, configYAML string) *runningI
 		base:        fmt.Sprintf("https://127.0.0.1:%d", port),
 		metricsBase: fmt.Sprintf("http://127.0.0.1:%d", mport),
 		certDir:     dir,
+		configPath:  cfgPath,
 	}
 	inj.proc = testpod.StartOnNode(t, pillionBin, "injector", "--address=127.0.0.1",
 		fmt.Sprint("--port=", port), fmt.Sprint("--metrics-port=", mport), "--config="+cfgPath,
@@ -355,6 +357,38 @@ func TestInjectorWithAPIServer(t *testing.T) {
 		case <-inj.proc.Done():
 			t.Fatal("the injector exited")
 		default:
+		}
+	})
+
+	t.Run("config changes reach new pods without a restart; a bad one is refused", func(t *testing.T) {
+		good := strings.Replace(injectorTestConfig(networks), ":e2e", ":e2e-next", 1)
+		bad := good + "surprise: true\n"
+		for _, c := range []struct{ content, wantImage, wantLog string }{
+			{bad, "ghcr.io/pillionmesh/pillion:e2e", "refusing the changed injector config"},
+			{good, "ghcr.io/pillionmesh/pillion:e2e-next", "injector config reloaded"},
+		} {
+			if err := os.WriteFile(inj.configPath+".tmp", []byte(c.content), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Rename(inj.configPath+".tmp", inj.configPath); err != nil {
+				t.Fatal(err)
+			}
+			deadline := time.Now().Add(10 * time.Second)
+			for !strings.Contains(inj.proc.Output(), c.wantLog) {
+				if time.Now().After(deadline) {
+					t.Fatalf("no %q in 10s:\n%s", c.wantLog, inj.proc.Output())
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			pod := appPod("", nil)
+			pod.GenerateName = "reload-"
+			got, err := pods("shop").Create(ctx, pod, metav1.CreateOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if proxy := findContainer(got, injector.ProxyName); proxy == nil || proxy.Image != c.wantImage {
+				t.Errorf("after %q: sidecar %+v, want image %s", c.wantLog, proxy, c.wantImage)
+			}
 		}
 	})
 

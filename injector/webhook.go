@@ -7,6 +7,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -32,7 +33,7 @@ const MaxReviewBytes = 8 << 20
 // Webhook answers admission.k8s.io/v1 AdmissionReviews for pods. It never
 // calls the API server. It is safe for concurrent use.
 type Webhook struct {
-	cfg     *Config
+	cfg     atomic.Pointer[Config]
 	log     *zap.Logger
 	reviews *prometheus.CounterVec
 	latency prometheus.Histogram
@@ -42,7 +43,6 @@ type Webhook struct {
 // registering its metrics on reg.
 func NewWebhook(cfg *Config, log *zap.Logger, reg prometheus.Registerer) (*Webhook, error) {
 	w := &Webhook{
-		cfg: cfg,
 		log: log,
 		reviews: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pillion_injector_reviews_total",
@@ -54,6 +54,7 @@ func NewWebhook(cfg *Config, log *zap.Logger, reg prometheus.Registerer) (*Webho
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1},
 		}),
 	}
+	w.cfg.Store(cfg)
 	for _, c := range []prometheus.Collector{w.reviews, w.latency} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("injector: metrics: %w", err)
@@ -61,6 +62,10 @@ func NewWebhook(cfg *Config, log *zap.Logger, reg prometheus.Registerer) (*Webho
 	}
 	return w, nil
 }
+
+// SetConfig makes later reviews inject with cfg; reviews in flight finish
+// with the config they started with.
+func (w *Webhook) SetConfig(cfg *Config) { w.cfg.Store(cfg) }
 
 // Handler serves NamespacePath and PodPath.
 func (w *Webhook) Handler() http.Handler {
@@ -161,7 +166,7 @@ func (w *Webhook) review(req *admissionv1.AdmissionRequest, nsEnabled bool) (*ad
 		return resp, resultIgnored, "not_create"
 	}
 	ns := Namespace{Name: req.Namespace, InjectionEnabled: nsEnabled}
-	patch, res, err := Patch(req.Object.Raw, ns, w.cfg)
+	patch, res, err := Patch(req.Object.Raw, ns, w.cfg.Load())
 	if err != nil {
 		resp.Allowed = false
 		resp.Result = &metav1.Status{
