@@ -1,6 +1,7 @@
 package injector
 
 import (
+	"crypto/sha256"
 	"crypto/tls"
 	"fmt"
 	"os"
@@ -27,7 +28,7 @@ type CertFiles struct {
 
 	mu      sync.Mutex
 	cert    *tls.Certificate
-	stamp   string // the files' sizes and times when cert was loaded
+	stamp   string // the files' digest when cert was loaded
 	checked time.Time
 }
 
@@ -36,7 +37,7 @@ func NewCertFiles(certFile, keyFile string, log *zap.Logger) (*CertFiles, error)
 	c := &CertFiles{certFile: certFile, keyFile: keyFile, log: log, now: time.Now}
 	stamp, err := c.fileStamp()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("serving certificate %s, key %s: %w", certFile, keyFile, err)
 	}
 	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
@@ -71,17 +72,24 @@ func (c *CertFiles) reload() {
 		return
 	}
 	c.cert, c.stamp = &cert, stamp
-	c.log.Info("serving certificate reloaded", zap.String("cert", c.certFile), zap.Time("not_after", cert.Leaf.NotAfter))
+	fields := []zap.Field{zap.String("cert", c.certFile)}
+	if cert.Leaf != nil { // nil with GODEBUG=x509keypairleaf=0
+		fields = append(fields, zap.Time("not_after", cert.Leaf.NotAfter))
+	}
+	c.log.Info("serving certificate reloaded", fields...)
 }
 
+// fileStamp is a digest of both files' contents: any change, even one
+// that keeps the size and the modification time, is seen.
 func (c *CertFiles) fileStamp() (string, error) {
-	var s string
+	h := sha256.New()
 	for _, f := range []string{c.certFile, c.keyFile} {
-		fi, err := os.Stat(f)
+		data, err := os.ReadFile(f)
 		if err != nil {
 			return "", err
 		}
-		s += fmt.Sprintf("%s:%d:%d;", f, fi.Size(), fi.ModTime().UnixNano())
+		h.Write(data)
+		h.Write([]byte{0})
 	}
-	return s, nil
+	return string(h.Sum(nil)), nil
 }

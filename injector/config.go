@@ -131,7 +131,9 @@ func LoadConfig(path string) (*Config, error) {
 func ParseConfig(data []byte) (*Config, error) {
 	var raw RawConfig
 	if err := yaml.UnmarshalStrict(data, &raw); err != nil {
-		return nil, fmt.Errorf("config: %w", err)
+		// sigs.k8s.io/yaml goes through JSON and says so twice.
+		msg := strings.ReplaceAll(err.Error(), "error unmarshaling JSON: while decoding JSON: json: ", "")
+		return nil, fmt.Errorf("config: %s", msg)
 	}
 	return raw.Validate()
 }
