@@ -102,7 +102,7 @@ func injectObject(obj map[string]any, doc int, parentNS string, cfg *Config) (bo
 	if ns == "" {
 		ns = parentNS
 	}
-	if kind == "List" || strings.HasSuffix(kind, "List") {
+	if strings.HasSuffix(kind, "List") { // List, PodList, DeploymentList…
 		items, _ := obj["items"].([]any)
 		changed := false
 		var reports []Report

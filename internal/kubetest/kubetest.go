@@ -7,7 +7,9 @@ package kubetest
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -150,7 +152,7 @@ func Decode(t testing.TB, data []byte) []*unstructured.Unstructured {
 	for {
 		var u unstructured.Unstructured
 		if err := dec.Decode(&u.Object); err != nil {
-			if err.Error() == "EOF" {
+			if errors.Is(err, io.EOF) {
 				return objs
 			}
 			t.Fatalf("kubetest: decode manifests: %v", err)
