@@ -10,6 +10,9 @@ STATICCHECK_VERSION := v0.7.0
 # h2spec, the HTTP/2 conformance suite the e2e tests run against the sidecar.
 H2SPEC      := $(TOOLS_DIR)/h2spec
 H2SPEC_VERSION := v2.2.1+incompatible
+# fortio, the load generator and test server of make bench (and its smoke test).
+FORTIO      := $(TOOLS_DIR)/fortio
+FORTIO_VERSION := v1.68.2
 # kustomize renders deploy/ (the injector webhook's manifests and their overlays).
 KUSTOMIZE   := $(TOOLS_DIR)/kustomize
 KUSTOMIZE_VERSION := v5.8.0
@@ -31,13 +34,14 @@ VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS     := -s -w -X main.version=$(VERSION)
 GOTEST_FLAGS ?= -count=1 -race -timeout 25m
 
-.PHONY: all build test unit demo lint deps clean help h2spec spire kustomize kube
+.PHONY: all build test unit demo bench lint deps clean help h2spec spire kustomize kube
 
 all: build
 
 help:
 	@echo "make demo   two pods in network namespaces on this machine, traffic through their sidecars (root)"
 	@echo "make test   lint, then every test, the root-only ones included (root; CI=true turns their skips into failures)"
+	@echo "make bench  the sidecar's cost side by side with the direct path and HAProxy (root, ~10 min)"
 	@echo "make build  bin/pillion"
 	@echo "make lint   gofmt, go vet, staticcheck"
 	@echo "make clean  remove bin/, the tool cache and any test namespaces left behind"
@@ -50,9 +54,9 @@ build:
 deps:
 	@hack/deps.sh
 
-test: deps lint $(H2SPEC) $(SPIRE) $(KUBE) $(KUSTOMIZE) $(CERT_MANAGER_CRDS)
+test: deps lint $(H2SPEC) $(SPIRE) $(KUBE) $(KUSTOMIZE) $(CERT_MANAGER_CRDS) $(FORTIO)
 	@if [ "$$(id -u)" != 0 ]; then echo "note: not root: the tests that need network namespaces will be skipped (run 'sudo make test')"; fi
-	H2SPEC=$(H2SPEC) SPIRE_DIR=$(SPIRE_DIR) KUBEBUILDER_ASSETS=$(KUBE_DIR) KUSTOMIZE=$(KUSTOMIZE) CERT_MANAGER_CRDS=$(CERT_MANAGER_CRDS) $(GO) test $(GOTEST_FLAGS) ./...
+	H2SPEC=$(H2SPEC) SPIRE_DIR=$(SPIRE_DIR) KUBEBUILDER_ASSETS=$(KUBE_DIR) KUSTOMIZE=$(KUSTOMIZE) CERT_MANAGER_CRDS=$(CERT_MANAGER_CRDS) FORTIO=$(FORTIO) $(GO) test $(GOTEST_FLAGS) ./...
 
 # unit runs only the tests that need no privileges.
 unit:
@@ -61,6 +65,13 @@ unit:
 demo: deps
 	@if [ "$$(id -u)" != 0 ]; then echo "make demo needs root: it creates network namespaces and iptables rules. Run: sudo make demo"; exit 1; fi
 	$(GO) run ./internal/demo $(DEMO_FLAGS)
+
+# bench measures the sidecar pair against the direct path and an HAProxy pair
+# (root; about 10 minutes): a table of medians with ratios, and JSON and a
+# chart in bench/results/. BENCH_FLAGS passes flags (go run ./bench -help).
+bench: deps $(FORTIO)
+	@if [ "$$(id -u)" != 0 ]; then echo "make bench needs root: it creates network namespaces and iptables rules. Run: sudo make bench"; exit 1; fi
+	$(GO) run ./bench -fortio $(FORTIO) $(BENCH_FLAGS)
 
 lint: $(STATICCHECK)
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -93,6 +104,10 @@ $(H2SPEC):
 $(KUSTOMIZE):
 	@mkdir -p $(TOOLS_DIR)
 	GOBIN=$(TOOLS_DIR) $(GO) install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
+
+$(FORTIO):
+	@mkdir -p $(TOOLS_DIR)
+	GOBIN=$(TOOLS_DIR) $(GO) install fortio.org/fortio@$(FORTIO_VERSION)
 
 $(STATICCHECK):
 	@mkdir -p $(TOOLS_DIR)

@@ -2,7 +2,8 @@
 # Installs the system tools pillion's tests and demo use, if they are missing:
 # iptables and ip6tables (nf_tables), ip (iproute2), setpriv (util-linux),
 # bash, gcc for the race detector, curl (the HTTP tests' client) and ss
-# (iproute2, counts connections between sidecars). Debian/Ubuntu (apt-get) only.
+# (iproute2, counts connections between sidecars), haproxy (make bench's peer
+# proxy) and openssl (deploy/self-signed/gen-certs.sh). Debian/Ubuntu (apt-get) only.
 set -euo pipefail
 
 need=()
@@ -14,6 +15,8 @@ command -v bash      >/dev/null || need+=(bash)
 command -v gcc       >/dev/null || need+=(gcc)
 command -v curl      >/dev/null || need+=(curl)
 command -v ss        >/dev/null || need+=(iproute2)
+command -v haproxy   >/dev/null || need+=(haproxy)
+command -v openssl   >/dev/null || need+=(openssl)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then

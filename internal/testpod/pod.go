@@ -150,6 +150,10 @@ func (p *Pod) killAll() {
 	}
 }
 
+// PID is the process's ID. `ip netns exec` and setpriv exec the command in
+// place, so it is the command's own.
+func (pr *Process) PID() int { return pr.cmd.Process.Pid }
+
 // Output is everything the process wrote to stdout and stderr so far.
 func (pr *Process) Output() string { return pr.out.String() }
 

@@ -1,0 +1,60 @@
+package harness
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// clockTick is the unit of utime and stime in /proc/<pid>/stat: USER_HZ,
+// 100 on every Linux architecture Go supports.
+const clockTick = 10 * time.Millisecond
+
+// usage is one process's CPU time and memory at one moment.
+type usage struct {
+	CPU time.Duration // user + system, since the process started
+	RSS int64         // resident now, bytes (VmRSS)
+	HWM int64         // resident at most so far, bytes (VmHWM)
+}
+
+// sample reads pid's usage from /proc.
+func sample(pid int) (usage, error) {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return usage{}, err
+	}
+	// The command name, field 2, is in parentheses and may hold spaces:
+	// count from the last ')'.
+	s := string(stat)
+	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(fields) < 13 {
+		return usage{}, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(fields))
+	}
+	utime, err1 := strconv.ParseInt(fields[11], 10, 64) // field 14
+	stime, err2 := strconv.ParseInt(fields[12], 10, 64) // field 15
+	if err1 != nil || err2 != nil {
+		return usage{}, fmt.Errorf("/proc/%d/stat: utime %q, stime %q", pid, fields[11], fields[12])
+	}
+	u := usage{CPU: time.Duration(utime+stime) * clockTick}
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return usage{}, err
+	}
+	for line := range strings.SplitSeq(string(status), "\n") {
+		for _, f := range []struct {
+			key string
+			dst *int64
+		}{{"VmRSS:", &u.RSS}, {"VmHWM:", &u.HWM}} {
+			if v, ok := strings.CutPrefix(line, f.key); ok {
+				kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+				if err != nil {
+					return usage{}, fmt.Errorf("/proc/%d/status: %s %q", pid, f.key, v)
+				}
+				*f.dst = kb << 10
+			}
+		}
+	}
+	return u, nil
+}
