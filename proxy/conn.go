@@ -59,8 +59,10 @@ func (s *Server) handle(c *net.TCPConn, dir Direction) {
 	cn.det, err = s.detect(c, dir, cn.dst)
 	if err != nil {
 		// The client reset the connection before it said enough.
-		s.log.Debug("connection ended during protocol detection", zap.Stringer("direction", dir),
-			zap.Stringer("src", c.RemoteAddr()), zap.Stringer("dst", cn.dst), zap.Error(err))
+		if ce := s.log.Check(zap.DebugLevel, "connection ended during protocol detection"); ce != nil {
+			ce.Write(zap.Stringer("direction", dir), zap.Stringer("src", c.RemoteAddr()),
+				zap.Stringer("dst", cn.dst), zap.Error(err))
+		}
 		relay.Reset(c)
 		return
 	}
@@ -86,7 +88,7 @@ func (s *Server) relayOpaque(cn *conn, down relay.Conn) {
 	uc, err := s.dial(s.hardStop, cn.target, mtls.ProtoTCP)
 	if err != nil {
 		st.DialFailures.Add(1)
-		s.log.Warn("upstream connect failed", cn.fields(zap.Error(err))...)
+		s.log.Warn("upstream connect failed", cn.fields(0, zap.Error(err))...)
 		relay.Reset(down)
 		return
 	}
@@ -111,7 +113,7 @@ func (s *Server) relayOpaque(cn *conn, down relay.Conn) {
 	// What detection read goes first; the relay then splices the rest.
 	if _, err := up.Write(cn.det.Peeked); err != nil {
 		st.DialFailures.Add(1)
-		s.log.Warn("upstream write failed", cn.fields(zap.Error(err))...)
+		s.log.Warn("upstream write failed", cn.fields(0, zap.Error(err))...)
 		relay.Reset(up)
 		relay.Reset(down)
 		return
@@ -145,14 +147,18 @@ func (s *Server) handleHTTP(cn *conn, down net.Conn) {
 	s.logConnection(cn, sent, recv, nil)
 }
 
-// fields are the log fields that say which connection cn is, then extra.
-func (cn *conn) fields(extra ...zap.Field) []zap.Field {
-	f := []zap.Field{
+// fields are the log fields that say which connection cn is, then extra,
+// with room for spare more.
+func (cn *conn) fields(spare int, extra ...zap.Field) []zap.Field {
+	// One allocation: sized for everything, and the addresses by pointer
+	// (cn is on the heap already), not boxed each in an interface.
+	f := make([]zap.Field, 0, 5+len(extra)+spare)
+	f = append(f,
 		zap.Stringer("direction", cn.dir),
 		zap.Stringer("src", cn.c.RemoteAddr()),
-		zap.Stringer("dst", cn.dst),
-		zap.Stringer("upstream", cn.target),
-	}
+		zap.Stringer("dst", &cn.dst),
+		zap.Stringer("upstream", &cn.target),
+	)
 	if cn.peer != "" {
 		f = append(f, zap.String("peer", cn.peer))
 	}
@@ -165,7 +171,7 @@ func (s *Server) logConnection(cn *conn, sent, received int64, endedBy error) {
 	if ce == nil {
 		return
 	}
-	fields := cn.fields(
+	fields := cn.fields(2,
 		zap.Stringer("protocol", cn.det.Protocol),
 		zap.String("detection", cn.det.how()),
 		zap.Int64("bytes_sent", sent),

@@ -152,7 +152,9 @@ func (s *Server) admit(cn *conn) bool {
 	if cn.det.Protocol == sniff.TLS {
 		mesh, err := s.readHello(cn)
 		if err != nil {
-			s.log.Debug("connection ended during the ClientHello", cn.fields(zap.Error(err))...)
+			if ce := s.log.Check(zap.DebugLevel, "connection ended during the ClientHello"); ce != nil {
+				ce.Write(cn.fields(0, zap.Error(err))...)
+			}
 			relay.Reset(cn.c)
 			return false
 		}
@@ -164,7 +166,7 @@ func (s *Server) admit(cn *conn) bool {
 	if s.config.Load().file.Mesh.Mode == configfile.Strict {
 		st.PlaintextRefused.Add(1)
 		s.log.Warn("refusing a connection that is not mTLS from a peer sidecar (mesh.mode STRICT)",
-			cn.fields(zap.Stringer("protocol", cn.det.Protocol))...)
+			cn.fields(0, zap.Stringer("protocol", cn.det.Protocol))...)
 		relay.Reset(cn.c)
 		return false
 	}
@@ -195,7 +197,7 @@ func (s *Server) serveMesh(cn *conn) {
 	if err != nil {
 		f := mtls.Classify(err)
 		st.TLSFailures[f].Add(1)
-		s.log.Warn("mTLS handshake failed", cn.fields(zap.Stringer("reason", f), zap.Error(err))...)
+		s.log.Warn("mTLS handshake failed", cn.fields(0, zap.Stringer("reason", f), zap.Error(err))...)
 		relay.Reset(cn.c)
 		return
 	}
@@ -209,7 +211,7 @@ func (s *Server) serveMesh(cn *conn) {
 	}
 	if err := s.config.Load().chain(Inbound).AuthorizeConn(cn.peer); err != nil {
 		st.Denied.Add(1)
-		s.log.Info("connection denied", cn.fields(zap.Error(err))...)
+		s.log.Info("connection denied", cn.fields(0, zap.Error(err))...)
 		_ = tc.Close()
 		return
 	}

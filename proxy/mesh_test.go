@@ -109,7 +109,7 @@ func TestOutboundNeverPlaintextToTheMesh(t *testing.T) {
 
 // nonLoopbackIPv4 returns an IPv4 address of this host that is not
 // loopback.
-func nonLoopbackIPv4(t *testing.T) netip.Addr {
+func nonLoopbackIPv4(t testing.TB) netip.Addr {
 	t.Helper()
 	addrs, err := net.InterfaceAddrs()
 	if err != nil {
@@ -130,7 +130,7 @@ func (n notReady) Ready() error { return n.Err }
 
 var errNotYet = io.ErrUnexpectedEOF
 
-func apply(t *testing.T, s *Server, y string) {
+func apply(t testing.TB, s *Server, y string) {
 	t.Helper()
 	f, err := configfile.Parse([]byte(y), builtin.Registry())
 	if err != nil {

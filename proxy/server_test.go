@@ -17,7 +17,7 @@ import (
 
 // testServer runs a Server on loopback with free ports and a fake original
 // destination, and stops it when the test ends.
-func testServer(t *testing.T, cfg Config, origDst func(*net.TCPConn) (netip.AddrPort, error)) *Server {
+func testServer(t testing.TB, cfg Config, origDst func(*net.TCPConn) (netip.AddrPort, error)) *Server {
 	t.Helper()
 	return startServer(t, cfg, origDst, true)
 }
@@ -25,16 +25,24 @@ func testServer(t *testing.T, cfg Config, origDst func(*net.TCPConn) (netip.Addr
 // startServer is testServer that waits for Ready only if ready is true,
 // else until the listeners accept (a server without an SVID is never
 // ready).
-func startServer(t *testing.T, cfg Config, origDst func(*net.TCPConn) (netip.AddrPort, error), ready bool) *Server {
+func startServer(t testing.TB, cfg Config, origDst func(*net.TCPConn) (netip.AddrPort, error), ready bool) *Server {
+	t.Helper()
+	return runServer(t, cfg, zap.NewNop(), netip.MustParseAddr("127.0.0.1"), origDst, ready)
+}
+
+// runServer is startServer with the server's logger and the IPv4 address
+// it listens on (loopback, or an address of this host that is not, for a
+// peer sidecar another server reaches in mTLS).
+func runServer(t testing.TB, cfg Config, log *zap.Logger, bind netip.Addr, origDst func(*net.TCPConn) (netip.AddrPort, error), ready bool) *Server {
 	t.Helper()
 	p := freePorts(t, 2)
 	cfg.OutboundPort, cfg.InboundPort = p[0], p[1]
-	s, err := New(cfg, zap.NewNop())
+	s, err := New(cfg, log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	s.origDst = origDst
-	s.bindV4 = netip.MustParseAddr("127.0.0.1")
+	s.bindV4 = bind
 	s.bindV6 = netip.IPv6Loopback()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -42,7 +50,7 @@ func startServer(t *testing.T, cfg Config, origDst func(*net.TCPConn) (netip.Add
 	t.Cleanup(func() { cancel(); <-done })
 	if !ready {
 		waitFor(t, "the listeners", func() bool {
-			c, err := net.Dial("tcp", netip.AddrPortFrom(s.bindV4, s.cfg.InboundPort).String())
+			c, err := net.Dial("tcp", netip.AddrPortFrom(bind, s.cfg.InboundPort).String())
 			if err == nil {
 				c.Close()
 			}
@@ -58,10 +66,10 @@ func startServer(t *testing.T, cfg Config, origDst func(*net.TCPConn) (netip.Add
 	return s
 }
 
-func freePort(t *testing.T) uint16 { return freePorts(t, 1)[0] }
+func freePort(t testing.TB) uint16 { return freePorts(t, 1)[0] }
 
 // freePorts returns n distinct ports that were free a moment ago.
-func freePorts(t *testing.T, n int) []uint16 {
+func freePorts(t testing.TB, n int) []uint16 {
 	t.Helper()
 	var ports []uint16
 	for range n {
@@ -81,7 +89,7 @@ func fixed(ap netip.AddrPort) func(*net.TCPConn) (netip.AddrPort, error) {
 
 // loopbackServer runs handle for each connection accepted on a loopback
 // port until the test ends, and returns the address.
-func loopbackServer(t *testing.T, handle func(net.Conn)) netip.AddrPort {
+func loopbackServer(t testing.TB, handle func(net.Conn)) netip.AddrPort {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -92,7 +100,7 @@ func loopbackServer(t *testing.T, handle func(net.Conn)) netip.AddrPort {
 }
 
 // echoServer answers each connection with "echo:" and what it read.
-func echoServer(t *testing.T) netip.AddrPort {
+func echoServer(t testing.TB) netip.AddrPort {
 	t.Helper()
 	return loopbackServer(t, func(c net.Conn) {
 		b, _ := io.ReadAll(c)
@@ -117,7 +125,7 @@ func roundTrip(t *testing.T, port uint16, msg string) (string, error) {
 	return string(b), err
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
 		if cond() {

@@ -42,6 +42,14 @@ const (
 	AttemptCountHeader = "pillion-attempt-count"
 )
 
+// The canonical forms of the names above: http.Header canonicalizes the
+// name it is given, allocating when it is not canonical already, on every
+// request.
+var (
+	origProtoKey    = http.CanonicalHeaderKey(OrigProtoHeader)
+	attemptCountKey = http.CanonicalHeaderKey(AttemptCountHeader)
+)
+
 // DefaultUpstreamServiceTimeHeader is the header Envoy sets, so existing
 // dashboards and scripts keep working.
 const DefaultUpstreamServiceTimeHeader = "x-envoy-upstream-service-time"
@@ -158,7 +166,7 @@ func (rt *Router) protocol(r *http.Request, info *filters.Info) (pool.Protocol, 
 			return pool.HTTP2, r.Proto
 		}
 		return pool.HTTP2, ""
-	case info.Direction == filters.Inbound && strings.HasPrefix(r.Header.Get(OrigProtoHeader), "HTTP/1."):
+	case info.Direction == filters.Inbound && strings.HasPrefix(r.Header.Get(origProtoKey), "HTTP/1."):
 		return pool.HTTP1, ""
 	case r.ProtoMajor == 2:
 		return pool.HTTP2, ""
@@ -175,6 +183,7 @@ type attempt struct {
 	origProto string
 	number    int
 	sent      atomic.Int64 // unix nanoseconds when the request was fully sent; 0 until then
+	body      timedBody    // the outgoing request's body, when it has one
 }
 
 type attemptKey struct{}
@@ -205,20 +214,22 @@ func (rt *Router) rewrite(pr *httputil.ProxyRequest) {
 			pr.Out.Header[h] = v
 		}
 	}
-	pr.Out.Header.Del(OrigProtoHeader)
+	pr.Out.Header.Del(origProtoKey)
 	if a.origProto != "" {
-		pr.Out.Header.Set(OrigProtoHeader, a.origProto)
+		pr.Out.Header.Set(origProtoKey, a.origProto)
 	}
 	// The sidecar that retries says which attempt this is: outbound, or
 	// inbound when the peer did not say (a caller outside the mesh).
-	if a.info.Direction == filters.Outbound || pr.Out.Header.Get(AttemptCountHeader) == "" || a.number > 1 {
-		pr.Out.Header.Set(AttemptCountHeader, strconv.Itoa(a.number))
+	if a.info.Direction == filters.Outbound || pr.Out.Header.Get(attemptCountKey) == "" || a.number > 1 {
+		pr.Out.Header.Set(attemptCountKey, strconv.Itoa(a.number))
 	}
 	if pr.Out.Body == nil || pr.Out.Body == http.NoBody {
 		a.markSent(rt.env.Now())
 		return
 	}
-	pr.Out.Body = &timedBody{ReadCloser: pr.Out.Body, a: a, now: rt.env.Now}
+	// The attempt's own: one trip upstream has one request body.
+	a.body = timedBody{ReadCloser: pr.Out.Body, a: a, now: rt.env.Now}
+	pr.Out.Body = &a.body
 }
 
 func (rt *Router) modifyResponse(res *http.Response) error {
@@ -301,14 +312,24 @@ func (b *timedBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// bufferPool reuses the 32 KiB copy buffers of response bodies.
+// copyBufSize is the size of the copy buffers of response bodies.
+const copyBufSize = 32 << 10
+
+// bufferPool reuses the 32 KiB copy buffers of response bodies. It holds
+// pointers to arrays, which go into the pool's interface without an
+// allocation, where a slice's header would be boxed on every Put.
 type bufferPool struct{ p sync.Pool }
 
 func newBufferPool() *bufferPool {
-	return &bufferPool{p: sync.Pool{New: func() any { return make([]byte, 32<<10) }}}
+	return &bufferPool{p: sync.Pool{New: func() any { return new([copyBufSize]byte) }}}
 }
 
-func (b *bufferPool) Get() []byte { return b.p.Get().([]byte) }
+func (b *bufferPool) Get() []byte { return b.p.Get().(*[copyBufSize]byte)[:] }
 
-//lint:ignore SA6002 boxing the slice header costs less than the 32 KiB it saves
-func (b *bufferPool) Put(buf []byte) { b.p.Put(buf) }
+// Put takes back a buffer Get returned (ReverseProxy gives back the slice
+// it got); anything else is left to the garbage collector.
+func (b *bufferPool) Put(buf []byte) {
+	if len(buf) == copyBufSize {
+		b.p.Put((*[copyBufSize]byte)(buf))
+	}
+}

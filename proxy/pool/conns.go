@@ -2,6 +2,7 @@ package pool
 
 import (
 	"cmp"
+	"io"
 	"net"
 	"slices"
 	"sync"
@@ -50,6 +51,24 @@ func (n *counter) update(endpoint string, proto Protocol, f func(*EndpointConns)
 	n.mu.Unlock()
 }
 
+// start counts one more request to endpoint and returns its entry, for
+// end.
+func (n *counter) start(endpoint string, proto Protocol) *EndpointConns {
+	n.mu.Lock()
+	e := n.entry(connKey{endpoint, proto})
+	e.ActiveRequests++
+	e.TotalRequests++
+	n.mu.Unlock()
+	return e
+}
+
+// end counts the request start counted as no longer active.
+func (n *counter) end(e *EndpointConns) {
+	n.mu.Lock()
+	e.ActiveRequests--
+	n.mu.Unlock()
+}
+
 // track counts c until it is closed.
 func (n *counter) track(c net.Conn, endpoint string, proto Protocol) net.Conn {
 	n.update(endpoint, proto, func(e *EndpointConns) { e.Open++; e.Total++ })
@@ -82,3 +101,26 @@ func (c *countedConn) Close() error {
 	c.once.Do(c.release)
 	return c.Conn.Close()
 }
+
+// copyBufSize is io.Copy's buffer size, which ReadFrom's pooled buffers
+// keep.
+const copyBufSize = 32 << 10
+
+// copyBufs holds ReadFrom's buffers.
+var copyBufs = sync.Pool{New: func() any { return new([copyBufSize]byte) }}
+
+// ReadFrom copies r to the connection through a pooled buffer. net/http's
+// HTTP/1 transport sends request bodies this way (io.Copy to the
+// connection); without it io.Copy would allocate a buffer of up to 32 KiB
+// per request body, the wrapper hiding the wrapped connection's own
+// ReadFrom (which would allocate one too: a request body is not a file or
+// a socket the kernel could splice from).
+func (c *countedConn) ReadFrom(r io.Reader) (int64, error) {
+	buf := copyBufs.Get().(*[copyBufSize]byte)
+	defer copyBufs.Put(buf)
+	return io.CopyBuffer((*plainConn)(c), r, buf[:])
+}
+
+// plainConn is a countedConn without ReadFrom, so that io.CopyBuffer
+// writes through the buffer it is given (net.Conn's Write is promoted).
+type plainConn countedConn

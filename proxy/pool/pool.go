@@ -155,44 +155,48 @@ func (p *Pools) RoundTrip(req *http.Request, proto Protocol) (*http.Response, er
 			req.GetBody = notProcessed
 		}
 	}
-	host := req.URL.Host
-	p.conns.update(host, proto, func(e *EndpointConns) { e.ActiveRequests++; e.TotalRequests++ })
+	// The endpoint's counts, found once: the entry stays in the map.
+	e := p.conns.start(req.URL.Host, proto)
 	res, err := rt.RoundTrip(req)
 	if err != nil {
-		p.conns.update(host, proto, func(e *EndpointConns) { e.ActiveRequests-- })
+		p.conns.end(e)
 		if ctxErr := req.Context().Err(); ctxErr != nil {
 			return nil, ctxErr
 		}
 		return nil, classify(req.URL.Host, proto, err)
 	}
-	done := func() { p.conns.update(host, proto, func(e *EndpointConns) { e.ActiveRequests-- }) }
 	if res.StatusCode == http.StatusSwitchingProtocols {
-		done() // the body is the upgraded connection, which must stay an io.ReadWriteCloser
+		p.conns.end(e) // the body is the upgraded connection, which must stay an io.ReadWriteCloser
 		return res, nil
 	}
-	res.Body = &countedBody{ReadCloser: res.Body, done: done}
+	res.Body = &countedBody{ReadCloser: res.Body, n: p.conns, e: e}
 	return res, nil
 }
 
-// countedBody calls done once, when the body is read to its end or closed:
-// the request is no longer active.
+// countedBody ends its request's count once, when the body is read to its
+// end or closed: the request is no longer active.
 type countedBody struct {
 	io.ReadCloser
 	once sync.Once
-	done func()
+	n    *counter
+	e    *EndpointConns
 }
 
 func (b *countedBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	if err != nil {
-		b.once.Do(b.done)
+		b.done()
 	}
 	return n, err
 }
 
 func (b *countedBody) Close() error {
-	b.once.Do(b.done)
+	b.done()
 	return b.ReadCloser.Close()
+}
+
+func (b *countedBody) done() {
+	b.once.Do(func() { b.n.end(b.e) })
 }
 
 // CloseIdle closes the idle connections of both pools.

@@ -2,7 +2,9 @@ package pool
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -310,5 +312,51 @@ func TestRefusedStreamWithABodyIsRefused(t *testing.T) {
 	}
 	if req.GetBody != nil {
 		t.Errorf("RoundTrip changed the caller's request")
+	}
+}
+
+// TestStreamedRequestBodyArrivesWhole: a request body that is not in
+// memory (the proxy's case: the downstream's body) reaches the upstream
+// byte for byte, in both pools, larger than a copy buffer; the request is
+// no longer active once its response body is read.
+func TestStreamedRequestBodyArrivesWhole(t *testing.T) {
+	addr, _ := backend(t, 0, func(w http.ResponseWriter, r *http.Request) {
+		h := sha256.New()
+		n, err := io.Copy(h, r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		fmt.Fprintf(w, "%d %x", n, h.Sum(nil))
+	})
+	body := make([]byte, 3*copyBufSize+17)
+	for i := range body {
+		body[i] = byte(i * 7)
+	}
+	want := fmt.Sprintf("%d %x", len(body), sha256.Sum256(body))
+	p := New(Config{DialTimeout: time.Second})
+	for _, proto := range []Protocol{HTTP1, HTTP2} {
+		t.Run(proto.String(), func(t *testing.T) {
+			for _, size := range []int64{int64(len(body)), -1} { // Content-Length, then chunked
+				// Not a reader net/http knows to be in memory: streamed.
+				streamed := struct{ io.Reader }{bytes.NewReader(body)}
+				req, _ := http.NewRequest("POST", "http://"+addr+"/", io.NopCloser(streamed))
+				req.ContentLength = size
+				res, err := p.RoundTrip(req, proto)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got, err := io.ReadAll(res.Body)
+				res.Body.Close()
+				if err != nil || string(got) != want {
+					t.Errorf("length %d: upstream got %q, %v; want %q", size, got, err, want)
+				}
+			}
+		})
+	}
+	for _, e := range p.Conns() {
+		if e.TotalRequests != 2 || e.ActiveRequests != 0 {
+			t.Errorf("Conns() = %+v, want 2 requests per pool, none active", e)
+		}
 	}
 }

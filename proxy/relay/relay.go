@@ -66,47 +66,74 @@ type Result struct {
 // closed at once, and the side that did not fail is reset rather than
 // closed gracefully, so it sees the failure instead of a clean end.
 func TCP(down, up Conn, idle time.Duration) Result {
-	var (
-		wg         sync.WaitGroup
-		abortOnce  sync.Once
-		sent, recv int64
-		errUp      error        // down → up
-		errDown    error        // up → down
-		last       atomic.Int64 // when a byte last moved, either way (UnixNano)
-	)
-	last.Store(time.Now().UnixNano())
-	abort := func() {
-		abortOnce.Do(func() {
-			Reset(down)
-			Reset(up)
-		})
+	// One allocation for the relay's shared state, and one goroutine: the
+	// caller's carries the upstream's bytes down.
+	r := &tcpRelay{down: down, up: up, idle: idle}
+	r.last.Store(time.Now().UnixNano())
+	r.wg.Add(1)
+	go r.sendUp()
+	recv, errDown := copyHalf(down, up, idle, &r.last)
+	if errDown != nil {
+		r.abort()
 	}
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		sent, errUp = copyHalf(up, down, idle, &last)
-		if errUp != nil {
-			abort()
-		}
-	}()
-	go func() {
-		defer wg.Done()
-		recv, errDown = copyHalf(down, up, idle, &last)
-		if errDown != nil {
-			abort()
-		}
-	}()
-	wg.Wait()
+	r.wg.Wait()
 	_ = down.Close()
 	_ = up.Close()
-	return Result{Sent: sent, Received: recv, Err: firstReal(errUp, errDown)}
+	return Result{Sent: r.sent, Received: recv, Err: firstReal(r.errUp, errDown)}
 }
+
+// tcpRelay is the state TCP shares with the goroutine that copies down → up.
+type tcpRelay struct {
+	down, up  Conn
+	idle      time.Duration
+	last      atomic.Int64 // when a byte last moved, either way (UnixNano)
+	abortOnce sync.Once
+	wg        sync.WaitGroup
+	sent      int64 // down → up, set by sendUp before wg.Done
+	errUp     error
+}
+
+// sendUp copies down → up.
+func (r *tcpRelay) sendUp() {
+	defer r.wg.Done()
+	r.sent, r.errUp = copyHalf(r.up, r.down, r.idle, &r.last)
+	if r.errUp != nil {
+		r.abort()
+	}
+}
+
+// abort resets both connections, once.
+func (r *tcpRelay) abort() {
+	r.abortOnce.Do(func() {
+		Reset(r.down)
+		Reset(r.up)
+	})
+}
+
+// copyBufSize is io.Copy's buffer size, which the relay's pooled buffers
+// keep.
+const copyBufSize = 32 << 10
+
+// copyBufs holds the copy buffers of relays with a TLS end (the kernel
+// splices between two TCP ends, with no buffer in the process).
+var copyBufs = sync.Pool{New: func() any { return new([copyBufSize]byte) }}
 
 // copyHalf copies src to dst until src's EOF, then shuts dst's write half.
 // With an idle limit, it reads with a deadline of idle/2 and, each time the
 // deadline passes, records whether bytes moved and gives up once last (shared
 // with the other direction) is idle old.
 func copyHalf(dst, src Conn, idle time.Duration, last *atomic.Int64) (int64, error) {
+	copyOnce := func() (int64, error) { return io.Copy(dst, src) }
+	if !isTCP(dst) || !isTCP(src) {
+		// With a TLS end, io.Copy would allocate a 32 KiB buffer (in
+		// TCPConn's generic ReadFrom or WriteTo) per call: use a pooled
+		// one, hiding those methods so that io.CopyBuffer uses it.
+		buf := copyBufs.Get().(*[copyBufSize]byte)
+		defer copyBufs.Put(buf)
+		var w io.Writer = writerOnly{dst}
+		var r io.Reader = readerOnly{src}
+		copyOnce = func() (int64, error) { return io.CopyBuffer(w, r, buf[:]) }
+	}
 	var total int64
 	for {
 		if idle > 0 {
@@ -115,7 +142,7 @@ func copyHalf(dst, src Conn, idle time.Duration, last *atomic.Int64) (int64, err
 		// Between two *TCPConn, io.Copy ends in TCPConn.ReadFrom, which uses
 		// splice(2): the bytes stay in the kernel. A deadline interrupts it
 		// between chunks, losing nothing.
-		n, err := io.Copy(dst, src)
+		n, err := copyOnce()
 		total += n
 		now := time.Now()
 		if n > 0 {
@@ -136,6 +163,17 @@ func copyHalf(dst, src Conn, idle time.Duration, last *atomic.Int64) (int64, err
 	}
 	return total, nil
 }
+
+func isTCP(c Conn) bool {
+	_, ok := c.(*net.TCPConn)
+	return ok
+}
+
+// writerOnly and readerOnly hide every method but Write and Read.
+type (
+	writerOnly struct{ io.Writer }
+	readerOnly struct{ io.Reader }
+)
 
 // firstReal returns the first error that is not a consequence of our own
 // abort (use of a closed connection).

@@ -21,6 +21,17 @@ func setup(t *testing.T) (client, server *net.TCPConn, result <-chan Result) {
 // setupIdle is setup with an idle time-out on the relay.
 func setupIdle(t *testing.T, idle time.Duration) (client, server *net.TCPConn, result <-chan Result) {
 	t.Helper()
+	return setupRelay(t, idle, false)
+}
+
+// notTCP is a TCP connection the relay does not see as one, as a TLS one:
+// it copies through its own buffers rather than splice(2).
+type notTCP struct{ *net.TCPConn }
+
+// setupRelay is setupIdle whose relay sees its downstream end as notTCP
+// when buffered is true.
+func setupRelay(t *testing.T, idle time.Duration, buffered bool) (client, server *net.TCPConn, result <-chan Result) {
+	t.Helper()
 	front := listen(t)
 	back := listen(t)
 	res := make(chan Result, 1)
@@ -34,7 +45,11 @@ func setupIdle(t *testing.T, idle time.Duration) (client, server *net.TCPConn, r
 			down.Close()
 			return
 		}
-		res <- TCP(down, up, idle)
+		var d Conn = down
+		if buffered {
+			d = notTCP{down}
+		}
+		res <- TCP(d, up, idle)
 	}()
 	c, err := net.DialTCP("tcp", nil, front.Addr().(*net.TCPAddr))
 	if err != nil {
@@ -107,8 +122,13 @@ func TestHalfCloseCarriedAcross(t *testing.T) {
 }
 
 func TestLargeTransferBothWays(t *testing.T) {
+	t.Run("spliced", func(t *testing.T) { testLargeTransferBothWays(t, false) })
+	t.Run("buffered", func(t *testing.T) { testLargeTransferBothWays(t, true) })
+}
+
+func testLargeTransferBothWays(t *testing.T, buffered bool) {
 	// With an idle limit, as the proxy runs it: reads carry deadlines.
-	client, server, res := setupIdle(t, time.Minute)
+	client, server, res := setupRelay(t, time.Minute, buffered)
 	const size = 32 << 20
 	data := make([]byte, size)
 	_, _ = rand.Read(data)
@@ -200,8 +220,13 @@ func TestServerClosesFirstClientKeepsSending(t *testing.T) {
 }
 
 func TestIdleHalfClosedConnectionIsReset(t *testing.T) {
+	t.Run("spliced", func(t *testing.T) { testIdleHalfClosedConnectionIsReset(t, false) })
+	t.Run("buffered", func(t *testing.T) { testIdleHalfClosedConnectionIsReset(t, true) })
+}
+
+func testIdleHalfClosedConnectionIsReset(t *testing.T, buffered bool) {
 	const idle = 100 * time.Millisecond
-	client, server, res := setupIdle(t, idle)
+	client, server, res := setupRelay(t, idle, buffered)
 	start := time.Now()
 	// The client is done sending; the server never answers.
 	client.CloseWrite()
