@@ -268,3 +268,52 @@ func TestSlowSteadyTransferIsNotIdle(t *testing.T) {
 		t.Errorf("a slow but steady transfer was cut: %v", r.Err)
 	}
 }
+
+// scriptedConn reads the given chunks, one per Read (a chunk longer than
+// the buffer takes several), then EOF; it records the size of each Read's
+// buffer and what is written. It is a Conn that is not a *net.TCPConn.
+type scriptedConn struct {
+	net.Conn // nil: only Read, Write and CloseWrite are used
+	chunks   [][]byte
+	reads    []int
+	wrote    []byte
+}
+
+func (c *scriptedConn) Read(p []byte) (int, error) {
+	c.reads = append(c.reads, len(p))
+	if len(c.chunks) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, c.chunks[0])
+	if c.chunks[0] = c.chunks[0][n:]; len(c.chunks[0]) == 0 {
+		c.chunks = c.chunks[1:]
+	}
+	return n, nil
+}
+
+func (c *scriptedConn) Write(p []byte) (int, error) { c.wrote = append(c.wrote, p...); return len(p), nil }
+func (c *scriptedConn) CloseWrite() error           { return nil }
+
+// TestBufferedCopyHoldsABigBufferOnlyWhileStreaming: a quiet connection
+// reads with its small buffer; a read that fills it switches to the 32 KiB
+// one, which goes back once a read is small again; every byte arrives in
+// order.
+func TestBufferedCopyHoldsABigBufferOnlyWhileStreaming(t *testing.T) {
+	stream := bytes.Repeat([]byte("0123456789abcdef"), 3*copyBufSize/16)
+	src := &scriptedConn{chunks: [][]byte{[]byte("hello"), stream, []byte("bye")}}
+	dst := &scriptedConn{}
+	c := &bufferedCopy{dst: dst, src: src}
+	n, err := c.copy()
+	if want := "hello" + string(stream) + "bye"; err != nil || n != int64(len(want)) || string(dst.wrote) != want {
+		t.Fatalf("copied %d (want %d), %v; the bytes written differ: %v", n, len(want), err, string(dst.wrote) != want)
+	}
+	// hello (small), the stream's first 2 KiB (small: fills it), then
+	// 32 KiB reads, "bye" (big: too small, released), EOF (small).
+	small, big := smallBufSize, copyBufSize
+	if r := src.reads; len(r) < 5 || r[0] != small || r[1] != small || r[2] != big || r[len(r)-2] != big || r[len(r)-1] != small {
+		t.Errorf("read buffer sizes %v", r)
+	}
+	if c.big != nil {
+		t.Error("the big buffer is still held after the stream ended")
+	}
+}
