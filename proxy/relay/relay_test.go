@@ -291,8 +291,11 @@ func (c *scriptedConn) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-func (c *scriptedConn) Write(p []byte) (int, error) { c.wrote = append(c.wrote, p...); return len(p), nil }
-func (c *scriptedConn) CloseWrite() error           { return nil }
+func (c *scriptedConn) Write(p []byte) (int, error) {
+	c.wrote = append(c.wrote, p...)
+	return len(p), nil
+}
+func (c *scriptedConn) CloseWrite() error { return nil }
 
 // TestBufferedCopyHoldsABigBufferOnlyWhileStreaming: a quiet connection
 // reads with its small buffer; a read that fills it switches to the 32 KiB
