@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/pillionmesh/pillion/internal/meshtest"
@@ -84,6 +85,16 @@ func (m *pillionMode) setup(e *env) error {
 		m.sidecars = append(m.sidecars, meshtest.Inject(e.t, e.tools.Pillion, p, nil, args))
 	}
 	return nil
+}
+
+// diagnose is the end of each sidecar's log, for an error message.
+func (m *pillionMode) diagnose() string {
+	var b strings.Builder
+	for _, sc := range m.sidecars {
+		out := strings.Split(strings.TrimSpace(sc.Proxy.Output()), "\n")
+		fmt.Fprintf(&b, "\n%s sidecar, last lines:\n%s", sc.Pod.Name, strings.Join(out[max(0, len(out)-8):], "\n"))
+	}
+	return b.String()
 }
 
 func (m *pillionMode) proxiesFor(*env, workload) ([]proxy, error) {

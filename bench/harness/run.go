@@ -150,6 +150,9 @@ func runOnce(cfg Config, name string) (vals []Value, err error) {
 		logf(cfg.Log, "  %s\n", w.name)
 		v, err := w.run(e, cfg, proxies)
 		if err != nil {
+			if d, ok := m.(interface{ diagnose() string }); ok {
+				err = fmt.Errorf("%w%s", err, d.diagnose())
+			}
 			return nil, err
 		}
 		vals = append(vals, v...)
@@ -260,13 +263,14 @@ func fdLimit() (int, error) {
 	return int(min(lim.Max, 1<<24)), nil
 }
 
-// idleConns is how many connections the idle figure can hold: each takes
-// two descriptors in each proxy (and in the harness, which holds both
-// ends), so the open-file limit may cap cfg.IdleConns.
+// idleConns is how many connections the idle figure can hold. Each takes
+// two descriptors in each proxy and in the harness (which holds both
+// ends), and connections still in their handshake take more: the harness
+// stays within a quarter of the open-file limit, and scales the figure.
 func idleConns(want int) (int, error) {
 	limit, err := fdLimit()
 	if err != nil {
 		return 0, err
 	}
-	return min(want, (limit-1024)/2), nil
+	return min(want, (limit-1024)/4), nil
 }

@@ -216,6 +216,7 @@ func idle(e *env, cfg Config, proxies []proxy) ([]Value, error) {
 		firstErr atomic.Pointer[error]
 		next     atomic.Int64
 	)
+	start := time.Now()
 	for range 64 {
 		wg.Go(func() {
 			for {
@@ -232,6 +233,14 @@ func idle(e *env, cfg Config, proxies []proxy) ([]Value, error) {
 					return
 				}
 				conns[i] = c
+				// Keep at most inFlight connections on their way: opening
+				// them all at once would measure a handshake storm (which
+				// times out), not what idle connections cost.
+				if err := e.holder.waitOpenAtLeast(i+1-inFlight, time.Minute); err != nil {
+					err = fmt.Errorf("%s: %w", WorkloadIdle, err)
+					firstErr.CompareAndSwap(nil, &err)
+					return
+				}
 			}
 		})
 	}
@@ -239,14 +248,15 @@ func idle(e *env, cfg Config, proxies []proxy) ([]Value, error) {
 	if err := firstErr.Load(); err != nil {
 		return nil, *err
 	}
-	if err := e.holder.waitOpen(len(conns), time.Minute); err != nil {
+	if err := e.holder.waitOpen(len(conns), 3*time.Minute); err != nil {
 		return nil, fmt.Errorf("%s: %w", WorkloadIdle, err)
 	}
+	openRate := float64(len(conns)) / time.Since(start).Seconds()
 	now, err := sampleAll(proxies)
 	if err != nil {
 		return nil, err
 	}
-	var vals []Value
+	vals := []Value{{WorkloadIdle, "opened", "conn/s", "higher", openRate}}
 	for i, p := range proxies {
 		per := float64(now[i].RSS-before[i].RSS) / float64(len(conns))
 		scaled := float64(before[i].RSS) + per*float64(cfg.IdleConns)
@@ -285,6 +295,22 @@ func serveHolder(t testpod.Cleaner, pod *testpod.Pod) (*holder, error) {
 		}
 	}()
 	return h, nil
+}
+
+// inFlight is how many idle connections may be on their way to the
+// server at once.
+const inFlight = 256
+
+// waitOpenAtLeast waits until at least n connections are open.
+func (h *holder) waitOpenAtLeast(n int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for h.open.Load() < int64(n) {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d connections reached the server, want at least %d", h.open.Load(), n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return nil
 }
 
 // waitOpen waits until exactly n connections are open.
