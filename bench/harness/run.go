@@ -71,7 +71,7 @@ type Run struct {
 	Values []Value `json:"values"`
 }
 
-// Run measures every mode cfg.Reps times, interleaving the modes so that
+// Measure measures every mode cfg.Reps times, interleaving the modes so that
 // a noisy neighbour hurts them alike.
 func Measure(cfg Config) (*Result, error) {
 	if len(cfg.Modes) == 0 {
