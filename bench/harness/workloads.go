@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pillionmesh/pillion/internal/meshtest"
 	"github.com/pillionmesh/pillion/internal/testpod"
 )
 
@@ -279,21 +280,11 @@ func serveHolder(t testpod.Cleaner, pod *testpod.Pod) (*holder, error) {
 		return nil, err
 	}
 	h := &holder{}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			h.open.Add(1)
-			go func() {
-				_, _ = io.Copy(io.Discard, c)
-				c.Close()
-				h.open.Add(-1)
-			}()
-		}
-	}()
+	meshtest.Serve(t, l, func(c net.Conn) {
+		h.open.Add(1)
+		defer h.open.Add(-1)
+		_, _ = io.Copy(io.Discard, c)
+	})
 	return h, nil
 }
 
@@ -333,22 +324,11 @@ func serveSink(t testpod.Cleaner, pod *testpod.Pod) error {
 	if err != nil {
 		return err
 	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				n, err := io.Copy(io.Discard, c)
-				if err == nil {
-					fmt.Fprint(c, n)
-				}
-			}()
+	meshtest.Serve(t, l, func(c net.Conn) {
+		if n, err := io.Copy(io.Discard, c); err == nil {
+			fmt.Fprint(c, n)
 		}
-	}()
+	})
 	return nil
 }
 
