@@ -11,14 +11,11 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/pillionmesh/pillion/injector"
 	"github.com/pillionmesh/pillion/internal/meshtest"
 	"github.com/pillionmesh/pillion/internal/testpod"
 )
-
-func intstrName(s string) intstr.IntOrString { return intstr.FromString(s) }
 
 // runStoredPod plays kubelet for the pod the API server stored: it gives
 // each of the pod's volumes a folder on this machine, runs the init

@@ -18,6 +18,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/pillionmesh/pillion/injector"
 	"github.com/pillionmesh/pillion/internal/kubetest"
@@ -173,7 +174,7 @@ func appPod(name string, ann map[string]string) *corev1.Pod {
 			Name: "web", Image: "example.com/web:1",
 			Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8081}},
 			ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
-				Path: "/healthz", Port: intstrName("http"),
+				Path: "/healthz", Port: intstr.FromString("http"),
 			}}},
 		}}},
 	}

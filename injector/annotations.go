@@ -3,7 +3,6 @@ package injector
 import (
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -99,7 +98,7 @@ func parseOptions(ann map[string]string, cfg *Config) (options, error) {
 	add(boolAnnotation(ann, RewriteProbesAnnotation, &o.rewriteProbes))
 	if v, ok := ann[LogLevelAnnotation]; ok {
 		o.logLevel = v
-		if !slices.Contains([]string{"debug", "info", "warn", "error"}, v) {
+		if !validLogLevel(v) {
 			add(annotationError(LogLevelAnnotation, v, "want debug, info, warn or error"))
 		}
 	}

@@ -1,6 +1,7 @@
 package injector
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"os"
@@ -149,7 +150,7 @@ func (r RawConfig) Validate() (*Config, error) {
 		Image:            r.Image,
 		ImagePullPolicy:  r.ImagePullPolicy,
 		NativeSidecars:   r.NativeSidecars == nil || *r.NativeSidecars,
-		LogLevel:         cmpOr(r.Proxy.LogLevel, DefaultLogLevel),
+		LogLevel:         cmp.Or(r.Proxy.LogLevel, DefaultLogLevel),
 		Resources:        r.Proxy.Resources,
 		RewriteAppProbes: r.Proxy.RewriteAppProbes == nil || *r.Proxy.RewriteAppProbes,
 		ProxyConfig:      r.Proxy.Config,
@@ -169,9 +170,7 @@ func (r RawConfig) Validate() (*Config, error) {
 	if c.Identity, err = r.Identity.validate(); err != nil {
 		errs = append(errs, err)
 	}
-	switch c.LogLevel {
-	case "debug", "info", "warn", "error":
-	default:
+	if !validLogLevel(c.LogLevel) {
 		fail("proxy.logLevel", "%q: want debug, info, warn or error", c.LogLevel)
 	}
 	if len(c.Resources.Requests) == 0 && len(c.Resources.Limits) == 0 {
@@ -202,8 +201,8 @@ func (id Identity) validate() (Identity, error) {
 	switch {
 	case id.CSI != nil:
 		v := *id.CSI
-		v.Driver = cmpOr(v.Driver, DefaultCSIDriver)
-		v.Socket = cmpOr(v.Socket, DefaultSocket)
+		v.Driver = cmp.Or(v.Driver, DefaultCSIDriver)
+		v.Socket = cmp.Or(v.Socket, DefaultSocket)
 		if v.Path != "" {
 			return id, errors.New("identity.csi.path: only for hostPath")
 		}
@@ -213,7 +212,7 @@ func (id Identity) validate() (Identity, error) {
 		out.CSI = &v
 	case id.HostPath != nil:
 		v := *id.HostPath
-		v.Socket = cmpOr(v.Socket, DefaultSocket)
+		v.Socket = cmp.Or(v.Socket, DefaultSocket)
 		if v.Driver != "" {
 			return id, errors.New("identity.hostPath.driver: only for csi")
 		}
@@ -232,16 +231,15 @@ func (id Identity) validate() (Identity, error) {
 	return out, nil
 }
 
+// validLogLevel reports whether l is one of the sidecar's --log-level
+// values.
+func validLogLevel(l string) bool {
+	return slices.Contains([]string{"debug", "info", "warn", "error"}, l)
+}
+
 func checkSocketName(field, s string) error {
 	if s == "" || strings.Contains(s, "/") || s == "." || s == ".." {
 		return fmt.Errorf("%s: %q: want a file name in the mounted folder", field, s)
 	}
 	return nil
-}
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }

@@ -87,10 +87,14 @@ func Inject(pod *corev1.Pod, ns Namespace, cfg *Config) (Result, error) {
 	}
 	out := pod.DeepCopy()
 	probes := rewriteProbes(out, opts.rewriteProbes)
-	out.Spec.Volumes = append(out.Spec.Volumes, volumes(cfg, opts)...)
+	vols := volumes(cfg, opts)
+	out.Spec.Volumes = append(out.Spec.Volumes, vols...)
 	initC := initContainer(cfg, opts)
 	proxyC := proxyContainer(cfg, opts, probes)
-	status := Status{Volumes: volumeNames(cfg, opts), Native: opts.native, AppProbes: paths(probes)}
+	status := Status{Native: opts.native, AppProbes: paths(probes)}
+	for _, v := range vols {
+		status.Volumes = append(status.Volumes, v.Name)
+	}
 	if opts.native {
 		// The capture rules first, then the sidecar, then the app's own
 		// init containers: they run with the mesh already in place.

@@ -177,7 +177,7 @@ func TestProbeRewrite(t *testing.T) {
 	pod := newPod(nil)
 	c := &pod.Spec.Containers[0]
 	c.Ports = []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}}
-	c.ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/ready", Port: intOrString("http")}}}
+	c.ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/ready", Port: intstr.FromString("http")}}}
 	c.LivenessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"true"}}}}
 	res, err := Inject(pod, Namespace{"shop", true}, cfg)
 	if err != nil {
@@ -228,5 +228,3 @@ func TestConfigErrors(t *testing.T) {
 		t.Errorf("defaults not filled: %+v", cfg)
 	}
 }
-
-func intOrString(s string) intstr.IntOrString { return intstr.FromString(s) }

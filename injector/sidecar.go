@@ -46,14 +46,6 @@ func volumes(cfg *Config, opts options) []corev1.Volume {
 	return vols
 }
 
-func volumeNames(cfg *Config, opts options) []string {
-	var names []string
-	for _, v := range volumes(cfg, opts) {
-		names = append(names, v.Name)
-	}
-	return names
-}
-
 // initContainer runs `pillion init` with the pod's exclusions. It needs
 // root and NET_ADMIN and NET_RAW to write the pod's iptables rules, and
 // nothing else.
