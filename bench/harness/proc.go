@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/pillionmesh/pillion/internal/meshtest"
 )
 
 // clockTick is the unit of utime and stime in /proc/<pid>/stat: USER_HZ,
@@ -38,23 +40,10 @@ func sample(pid int) (usage, error) {
 		return usage{}, fmt.Errorf("/proc/%d/stat: utime %q, stime %q", pid, fields[11], fields[12])
 	}
 	u := usage{CPU: time.Duration(utime+stime) * clockTick}
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	mem, err := meshtest.StatusBytes(pid, "VmRSS", "VmHWM")
 	if err != nil {
 		return usage{}, err
 	}
-	for line := range strings.SplitSeq(string(status), "\n") {
-		for _, f := range []struct {
-			key string
-			dst *int64
-		}{{"VmRSS:", &u.RSS}, {"VmHWM:", &u.HWM}} {
-			if v, ok := strings.CutPrefix(line, f.key); ok {
-				kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-				if err != nil {
-					return usage{}, fmt.Errorf("/proc/%d/status: %s %q", pid, f.key, v)
-				}
-				*f.dst = kb << 10
-			}
-		}
-	}
+	u.RSS, u.HWM = mem[0], mem[1]
 	return u, nil
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -48,20 +49,39 @@ func (sc *Sidecar) ProxyPID() (int, error) {
 // RSS returns the resident memory of process pid (VmRSS),
 // in bytes.
 func RSS(pid int) (int64, error) {
+	v, err := StatusBytes(pid, "VmRSS")
+	if err != nil {
+		return 0, err
+	}
+	return v[0], nil
+}
+
+// StatusBytes reads the kB fields named keys (such as "VmRSS", "VmHWM")
+// from /proc/<pid>/status, in one read, and returns them in bytes, in the
+// order asked. A missing field is an error.
+func StatusBytes(pid int, keys ...string) ([]int64, error) {
 	status, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
 	if err != nil {
-		return 0, fmt.Errorf("meshtest: %w", err)
+		return nil, fmt.Errorf("meshtest: %w", err)
 	}
+	out := make([]int64, len(keys))
+	found := make([]bool, len(keys))
 	for line := range strings.SplitSeq(string(status), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			if err != nil {
-				return 0, fmt.Errorf("meshtest: VmRSS of %d: %q: %w", pid, v, err)
-			}
-			return kb << 10, nil
+		name, v, ok := strings.Cut(line, ":")
+		i := slices.Index(keys, name)
+		if !ok || i < 0 {
+			continue
 		}
+		kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("meshtest: %s of %d: %q: %w", name, pid, v, err)
+		}
+		out[i], found[i] = kb<<10, true
 	}
-	return 0, fmt.Errorf("meshtest: no VmRSS in /proc/%d/status", pid)
+	if i := slices.Index(found, false); i >= 0 {
+		return nil, fmt.Errorf("meshtest: no %s in /proc/%d/status", keys[i], pid)
+	}
+	return out, nil
 }
 
 // OpenFDs returns how many file descriptors process pid has open.
