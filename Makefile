@@ -21,20 +21,28 @@ KUSTOMIZE_VERSION := v5.8.0
 SPIRE_VERSION := v1.13.3
 SPIRE_DIR   := $(CACHE_DIR)/spire-$(SPIRE_VERSION)
 SPIRE       := $(SPIRE_DIR)/spire-server
-# A real kube-apiserver and etcd for the injector's tests (envtest), built
-# from the Go module proxy once (about 5 minutes cold) and kept here; and
+# A real kube-apiserver and etcd for the injector's and discovery's tests
+# (envtest), and kube-controller-manager for real EndpointSlices, built from
+# the Go module proxy once (about 6 minutes cold) and kept here; and
 # cert-manager's CRDs, so deploy/cert-manager can be dry-run applied.
 KUBE_VERSION := v1.36.3
 ETCD_VERSION := v3.6.8
 KUBE_DIR    := $(CACHE_DIR)/kube-$(KUBE_VERSION)
-KUBE        := $(KUBE_DIR)/kube-apiserver
+KUBE        := $(KUBE_DIR)/kube-controller-manager
 CERT_MANAGER_VERSION := v1.19.1
 CERT_MANAGER_CRDS := $(CACHE_DIR)/cert-manager-$(CERT_MANAGER_VERSION)/crds
+# The discovery API's Go code is generated from api/**/*.proto and committed;
+# `make proto` regenerates it with these pinned generators (protoc from
+# Debian's protobuf-compiler, installed by hack/deps.sh --proto).
+PROTOC_GEN_GO := $(TOOLS_DIR)/protoc-gen-go
+PROTOC_GEN_GO_VERSION := v1.36.12
+PROTOC_GEN_GO_GRPC := $(TOOLS_DIR)/protoc-gen-go-grpc
+PROTOC_GEN_GO_GRPC_VERSION := v1.5.1
 VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS     := -s -w -X main.version=$(VERSION)
 GOTEST_FLAGS ?= -count=1 -race -timeout 25m
 
-.PHONY: all build test unit demo bench lint deps clean help h2spec spire kustomize kube
+.PHONY: all build test unit demo bench lint deps clean help h2spec spire kustomize kube proto
 
 all: build
 
@@ -79,6 +87,20 @@ lint: $(STATICCHECK)
 	$(STATICCHECK) ./...
 
 h2spec: $(H2SPEC)
+
+proto: $(PROTOC_GEN_GO) $(PROTOC_GEN_GO_GRPC)
+	@command -v protoc >/dev/null || hack/deps.sh --proto
+	protoc --plugin=protoc-gen-go=$(PROTOC_GEN_GO) --plugin=protoc-gen-go-grpc=$(PROTOC_GEN_GO_GRPC) \
+	  --go_out=. --go_opt=paths=source_relative --go-grpc_out=. --go-grpc_opt=paths=source_relative \
+	  $$(find api -name '*.proto')
+
+$(PROTOC_GEN_GO):
+	@mkdir -p $(TOOLS_DIR)
+	GOBIN=$(TOOLS_DIR) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+
+$(PROTOC_GEN_GO_GRPC):
+	@mkdir -p $(TOOLS_DIR)
+	GOBIN=$(TOOLS_DIR) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
 
 spire: $(SPIRE)
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# build-kube.sh VERSION ETCD_VERSION OUTDIR: builds kube-apiserver and etcd
-# from the Go module proxy into OUTDIR, the folder envtest's
+# build-kube.sh VERSION ETCD_VERSION OUTDIR: builds kube-apiserver, etcd and
+# kube-controller-manager (whose EndpointSlice controller the discovery tests
+# run) from the Go module proxy into OUTDIR, the folder envtest's
 # KUBEBUILDER_ASSETS points at. There is no release download here, so a
 # throw-away tools module requires k8s.io/kubernetes and replaces each of
 # its staging modules (k8s.io/api, k8s.io/apiserver, ...) with the published
@@ -38,13 +39,16 @@ if ! grep -q '^replace k8s.io/api ' go.mod; then
 	echo "build-kube: found no staging replace lines in $gomod" >&2
 	exit 1
 fi
-go get "k8s.io/kubernetes/cmd/kube-apiserver@${version}" "go.etcd.io/etcd/server/v3@${etcd_version}"
+go get "k8s.io/kubernetes/cmd/kube-apiserver@${version}" "k8s.io/kubernetes/cmd/kube-controller-manager@${version}" \
+	"go.etcd.io/etcd/server/v3@${etcd_version}"
 mkdir -p "$out"
 pkg=k8s.io/component-base/version
-CGO_ENABLED=0 go build -trimpath -o "$out/kube-apiserver" \
-	-ldflags "-s -w -X ${pkg}.gitVersion=${version} -X ${pkg}.gitMajor=1 -X ${pkg}.gitMinor=$(echo "$version" | cut -d. -f2)" \
-	k8s.io/kubernetes/cmd/kube-apiserver
+ldflags="-s -w -X ${pkg}.gitVersion=${version} -X ${pkg}.gitMajor=1 -X ${pkg}.gitMinor=$(echo "$version" | cut -d. -f2)"
+CGO_ENABLED=0 go build -trimpath -o "$out/kube-apiserver" -ldflags "$ldflags" k8s.io/kubernetes/cmd/kube-apiserver
 CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$out/etcd" go.etcd.io/etcd/server/v3
+# Built last: the Makefile takes it as the sign that the folder is complete.
+CGO_ENABLED=0 go build -trimpath -o "$out/kube-controller-manager" -ldflags "$ldflags" k8s.io/kubernetes/cmd/kube-controller-manager
 "$out/kube-apiserver" --version
+"$out/kube-controller-manager" --version
 "$out/etcd" --version | head -1
-echo "build-kube: $out/kube-apiserver and $out/etcd"
+echo "build-kube: $out/kube-apiserver, $out/etcd and $out/kube-controller-manager"

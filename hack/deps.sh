@@ -3,20 +3,25 @@
 # iptables and ip6tables (nf_tables), ip (iproute2), setpriv (util-linux),
 # bash, gcc for the race detector, curl (the HTTP tests' client) and ss
 # (iproute2, counts connections between sidecars), haproxy (make bench's peer
-# proxy) and openssl (deploy/self-signed/gen-certs.sh). Debian/Ubuntu (apt-get) only.
+# proxy) and openssl (deploy/self-signed/gen-certs.sh). With --proto, only
+# protoc (protobuf-compiler), for `make proto`. Debian/Ubuntu (apt-get) only.
 set -euo pipefail
 
 need=()
-command -v iptables  >/dev/null || need+=(iptables)
-command -v ip6tables >/dev/null || need+=(iptables)
-command -v ip        >/dev/null || need+=(iproute2)
-command -v setpriv   >/dev/null || need+=(util-linux)
-command -v bash      >/dev/null || need+=(bash)
-command -v gcc       >/dev/null || need+=(gcc)
-command -v curl      >/dev/null || need+=(curl)
-command -v ss        >/dev/null || need+=(iproute2)
-command -v haproxy   >/dev/null || need+=(haproxy)
-command -v openssl   >/dev/null || need+=(openssl)
+if [ "${1:-}" = --proto ]; then
+  command -v protoc >/dev/null || need+=(protobuf-compiler)
+else
+  command -v iptables  >/dev/null || need+=(iptables)
+  command -v ip6tables >/dev/null || need+=(iptables)
+  command -v ip        >/dev/null || need+=(iproute2)
+  command -v setpriv   >/dev/null || need+=(util-linux)
+  command -v bash      >/dev/null || need+=(bash)
+  command -v gcc       >/dev/null || need+=(gcc)
+  command -v curl      >/dev/null || need+=(curl)
+  command -v ss        >/dev/null || need+=(iproute2)
+  command -v haproxy   >/dev/null || need+=(haproxy)
+  command -v openssl   >/dev/null || need+=(openssl)
+fi
 [ ${#need[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
