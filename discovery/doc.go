@@ -1,0 +1,26 @@
+// Package discovery is `pillion discovery`: it tells sidecars what stands
+// behind the destinations their applications connect to, from the
+// Kubernetes API.
+//
+// The pipeline:
+//
+//	informers  Services, EndpointSlices and Pods, each trimmed as it
+//	           arrives to the few fields an answer needs (trim.go)
+//	Index      indexes over them: Service by cluster IP, EndpointSlice by
+//	           Service and by endpoint address, Pod by IP (index.go)
+//	Lookup     ip:port → Destination: a Service port's endpoints with their
+//	           conditions, zone, whether a pillion sidecar runs there and the
+//	           SPIFFE ID it must present; a pod; or unknown (lookup.go)
+//	Server     the Discovery.Watch gRPC service: one stream per sidecar,
+//	           subscriptions by ip:port, each answered at once and again,
+//	           whole, when it changes (server.go, stream.go)
+//
+// Every answer records the topics it read (an address, a Service, a pod);
+// every informer event names the topics it touched. A stream recomputes
+// only the subscriptions whose topics an event touched, at most once per
+// ServerConfig.Coalesce, and sends only the states that changed.
+//
+// The SPIFFE IDs announced are in the trust domain of discovery's own
+// SVID, the same identity its gRPC server presents (NewGRPCServer); it
+// answers only clients of that trust domain.
+package discovery
