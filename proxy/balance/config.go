@@ -1,0 +1,115 @@
+package balance
+
+import (
+	"fmt"
+	"time"
+)
+
+// Defaults for Config.
+const (
+	// DefaultRTT is an endpoint's latency estimate before its first
+	// response: Linkerd's default. It is a guess at an in-cluster request
+	// that neither favours a new endpoint much over a warm one nor shuts it
+	// out for long (the estimate decays; see the package comment).
+	DefaultRTT = 30 * time.Millisecond
+	// DefaultDecay is the peak-EWMA's time constant: Linkerd's default. An
+	// observation older than a few of these hardly counts any more.
+	DefaultDecay = 10 * time.Second
+	// DefaultFailurePenalty is the latency a failure counts as. It is far
+	// above a healthy in-cluster request (tens of milliseconds, DefaultRTT)
+	// so that one failure makes an endpoint the last choice of its pair,
+	// however fast it failed; and small enough that the estimate decays
+	// back to DefaultRTT in about 35 s (Decay×ln(1s/30ms)), about when an
+	// ejection (DefaultBaseEjection) would have ended anyway.
+	DefaultFailurePenalty = time.Second
+	// DefaultConsecutive5xx is Envoy's outlier detection default.
+	DefaultConsecutive5xx = 5
+	// DefaultBaseEjection is Envoy's base_ejection_time.
+	DefaultBaseEjection = 30 * time.Second
+	// DefaultMaxEjection is Envoy's max_ejection_time.
+	DefaultMaxEjection = 300 * time.Second
+	// DefaultMaxEjectionPercent keeps at least half of the ready endpoints
+	// taking requests. Envoy's 10% is meant for large clusters; most
+	// Kubernetes Services have a handful of pods, where 10% would allow
+	// only the one ejection that is always allowed.
+	DefaultMaxEjectionPercent = 50
+)
+
+// Config tunes a Balancer. The zero value of each field means its default
+// (the Default constants); negative values are invalid. A Config is a plain
+// value: validate it once when it loads, then hand it to every New.
+type Config struct {
+	// DefaultRTT is an endpoint's latency estimate before its first
+	// response.
+	DefaultRTT time.Duration
+	// Decay is the time constant of the peak-EWMA: an observation made
+	// elapsed ago weighs exp(-elapsed/Decay) against a new one.
+	Decay time.Duration
+	// FailurePenalty is the least latency a failed request counts as, so
+	// that an endpoint failing fast does not look fast.
+	FailurePenalty time.Duration
+	// Consecutive5xx is how many failures in a row (connect failures,
+	// resets, 5xx: whatever the caller reports as failed) eject an
+	// endpoint.
+	Consecutive5xx int
+	// BaseEjection is how long the first ejection of an endpoint lasts; the
+	// n-th lasts n×BaseEjection, at most MaxEjection. n drops by one for
+	// every BaseEjection the endpoint has since spent back in service.
+	BaseEjection time.Duration
+	// MaxEjection caps an ejection's length. It must not be less than
+	// BaseEjection.
+	MaxEjection time.Duration
+	// MaxEjectionPercent is the most of the ready endpoints that may be
+	// ejected at once, 1 to 100. One endpoint of two or more may always be
+	// ejected, whatever the percentage (Envoy's rule).
+	MaxEjectionPercent int
+}
+
+// Validate returns an error naming the first field of c that is not valid,
+// defaults applied.
+func (c Config) Validate() error {
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"defaultRTT", c.DefaultRTT},
+		{"decay", c.Decay},
+		{"failurePenalty", c.FailurePenalty},
+		{"baseEjection", c.BaseEjection},
+		{"maxEjection", c.MaxEjection},
+	} {
+		if d.v < 0 {
+			return fmt.Errorf("balance: %s: must not be negative, got %v", d.name, d.v)
+		}
+	}
+	if c.Consecutive5xx < 0 {
+		return fmt.Errorf("balance: consecutive5xx: must not be negative, got %d", c.Consecutive5xx)
+	}
+	if c.MaxEjectionPercent < 0 || c.MaxEjectionPercent > 100 {
+		return fmt.Errorf("balance: maxEjectionPercent: must be 0 to 100, got %d", c.MaxEjectionPercent)
+	}
+	if d := c.withDefaults(); d.MaxEjection < d.BaseEjection {
+		return fmt.Errorf("balance: maxEjection: must be at least baseEjection (%v), got %v", d.BaseEjection, d.MaxEjection)
+	}
+	return nil
+}
+
+func (c Config) withDefaults() Config {
+	def := func(v *time.Duration, d time.Duration) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	def(&c.DefaultRTT, DefaultRTT)
+	def(&c.Decay, DefaultDecay)
+	def(&c.FailurePenalty, DefaultFailurePenalty)
+	def(&c.BaseEjection, DefaultBaseEjection)
+	def(&c.MaxEjection, DefaultMaxEjection)
+	if c.Consecutive5xx == 0 {
+		c.Consecutive5xx = DefaultConsecutive5xx
+	}
+	if c.MaxEjectionPercent == 0 {
+		c.MaxEjectionPercent = DefaultMaxEjectionPercent
+	}
+	return c
+}
