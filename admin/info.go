@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Cluster is one upstream pool, as /clusters shows it.
@@ -30,6 +31,49 @@ type Endpoint struct {
 	ConnectFailures uint64 // dials that failed (cx_connect_fail)
 	ActiveRequests  int    // requests or streams in flight (rq_active)
 	TotalRequests   uint64 // requests or streams sent since start (rq_total)
+
+	// Balanced is set on the endpoints of a destination discovery
+	// announced (a Service's): what its balancer knows of each.
+	Balanced *Balanced
+}
+
+// Balanced is what a balancer knows of one endpoint.
+type Balanced struct {
+	Weight uint32
+	Zone   string
+	// Health is Envoy's eds_health_status: HEALTHY (ready), DRAINING
+	// (terminating) or UNHEALTHY (not ready).
+	Health string
+	// Ejected: outlier detection took it out (Envoy's
+	// /failed_outlier_check health flag).
+	Ejected bool
+	// EWMA is the peak-EWMA latency estimate the balancer compares.
+	EWMA time.Duration
+	// Failures counts failed requests (5xx, resets, connect failures).
+	Failures uint64
+	// Meshed: a pillion sidecar serves it; Identity is the SPIFFE ID it
+	// must present.
+	Meshed   bool
+	Identity string
+}
+
+// healthFlags is Envoy's health_flags text: "healthy", or the reasons it is
+// not, joined by "/".
+func (b *Balanced) healthFlags() string {
+	var flags []string
+	switch b.Health {
+	case "DRAINING":
+		flags = append(flags, "/pending_dynamic_removal")
+	case "UNHEALTHY":
+		flags = append(flags, "/eds_health_status")
+	}
+	if b.Ejected {
+		flags = append(flags, "/failed_outlier_check")
+	}
+	if len(flags) == 0 {
+		return "healthy"
+	}
+	return strings.Join(flags, "")
 }
 
 // Listener is one bound listener, as /listeners shows it.
@@ -63,6 +107,14 @@ func (s *server) clusters(w http.ResponseWriter, r *http.Request) {
 					fmt.Fprintf(&b, "%s::%s::%s::%d\n", c.Name, e.Address, st.Name, st.Value)
 				}
 				fmt.Fprintf(&b, "%s::%s::protocol::%s\n", c.Name, e.Address, e.Protocol)
+				if bal := e.Balanced; bal != nil {
+					fmt.Fprintf(&b, "%s::%s::rq_error::%d\n", c.Name, e.Address, bal.Failures)
+					fmt.Fprintf(&b, "%s::%s::health_flags::%s\n", c.Name, e.Address, bal.healthFlags())
+					fmt.Fprintf(&b, "%s::%s::weight::%d\n", c.Name, e.Address, bal.Weight)
+					fmt.Fprintf(&b, "%s::%s::zone::%s\n", c.Name, e.Address, bal.Zone)
+					fmt.Fprintf(&b, "%s::%s::ewma_ms::%.3f\n", c.Name, e.Address, float64(bal.EWMA.Microseconds())/1000)
+					fmt.Fprintf(&b, "%s::%s::identity::%s\n", c.Name, e.Address, bal.Identity)
+				}
 			}
 		}
 		text(w, http.StatusOK, "%s", b.String())
@@ -73,6 +125,7 @@ func (s *server) clusters(w http.ResponseWriter, r *http.Request) {
 		Address  jsonAddress    `json:"address"`
 		Protocol string         `json:"protocol"`
 		Stats    []endpointStat `json:"stats"`
+		*balancedJSON
 	}
 	type clusterStatus struct {
 		Name         string       `json:"name"`
@@ -86,11 +139,38 @@ func (s *server) clusters(w http.ResponseWriter, r *http.Request) {
 		for _, e := range sortedEndpoints(c) {
 			st.HostStatuses = append(st.HostStatuses, hostStatus{
 				Address: socketAddress(e.Address), Protocol: e.Protocol, Stats: endpointStats(e),
+				balancedJSON: e.Balanced.json(),
 			})
 		}
 		out.ClusterStatuses = append(out.ClusterStatuses, st)
 	}
 	writeJSON(w, out)
+}
+
+// balancedJSON is Balanced in Envoy's host_status shape, plus pillion's
+// own ewma_ms and identity.
+type balancedJSON struct {
+	HealthStatus struct {
+		EDSHealthStatus    string `json:"eds_health_status"`
+		FailedOutlierCheck bool   `json:"failed_outlier_check,omitempty"`
+	} `json:"health_status"`
+	Weight   uint32 `json:"weight"`
+	Locality struct {
+		Zone string `json:"zone,omitempty"`
+	} `json:"locality"`
+	EWMAMillis float64 `json:"ewma_ms"`
+	Failures   uint64  `json:"rq_error"`
+	Identity   string  `json:"identity,omitempty"`
+}
+
+func (b *Balanced) json() *balancedJSON {
+	if b == nil {
+		return nil
+	}
+	j := &balancedJSON{Weight: b.Weight, EWMAMillis: float64(b.EWMA.Microseconds()) / 1000, Failures: b.Failures, Identity: b.Identity}
+	j.HealthStatus.EDSHealthStatus, j.HealthStatus.FailedOutlierCheck = b.Health, b.Ejected
+	j.Locality.Zone = b.Zone
+	return j
 }
 
 // endpointStat is one per-host counter of /clusters, named as Envoy names it.

@@ -46,13 +46,13 @@ func TestMetricsCountKnownTraffic(t *testing.T) {
 
 	aID := meshtest.PodID(m.a.Pod)
 	inbound := func(code, flags string) string {
-		return fmt.Sprintf(`pillion_requests_total{code=%q,direction="inbound",flags=%q,peer=%q}`, code, flags, aID)
+		return fmt.Sprintf(`pillion_requests_total{code=%q,destination_service_name="",destination_service_namespace="",direction="inbound",flags=%q,peer=%q}`, code, flags, aID)
 	}
 	wantA := map[string]string{
-		`pillion_requests_total{code="200",direction="outbound",flags="-",peer=""}`:  "5",
-		`pillion_requests_total{code="204",direction="outbound",flags="-",peer=""}`:  "2",
-		`pillion_requests_total{code="503",direction="outbound",flags="-",peer=""}`:  "5", // 3 from the app, 2 from b's sidecar
-		`pillion_requests_total{code="503",direction="outbound",flags="UF",peer=""}`: "1",
+		`pillion_requests_total{code="200",destination_service_name="",destination_service_namespace="",direction="outbound",flags="-",peer=""}`:  "5",
+		`pillion_requests_total{code="204",destination_service_name="",destination_service_namespace="",direction="outbound",flags="-",peer=""}`:  "2",
+		`pillion_requests_total{code="503",destination_service_name="",destination_service_namespace="",direction="outbound",flags="-",peer=""}`:  "5", // 3 from the app, 2 from b's sidecar
+		`pillion_requests_total{code="503",destination_service_name="",destination_service_namespace="",direction="outbound",flags="UF",peer=""}`: "1",
 	}
 	wantB := map[string]string{
 		inbound("200", "-"):  "5",

@@ -16,7 +16,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/pillionmesh/pillion/proxy/pool"
+	"github.com/pillionmesh/pillion/proxy/upstream"
 )
 
 // Filter is one step of an HTTP filter chain.
@@ -64,17 +64,19 @@ type Env struct {
 	// Upstream sends requests on: the terminal router uses it. Nil in the
 	// unit tests of other filters.
 	Upstream Upstream
-	// Meshed reports whether a destination (address and port) is served by
-	// a pillion sidecar, so that the outbound router can send it pooled
-	// HTTP/2. Never nil.
-	Meshed func(netip.AddrPort) bool
+	// Route returns the route of a request's destination (Info.Destination):
+	// outbound, a balancer over the endpoints discovery announced for it,
+	// or the destination itself, meshed or not as the config says; inbound,
+	// the application. The router picks an endpoint from it for each
+	// attempt. Never nil.
+	Route func(dst netip.AddrPort) upstream.Route
 }
 
-// Upstream sends a request to the endpoint in its URL with the given
-// protocol, on a pooled connection. It is the proxy's pools as the router
-// sees them; errors are *pool.Error.
+// Upstream sends a request to ep with the given protocol, on a pooled
+// connection. It is the proxy's pools as the router sees them; errors are
+// *upstream.Error.
 type Upstream interface {
-	RoundTrip(req *http.Request, proto pool.Protocol) (*http.Response, error)
+	RoundTrip(req *http.Request, ep upstream.Endpoint, proto upstream.Protocol) (*http.Response, error)
 }
 
 // Config is one filter's configuration as decoded from the config file.

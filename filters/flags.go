@@ -35,11 +35,14 @@ const (
 	DownstreamDisconnect
 	// Unauthorized (UAEX): the authz filter denied the request.
 	Unauthorized
+	// NoHealthyUpstream (UH): the destination's Service has no endpoint
+	// that may take the request (none ready, or discovery named none).
+	NoHealthyUpstream
 
 	numFlags = iota
 )
 
-var flagNames = [numFlags]string{"UF", "UC", "UT", "UPE", "URX", "RL", "FI", "DI", "DC", "UAEX"}
+var flagNames = [numFlags]string{"UF", "UC", "UT", "UPE", "URX", "RL", "FI", "DI", "DC", "UAEX", "UH"}
 
 // String returns the flags as Envoy prints them: short names joined by
 // commas, or "-" when there are none.

@@ -6,7 +6,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/pillionmesh/pillion/proxy/pool"
+	"github.com/pillionmesh/pillion/proxy/upstream"
 )
 
 // Info is what the proxy knows about one request beyond the request itself.
@@ -21,9 +21,6 @@ type Info struct {
 	// Destination is the connection's original destination, as the
 	// application (outbound) or the peer (inbound) addressed it.
 	Destination netip.AddrPort
-	// Upstream is where the router sends the request: the destination
-	// outbound, the application on loopback inbound.
-	Upstream netip.AddrPort
 	// Source is the downstream peer's address.
 	Source netip.AddrPort
 	// Peer is the caller's SPIFFE ID when it is known (inbound, over
@@ -39,7 +36,8 @@ type Info struct {
 	upstreamTime time.Duration
 	haveUpstream bool
 	attempts     int
-	failure      pool.Kind
+	failure      upstream.Kind
+	endpoint     upstream.Endpoint
 }
 
 type infoKey struct{}
@@ -83,7 +81,7 @@ func (i *Info) Flags() Flags {
 
 // SetUpstreamFailure records how the current attempt at the upstream
 // failed; zero clears it.
-func (i *Info) SetUpstreamFailure(k pool.Kind) {
+func (i *Info) SetUpstreamFailure(k upstream.Kind) {
 	i.mu.Lock()
 	i.failure = k
 	i.mu.Unlock()
@@ -91,7 +89,7 @@ func (i *Info) SetUpstreamFailure(k pool.Kind) {
 
 // UpstreamFailure returns how the current attempt failed, zero if it did
 // not (or got no further than the filters).
-func (i *Info) UpstreamFailure() pool.Kind {
+func (i *Info) UpstreamFailure() upstream.Kind {
 	i.mu.Lock()
 	defer i.mu.Unlock()
 	return i.failure
@@ -124,6 +122,23 @@ func (i *Info) StartAttempt() int {
 	i.attempts++
 	i.upstreamTime, i.haveUpstream, i.failure = 0, false, 0
 	return i.attempts
+}
+
+// SetEndpoint records the endpoint the current attempt was sent to.
+func (i *Info) SetEndpoint(ep upstream.Endpoint) {
+	i.mu.Lock()
+	i.endpoint = ep
+	i.mu.Unlock()
+}
+
+// Endpoint returns the endpoint the last attempt was sent to: its address
+// (an endpoint of the destination's Service, the destination itself, or
+// the application inbound), whether it was meshed, and the Service; the
+// zero Endpoint when no attempt was made.
+func (i *Info) Endpoint() upstream.Endpoint {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.endpoint
 }
 
 // Attempts returns how many times the request was sent upstream.

@@ -38,13 +38,16 @@ const (
 	FailurePeerRefused
 	// FailureTimeout: the handshake did not finish in time.
 	FailureTimeout
+	// FailureWrongIdentity: the peer's SVID verified but is not the one
+	// discovery announced for the endpoint dialled (AuthorizeExpected).
+	FailureWrongIdentity
 
 	NumFailures = iota
 )
 
 var failureNames = [NumFailures]string{
 	"other", "no_svid", "no_peer_certificate", "other_trust_domain", "untrusted",
-	"expired", "unauthorized", "peer_refused", "timeout",
+	"expired", "unauthorized", "peer_refused", "timeout", "wrong_identity",
 }
 
 // String returns the failure's name as metrics label it: "expired", …
@@ -69,6 +72,8 @@ func Classify(err error) Failure {
 		return FailureNoSVID
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		return FailureTimeout
+	case errors.Is(err, ErrWrongIdentity):
+		return FailureWrongIdentity
 	case errors.As(err, &invalid) && invalid.Reason == x509.Expired:
 		return FailureExpired
 	case errors.Is(err, ErrOtherTrustDomain),

@@ -75,6 +75,22 @@ func AuthorizeSameTrustDomain(src x509svid.Source) Authorizer {
 	})
 }
 
+// AuthorizeExpected allows exactly id, the identity discovery announced for
+// the endpoint being dialled; any other is refused with ErrWrongIdentity,
+// which Classify tells apart (FailureWrongIdentity).
+func AuthorizeExpected(id spiffeid.ID) Authorizer {
+	return tlsconfig.AdaptMatcher(func(got spiffeid.ID) error {
+		if got != id {
+			return fmt.Errorf("%w: it presented %q, discovery announced %q", ErrWrongIdentity, got, id)
+		}
+		return nil
+	})
+}
+
+// ErrWrongIdentity is the error of AuthorizeExpected for a peer that is
+// not the workload it was meant to be.
+var ErrWrongIdentity = errors.New("peer is not the workload discovery announced")
+
 // ErrOtherTrustDomain is the error of AuthorizeSameTrustDomain for a peer
 // of another trust domain.
 var ErrOtherTrustDomain = errors.New("peer is of another trust domain")

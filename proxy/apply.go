@@ -7,6 +7,7 @@ import (
 
 	"github.com/pillionmesh/pillion/filters"
 	"github.com/pillionmesh/pillion/proxy/configfile"
+	"github.com/pillionmesh/pillion/proxy/upstream"
 )
 
 // running is one applied config file: its parsed form and the chains built
@@ -39,7 +40,7 @@ func (s *Server) Apply(f *configfile.File) error {
 			AccessLog: s.log.Named("access"),
 			Now:       time.Now,
 			Upstream:  s.pools,
-			Meshed:    func(dst netip.AddrPort) bool { return s.meshedIn(f.Mesh, dst) },
+			Route:     func(dst netip.AddrPort) upstream.Route { return s.route(s.hardStop, d, f.Mesh, dst) },
 		}
 		c, err := configfile.Build(specs, env)
 		if err != nil {

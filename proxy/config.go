@@ -9,6 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/pillionmesh/pillion/proxy/balance"
 	"github.com/pillionmesh/pillion/proxy/pool"
 	"github.com/pillionmesh/pillion/redirect"
 )
@@ -72,6 +73,13 @@ type Config struct {
 	// nil turns mTLS off (and with it the config's mesh networks and
 	// STRICT mode, which need it). The caller closes it after Run.
 	Identity Identity
+	// Discovery answers what stands behind a destination (`pillion
+	// discovery`'s client); nil forwards every destination as it is,
+	// meshed by the config's mesh.networks. It needs Identity.
+	Discovery Discovery
+	// Balance tunes the per-destination balancers of discovered Services;
+	// zero fields mean balance's defaults.
+	Balance balance.Config
 	// Registerer is where New registers the proxy's metrics (see
 	// metrics.go); nil turns metrics off.
 	Registerer prometheus.Registerer
@@ -121,6 +129,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("--http1-idle-timeout: %v: must not be negative", c.Pool.HTTP1IdleTimeout)
 	case c.Pool.HTTP2IdleTimeout < 0:
 		return fmt.Errorf("--http2-idle-timeout: %v: must not be negative", c.Pool.HTTP2IdleTimeout)
+	case c.Discovery != nil && c.Identity == nil:
+		return fmt.Errorf("--discovery-address: discovery is reached in mTLS and needs an identity: start the proxy with --spiffe-socket (or SPIFFE_ENDPOINT_SOCKET) or --svid-cert, --svid-key and --svid-bundle")
+	case c.Balance.Validate() != nil:
+		return fmt.Errorf("balance: %w", c.Balance.Validate())
 	case c.SniffTimeout <= 0:
 		return fmt.Errorf("--sniff-timeout: %v: must be positive (declare ports opaque with --opaque-ports instead)", c.SniffTimeout)
 	}

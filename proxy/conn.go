@@ -81,17 +81,33 @@ func (s *Server) handle(c *net.TCPConn, dir Direction) {
 }
 
 // relayOpaque forwards cn, read through down (c itself, or mTLS over it),
-// byte for byte: over mTLS when its destination is a peer sidecar.
+// byte for byte, to an endpoint picked from its destination's route (one
+// of a Service's endpoints, balanced per connection): over mTLS when the
+// endpoint is a peer sidecar.
 func (s *Server) relayOpaque(cn *conn, down relay.Conn) {
 	st := &s.stats.Dir[cn.dir]
-	// Inbound, the target is the application on loopback, never meshed.
-	uc, err := s.dial(s.hardStop, cn.target, mtls.ProtoTCP)
+	// Inbound, the route is the application on loopback, never meshed.
+	ep, done, err := s.route(s.hardStop, cn.dir, s.config.Load().file.Mesh, cn.dst).Pick()
 	if err != nil {
+		st.DialFailures.Add(1)
+		s.log.Warn("no upstream", cn.fields(0, zap.Error(err))...)
+		relay.Reset(down)
+		return
+	}
+	cn.target = ep.Addr
+	start := time.Now()
+	uc, err := s.dial(s.hardStop, ep, mtls.ProtoTCP)
+	connected := time.Since(start)
+	if err != nil {
+		done(connected, true)
 		st.DialFailures.Add(1)
 		s.log.Warn("upstream connect failed", cn.fields(0, zap.Error(err))...)
 		relay.Reset(down)
 		return
 	}
+	// The connection counts as pending on its endpoint until it ends:
+	// opaque TCP is balanced by connections open and connect time.
+	defer func() { done(connected, false) }()
 	var up relay.Conn
 	var upTCP *net.TCPConn
 	switch c := uc.(type) {
@@ -135,7 +151,7 @@ func (s *Server) relayOpaque(cn *conn, down relay.Conn) {
 func (s *Server) handleHTTP(cn *conn, down net.Conn) {
 	st := &s.stats.Dir[cn.dir]
 	hc := newHTTPConn(down, connMeta{
-		src: addrPort(cn.c.RemoteAddr()), dst: cn.dst, upstream: cn.target, peer: cn.peer,
+		src: addrPort(cn.c.RemoteAddr()), dst: cn.dst, peer: cn.peer,
 	})
 	st.Active.Add(1)
 	s.http[cn.dir].serve(hc)

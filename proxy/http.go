@@ -106,7 +106,6 @@ func (s *Server) serveRequest(dir Direction, w http.ResponseWriter, r *http.Requ
 		Direction:   dir,
 		Start:       time.Now(),
 		Destination: m.dst,
-		Upstream:    m.upstream,
 		Source:      m.src,
 		Peer:        m.peer,
 	}
@@ -122,7 +121,7 @@ func (s *Server) serveRequest(dir Direction, w http.ResponseWriter, r *http.Requ
 
 // connMeta is what the proxy knows of an HTTP connection.
 type connMeta struct {
-	src, dst, upstream netip.AddrPort
+	src, dst netip.AddrPort
 	peer               string // the peer sidecar's SPIFFE ID, over mTLS
 }
 

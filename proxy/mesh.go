@@ -9,13 +9,15 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"sync"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/zap"
 
 	"github.com/pillionmesh/pillion/mtls"
 	"github.com/pillionmesh/pillion/proxy/configfile"
-	"github.com/pillionmesh/pillion/proxy/pool"
+	"github.com/pillionmesh/pillion/proxy/upstream"
 	"github.com/pillionmesh/pillion/proxy/relay"
 	"github.com/pillionmesh/pillion/proxy/sniff"
 	"github.com/pillionmesh/pillion/redirect"
@@ -39,7 +41,11 @@ const handshakeTimeout = 10 * time.Second
 type meshTLS struct {
 	id     Identity
 	server *tls.Config
-	client map[string]*tls.Config // by ALPN protocol
+	client map[string]*tls.Config // by ALPN protocol, any peer of our trust domain
+	// expected holds the client configs that require one identity, by
+	// "identity alpn". It grows with the identities discovery announced
+	// to this sidecar: the workloads its application talks to.
+	expected sync.Map
 }
 
 func newMeshTLS(id Identity) *meshTLS {
@@ -69,14 +75,6 @@ func (s *Server) checkMesh(m configfile.Mesh) error {
 	return nil
 }
 
-// meshed reports whether dst is served by a peer sidecar under the
-// running config, so that traffic to it goes in mTLS. The peer sidecar's
-// own health and Prometheus ports are not: its capture leaves them alone,
-// and they answer in the clear (a Prometheus with a sidecar scrapes them).
-func (s *Server) meshed(dst netip.AddrPort) bool {
-	return s.meshedIn(s.config.Load().file.Mesh, dst)
-}
-
 // meshedIn reports whether dst is served by a peer sidecar under m. Never
 // without mTLS, never on loopback (this pod's application), and never the
 // peer sidecar's health or Prometheus port.
@@ -87,43 +85,47 @@ func (s *Server) meshedIn(m configfile.Mesh, dst netip.AddrPort) bool {
 	return s.mesh != nil && !dst.Addr().IsLoopback() && m.Contains(dst.Addr())
 }
 
-// poolDial is the pools' dialer: dial, announcing the pool's protocol to
-// a peer sidecar.
-func (s *Server) poolDial(ctx context.Context, network, addr string, proto pool.Protocol) (net.Conn, error) {
-	dst, err := netip.ParseAddrPort(addr)
-	if err != nil { // the router always gives ip:port; be plain about anything else
-		d := net.Dialer{Timeout: s.cfg.DialTimeout}
-		return d.DialContext(ctx, network, addr)
-	}
+// poolDial is the pools' dialer: dial ep, announcing the pool's protocol
+// to a peer sidecar.
+func (s *Server) poolDial(ctx context.Context, ep upstream.Endpoint, proto upstream.Protocol) (net.Conn, error) {
 	alpn := mtls.ProtoHTTP2
-	if proto == pool.HTTP1 {
+	if proto == upstream.HTTP1 {
 		alpn = mtls.ProtoHTTP1
 	}
-	return s.dial(ctx, dst, alpn)
+	return s.dial(ctx, ep, alpn)
 }
 
-// dial connects to target: in mTLS carrying alpn when target is a peer
-// sidecar (a *tls.Conn), else in plain TCP (a *net.TCPConn).
-func (s *Server) dial(ctx context.Context, target netip.AddrPort, alpn string) (net.Conn, error) {
-	if s.meshed(target) {
-		tc, err := s.dialMesh(ctx, target, alpn)
+// dial connects to ep as it was picked: in mTLS carrying alpn when it is
+// meshed (a *tls.Conn), else in plain TCP (a *net.TCPConn). Nothing is
+// decided again here: a meshed endpoint is never dialled in plaintext.
+func (s *Server) dial(ctx context.Context, ep upstream.Endpoint, alpn string) (net.Conn, error) {
+	if ep.Meshed {
+		tc, err := s.dialMesh(ctx, ep, alpn)
 		if err != nil {
 			return nil, err // not a typed nil in the interface
 		}
 		return tc, nil
 	}
 	d := net.Dialer{Timeout: s.cfg.DialTimeout}
-	return d.DialContext(ctx, "tcp", target.String())
+	return d.DialContext(ctx, "tcp", ep.Addr.String())
 }
 
-// dialMesh connects to the peer sidecar at dst (its pod's address: the
-// peer's inbound capture takes it) in mTLS carrying alpn. Without an SVID
-// it fails: traffic to the mesh is never sent in the clear.
-func (s *Server) dialMesh(ctx context.Context, dst netip.AddrPort, alpn string) (*tls.Conn, error) {
+// dialMesh connects to the peer sidecar at ep (its pod's address: the
+// peer's inbound capture takes it) in mTLS carrying alpn. The peer must
+// present ep.Identity when it is set (the identity discovery announced),
+// else any SVID of our trust domain. Without an SVID of our own it fails:
+// traffic to the mesh is never sent in the clear.
+func (s *Server) dialMesh(ctx context.Context, ep upstream.Endpoint, alpn string) (*tls.Conn, error) {
 	st := &s.stats.Dir[Outbound]
+	dst := ep.Addr
 	if err := s.mesh.id.Ready(); err != nil {
 		st.TLSFailures[mtls.FailureNoSVID].Add(1)
 		return nil, fmt.Errorf("mTLS to %s: %w: %w", dst, mtls.ErrNoSVID, err)
+	}
+	cfg, err := s.mesh.clientFor(ep.Identity, alpn)
+	if err != nil {
+		st.TLSFailures[mtls.FailureWrongIdentity].Add(1)
+		return nil, fmt.Errorf("mTLS to %s: %w", dst, err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
 	defer cancel()
@@ -132,15 +134,37 @@ func (s *Server) dialMesh(ctx context.Context, dst netip.AddrPort, alpn string) 
 	if err != nil {
 		return nil, err
 	}
-	tc := tls.Client(c, s.mesh.client[alpn])
+	tc := tls.Client(c, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		f := mtls.Classify(err)
 		st.TLSFailures[f].Add(1)
 		relay.Reset(c)
+		if f == mtls.FailureWrongIdentity {
+			s.log.Warn("refusing an endpoint that presented another identity than discovery announced: nothing sent",
+				zap.Stringer("upstream", dst), zap.String("expected", ep.Identity), zap.Error(err))
+		}
 		return nil, fmt.Errorf("mTLS handshake with %s (%s): %w", dst, f, err)
 	}
 	st.MTLS.Add(1)
 	return tc, nil
+}
+
+// clientFor returns the client config of connections carrying alpn to a
+// peer that must present id ("" for any of our trust domain).
+func (m *meshTLS) clientFor(id, alpn string) (*tls.Config, error) {
+	if id == "" {
+		return m.client[alpn], nil
+	}
+	key := id + " " + alpn
+	if c, ok := m.expected.Load(key); ok {
+		return c.(*tls.Config), nil
+	}
+	want, err := spiffeid.FromString(id)
+	if err != nil {
+		return nil, fmt.Errorf("expected identity %q: %w", id, err)
+	}
+	c, _ := m.expected.LoadOrStore(key, mtls.ClientConfig(m.id, mtls.AuthorizeExpected(want), alpn))
+	return c.(*tls.Config), nil
 }
 
 // admit decides what becomes of an inbound connection when mTLS is on: one

@@ -11,7 +11,7 @@ import (
 
 	"github.com/pillionmesh/pillion/filters"
 	"github.com/pillionmesh/pillion/mtls"
-	"github.com/pillionmesh/pillion/proxy/pool"
+	"github.com/pillionmesh/pillion/proxy/upstream"
 	"github.com/pillionmesh/pillion/proxy/sniff"
 )
 
@@ -30,7 +30,7 @@ func requestBuckets() []float64 {
 // requestMetrics records HTTP requests. Its methods are safe for
 // concurrent use.
 type requestMetrics struct {
-	requests [2]*prometheus.CounterVec // by Direction, curried: code, flags, peer
+	requests [2]*prometheus.CounterVec // by Direction, curried: code, flags, peer, destination service
 	duration [2]prometheus.Observer    // by Direction
 	upstream [2]prometheus.Observer    // by Direction
 	codes    [600]string               // status code → label, without a conversion per request
@@ -41,8 +41,8 @@ type requestMetrics struct {
 func newRequestMetrics() (*requestMetrics, []prometheus.Collector) {
 	requests := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "pillion_requests_total",
-		Help: "HTTP requests by direction, response code sent downstream (0: none), response flags (-: none) and the caller's SPIFFE ID (inbound over mTLS, else empty).",
-	}, []string{"direction", "code", "flags", "peer"})
+		Help: "HTTP requests by direction, response code sent downstream (0: none), response flags (-: none), the caller's SPIFFE ID (inbound over mTLS, else empty) and the destination Service's name and namespace (outbound, when discovery knows it, else empty).",
+	}, []string{"direction", "code", "flags", "peer", "destination_service_name", "destination_service_namespace"})
 	duration := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "pillion_request_duration_seconds",
 		Help:    "Time from an HTTP request's headers received to the proxy done with it, response sent.",
@@ -93,7 +93,8 @@ func (m *requestMetrics) record(info *filters.Info, status int, returned bool) {
 		code = strconv.Itoa(status)
 	}
 	dir := info.Direction
-	m.requests[dir].WithLabelValues(code, info.Flags().String(), info.Peer).Inc()
+	svc := info.Endpoint().Service
+	m.requests[dir].WithLabelValues(code, info.Flags().String(), info.Peer, svc.Name, svc.Namespace).Inc()
 	m.duration[dir].Observe(time.Since(info.Start).Seconds())
 	if d, ok := info.UpstreamTime(); ok {
 		m.upstream[dir].Observe(d.Seconds())
@@ -215,4 +216,4 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 }
 
 // poolProtocol is a pool protocol's label: "http/1.1" or "http/2".
-func poolProtocol(p pool.Protocol) string { return strings.ToLower(p.String()) }
+func poolProtocol(p upstream.Protocol) string { return strings.ToLower(p.String()) }

@@ -139,8 +139,8 @@ func TestRequestMetrics(t *testing.T) {
 		return series(t, reg, "pillion_request_duration_seconds")[`{direction="outbound"}`] == 5
 	})
 	wantSeries(t, reg, "pillion_requests_total", map[string]float64{
-		`{code="200",direction="outbound",flags="-",peer=""}`:  3,
-		`{code="503",direction="outbound",flags="UF",peer=""}`: 2,
+		`{code="200",destination_service_name="",destination_service_namespace="",direction="outbound",flags="-",peer=""}`:  3,
+		`{code="503",destination_service_name="",destination_service_namespace="",direction="outbound",flags="UF",peer=""}`: 2,
 	})
 	wantSeries(t, reg, "pillion_request_duration_seconds", map[string]float64{
 		`{direction="outbound"}`: 5,
@@ -267,7 +267,7 @@ func TestInboundMTLSMetrics(t *testing.T) {
 			series(t, reg, "pillion_tls_handshake_failures_total")[`{direction="inbound",reason="other_trust_domain"}`] == 1
 	})
 	wantSeries(t, reg, "pillion_requests_total", map[string]float64{
-		`{code="200",direction="inbound",flags="-",peer="spiffe://cluster.local/ns/a/sa/a"}`: 1,
+		`{code="200",destination_service_name="",destination_service_namespace="",direction="inbound",flags="-",peer="spiffe://cluster.local/ns/a/sa/a"}`: 1,
 	})
 	wantSeries(t, reg, "pillion_mtls_connections_total", map[string]float64{
 		`{direction="outbound"}`: 0, `{direction="inbound"}`: 1,
@@ -363,7 +363,7 @@ func TestRecordCode(t *testing.T) {
 		m.record(&filters.Info{Direction: Inbound, Start: time.Now()}, tt.status, tt.returned)
 	}
 	key := func(code string) string {
-		return fmt.Sprintf(`{code=%q,direction="inbound",flags="-",peer=""}`, code)
+		return fmt.Sprintf(`{code=%q,destination_service_name="",destination_service_namespace="",direction="inbound",flags="-",peer=""}`, code)
 	}
 	wantSeries(t, reg, "pillion_requests_total", map[string]float64{
 		key("0"): 1, key("101"): 1, key("200"): 2, key("404"): 1, key("999"): 1,
@@ -421,6 +421,6 @@ func TestUpgradeRecorded(t *testing.T) {
 		return series(t, reg, "pillion_request_duration_seconds")[`{direction="outbound"}`] == 1
 	})
 	wantSeries(t, reg, "pillion_requests_total", map[string]float64{
-		`{code="101",direction="outbound",flags="-",peer=""}`: 1,
+		`{code="101",destination_service_name="",destination_service_namespace="",direction="outbound",flags="-",peer=""}`: 1,
 	})
 }

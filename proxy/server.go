@@ -54,6 +54,7 @@ type Server struct {
 	drainOne sync.Once
 
 	pools  *pool.Pools
+	routes routes   // the balancers of discovered destinations
 	mesh   *meshTLS // nil without an identity
 	config atomic.Pointer[running]
 	http   [2]*httpServer // by Direction; set by Run
@@ -88,6 +89,7 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 	pc := cfg.Pool
 	pc.DialTimeout, pc.Dial = cfg.DialTimeout, s.poolDial
 	s.pools = pool.New(pc)
+	s.routes = routes{cfg: cfg.Balance, now: time.Now}
 	if err := s.registerMetrics(cfg.Registerer); err != nil {
 		return nil, fmt.Errorf("proxy: %w", err)
 	}

@@ -19,7 +19,8 @@ import (
 	"github.com/pillionmesh/pillion/admin"
 	"github.com/pillionmesh/pillion/appprobe"
 	"github.com/pillionmesh/pillion/proxy"
-	"github.com/pillionmesh/pillion/proxy/pool"
+	"github.com/pillionmesh/pillion/proxy/resolve"
+	"github.com/pillionmesh/pillion/proxy/upstream"
 )
 
 // opsPorts are the ports of the sidecar's operator-facing servers.
@@ -50,6 +51,8 @@ type ops struct {
 	// appProbes are the application's probes the health port runs under
 	// /app-health/; empty: none.
 	appProbes appprobe.Set
+	// resolver is the client of `pillion discovery`; nil without one.
+	resolver *resolve.Resolver
 }
 
 // ready is the state the admin endpoint and kubelet see: the server's,
@@ -145,9 +148,9 @@ func (o *ops) sources() admin.Sources {
 // clusters shows the two upstream pools as clusters, their endpoints as
 // hosts.
 func (o *ops) clusters() []admin.Cluster {
-	byProto := map[pool.Protocol]*admin.Cluster{
-		pool.HTTP1: {Name: "http1_pool"},
-		pool.HTTP2: {Name: "http2_pool"},
+	byProto := map[upstream.Protocol]*admin.Cluster{
+		upstream.HTTP1: {Name: "http1_pool"},
+		upstream.HTTP2: {Name: "http2_pool"},
 	}
 	for _, c := range o.s.PoolConns() {
 		cl := byProto[c.Protocol]
@@ -157,7 +160,39 @@ func (o *ops) clusters() []admin.Cluster {
 			ActiveRequests: c.ActiveRequests, TotalRequests: uint64(c.TotalRequests),
 		})
 	}
-	return []admin.Cluster{*byProto[pool.HTTP1], *byProto[pool.HTTP2]}
+	out := []admin.Cluster{*byProto[upstream.HTTP1], *byProto[upstream.HTTP2]}
+	return append(out, discoveredClusters(o.s.Routes())...)
+}
+
+// discoveredClusters shows each destination discovery answered for as a
+// cluster named as Envoy names a Service's ("outbound|<port>||<name>.<namespace>",
+// or the destination for a pod), its endpoints with their balancer state.
+func discoveredClusters(routes []proxy.ServiceRoute) []admin.Cluster {
+	out := make([]admin.Cluster, 0, len(routes))
+	for _, r := range routes {
+		name := r.Destination.String()
+		if r.Service.Name != "" {
+			name = r.Service.String()
+		}
+		c := admin.Cluster{Name: fmt.Sprintf("outbound|%d||%s", r.Destination.Port(), name)}
+		for _, e := range r.Endpoints {
+			health := "HEALTHY"
+			switch {
+			case e.Terminating:
+				health = "DRAINING"
+			case !e.Ready:
+				health = "UNHEALTHY"
+			}
+			c.Endpoints = append(c.Endpoints, admin.Endpoint{
+				Address: e.Addr.String(), Protocol: "balanced",
+				ActiveRequests: e.Pending, TotalRequests: e.Requests,
+				Balanced: &admin.Balanced{Weight: e.Weight, Zone: e.Zone, Health: health, Ejected: e.Ejected,
+					EWMA: e.EWMA, Failures: e.Failures, Meshed: e.Meshed, Identity: e.Identity},
+			})
+		}
+		out = append(out, c)
+	}
+	return out
 }
 
 func (o *ops) listeners() []admin.Listener {

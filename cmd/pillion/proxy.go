@@ -101,6 +101,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.DurationVar(&cfg.Pool.HTTP2IdleTimeout, "http2-idle-timeout", cfg.Pool.HTTP2IdleTimeout,
 		"close pooled HTTP/2 upstream connections idle this long")
 	svid := addSVIDFlags(fs)
+	disc := addDiscoveryFlags(fs)
 	ports := addOpsFlags(fs)
 	level := zap.NewAtomicLevelAt(zap.InfoLevel)
 	fs.TextVar(&level, "log-level", level, "log level: debug, info, warn or error; changed at run time with POST /logging?level= on the admin endpoint")
@@ -126,6 +127,9 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := cfg.Validate(); err != nil {
 		return badUsage(err)
 	}
+	if err := disc.validate(); err != nil {
+		return err
+	}
 	probes, err := appprobe.Parse(*appProbes)
 	if err != nil {
 		return badUsage(fmt.Errorf("--app-probes: %w", err))
@@ -150,6 +154,14 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer closeID()
 	cfg.Identity = id
+	resolver, discConn, err := disc.client(id, log)
+	if err != nil {
+		return err
+	}
+	if resolver != nil {
+		defer discConn.Close()
+		cfg.Discovery = resolver
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	cfg.Registerer = reg
@@ -169,7 +181,10 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	ctx, quit := context.WithCancel(ctx)
 	defer quit()
-	o := &ops{s: s, reg: reg, id: id, level: level, quit: quit, flags: fs, started: time.Now(),
+	if resolver != nil {
+		go resolver.Run(ctx)
+	}
+	o := &ops{s: s, resolver: resolver, reg: reg, id: id, level: level, quit: quit, flags: fs, started: time.Now(),
 		appProbes: probes}
 	if err := o.start(ports, log); err != nil {
 		return err

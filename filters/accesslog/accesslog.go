@@ -54,7 +54,10 @@ func (c *Config) Build(env filters.Env) (filters.Filter, error) {
 //	             through an upgraded connection)
 //	attempts     how many times the request was sent upstream
 //	src          the downstream peer's address (Info.Source)
-//	upstream     where the router sends the request (Info.Upstream)
+//	upstream     the endpoint the last attempt went to (Info.Endpoint):
+//	             one of the Service's, the destination, or the application
+//	service      outbound, the destination's Service as "name.namespace",
+//	             when discovery knows it
 //	peer         the caller's SPIFFE ID, when known
 //	request_id   the x-request-id header, when there is one
 //	user_agent   the User-Agent header, "" when none
@@ -111,7 +114,7 @@ func (a *AccessLog) write(req request, r *http.Request, info *filters.Info, star
 	if ce == nil {
 		return
 	}
-	fields := make([]zap.Field, 0, 19)
+	fields := make([]zap.Field, 0, 20)
 	fields = append(fields,
 		zap.String("start", start.UTC().Format(timeFormat)),
 		zap.String("direction", a.direction.String()),
@@ -132,7 +135,11 @@ func (a *AccessLog) write(req request, r *http.Request, info *filters.Info, star
 		zap.Int("attempts", info.Attempts()),
 	)
 	fields = appendAddr(fields, "src", info.Source)
-	fields = appendAddr(fields, "upstream", info.Upstream)
+	ep := info.Endpoint()
+	fields = appendAddr(fields, "upstream", ep.Addr)
+	if ep.Service.Name != "" {
+		fields = append(fields, zap.String("service", ep.Service.String()))
+	}
 	if info.Peer != "" {
 		fields = append(fields, zap.String("peer", info.Peer))
 	}

@@ -22,7 +22,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/pillionmesh/pillion/filters"
-	"github.com/pillionmesh/pillion/proxy/pool"
+	"github.com/pillionmesh/pillion/proxy/upstream"
 )
 
 var t0 = time.Date(2026, 3, 14, 15, 9, 26, 535_897_932, time.FixedZone("CET", 3600))
@@ -38,7 +38,7 @@ func build(t *testing.T, level zapcore.Level, dir filters.Direction, elapsed tim
 		Log:       zap.NewNop(),
 		AccessLog: zap.New(core),
 		Now:       func() time.Time { return t0.Add(elapsed) },
-		Meshed:    func(netip.AddrPort) bool { return false },
+		Route:     func(dst netip.AddrPort) upstream.Route { return upstream.Fixed{Addr: dst} },
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -66,13 +66,14 @@ func TestConfigDecodeStrict(t *testing.T) {
 
 func TestFields(t *testing.T) {
 	full := func() *filters.Info {
-		return &filters.Info{
+		i := &filters.Info{
 			Direction: filters.Inbound,
 			Start:     t0,
 			Source:    netip.MustParseAddrPort("10.0.0.7:51234"),
-			Upstream:  netip.MustParseAddrPort("127.0.0.1:8080"),
 			Peer:      "spiffe://cluster.local/ns/shop/sa/cart",
 		}
+		i.SetEndpoint(upstream.Endpoint{Addr: netip.MustParseAddrPort("127.0.0.1:8080")})
+		return i
 	}
 	for _, tt := range []struct {
 		name   string
@@ -111,7 +112,7 @@ func TestFields(t *testing.T) {
 				info := filters.FromContext(r.Context())
 				info.StartAttempt()
 				_, _ = io.Copy(io.Discard, r.Body)
-				info.SetUpstreamFailure(pool.ConnectFailure)
+				info.SetUpstreamFailure(upstream.ConnectFailure)
 				filters.Reply(w, r, http.StatusServiceUnavailable, filters.UpstreamConnectFailure, "upstream connect error")
 			},
 			want: map[string]any{

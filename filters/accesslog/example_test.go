@@ -13,6 +13,7 @@ import (
 
 	"github.com/pillionmesh/pillion/filters"
 	"github.com/pillionmesh/pillion/filters/accesslog"
+	"github.com/pillionmesh/pillion/proxy/upstream"
 )
 
 func Example() {
@@ -29,7 +30,7 @@ func Example() {
 		Log:       zap.NewNop(),
 		AccessLog: log,
 		Now:       func() time.Time { return start.Add(4200 * time.Microsecond) },
-		Meshed:    func(netip.AddrPort) bool { return false },
+		Route:     func(dst netip.AddrPort) upstream.Route { return upstream.Fixed{Addr: dst} },
 	})
 	if err != nil {
 		panic(err)
@@ -43,12 +44,15 @@ func Example() {
 	chain := filters.NewChain(router, filters.Named{Name: "accesslog", Filter: f})
 
 	info := &filters.Info{
-		Start:    start,
-		Source:   netip.MustParseAddrPort("10.1.2.3:40000"),
-		Upstream: netip.MustParseAddrPort("10.4.5.6:8080"),
+		Start:  start,
+		Source: netip.MustParseAddrPort("10.1.2.3:40000"),
 	}
+	info.SetEndpoint(upstream.Endpoint{
+		Addr:    netip.MustParseAddrPort("10.4.5.6:8080"),
+		Service: upstream.Service{Namespace: "shop", Name: "catalog"},
+	})
 	r := httptest.NewRequest(http.MethodGet, "http://catalog:8080/items", nil)
 	r.Header.Set("User-Agent", "shop/1.0")
 	chain.ServeHTTP(httptest.NewRecorder(), r.WithContext(filters.NewContext(r.Context(), info)))
-	// Output: {"level":"info","msg":"access","start":"2026-01-02T03:04:05.678Z","direction":"outbound","protocol":"HTTP/1.1","method":"GET","authority":"catalog:8080","path":"/items","code":200,"flags":"-","duration_ms":4.2,"upstream_ms":3,"bytes_in":0,"bytes_out":2,"attempts":1,"src":"10.1.2.3:40000","upstream":"10.4.5.6:8080","user_agent":"shop/1.0"}
+	// Output: {"level":"info","msg":"access","start":"2026-01-02T03:04:05.678Z","direction":"outbound","protocol":"HTTP/1.1","method":"GET","authority":"catalog:8080","path":"/items","code":200,"flags":"-","duration_ms":4.2,"upstream_ms":3,"bytes_in":0,"bytes_out":2,"attempts":1,"src":"10.1.2.3:40000","upstream":"10.4.5.6:8080","service":"catalog.shop","user_agent":"shop/1.0"}
 }

@@ -12,13 +12,13 @@ import (
 	"github.com/pillionmesh/pillion/filters"
 	"github.com/pillionmesh/pillion/filters/builtin"
 	"github.com/pillionmesh/pillion/proxy/configfile"
-	"github.com/pillionmesh/pillion/proxy/pool"
+	"github.com/pillionmesh/pillion/proxy/upstream"
 )
 
 // noUpstream is an Upstream for a router that is built, never used.
 type noUpstream struct{}
 
-func (noUpstream) RoundTrip(*http.Request, pool.Protocol) (*http.Response, error) {
+func (noUpstream) RoundTrip(*http.Request, upstream.Endpoint, upstream.Protocol) (*http.Response, error) {
 	return nil, errors.New("no upstream in this test")
 }
 
@@ -27,7 +27,7 @@ func (noUpstream) RoundTrip(*http.Request, pool.Protocol) (*http.Response, error
 func TestLoader(t *testing.T) {
 	env := func(d filters.Direction) filters.Env {
 		return filters.Env{Direction: d, Log: zap.NewNop(), AccessLog: zap.NewNop(), Now: time.Now,
-			Meshed: func(netip.AddrPort) bool { return false }, Upstream: noUpstream{}}
+			Route: func(dst netip.AddrPort) upstream.Route { return upstream.Fixed{Addr: dst} }, Upstream: noUpstream{}}
 	}
 	f, err := configfile.Parse([]byte(`
 inbound:

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/pillionmesh/pillion/filters"
-	"github.com/pillionmesh/pillion/proxy/pool"
+	"github.com/pillionmesh/pillion/proxy/upstream"
 )
 
 // Limits and defaults of Config.
@@ -101,18 +101,18 @@ func (c *Config) Build(filters.Env) (filters.Filter, error) {
 
 // conditions is Config.On compiled.
 type conditions struct {
-	failures [pool.Refused + 1]bool // by pool.Kind
+	failures [upstream.Refused + 1]bool // by upstream.Kind
 	status   [600]bool
 }
 
 func (c *conditions) add(s string) error {
 	switch s {
 	case "connect-failure":
-		c.failures[pool.ConnectFailure] = true
+		c.failures[upstream.ConnectFailure] = true
 	case "refused-stream":
-		c.failures[pool.Refused] = true
+		c.failures[upstream.Refused] = true
 	case "reset":
-		c.failures[pool.Reset] = true
+		c.failures[upstream.Reset] = true
 	case "5xx":
 		for code := 500; code < 600; code++ {
 			c.status[code] = true
@@ -142,7 +142,7 @@ func isStatus(s string) bool {
 // match reports whether an attempt that failed with failure (zero: it did
 // not fail at the upstream) and was answered with status (0: none) is one
 // of the conditions.
-func (c *conditions) match(failure pool.Kind, status int) bool {
+func (c *conditions) match(failure upstream.Kind, status int) bool {
 	if int(failure) < len(c.failures) && c.failures[failure] {
 		return true
 	}
@@ -153,5 +153,5 @@ func (c *conditions) match(failure pool.Kind, status int) bool {
 // reached the application: a connect failure or a refused stream, which
 // the router answers with 503.
 func (c *conditions) unsent() bool {
-	return c.failures[pool.ConnectFailure] || c.failures[pool.Refused] || c.status[http.StatusServiceUnavailable]
+	return c.failures[upstream.ConnectFailure] || c.failures[upstream.Refused] || c.status[http.StatusServiceUnavailable]
 }

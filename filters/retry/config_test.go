@@ -11,7 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pillionmesh/pillion/filters"
-	"github.com/pillionmesh/pillion/proxy/pool"
+	"github.com/pillionmesh/pillion/proxy/upstream"
 )
 
 func env() filters.Env {
@@ -102,14 +102,14 @@ func TestConfigDefaults(t *testing.T) {
 
 func TestConditions(t *testing.T) {
 	type outcome struct {
-		failure pool.Kind
+		failure upstream.Kind
 		status  int
 	}
 	var (
-		connect  = outcome{pool.ConnectFailure, 503}
-		refused  = outcome{pool.Refused, 503}
-		reset    = outcome{pool.Reset, 503}
-		protocol = outcome{pool.ProtocolError, 502}
+		connect  = outcome{upstream.ConnectFailure, 503}
+		refused  = outcome{upstream.Refused, 503}
+		reset    = outcome{upstream.Reset, 503}
+		protocol = outcome{upstream.ProtocolError, 502}
 		app500   = outcome{0, 500}
 		app502   = outcome{0, 502}
 		app503   = outcome{0, 503}

@@ -11,7 +11,7 @@ import (
 
 	"github.com/pillionmesh/pillion/filters"
 	"github.com/pillionmesh/pillion/filters/retry"
-	"github.com/pillionmesh/pillion/proxy/pool"
+	"github.com/pillionmesh/pillion/proxy/upstream"
 )
 
 func Example() {
@@ -28,7 +28,7 @@ func Example() {
 	router := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		info := filters.FromContext(r.Context())
 		if info.StartAttempt() == 1 {
-			info.SetUpstreamFailure(pool.ConnectFailure)
+			info.SetUpstreamFailure(upstream.ConnectFailure)
 			filters.Reply(w, r, http.StatusServiceUnavailable, filters.UpstreamConnectFailure, "upstream connect error")
 			return
 		}

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/pillionmesh/pillion/filters"
-	"github.com/pillionmesh/pillion/proxy/pool"
+	"github.com/pillionmesh/pillion/proxy/upstream"
 )
 
 // Retry makes up to the configured number of attempts at a request. An
@@ -102,7 +102,7 @@ func (f *Retry) retriable(r *http.Request, a attempt, status int) bool {
 		return false
 	}
 	failure := a.info.UpstreamFailure()
-	if !a.safe && failure != pool.ConnectFailure && failure != pool.Refused {
+	if !a.safe && failure != upstream.ConnectFailure && failure != upstream.Refused {
 		return false
 	}
 	return f.on.match(failure, status)

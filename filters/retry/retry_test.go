@@ -15,22 +15,22 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/pillionmesh/pillion/filters"
-	"github.com/pillionmesh/pillion/proxy/pool"
+	"github.com/pillionmesh/pillion/proxy/upstream"
 )
 
 // outcome is what the fake router makes of one attempt: an upstream
 // failure, answered the way the real router answers it, or the upstream's
 // status.
 type outcome struct {
-	failure pool.Kind
+	failure upstream.Kind
 	status  int
 }
 
 var (
-	connectFailure = outcome{failure: pool.ConnectFailure}
-	refused        = outcome{failure: pool.Refused}
-	reset          = outcome{failure: pool.Reset}
-	protocolError  = outcome{failure: pool.ProtocolError}
+	connectFailure = outcome{failure: upstream.ConnectFailure}
+	refused        = outcome{failure: upstream.Refused}
+	reset          = outcome{failure: upstream.Reset}
+	protocolError  = outcome{failure: upstream.ProtocolError}
 	ok             = outcome{status: http.StatusOK}
 	unavailable    = outcome{status: http.StatusServiceUnavailable} // from the application
 )
@@ -58,7 +58,7 @@ func (rt *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	n := info.StartAttempt()
 	o := rt.outcomes[min(n, len(rt.outcomes))-1]
 	var c call
-	if o.failure != pool.ConnectFailure {
+	if o.failure != upstream.ConnectFailure {
 		var err error
 		if c.body, err = io.ReadAll(r.Body); err != nil {
 			panic(err)
@@ -82,18 +82,18 @@ func (rt *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // fail answers r the way the router answers an upstream failure of kind k;
 // it does nothing when k is zero.
-func fail(w http.ResponseWriter, r *http.Request, k pool.Kind) {
+func fail(w http.ResponseWriter, r *http.Request, k upstream.Kind) {
 	info := filters.FromContext(r.Context())
 	switch k {
 	case 0:
 		return
-	case pool.ConnectFailure, pool.Refused:
+	case upstream.ConnectFailure, upstream.Refused:
 		info.SetUpstreamFailure(k)
 		filters.Reply(w, r, http.StatusServiceUnavailable, filters.UpstreamConnectFailure, "upstream connect error")
-	case pool.Reset:
+	case upstream.Reset:
 		info.SetUpstreamFailure(k)
 		filters.Reply(w, r, http.StatusServiceUnavailable, filters.UpstreamReset, "upstream reset")
-	case pool.ProtocolError:
+	case upstream.ProtocolError:
 		info.SetUpstreamFailure(k)
 		filters.Reply(w, r, http.StatusBadGateway, filters.UpstreamProtocolError, "upstream protocol error")
 	}
@@ -300,7 +300,7 @@ func TestBodyReadError(t *testing.T) {
 	f.ServeHTTP(httptest.NewRecorder(), r, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		attempts++
 		got, gotErr = io.ReadAll(r.Body)
-		fail(w, r, pool.ConnectFailure)
+		fail(w, r, upstream.ConnectFailure)
 	}))
 	if attempts != 1 || string(got) != "partial" || gotErr != broken {
 		t.Errorf("%d attempts read %q, %v; want 1 reading %q, %v", attempts, got, gotErr, "partial", broken)

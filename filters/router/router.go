@@ -2,9 +2,16 @@
 // upstream over the proxy's pools, choosing the protocol, and reports the
 // upstream service time.
 //
+// Endpoint choice: each attempt picks its endpoint from the route of the
+// request's destination (Env.Route): outbound, one of a Service's endpoints
+// chosen by the balancer, or the destination itself; inbound, the
+// application. The pick (address, meshed, identity) travels with the
+// attempt to the pools' dial, and its outcome (latency to the response
+// headers, failure) goes back to the balancer.
+//
 // Protocol choice: an upgrade request (WebSocket…) always goes over a
 // dedicated HTTP/1.1 connection and becomes opaque after the switch.
-// Outbound, a request to a meshed address goes over pooled HTTP/2 to the
+// Outbound, a request to a meshed endpoint goes over pooled HTTP/2 to the
 // peer's sidecar, an HTTP/1 request carrying its original protocol in
 // OrigProtoHeader; any other request keeps the protocol it arrived in.
 // Inbound, a request carrying OrigProtoHeader reaches the application in
@@ -28,7 +35,7 @@ import (
 	"golang.org/x/net/http/httpguts"
 
 	"github.com/pillionmesh/pillion/filters"
-	"github.com/pillionmesh/pillion/proxy/pool"
+	"github.com/pillionmesh/pillion/proxy/upstream"
 )
 
 // Header names the router reads or writes on requests.
@@ -120,11 +127,19 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request, _ http.Handl
 	rt.Forward(w, r)
 }
 
-// Forward sends r upstream and writes the response to w.
+// Forward sends r upstream, to an endpoint picked from its destination's
+// route, and writes the response to w.
 func (rt *Router) Forward(w http.ResponseWriter, r *http.Request) {
 	info := filters.FromContext(r.Context())
-	st := &attempt{info: info, upstream: info.Upstream.String()}
-	st.proto, st.origProto = rt.protocol(r, info)
+	ep, done, err := rt.env.Route(info.Destination).Pick()
+	if err != nil {
+		info.StartAttempt()
+		filters.Reply(w, r, http.StatusServiceUnavailable, filters.NoHealthyUpstream, oneLine(err))
+		return
+	}
+	info.SetEndpoint(ep)
+	st := &attempt{info: info, ep: ep, upstream: ep.Addr.String(), done: done, start: rt.env.Now()}
+	st.proto, st.origProto = rt.protocol(r, info, ep)
 	if info.Upgrade != "" {
 		// The reverse proxy reads these to set up the upgrade.
 		r.Header.Set("Connection", "Upgrade")
@@ -156,30 +171,34 @@ func flagAbort(r *http.Request, info *filters.Info) {
 	panic(p)
 }
 
-// protocol chooses how r travels upstream and what OrigProtoHeader says.
-func (rt *Router) protocol(r *http.Request, info *filters.Info) (pool.Protocol, string) {
+// protocol chooses how r travels to ep and what OrigProtoHeader says.
+func (rt *Router) protocol(r *http.Request, info *filters.Info, ep upstream.Endpoint) (upstream.Protocol, string) {
 	switch {
 	case info.Upgrade != "":
-		return pool.HTTP1, ""
-	case info.Direction == filters.Outbound && rt.env.Meshed(info.Destination):
+		return upstream.HTTP1, ""
+	case info.Direction == filters.Outbound && ep.Meshed:
 		if r.ProtoMajor == 1 {
-			return pool.HTTP2, r.Proto
+			return upstream.HTTP2, r.Proto
 		}
-		return pool.HTTP2, ""
+		return upstream.HTTP2, ""
 	case info.Direction == filters.Inbound && strings.HasPrefix(r.Header.Get(origProtoKey), "HTTP/1."):
-		return pool.HTTP1, ""
+		return upstream.HTTP1, ""
 	case r.ProtoMajor == 2:
-		return pool.HTTP2, ""
+		return upstream.HTTP2, ""
 	}
-	return pool.HTTP1, ""
+	return upstream.HTTP1, ""
 }
 
 // attempt is one trip upstream, carried in the outgoing request's context
 // from Forward to the transport and the response hooks.
 type attempt struct {
 	info      *filters.Info
-	upstream  string
-	proto     pool.Protocol
+	ep        upstream.Endpoint
+	upstream  string // ep.Addr, as the request's URL host
+	done      upstream.Done
+	reported  atomic.Bool // done was called
+	start     time.Time
+	proto     upstream.Protocol
 	origProto string
 	number    int
 	sent      atomic.Int64 // unix nanoseconds when the request was fully sent; 0 until then
@@ -191,6 +210,14 @@ type attemptKey struct{}
 func attemptOf(ctx context.Context) *attempt { return ctx.Value(attemptKey{}).(*attempt) }
 
 func (a *attempt) markSent(now time.Time) { a.sent.CompareAndSwap(0, now.UnixNano()) }
+
+// report tells the route how the attempt went, once: at the response
+// headers, or at the failure.
+func (a *attempt) report(now time.Time, failed bool) {
+	if a.reported.CompareAndSwap(false, true) {
+		a.done(now.Sub(a.start), failed)
+	}
+}
 
 // forwarded are the headers an upstream proxy or ingress set and the
 // application may rely on; ReverseProxy's Rewrite mode drops them, a
@@ -234,11 +261,13 @@ func (rt *Router) rewrite(pr *httputil.ProxyRequest) {
 
 func (rt *Router) modifyResponse(res *http.Response) error {
 	a := attemptOf(res.Request.Context())
+	now := rt.env.Now()
+	a.report(now, res.StatusCode >= 500)
 	sent := a.sent.Load()
 	if sent == 0 {
 		return nil // the request was still being sent: no service time, as in Envoy
 	}
-	d := max(rt.env.Now().Sub(time.Unix(0, sent)), 0)
+	d := max(now.Sub(time.Unix(0, sent)), 0)
 	a.info.SetUpstreamTime(d)
 	if rt.header != "" {
 		res.Header.Set(rt.header, strconv.FormatInt(d.Milliseconds(), 10))
@@ -251,6 +280,9 @@ func (rt *Router) modifyResponse(res *http.Response) error {
 
 func (rt *Router) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
 	info := filters.FromContext(r.Context())
+	// A client that went away says nothing of the endpoint; a time-out
+	// does, as in Envoy's outlier detection.
+	attemptOf(r.Context()).report(rt.env.Now(), !errors.Is(r.Context().Err(), context.Canceled))
 	if ctxErr := r.Context().Err(); ctxErr != nil {
 		if errors.Is(ctxErr, context.DeadlineExceeded) {
 			filters.Reply(w, r, http.StatusGatewayTimeout, filters.UpstreamTimeout, "upstream request timeout")
@@ -261,7 +293,7 @@ func (rt *Router) errorHandler(w http.ResponseWriter, r *http.Request, err error
 		info.AddFlags(filters.DownstreamDisconnect)
 		panic(http.ErrAbortHandler)
 	}
-	var pe *pool.Error
+	var pe *upstream.Error
 	if !errors.As(err, &pe) {
 		// Not the pools': ReverseProxy refused the upstream's answer (a bad
 		// upgrade response and the like).
@@ -270,9 +302,9 @@ func (rt *Router) errorHandler(w http.ResponseWriter, r *http.Request, err error
 	}
 	info.SetUpstreamFailure(pe.Kind)
 	switch pe.Kind {
-	case pool.ConnectFailure, pool.Refused:
+	case upstream.ConnectFailure, upstream.Refused:
 		filters.Reply(w, r, http.StatusServiceUnavailable, filters.UpstreamConnectFailure, "upstream connect error: "+oneLine(pe.Err))
-	case pool.ProtocolError:
+	case upstream.ProtocolError:
 		filters.Reply(w, r, http.StatusBadGateway, filters.UpstreamProtocolError, "upstream protocol error: "+oneLine(pe.Err))
 	default:
 		filters.Reply(w, r, http.StatusServiceUnavailable, filters.UpstreamReset, "upstream reset before response headers: "+oneLine(pe.Err))
@@ -293,7 +325,8 @@ func oneLine(err error) string {
 type transport struct{ up filters.Upstream }
 
 func (t transport) RoundTrip(req *http.Request) (*http.Response, error) {
-	return t.up.RoundTrip(req, attemptOf(req.Context()).proto)
+	a := attemptOf(req.Context())
+	return t.up.RoundTrip(req, a.ep, a.proto)
 }
 
 // timedBody notes when the request body was read to its end: the request

@@ -15,20 +15,20 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pillionmesh/pillion/filters"
-	"github.com/pillionmesh/pillion/proxy/pool"
+	"github.com/pillionmesh/pillion/proxy/upstream"
 )
 
-// upstream records what the router sent and answers with res or err.
-type upstream struct {
+// fakeUpstream records what the router sent and answers with res or err.
+type fakeUpstream struct {
 	got   *http.Request
-	proto pool.Protocol
+	proto upstream.Protocol
 	body  string
 	wait  time.Duration // the clock advances this much while "upstream"
 	clock *fakeClock
 	err   error
 }
 
-func (u *upstream) RoundTrip(r *http.Request, p pool.Protocol) (*http.Response, error) {
+func (u *fakeUpstream) RoundTrip(r *http.Request, _ upstream.Endpoint, p upstream.Protocol) (*http.Response, error) {
 	u.got, u.proto = r, p
 	if r.Body != nil {
 		b, _ := io.ReadAll(r.Body)
@@ -41,16 +41,21 @@ func (u *upstream) RoundTrip(r *http.Request, p pool.Protocol) (*http.Response, 
 	return &http.Response{StatusCode: 200, Header: http.Header{}, Body: io.NopCloser(strings.NewReader("ok")), Request: r}, nil
 }
 
+// app is where the test routes send requests.
+var app = netip.MustParseAddrPort("127.0.0.1:8080")
+
 type fakeClock struct{ t time.Time }
 
 func (c *fakeClock) now() time.Time { return c.t }
 
-func newRouter(t *testing.T, cfg Config, up *upstream) *Router {
+func newRouter(t *testing.T, cfg Config, up *fakeUpstream) *Router {
 	t.Helper()
 	up.clock = &fakeClock{t: time.Unix(1000, 0)}
 	rt, err := New(cfg, filters.Env{
 		Log: zap.NewNop(), AccessLog: zap.NewNop(), Now: up.clock.now, Upstream: up,
-		Meshed: func(a netip.AddrPort) bool { return netip.MustParsePrefix("10.0.0.0/8").Contains(a.Addr()) },
+		Route: func(dst netip.AddrPort) upstream.Route {
+			return upstream.Fixed{Addr: app, Meshed: netip.MustParsePrefix("10.0.0.0/8").Contains(dst.Addr())}
+		},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -75,22 +80,22 @@ func TestProtocolChoice(t *testing.T) {
 		proto         string // of the request as received
 		origProto     string // request header as received
 		upgrade       string
-		wantProto     pool.Protocol
+		wantProto     upstream.Protocol
 		wantOrigProto string
 	}{
-		{"outbound HTTP/1.1 to the mesh goes as HTTP/2, saying so", filters.Outbound, meshed, "HTTP/1.1", "", "", pool.HTTP2, "HTTP/1.1"},
-		{"outbound HTTP/1.0 to the mesh", filters.Outbound, meshed, "HTTP/1.0", "", "", pool.HTTP2, "HTTP/1.0"},
-		{"outbound h2c to the mesh", filters.Outbound, meshed, "HTTP/2.0", "", "", pool.HTTP2, ""},
-		{"outbound HTTP/1.1 outside the mesh stays HTTP/1.1", filters.Outbound, outside, "HTTP/1.1", "", "", pool.HTTP1, ""},
-		{"outbound h2c outside the mesh stays h2c", filters.Outbound, outside, "HTTP/2.0", "", "", pool.HTTP2, ""},
-		{"outbound upgrade goes HTTP/1.1 even to the mesh", filters.Outbound, meshed, "HTTP/1.1", "", "websocket", pool.HTTP1, ""},
-		{"a client's own orig-proto header outbound is dropped", filters.Outbound, outside, "HTTP/1.1", "HTTP/1.0", "", pool.HTTP1, ""},
-		{"inbound with orig-proto reaches the app as HTTP/1.1", filters.Inbound, meshed, "HTTP/2.0", "HTTP/1.1", "", pool.HTTP1, ""},
-		{"inbound h2c without it stays h2c", filters.Inbound, meshed, "HTTP/2.0", "", "", pool.HTTP2, ""},
-		{"inbound HTTP/1.1 stays HTTP/1.1", filters.Inbound, meshed, "HTTP/1.1", "", "", pool.HTTP1, ""},
+		{"outbound HTTP/1.1 to the mesh goes as HTTP/2, saying so", filters.Outbound, meshed, "HTTP/1.1", "", "", upstream.HTTP2, "HTTP/1.1"},
+		{"outbound HTTP/1.0 to the mesh", filters.Outbound, meshed, "HTTP/1.0", "", "", upstream.HTTP2, "HTTP/1.0"},
+		{"outbound h2c to the mesh", filters.Outbound, meshed, "HTTP/2.0", "", "", upstream.HTTP2, ""},
+		{"outbound HTTP/1.1 outside the mesh stays HTTP/1.1", filters.Outbound, outside, "HTTP/1.1", "", "", upstream.HTTP1, ""},
+		{"outbound h2c outside the mesh stays h2c", filters.Outbound, outside, "HTTP/2.0", "", "", upstream.HTTP2, ""},
+		{"outbound upgrade goes HTTP/1.1 even to the mesh", filters.Outbound, meshed, "HTTP/1.1", "", "websocket", upstream.HTTP1, ""},
+		{"a client's own orig-proto header outbound is dropped", filters.Outbound, outside, "HTTP/1.1", "HTTP/1.0", "", upstream.HTTP1, ""},
+		{"inbound with orig-proto reaches the app as HTTP/1.1", filters.Inbound, meshed, "HTTP/2.0", "HTTP/1.1", "", upstream.HTTP1, ""},
+		{"inbound h2c without it stays h2c", filters.Inbound, meshed, "HTTP/2.0", "", "", upstream.HTTP2, ""},
+		{"inbound HTTP/1.1 stays HTTP/1.1", filters.Inbound, meshed, "HTTP/1.1", "", "", upstream.HTTP1, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			up := &upstream{}
+			up := &fakeUpstream{}
 			rt := newRouter(t, Config{}, up)
 			r := httptest.NewRequest("GET", "http://b.shop/x", nil)
 			r.Proto = tc.proto
@@ -98,7 +103,7 @@ func TestProtocolChoice(t *testing.T) {
 			if tc.origProto != "" {
 				r.Header.Set(OrigProtoHeader, tc.origProto)
 			}
-			rec := serve(rt, r, &filters.Info{Direction: tc.dir, Destination: tc.dst, Upstream: netip.MustParseAddrPort("127.0.0.1:8080"), Upgrade: tc.upgrade})
+			rec := serve(rt, r, &filters.Info{Direction: tc.dir, Destination: tc.dst, Upgrade: tc.upgrade})
 			if rec.Code != 200 {
 				t.Fatalf("status %d", rec.Code)
 			}
@@ -116,13 +121,13 @@ func TestProtocolChoice(t *testing.T) {
 }
 
 func TestForwardingHeaders(t *testing.T) {
-	up := &upstream{}
+	up := &fakeUpstream{}
 	rt := newRouter(t, Config{}, up)
 	r := httptest.NewRequest("POST", "http://b.shop/x", strings.NewReader("body"))
 	r.Header.Set("X-Forwarded-For", "203.0.113.7")
 	r.Header.Set("Forwarded", "for=203.0.113.7")
 	r.Header.Set("Traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
-	info := &filters.Info{Upstream: netip.MustParseAddrPort("127.0.0.1:8080")}
+	info := &filters.Info{}
 	info.StartAttempt() // a retry's second attempt
 	serve(rt, r, info)
 	h := up.got.Header
@@ -150,9 +155,9 @@ func TestUpstreamServiceTime(t *testing.T) {
 		{"off", Config{UpstreamServiceTimeHeader: &off}, map[string]string{"X-Envoy-Upstream-Service-Time": ""}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			up := &upstream{wait: 57250 * time.Microsecond}
+			up := &fakeUpstream{wait: 57250 * time.Microsecond}
 			rt := newRouter(t, tc.cfg, up)
-			info := &filters.Info{Upstream: netip.MustParseAddrPort("127.0.0.1:8080")}
+			info := &filters.Info{}
 			rec := serve(rt, httptest.NewRequest("GET", "http://b/", nil), info)
 			for k, v := range tc.wantHeader {
 				if got := rec.Header().Get(k); got != v {
@@ -169,26 +174,26 @@ func TestUpstreamServiceTime(t *testing.T) {
 func ptr[T any](v T) *T { return &v }
 
 func TestUpstreamErrors(t *testing.T) {
-	refused := &pool.Error{Kind: pool.ConnectFailure, Endpoint: "127.0.0.1:8080", Err: syscall.ECONNREFUSED}
+	refused := &upstream.Error{Kind: upstream.ConnectFailure, Endpoint: "127.0.0.1:8080", Err: syscall.ECONNREFUSED}
 	for _, tc := range []struct {
 		name      string
 		err       error
 		ctx       func() (context.Context, context.CancelFunc)
 		wantCode  int
 		wantFlags string
-		wantKind  pool.Kind
+		wantKind  upstream.Kind
 		wantBody  string
 	}{
-		{"connect failure", refused, nil, 503, "UF", pool.ConnectFailure, "upstream connect error: connection refused\n"},
-		{"refused stream", &pool.Error{Kind: pool.Refused, Err: errors.New("stream error: REFUSED_STREAM")}, nil, 503, "UF", pool.Refused, "upstream connect error: stream error: REFUSED_STREAM\n"},
-		{"reset", &pool.Error{Kind: pool.Reset, Err: errors.New("EOF")}, nil, 503, "UC", pool.Reset, "upstream reset before response headers: EOF\n"},
-		{"protocol error", &pool.Error{Kind: pool.ProtocolError, Err: errors.New("malformed HTTP response \"x\\ny\"")}, nil, 502, "UPE", pool.ProtocolError, "upstream protocol error: malformed HTTP response \"x\\ny\"\n"},
+		{"connect failure", refused, nil, 503, "UF", upstream.ConnectFailure, "upstream connect error: connection refused\n"},
+		{"refused stream", &upstream.Error{Kind: upstream.Refused, Err: errors.New("stream error: REFUSED_STREAM")}, nil, 503, "UF", upstream.Refused, "upstream connect error: stream error: REFUSED_STREAM\n"},
+		{"reset", &upstream.Error{Kind: upstream.Reset, Err: errors.New("EOF")}, nil, 503, "UC", upstream.Reset, "upstream reset before response headers: EOF\n"},
+		{"protocol error", &upstream.Error{Kind: upstream.ProtocolError, Err: errors.New("malformed HTTP response \"x\\ny\"")}, nil, 502, "UPE", upstream.ProtocolError, "upstream protocol error: malformed HTTP response \"x\\ny\"\n"},
 		{"deadline", context.DeadlineExceeded, func() (context.Context, context.CancelFunc) {
 			return context.WithDeadline(context.Background(), time.Unix(1, 0))
 		}, 504, "UT", 0, "upstream request timeout\n"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			up := &upstream{err: tc.err}
+			up := &fakeUpstream{err: tc.err}
 			rt := newRouter(t, Config{}, up)
 			r := httptest.NewRequest("GET", "http://b/", nil)
 			if tc.ctx != nil {
@@ -196,7 +201,7 @@ func TestUpstreamErrors(t *testing.T) {
 				defer cancel()
 				r = r.WithContext(ctx)
 			}
-			info := &filters.Info{Upstream: netip.MustParseAddrPort("127.0.0.1:8080")}
+			info := &filters.Info{}
 			rec := serve(rt, r, info)
 			if rec.Code != tc.wantCode || rec.Header().Get(filters.FlagsHeader) != tc.wantFlags || rec.Body.String() != tc.wantBody {
 				t.Errorf("got %d %q %q, want %d %q %q", rec.Code, rec.Header().Get(filters.FlagsHeader), rec.Body.String(), tc.wantCode, tc.wantFlags, tc.wantBody)
@@ -211,7 +216,7 @@ func TestUpstreamErrors(t *testing.T) {
 func TestClientGoneAbortsWithoutAResponse(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	rt := newRouter(t, Config{}, &upstream{err: context.Canceled})
+	rt := newRouter(t, Config{}, &fakeUpstream{err: context.Canceled})
 	info := &filters.Info{}
 	defer func() {
 		if p := recover(); p != http.ErrAbortHandler {
@@ -225,7 +230,7 @@ func TestClientGoneAbortsWithoutAResponse(t *testing.T) {
 }
 
 func TestConfigValidation(t *testing.T) {
-	_, err := (&Config{UpstreamServiceTimeHeader: ptr("no spaces")}).Build(filters.Env{Log: zap.NewNop(), Upstream: &upstream{}})
+	_, err := (&Config{UpstreamServiceTimeHeader: ptr("no spaces")}).Build(filters.Env{Log: zap.NewNop(), Upstream: &fakeUpstream{}})
 	if want := `upstreamServiceTimeHeader: "no spaces" is not a valid header name`; err == nil || err.Error() != want {
 		t.Errorf("error = %v, want %s", err, want)
 	}
@@ -243,13 +248,13 @@ func TestInboundKeepsThePeersAttemptCount(t *testing.T) {
 		{filters.Inbound, "", 1, "1"},
 		{filters.Inbound, "3", 2, "2"}, // the inbound sidecar retries
 	} {
-		up := &upstream{}
+		up := &fakeUpstream{}
 		rt := newRouter(t, Config{}, up)
 		r := httptest.NewRequest("GET", "http://b/", nil)
 		if tc.sent != "" {
 			r.Header.Set(AttemptCountHeader, tc.sent)
 		}
-		info := &filters.Info{Direction: tc.dir, Upstream: netip.MustParseAddrPort("127.0.0.1:8080")}
+		info := &filters.Info{Direction: tc.dir}
 		for range tc.attempts - 1 {
 			info.StartAttempt()
 		}
@@ -262,9 +267,9 @@ func TestInboundKeepsThePeersAttemptCount(t *testing.T) {
 
 func TestQueryForwardedAsItCame(t *testing.T) {
 	for _, q := range []string{"z=1&a=2;x", "sig=abc&a=%zz", "b=2&a=1", "a=1&&a=2"} {
-		up := &upstream{}
+		up := &fakeUpstream{}
 		rt := newRouter(t, Config{}, up)
-		serve(rt, httptest.NewRequest("GET", "http://b/s?"+q, nil), &filters.Info{Upstream: netip.MustParseAddrPort("127.0.0.1:8080")})
+		serve(rt, httptest.NewRequest("GET", "http://b/s?"+q, nil), &filters.Info{})
 		if up.got.URL.RawQuery != q {
 			t.Errorf("query %q forwarded as %q", q, up.got.URL.RawQuery)
 		}
@@ -285,16 +290,16 @@ func (b *brokenBody) Close() error { return nil }
 
 type brokenUpstream struct{}
 
-func (brokenUpstream) RoundTrip(r *http.Request, _ pool.Protocol) (*http.Response, error) {
+func (brokenUpstream) RoundTrip(r *http.Request, _ upstream.Endpoint, _ upstream.Protocol) (*http.Response, error) {
 	return &http.Response{StatusCode: 200, Header: http.Header{}, Body: &brokenBody{}, Request: r}, nil
 }
 
 func TestResponseCutOffIsFlagged(t *testing.T) {
-	rt, err := New(Config{}, filters.Env{Log: zap.NewNop(), Now: time.Now, Upstream: brokenUpstream{}, Meshed: func(netip.AddrPort) bool { return false }})
+	rt, err := New(Config{}, filters.Env{Log: zap.NewNop(), Now: time.Now, Upstream: brokenUpstream{}, Route: func(netip.AddrPort) upstream.Route { return upstream.Fixed{Addr: app} }})
 	if err != nil {
 		t.Fatal(err)
 	}
-	info := &filters.Info{Upstream: netip.MustParseAddrPort("127.0.0.1:8080")}
+	info := &filters.Info{}
 	defer func() {
 		if p := recover(); p != http.ErrAbortHandler {
 			t.Errorf("recovered %v, want http.ErrAbortHandler (the stream must be reset)", p)

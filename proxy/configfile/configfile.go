@@ -37,7 +37,7 @@ import (
 
 	"github.com/pillionmesh/pillion/filters"
 	"github.com/pillionmesh/pillion/filters/router"
-	"github.com/pillionmesh/pillion/proxy/pool"
+	"github.com/pillionmesh/pillion/proxy/upstream"
 )
 
 // RouterName is the terminal filter's name; it may only be the last entry
@@ -338,7 +338,7 @@ func Check(data []byte, reg filters.Registry) error {
 			Log:       zap.NewNop(),
 			AccessLog: zap.NewNop(),
 			Now:       time.Now,
-			Meshed:    func(netip.AddrPort) bool { return false },
+			Route:     func(dst netip.AddrPort) upstream.Route { return upstream.Fixed{Addr: dst} },
 			Upstream:  noUpstream{},
 		}
 		if _, err := Build(dir.specs, env); err != nil {
@@ -352,6 +352,6 @@ func Check(data []byte, reg filters.Registry) error {
 // run.
 type noUpstream struct{}
 
-func (noUpstream) RoundTrip(*http.Request, pool.Protocol) (*http.Response, error) {
+func (noUpstream) RoundTrip(*http.Request, upstream.Endpoint, upstream.Protocol) (*http.Response, error) {
 	return nil, errors.New("configfile: Check builds chains that never forward")
 }

@@ -13,7 +13,7 @@ import (
 
 	"github.com/pillionmesh/pillion/filters"
 	"github.com/pillionmesh/pillion/filters/router"
-	"github.com/pillionmesh/pillion/proxy/pool"
+	"github.com/pillionmesh/pillion/proxy/upstream"
 )
 
 // tag is a test filter: it appends its name to the X-Tags request header.
@@ -142,7 +142,7 @@ func TestParseErrors(t *testing.T) {
 
 type fakeUpstream struct{}
 
-func (fakeUpstream) RoundTrip(r *http.Request, _ pool.Protocol) (*http.Response, error) {
+func (fakeUpstream) RoundTrip(r *http.Request, _ upstream.Endpoint, _ upstream.Protocol) (*http.Response, error) {
 	rec := httptest.NewRecorder()
 	rec.Header().Set("X-Tags-Seen", strings.Join(r.Header.Values("X-Tags"), ","))
 	rec.WriteHeader(http.StatusTeapot)
@@ -152,7 +152,10 @@ func (fakeUpstream) RoundTrip(r *http.Request, _ pool.Protocol) (*http.Response,
 }
 
 func env() filters.Env {
-	return filters.Env{Log: zap.NewNop(), AccessLog: zap.NewNop(), Now: time.Now, Upstream: fakeUpstream{}, Meshed: func(netip.AddrPort) bool { return false }}
+	return filters.Env{Log: zap.NewNop(), AccessLog: zap.NewNop(), Now: time.Now, Upstream: fakeUpstream{},
+		Route: func(netip.AddrPort) upstream.Route {
+			return upstream.Fixed{Addr: netip.MustParseAddrPort("127.0.0.1:1")}
+		}}
 }
 
 func TestBuildRunsFiltersInOrderThenTheRouter(t *testing.T) {
@@ -169,7 +172,7 @@ func TestBuildRunsFiltersInOrderThenTheRouter(t *testing.T) {
 	}
 	rec := httptest.NewRecorder()
 	req := httptest.NewRequest("GET", "http://b/", nil)
-	req = req.WithContext(filters.NewContext(req.Context(), &filters.Info{Upstream: netip.MustParseAddrPort("127.0.0.1:1")}))
+	req = req.WithContext(filters.NewContext(req.Context(), &filters.Info{}))
 	c.ServeHTTP(rec, req)
 	if rec.Code != http.StatusTeapot || rec.Header().Get("X-Tags-Seen") != "one,two" {
 		t.Errorf("got %d %v, want the router's 418 after both filters", rec.Code, rec.Header())

@@ -6,13 +6,15 @@ import (
 	"net"
 	"slices"
 	"sync"
+
+	"github.com/pillionmesh/pillion/proxy/upstream"
 )
 
 // EndpointConns is what a pool did with one endpoint: its connections and
 // requests now and since the pool started.
 type EndpointConns struct {
 	Endpoint string
-	Protocol Protocol
+	Protocol upstream.Protocol
 	// Open connections now; Total ever opened; ConnectFailures dials that
 	// failed.
 	Open, Total, ConnectFailures int
@@ -22,7 +24,7 @@ type EndpointConns struct {
 
 type connKey struct {
 	endpoint string
-	proto    Protocol
+	proto    upstream.Protocol
 }
 
 // counter counts connections and requests per endpoint and protocol. An
@@ -45,7 +47,7 @@ func (n *counter) entry(k connKey) *EndpointConns {
 }
 
 // update changes k's counts under the lock.
-func (n *counter) update(endpoint string, proto Protocol, f func(*EndpointConns)) {
+func (n *counter) update(endpoint string, proto upstream.Protocol, f func(*EndpointConns)) {
 	n.mu.Lock()
 	f(n.entry(connKey{endpoint, proto}))
 	n.mu.Unlock()
@@ -53,7 +55,7 @@ func (n *counter) update(endpoint string, proto Protocol, f func(*EndpointConns)
 
 // start counts one more request to endpoint and returns its entry, for
 // end.
-func (n *counter) start(endpoint string, proto Protocol) *EndpointConns {
+func (n *counter) start(endpoint string, proto upstream.Protocol) *EndpointConns {
 	n.mu.Lock()
 	e := n.entry(connKey{endpoint, proto})
 	e.ActiveRequests++
@@ -70,7 +72,7 @@ func (n *counter) end(e *EndpointConns) {
 }
 
 // track counts c until it is closed.
-func (n *counter) track(c net.Conn, endpoint string, proto Protocol) net.Conn {
+func (n *counter) track(c net.Conn, endpoint string, proto upstream.Protocol) net.Conn {
 	n.update(endpoint, proto, func(e *EndpointConns) { e.Open++; e.Total++ })
 	return &countedConn{Conn: c, release: func() {
 		n.update(endpoint, proto, func(e *EndpointConns) { e.Open-- })

@@ -21,23 +21,9 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
+
+	"github.com/pillionmesh/pillion/proxy/upstream"
 )
-
-// Protocol is how a request travels to the upstream.
-type Protocol uint8
-
-// The protocols a pool speaks.
-const (
-	HTTP1 Protocol = iota // HTTP/1.1, one request per connection at a time
-	HTTP2                 // HTTP/2 over cleartext (h2c), multiplexed
-)
-
-func (p Protocol) String() string {
-	if p == HTTP2 {
-		return "HTTP/2"
-	}
-	return "HTTP/1.1"
-}
 
 // Defaults for Config.
 const (
@@ -72,11 +58,11 @@ type Config struct {
 	HTTP1IdleTimeout, HTTP2IdleTimeout time.Duration
 	// PingInterval: see DefaultPingInterval.
 	PingInterval time.Duration
-	// Dial connects to an endpoint for a pool of proto; nil means a
-	// net.Dialer with DialTimeout. The connection it returns carries the
-	// pool's protocol as is: the proxy wraps connections to peer sidecars
-	// in mTLS here.
-	Dial func(ctx context.Context, network, addr string, proto Protocol) (net.Conn, error)
+	// Dial connects to ep for a pool of proto; nil means a net.Dialer with
+	// DialTimeout to ep.Addr. The connection it returns carries the pool's
+	// protocol as is: the proxy wraps connections to peer sidecars
+	// (ep.Meshed) in mTLS here, verifying ep.Identity.
+	Dial func(ctx context.Context, ep upstream.Endpoint, proto upstream.Protocol) (net.Conn, error)
 }
 
 func (c Config) withDefaults() Config {
@@ -94,8 +80,8 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Dial == nil {
 		d := &net.Dialer{Timeout: c.DialTimeout}
-		c.Dial = func(ctx context.Context, network, addr string, _ Protocol) (net.Conn, error) {
-			return d.DialContext(ctx, network, addr)
+		c.Dial = func(ctx context.Context, ep upstream.Endpoint, _ upstream.Protocol) (net.Conn, error) {
+			return d.DialContext(ctx, "tcp", ep.Addr.String())
 		}
 	}
 	return c
@@ -106,6 +92,10 @@ type Pools struct {
 	h1    *http.Transport
 	h2    *http2.Transport //lint:ignore SA1019 see New
 	conns *counter
+	// endpoints holds the last Endpoint each address was asked for with,
+	// by Addr.String() (the transports' key): the dial takes it from
+	// here, so that what was decided for the request is what is dialled.
+	endpoints sync.Map
 }
 
 // New returns empty pools; connections are made on demand.
@@ -116,7 +106,7 @@ func New(cfg Config) *Pools {
 	h1.SetHTTP1(true)
 	p.h1 = &http.Transport{
 		Proxy:               nil, // never an HTTP proxy from the environment
-		DialContext:         p.dialer(cfg, HTTP1),
+		DialContext:         p.dialer(cfg, upstream.HTTP1),
 		MaxConnsPerHost:     cfg.MaxConnsPerEndpoint,
 		MaxIdleConns:        0, // the per-endpoint cap is the one that matters
 		MaxIdleConnsPerHost: cfg.MaxIdlePerEndpoint,
@@ -129,7 +119,7 @@ func New(cfg Config) *Pools {
 		ReadBufferSize:        32 << 10,
 		WriteBufferSize:       32 << 10,
 	}
-	dial := p.dialer(cfg, HTTP2)
+	dial := p.dialer(cfg, upstream.HTTP2)
 	//lint:ignore SA1019 x/net deprecates its Transport for net/http's, but net/http's h2c dials one connection per waiting request on a cold burst (20 concurrent requests made 14 connections); this one shares one dial per endpoint, which is what a pool between sidecars is for.
 	p.h2 = &http2.Transport{
 		AllowHTTP: true, // h2c with prior knowledge
@@ -144,11 +134,18 @@ func New(cfg Config) *Pools {
 	return p
 }
 
-// RoundTrip sends req to the endpoint in req.URL.Host with proto. An error
-// is a *Error, or the context's error when req's context ended first.
-func (p *Pools) RoundTrip(req *http.Request, proto Protocol) (*http.Response, error) {
+// RoundTrip sends req to ep with proto, on a pooled connection to ep.Addr
+// (req.URL.Host must be ep.Addr). Connections are pooled by address: a
+// connection dialled for an address serves every later request to it, so
+// an Endpoint must say the same of an address (meshed, identity) for as
+// long as its connections live. An error is a *upstream.Error, or the
+// context's error when req's context ended first.
+func (p *Pools) RoundTrip(req *http.Request, ep upstream.Endpoint, proto upstream.Protocol) (*http.Response, error) {
+	if old, ok := p.endpoints.Load(req.URL.Host); !ok || old.(upstream.Endpoint) != ep {
+		p.endpoints.Store(req.URL.Host, ep)
+	}
 	var rt http.RoundTripper = p.h1
-	if proto == HTTP2 {
+	if proto == upstream.HTTP2 {
 		rt = p.h2
 		if req.Body != nil && req.Body != http.NoBody && req.GetBody == nil {
 			req = req.WithContext(req.Context()) // a copy: RoundTrip must not change req
@@ -210,9 +207,13 @@ func (p *Pools) Conns() []EndpointConns { return p.conns.snapshot() }
 
 // dialer returns the dial function of the proto pool: cfg.Dial, counted,
 // with its errors marked as connect failures.
-func (p *Pools) dialer(cfg Config, proto Protocol) func(ctx context.Context, network, addr string) (net.Conn, error) {
+func (p *Pools) dialer(cfg Config, proto upstream.Protocol) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c, err := cfg.Dial(ctx, network, addr, proto)
+		v, ok := p.endpoints.Load(addr)
+		if !ok {
+			return nil, &dialError{fmt.Errorf("pool: dial %s: no endpoint was asked for at this address", addr)}
+		}
+		c, err := cfg.Dial(ctx, v.(upstream.Endpoint), proto)
 		if err != nil {
 			p.conns.update(addr, proto, func(e *EndpointConns) { e.ConnectFailures++ })
 			return nil, &dialError{err}
@@ -237,66 +238,20 @@ type dialError struct{ err error }
 func (e *dialError) Error() string { return e.err.Error() }
 func (e *dialError) Unwrap() error { return e.err }
 
-// Kind says what went wrong with an upstream request.
-type Kind uint8
-
-// The kinds of Error.
-const (
-	// ConnectFailure: no connection could be made; nothing was sent.
-	ConnectFailure Kind = iota + 1
-	// Reset: the connection or stream was closed or reset before the
-	// response headers arrived; the request may have been processed.
-	Reset
-	// ProtocolError: the upstream's answer was not valid HTTP.
-	ProtocolError
-	// Refused: the HTTP/2 peer did not process the request (it refused
-	// the stream, or a GOAWAY did not cover it) and its body could not be
-	// sent again; a request without a body is sent again by the pool.
-	Refused
-)
-
-func (k Kind) String() string {
-	switch k {
-	case ConnectFailure:
-		return "connect failure"
-	case Reset:
-		return "reset"
-	case ProtocolError:
-		return "protocol error"
-	case Refused:
-		return "stream refused"
-	}
-	return fmt.Sprintf("Kind(%d)", uint8(k))
-}
-
-// Error is a failed upstream request.
-type Error struct {
-	Kind     Kind
-	Endpoint string
-	Protocol Protocol
-	Err      error
-}
-
-func (e *Error) Error() string {
-	return fmt.Sprintf("pool: %s %s: %s: %v", e.Protocol, e.Endpoint, e.Kind, e.Err)
-}
-
-func (e *Error) Unwrap() error { return e.Err }
-
-func classify(endpoint string, proto Protocol, err error) *Error {
-	e := &Error{Kind: Reset, Endpoint: endpoint, Protocol: proto, Err: err}
+func classify(endpoint string, proto upstream.Protocol, err error) *upstream.Error {
+	e := &upstream.Error{Kind: upstream.Reset, Endpoint: endpoint, Protocol: proto, Err: err}
 	var de *dialError
 	var se http2.StreamError
 	var ce http2.ConnectionError
 	switch {
 	case errors.As(err, &de):
-		e.Kind, e.Err = ConnectFailure, de.err
+		e.Kind, e.Err = upstream.ConnectFailure, de.err
 	case errors.Is(err, errNotProcessed), errors.As(err, &se) && se.Code == http2.ErrCodeRefusedStream:
-		e.Kind = Refused
+		e.Kind = upstream.Refused
 	case errors.As(err, &se) && se.Code == http2.ErrCodeProtocol,
 		errors.As(err, &ce) && http2.ErrCode(ce) == http2.ErrCodeProtocol,
 		isMalformed(err):
-		e.Kind = ProtocolError
+		e.Kind = upstream.ProtocolError
 	}
 	return e
 }

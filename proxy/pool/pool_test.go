@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,6 +22,7 @@ import (
 	"golang.org/x/net/http2"
 
 	"github.com/pillionmesh/pillion/internal/meshtest"
+	"github.com/pillionmesh/pillion/proxy/upstream"
 )
 
 // backend serves HTTP/1.1 and h2c; handler may be nil (200 "ok").
@@ -46,10 +48,10 @@ func backend(t *testing.T, idle time.Duration, handler http.HandlerFunc) (addr s
 	return srv.Listener.Addr().String(), conns
 }
 
-func get(t *testing.T, p *Pools, addr string, proto Protocol) (*http.Response, error) {
+func get(t *testing.T, p *Pools, addr string, proto upstream.Protocol) (*http.Response, error) {
 	t.Helper()
 	req, _ := http.NewRequest("GET", "http://"+addr+"/", nil)
-	res, err := p.RoundTrip(req, proto)
+	res, err := p.RoundTrip(req, endpoint(req), proto)
 	if err == nil {
 		_, _ = io.Copy(io.Discard, res.Body)
 		res.Body.Close()
@@ -68,7 +70,7 @@ func TestHTTP2MultiplexesOnOneConnection(t *testing.T) {
 	errs := make(chan error, 20)
 	for range 20 {
 		wg.Go(func() {
-			res, err := get(t, p, addr, HTTP2)
+			res, err := get(t, p, addr, upstream.HTTP2)
 			if err == nil && res.ProtoMajor != 2 {
 				err = fmt.Errorf("proto %s", res.Proto)
 			}
@@ -92,7 +94,7 @@ func TestHTTP2MultiplexesOnOneConnection(t *testing.T) {
 	if n := conns.Load(); n != 1 {
 		t.Errorf("backend saw %d connections for 20 concurrent requests, want 1", n)
 	}
-	if got := p.Conns(); len(got) != 1 || got[0].Open != 1 || got[0].Protocol != HTTP2 || got[0].Endpoint != addr {
+	if got := p.Conns(); len(got) != 1 || got[0].Open != 1 || got[0].Protocol != upstream.HTTP2 || got[0].Endpoint != addr {
 		t.Errorf("Conns() = %+v, want one HTTP/2 connection to %s", got, addr)
 	}
 }
@@ -101,7 +103,7 @@ func TestHTTP1KeepAliveReusesAndIdleCloses(t *testing.T) {
 	addr, conns := backend(t, 0, nil)
 	p := New(Config{DialTimeout: time.Second, HTTP1IdleTimeout: 100 * time.Millisecond})
 	for range 3 {
-		if _, err := get(t, p, addr, HTTP1); err != nil {
+		if _, err := get(t, p, addr, upstream.HTTP1); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -165,7 +167,7 @@ func TestStaleIdleConnectionIsRetried(t *testing.T) {
 	addr, conns := closesSecondRequest(t)
 	p := New(Config{DialTimeout: time.Second})
 	for i := range 3 {
-		if _, err := get(t, p, addr, HTTP1); err != nil {
+		if _, err := get(t, p, addr, upstream.HTTP1); err != nil {
 			t.Fatalf("GET %d on a connection the app closed: %v", i, err)
 		}
 	}
@@ -174,7 +176,7 @@ func TestStaleIdleConnectionIsRetried(t *testing.T) {
 	}
 	post := func() error {
 		req, _ := http.NewRequest("POST", "http://"+addr+"/", strings.NewReader("x"))
-		res, err := p.RoundTrip(req, HTTP1)
+		res, err := p.RoundTrip(req, endpoint(req), upstream.HTTP1)
 		if err == nil {
 			_, _ = io.Copy(io.Discard, res.Body)
 			res.Body.Close()
@@ -186,9 +188,9 @@ func TestStaleIdleConnectionIsRetried(t *testing.T) {
 		t.Fatalf("first POST: %v", err)
 	}
 	time.Sleep(20 * time.Millisecond) // the connection goes back to the pool after the body
-	var pe *Error
-	if err := post(); !errors.As(err, &pe) || pe.Kind != Reset {
-		t.Errorf("POST on a connection the app closed: %v, want a Reset *Error (not retried)", err)
+	var pe *upstream.Error
+	if err := post(); !errors.As(err, &pe) || pe.Kind != upstream.Reset {
+		t.Errorf("POST on a connection the app closed: %v, want a upstream.Reset *upstream.Error (not retried)", err)
 	}
 }
 
@@ -209,7 +211,7 @@ func TestMaxConnsPerEndpoint(t *testing.T) {
 	var wg sync.WaitGroup
 	for range 8 {
 		wg.Go(func() {
-			if _, err := get(t, p, addr, HTTP1); err != nil {
+			if _, err := get(t, p, addr, upstream.HTTP1); err != nil {
 				t.Error(err)
 			}
 		})
@@ -240,22 +242,22 @@ func TestErrorsAreTyped(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		addr  string
-		proto Protocol
-		kind  Kind
+		proto upstream.Protocol
+		kind  upstream.Kind
 	}{
-		{"refused", dead, HTTP1, ConnectFailure},
-		{"refused h2", dead, HTTP2, ConnectFailure},
-		{"not HTTP", garbage, HTTP1, ProtocolError},
-		{"closed before answering", hangup, HTTP1, Reset},
+		{"refused", dead, upstream.HTTP1, upstream.ConnectFailure},
+		{"refused h2", dead, upstream.HTTP2, upstream.ConnectFailure},
+		{"not HTTP", garbage, upstream.HTTP1, upstream.ProtocolError},
+		{"closed before answering", hangup, upstream.HTTP1, upstream.Reset},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			req, _ := http.NewRequest("POST", "http://"+tc.addr+"/", nil) // POST: not retried
-			_, err := p.RoundTrip(req, tc.proto)
-			var pe *Error
+			_, err := p.RoundTrip(req, endpoint(req), tc.proto)
+			var pe *upstream.Error
 			if !errors.As(err, &pe) || pe.Kind != tc.kind || pe.Endpoint != tc.addr || pe.Protocol != tc.proto {
-				t.Fatalf("error = %#v, want a %v *Error for %s", err, tc.kind, tc.addr)
+				t.Fatalf("error = %#v, want a %v *upstream.Error for %s", err, tc.kind, tc.addr)
 			}
-			if tc.kind == ConnectFailure && !errors.Is(err, syscall.ECONNREFUSED) {
+			if tc.kind == upstream.ConnectFailure && !errors.Is(err, syscall.ECONNREFUSED) {
 				t.Errorf("error %v does not wrap ECONNREFUSED", err)
 			}
 		})
@@ -268,7 +270,7 @@ func TestContextErrorIsReturnedAsIs(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+addr+"/", nil)
-	_, err := p.RoundTrip(req, HTTP2)
+	_, err := p.RoundTrip(req, endpoint(req), upstream.HTTP2)
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("error = %v, want context.DeadlineExceeded", err)
 	}
@@ -305,10 +307,10 @@ func TestRefusedStreamWithABodyIsRefused(t *testing.T) {
 	addr := refusingH2(t)
 	p := New(Config{DialTimeout: time.Second})
 	req, _ := http.NewRequest("POST", "http://"+addr+"/", io.NopCloser(strings.NewReader("streamed")))
-	_, err := p.RoundTrip(req, HTTP2)
-	var pe *Error
-	if !errors.As(err, &pe) || pe.Kind != Refused {
-		t.Fatalf("error = %v, want a Refused *Error: the peer processed nothing, a retry is safe", err)
+	_, err := p.RoundTrip(req, endpoint(req), upstream.HTTP2)
+	var pe *upstream.Error
+	if !errors.As(err, &pe) || pe.Kind != upstream.Refused {
+		t.Fatalf("error = %v, want a upstream.Refused *upstream.Error: the peer processed nothing, a retry is safe", err)
 	}
 	if req.GetBody != nil {
 		t.Errorf("RoundTrip changed the caller's request")
@@ -335,14 +337,14 @@ func TestStreamedRequestBodyArrivesWhole(t *testing.T) {
 	}
 	want := fmt.Sprintf("%d %x", len(body), sha256.Sum256(body))
 	p := New(Config{DialTimeout: time.Second})
-	for _, proto := range []Protocol{HTTP1, HTTP2} {
+	for _, proto := range []upstream.Protocol{upstream.HTTP1, upstream.HTTP2} {
 		t.Run(proto.String(), func(t *testing.T) {
 			for _, size := range []int64{int64(len(body)), -1} { // Content-Length, then chunked
 				// Not a reader net/http knows to be in memory: streamed.
 				streamed := struct{ io.Reader }{bytes.NewReader(body)}
 				req, _ := http.NewRequest("POST", "http://"+addr+"/", io.NopCloser(streamed))
 				req.ContentLength = size
-				res, err := p.RoundTrip(req, proto)
+				res, err := p.RoundTrip(req, endpoint(req), proto)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -359,4 +361,9 @@ func TestStreamedRequestBodyArrivesWhole(t *testing.T) {
 			t.Errorf("Conns() = %+v, want 2 requests per pool, none active", e)
 		}
 	}
+}
+
+// endpoint is the plain (unmeshed) Endpoint of req's URL.
+func endpoint(req *http.Request) upstream.Endpoint {
+	return upstream.Endpoint{Addr: netip.MustParseAddrPort(req.URL.Host)}
 }

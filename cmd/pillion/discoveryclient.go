@@ -1,0 +1,107 @@
+package main
+
+import (
+	"crypto/x509"
+	"flag"
+	"fmt"
+	"net"
+	"strconv"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/pillionmesh/pillion/mtls"
+	"github.com/pillionmesh/pillion/proxy"
+	"github.com/pillionmesh/pillion/proxy/resolve"
+)
+
+// discoveryFlags are the proxy's flags that point it at `pillion
+// discovery`.
+type discoveryFlags struct {
+	addr, id *string
+}
+
+// defaultDiscoveryPath is the path of the SPIFFE ID `pillion discovery`
+// presents as deploy/ installs it (its service account), in the sidecar's
+// own trust domain.
+const defaultDiscoveryPath = "/ns/pillion-system/sa/pillion-discovery"
+
+func addDiscoveryFlags(fs *flag.FlagSet) *discoveryFlags {
+	return &discoveryFlags{
+		addr: fs.String("discovery-address", "",
+			"host:port of 'pillion discovery' (set by the injector): each destination is looked up there the first time it is seen, "+
+				"Services are balanced per request over their endpoints and each endpoint's SPIFFE ID is verified; "+
+				`"" forwards to the original destination, meshed by the config's mesh.networks. Needs an identity`),
+		id: fs.String("discovery-id", "",
+			"the SPIFFE ID 'pillion discovery' must present (default spiffe://<our trust domain>"+defaultDiscoveryPath+")"),
+	}
+}
+
+// validate checks the flags before anything starts.
+func (f *discoveryFlags) validate() error {
+	if *f.addr == "" {
+		if *f.id != "" {
+			return badUsage(fmt.Errorf("--discovery-id: given without --discovery-address"))
+		}
+		return nil
+	}
+	host, port, err := net.SplitHostPort(*f.addr)
+	if err != nil || host == "" {
+		return badUsage(fmt.Errorf("--discovery-address: %q: want host:port", *f.addr))
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+		return badUsage(fmt.Errorf("--discovery-address: %q: %q is not a port number (1-65535)", *f.addr, port))
+	}
+	if *f.id != "" {
+		if _, err := spiffeid.FromString(*f.id); err != nil {
+			return badUsage(fmt.Errorf("--discovery-id: %q: %w", *f.id, err))
+		}
+	}
+	return nil
+}
+
+// client connects to discovery as the flags say (nil when they say
+// nothing): the gRPC connection in mTLS, verifying discovery's SPIFFE ID,
+// and the resolver on it. The caller runs the resolver and closes the
+// connection.
+func (f *discoveryFlags) client(id proxy.Identity, log *zap.Logger) (*resolve.Resolver, *grpc.ClientConn, error) {
+	if *f.addr == "" {
+		return nil, nil, nil
+	}
+	if id == nil {
+		return nil, nil, badUsage(fmt.Errorf("--discovery-address: discovery is reached in mTLS: give an identity (--spiffe-socket or --svid-cert, --svid-key, --svid-bundle)"))
+	}
+	authz := discoveryInOwnDomain(id)
+	if *f.id != "" {
+		authz = mtls.AuthorizeExpected(spiffeid.RequireFromString(*f.id))
+	}
+	conn, err := grpc.NewClient("passthrough:///"+*f.addr,
+		grpc.WithTransportCredentials(credentials.NewTLS(mtls.GRPCClientConfig(id, authz))))
+	if err != nil {
+		return nil, nil, badUsage(fmt.Errorf("--discovery-address: %q: %w", *f.addr, err))
+	}
+	r, err := resolve.New(resolve.Config{Conn: conn, Identity: id, Log: log.Named("discovery")})
+	if err != nil {
+		_ = conn.Close()
+		return nil, nil, err
+	}
+	return r, conn, nil
+}
+
+// discoveryInOwnDomain allows discovery's default ID in the trust domain of
+// our own SVID at the time of the handshake.
+func discoveryInOwnDomain(id proxy.Identity) mtls.Authorizer {
+	return func(got spiffeid.ID, chains [][]*x509.Certificate) error {
+		own, err := id.GetX509SVID()
+		if err != nil {
+			return fmt.Errorf("no SVID of our own to tell discovery's ID by: %w", err)
+		}
+		want, err := spiffeid.FromPath(own.ID.TrustDomain(), defaultDiscoveryPath)
+		if err != nil {
+			return err
+		}
+		return mtls.AuthorizeExpected(want)(got, chains)
+	}
+}

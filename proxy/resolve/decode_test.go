@@ -1,0 +1,148 @@
+package resolve
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/protobuf/proto"
+
+	discoveryv1 "github.com/pillionmesh/pillion/api/discovery/v1"
+	"github.com/pillionmesh/pillion/proxy/balance"
+	"github.com/pillionmesh/pillion/proxy/upstream"
+)
+
+var td = spiffeid.RequireTrustDomainFromString("cluster.local")
+
+func svcAnswer(eps ...*discoveryv1.Endpoint) *discoveryv1.WatchResponse {
+	return &discoveryv1.WatchResponse{
+		Destination: "198.19.0.10:80",
+		State: &discoveryv1.Destination{
+			Kind:      discoveryv1.Destination_SERVICE,
+			Service:   &discoveryv1.ServiceRef{Namespace: "shop", Name: "web", PortName: "http"},
+			Endpoints: eps,
+			Protocol:  discoveryv1.ProtocolHint_HTTP,
+		},
+	}
+}
+
+func TestDecodeService(t *testing.T) {
+	dst, st, err := decode(td, svcAnswer(
+		&discoveryv1.Endpoint{Address: "198.18.0.2:8080", Ready: true, Serving: true, Meshed: true,
+			Identity: "spiffe://cluster.local/ns/shop/sa/web", Zone: "z1"},
+		&discoveryv1.Endpoint{Address: "[::ffff:198.18.0.3]:8080", Weight: 3, Terminating: true, Serving: true},
+	))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dst != netip.MustParseAddrPort("198.19.0.10:80") {
+		t.Errorf("destination = %v", dst)
+	}
+	svc := upstream.Service{Namespace: "shop", Name: "web"}
+	want := &State{Kind: Service, Service: svc, Protocol: HTTP, Endpoints: []balance.Endpoint{
+		{Endpoint: upstream.Endpoint{Addr: netip.MustParseAddrPort("198.18.0.2:8080"), Meshed: true,
+			Identity: "spiffe://cluster.local/ns/shop/sa/web", Service: svc}, Weight: 1, Zone: "z1", Ready: true, Serving: true},
+		{Endpoint: upstream.Endpoint{Addr: netip.MustParseAddrPort("198.18.0.3:8080"), Service: svc},
+			Weight: 3, Serving: true, Terminating: true},
+	}}
+	if diff := cmp.Diff(want, st, cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })); diff != "" {
+		t.Errorf("state (-want +got):\n%s", diff)
+	}
+}
+
+func TestDecodeRefusesWhatCannotBeTrusted(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		m    *discoveryv1.WatchResponse
+		want string // in State.Err
+	}{
+		{"meshed without identity", svcAnswer(&discoveryv1.Endpoint{Address: "198.18.0.2:8080", Ready: true, Meshed: true}),
+			`state.endpoints[0]: identity: "": a meshed endpoint needs the SPIFFE ID it must present`},
+		{"identity of another trust domain", svcAnswer(&discoveryv1.Endpoint{Address: "198.18.0.2:8080", Meshed: true,
+			Identity: "spiffe://evil.example/ns/shop/sa/web"}),
+			`state.endpoints[0]: identity: "spiffe://evil.example/ns/shop/sa/web" is not of our trust domain "cluster.local"`},
+		{"bad address", svcAnswer(&discoveryv1.Endpoint{Address: "web:8080"}), `state.endpoints[0]: address:`},
+		{"loopback address", svcAnswer(&discoveryv1.Endpoint{Address: "127.0.0.1:8080"}),
+			`state.endpoints[0]: address: 127.0.0.1:8080 is not a unicast address and port`},
+		{"port zero", svcAnswer(&discoveryv1.Endpoint{Address: "198.18.0.2:0"}), `is not a unicast address and port`},
+		{"service without name", &discoveryv1.WatchResponse{Destination: "198.19.0.10:80",
+			State: &discoveryv1.Destination{Kind: discoveryv1.Destination_SERVICE}},
+			"state.service: a SERVICE destination needs the Service's namespace and name"},
+		{"unknown kind", &discoveryv1.WatchResponse{Destination: "198.19.0.10:80",
+			State: &discoveryv1.Destination{Kind: 7}}, "state.kind: 7 is not a kind this sidecar knows"},
+		{"no state", &discoveryv1.WatchResponse{Destination: "198.19.0.10:80"}, "state: missing"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, st, err := decode(td, tc.m)
+			if err != nil {
+				t.Fatalf("decode: %v (the destination was valid: want a State with Err)", err)
+			}
+			if st.Err == nil || !strings.Contains(st.Err.Error(), tc.want) {
+				t.Fatalf("Err = %v, want it to contain %q", st.Err, tc.want)
+			}
+			if !strings.HasPrefix(st.Err.Error(), "resolve: discovery's answer for 198.19.0.10:80: ") {
+				t.Errorf("Err = %v, want it to name the destination", st.Err)
+			}
+			if len(st.Endpoints) != 0 {
+				t.Errorf("an invalid answer kept %d endpoints", len(st.Endpoints))
+			}
+		})
+	}
+}
+
+func TestDecodeDropsAnswerForNoDestination(t *testing.T) {
+	_, _, err := decode(td, &discoveryv1.WatchResponse{Destination: "web.shop:80"})
+	if err == nil || !strings.HasPrefix(err.Error(), `resolve: answer for "web.shop:80": destination:`) {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+// FuzzDecode: whatever discovery (or something posing as it) sends, decode
+// never panics, and an answer it takes holds only endpoints that are safe
+// to dial: a unicast address and port, and a SPIFFE ID of our trust domain
+// for every meshed one.
+func FuzzDecode(f *testing.F) {
+	for _, m := range []*discoveryv1.WatchResponse{
+		svcAnswer(&discoveryv1.Endpoint{Address: "198.18.0.2:8080", Ready: true, Meshed: true, Identity: "spiffe://cluster.local/ns/a/sa/b"}),
+		svcAnswer(&discoveryv1.Endpoint{Address: "[fd00:ca7::2]:8080", Ready: true}),
+		{Destination: "198.18.0.5:80", State: &discoveryv1.Destination{Kind: discoveryv1.Destination_POD}},
+	} {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var m discoveryv1.WatchResponse
+		if proto.Unmarshal(b, &m) != nil {
+			return
+		}
+		dst, st, err := decode(td, &m)
+		if err != nil {
+			return
+		}
+		if !dst.IsValid() || dst.Addr().Is4In6() {
+			t.Fatalf("destination %v taken", dst)
+		}
+		if st.Err != nil {
+			if len(st.Endpoints) != 0 {
+				t.Fatalf("invalid answer with endpoints")
+			}
+			return
+		}
+		for _, ep := range st.Endpoints {
+			if !ep.Addr.Addr().IsGlobalUnicast() || ep.Addr.Port() == 0 || ep.Weight == 0 {
+				t.Fatalf("endpoint %+v taken", ep)
+			}
+			if ep.Meshed {
+				id, err := spiffeid.FromString(ep.Identity)
+				if err != nil || id.TrustDomain() != td {
+					t.Fatalf("meshed endpoint with identity %q taken", ep.Identity)
+				}
+			}
+		}
+	})
+}

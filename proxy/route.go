@@ -1,0 +1,125 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/pillionmesh/pillion/proxy/balance"
+	"github.com/pillionmesh/pillion/proxy/configfile"
+	"github.com/pillionmesh/pillion/proxy/resolve"
+	"github.com/pillionmesh/pillion/proxy/upstream"
+)
+
+// Discovery is what the proxy needs of `pillion discovery`'s client
+// (resolve.Resolver): what stands behind a destination, asked on demand.
+type Discovery interface {
+	// Resolve returns what discovery said of dst, nil when nothing (yet):
+	// dst is then forwarded to as it is.
+	Resolve(ctx context.Context, dst netip.AddrPort) *resolve.State
+}
+
+// routes holds one balancer per destination discovery answered for, each
+// kept in step with discovery's latest answer. Only the destinations this
+// sidecar's application used are here.
+type routes struct {
+	cfg balance.Config
+	now func() time.Time
+	by  sync.Map // netip.AddrPort → *balanced
+}
+
+// balanced is the route of one discovered destination.
+type balanced struct {
+	*balance.Balancer
+	mu    sync.Mutex
+	state *resolve.State // the answer the balancer's endpoints come from
+}
+
+// route returns the route of a connection or request to dst in direction
+// d, under mesh config m: inbound, the application; outbound, the
+// balancer of the Service (or pod) discovery announced at dst, else dst
+// itself, meshed when m says so.
+func (s *Server) route(ctx context.Context, d Direction, m configfile.Mesh, dst netip.AddrPort) upstream.Route {
+	if d == Inbound {
+		return upstream.Fixed{Addr: s.target(Inbound, dst)}
+	}
+	if r := s.discovered(ctx, dst); r != nil {
+		return r
+	}
+	return upstream.Fixed{Addr: dst, Meshed: s.meshedIn(m, dst)}
+}
+
+// discovered returns the route of dst from discovery's answer, nil when
+// discovery is not configured or knows nothing of dst.
+func (s *Server) discovered(ctx context.Context, dst netip.AddrPort) upstream.Route {
+	if s.cfg.Discovery == nil || s.mesh == nil {
+		return nil
+	}
+	st := s.cfg.Discovery.Resolve(ctx, dst)
+	if st == nil || (st.Kind == resolve.Unknown && st.Err == nil) {
+		return nil
+	}
+	if st.Err != nil {
+		return failed{st.Err}
+	}
+	v, ok := s.routes.by.Load(dst)
+	if !ok {
+		v, _ = s.routes.by.LoadOrStore(dst, &balanced{Balancer: balance.New(s.routes.cfg, s.routes.now, nil)})
+	}
+	b := v.(*balanced)
+	b.mu.Lock()
+	if b.state != st {
+		b.state = st
+		b.Update(st.Endpoints)
+	}
+	b.mu.Unlock()
+	return b
+}
+
+// failed is the route of a destination whose discovery answer was not
+// valid: no request is sent anywhere, least of all in plaintext.
+type failed struct{ err error }
+
+func (f failed) Pick() (upstream.Endpoint, upstream.Done, error) {
+	return upstream.Endpoint{}, nil, fmt.Errorf("%w: %w", upstream.ErrNoHealthyUpstream, f.err)
+}
+
+// ServiceRoute is one destination discovery answered for, as /clusters
+// shows it.
+type ServiceRoute struct {
+	Destination netip.AddrPort
+	Kind        string
+	Service     upstream.Service
+	Error       string // discovery's answer was not valid
+	Endpoints   []balance.EndpointStats
+}
+
+// Routes returns the destinations discovery answered for, with their
+// balancers' endpoints, sorted by destination.
+func (s *Server) Routes() []ServiceRoute {
+	var out []ServiceRoute
+	s.routes.by.Range(func(k, v any) bool {
+		b := v.(*balanced)
+		b.mu.Lock()
+		st := b.state
+		b.mu.Unlock()
+		r := ServiceRoute{Destination: k.(netip.AddrPort), Endpoints: b.Snapshot()}
+		if st != nil {
+			r.Kind, r.Service = st.Kind.String(), st.Service
+			if st.Err != nil {
+				r.Error = st.Err.Error()
+			}
+		}
+		out = append(out, r)
+		return true
+	})
+	sortRoutes(out)
+	return out
+}
+
+func sortRoutes(rs []ServiceRoute) {
+	slices.SortFunc(rs, func(a, b ServiceRoute) int { return a.Destination.Compare(b.Destination) })
+}
