@@ -122,7 +122,7 @@ func (s *Server) serveRequest(dir Direction, w http.ResponseWriter, r *http.Requ
 // connMeta is what the proxy knows of an HTTP connection.
 type connMeta struct {
 	src, dst netip.AddrPort
-	peer               string // the peer sidecar's SPIFFE ID, over mTLS
+	peer     string // the peer sidecar's SPIFFE ID, over mTLS
 }
 
 type connKey struct{}

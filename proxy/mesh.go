@@ -17,9 +17,9 @@ import (
 
 	"github.com/pillionmesh/pillion/mtls"
 	"github.com/pillionmesh/pillion/proxy/configfile"
-	"github.com/pillionmesh/pillion/proxy/upstream"
 	"github.com/pillionmesh/pillion/proxy/relay"
 	"github.com/pillionmesh/pillion/proxy/sniff"
+	"github.com/pillionmesh/pillion/proxy/upstream"
 	"github.com/pillionmesh/pillion/redirect"
 )
 

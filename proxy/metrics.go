@@ -11,8 +11,8 @@ import (
 
 	"github.com/pillionmesh/pillion/filters"
 	"github.com/pillionmesh/pillion/mtls"
-	"github.com/pillionmesh/pillion/proxy/upstream"
 	"github.com/pillionmesh/pillion/proxy/sniff"
+	"github.com/pillionmesh/pillion/proxy/upstream"
 )
 
 // The Prometheus metrics of a Server, registered in New on

@@ -1,7 +1,14 @@
 // Package kubetest runs a real kube-apiserver and etcd for a test
 // (controller-runtime's envtest, with binaries built from source by `make
-// kube`), and applies manifests to it. There is no kubelet and no
-// controller: pods stay Pending, but admission runs on every create.
+// kube`), and applies manifests to it. There is no kubelet: pods stay
+// Pending, but admission runs on every create. A test that needs
+// EndpointSlices starts the real kube-controller-manager's EndpointSlice
+// controllers (StartControllerManager) and plays the kubelet's part itself
+// (CreateNode, RunPod, SetPodReady, DeletePod).
+//
+// Services get ClusterIPs from ServiceCIDR (198.19.0.0/24, part of the range
+// set aside for benchmarking), never from a private range; the cluster is
+// IPv4 only.
 package kubetest
 
 import (
@@ -14,6 +21,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -37,23 +45,38 @@ const (
 	CertManagerVersion = "v1.19.1"
 )
 
-// Env is a running API server.
+// ServiceCIDR is the API server's --service-cluster-ip-range: Services'
+// ClusterIPs come from it. It lies in 198.18.0.0/15, next to the test pods'
+// 198.18.0.0/24, so that no test ever addresses a private range.
+const ServiceCIDR = "198.19.0.0/24"
+
+// Env is a running API server. Its methods are safe for concurrent use.
 type Env struct {
 	Config  *rest.Config
 	Client  kubernetes.Interface
 	Dynamic dynamic.Interface
 	mapper  meta.ResettableRESTMapper
+
+	te     *envtest.Environment
+	assets string // the folder of the binaries
+
+	mu        sync.Mutex
+	admin     []byte // kubeconfig of the admin user, made by the first Kubeconfig
+	firstNode string // the node RunPod puts a pod without spec.nodeName on
 }
 
 // Start starts etcd and kube-apiserver, with the CRDs in crdDirs
-// installed, and stops them (the API server first) when t ends.
+// installed and Services' ClusterIPs taken from ServiceCIDR, and stops them
+// (the API server first) when t ends.
 func Start(t testing.TB, crdDirs ...string) *Env {
 	t.Helper()
+	dir := assets(t)
 	te := &envtest.Environment{
-		BinaryAssetsDirectory: assets(t),
+		BinaryAssetsDirectory: dir,
 		CRDDirectoryPaths:     crdDirs,
 		ErrorIfCRDPathMissing: true,
 	}
+	te.ControlPlane.GetAPIServer().Configure().Set("service-cluster-ip-range", ServiceCIDR)
 	cfg, err := te.Start()
 	if err != nil {
 		t.Fatalf("kubetest: start kube-apiserver and etcd: %v", err)
@@ -63,7 +86,7 @@ func Start(t testing.TB, crdDirs ...string) *Env {
 			t.Errorf("kubetest: stop: %v", err)
 		}
 	})
-	e := &Env{Config: cfg}
+	e := &Env{Config: cfg, te: te, assets: dir}
 	if e.Client, err = kubernetes.NewForConfig(cfg); err != nil {
 		t.Fatal(err)
 	}

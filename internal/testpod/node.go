@@ -13,6 +13,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -90,6 +91,31 @@ func NewNode(t Cleaner) *Node {
 
 // Name is the node namespace's name (as `ip netns list` shows it).
 func (n *Node) Name() string { return n.name }
+
+// BridgeV4 is the node's address on its bridge, 198.18.0.1: the pods'
+// IPv4 gateway, where they reach what the node exposes with Listen.
+func (n *Node) BridgeV4() netip.Addr { return bridgeV4 }
+
+// BridgeV6 is the node's IPv6 address on its bridge, fd00:ca7::1.
+func (n *Node) BridgeV6() netip.Addr { return bridgeV6 }
+
+// Run calls fn on an OS thread that is inside the node's network
+// namespace; sockets fn creates stay there (see Pod.Run).
+func (n *Node) Run(fn func() error) error {
+	return inNetNS(nsDir+"/"+n.name, fn)
+}
+
+// Listen opens a listener inside the node's network namespace, e.g. on
+// BridgeV4 so that every pod can connect to it. Together with Forward it
+// exposes to the pods a server running in the test's own namespace.
+func (n *Node) Listen(network, addr string) (net.Listener, error) {
+	var l net.Listener
+	err := n.Run(func() (err error) {
+		l, err = net.Listen(network, addr)
+		return err
+	})
+	return l, err
+}
 
 func (n *Node) create() error {
 	if err := run("ip", "netns", "add", n.name); err != nil {
