@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -140,6 +141,32 @@ func TestClientRefusesServerOfAnotherTrustDomain(t *testing.T) {
 		mtls.ServerConfig(server, mtls.AuthorizeMemberOf(spiffeid.RequireTrustDomainFromString("cluster.local"))))
 	if got := mtls.Classify(clientErr); got != mtls.FailureOtherTrustDomain {
 		t.Errorf("client failure = %v (%v); want %v", got, clientErr, mtls.FailureOtherTrustDomain)
+	}
+}
+
+// TestClientRefusesAnotherWorkload: a client that expects the identity
+// discovery announced refuses a server of the same trust domain that
+// presents another, and Classify tells it apart.
+func TestClientRefusesAnotherWorkload(t *testing.T) {
+	ca := testCA(t, "cluster.local")
+	bundles := x509bundle.NewSet(ca.Bundle())
+	client := staticSource{SVID: issue(t, ca, "spiffe://cluster.local/ns/shop/sa/frontend"), Bundles: bundles}
+	server := staticSource{SVID: issue(t, ca, "spiffe://cluster.local/ns/shop/sa/imposter"), Bundles: bundles}
+	want := spiffeid.RequireFromString("spiffe://cluster.local/ns/shop/sa/backend")
+	_, clientErr, _ := handshake(t,
+		mtls.ClientConfig(client, mtls.AuthorizeExpected(want), mtls.ProtoHTTP2),
+		mtls.ServerConfig(server, mtls.AuthorizeSameTrustDomain(server)))
+	if got := mtls.Classify(clientErr); got != mtls.FailureWrongIdentity || got.String() != "wrong_identity" {
+		t.Fatalf("client failure = %v (%v); want %v", got, clientErr, mtls.FailureWrongIdentity)
+	}
+	if !strings.Contains(clientErr.Error(), `it presented "spiffe://cluster.local/ns/shop/sa/imposter", discovery announced "spiffe://cluster.local/ns/shop/sa/backend"`) {
+		t.Errorf("error %q does not name both identities", clientErr)
+	}
+	// The one expected is let through.
+	server.SVID = issue(t, ca, want.String())
+	if _, clientErr, serverErr := handshake(t, mtls.ClientConfig(client, mtls.AuthorizeExpected(want), mtls.ProtoHTTP2),
+		mtls.ServerConfig(server, mtls.AuthorizeSameTrustDomain(server))); clientErr != nil || serverErr != nil {
+		t.Fatalf("the expected identity refused: client %v, server %v", clientErr, serverErr)
 	}
 }
 

@@ -3,6 +3,7 @@ package router
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"go.uber.org/zap"
 
 	"github.com/pillionmesh/pillion/filters"
@@ -20,12 +22,14 @@ import (
 
 // fakeUpstream records what the router sent and answers with res or err.
 type fakeUpstream struct {
-	got   *http.Request
-	proto upstream.Protocol
-	body  string
-	wait  time.Duration // the clock advances this much while "upstream"
-	clock *fakeClock
-	err   error
+	status int    // answered, 0: 200
+	onErr  func() // run before err is returned
+	got    *http.Request
+	proto  upstream.Protocol
+	body   string
+	wait   time.Duration // the clock advances this much while "upstream"
+	clock  *fakeClock
+	err    error
 }
 
 func (u *fakeUpstream) RoundTrip(r *http.Request, _ upstream.Endpoint, p upstream.Protocol) (*http.Response, error) {
@@ -35,10 +39,17 @@ func (u *fakeUpstream) RoundTrip(r *http.Request, _ upstream.Endpoint, p upstrea
 		u.body = string(b)
 	}
 	if u.err != nil {
+		if u.onErr != nil {
+			u.onErr()
+		}
 		return nil, u.err
 	}
 	u.clock.t = u.clock.t.Add(u.wait)
-	return &http.Response{StatusCode: 200, Header: http.Header{}, Body: io.NopCloser(strings.NewReader("ok")), Request: r}, nil
+	status := u.status
+	if status == 0 {
+		status = 200
+	}
+	return &http.Response{StatusCode: status, Header: http.Header{}, Body: io.NopCloser(strings.NewReader("ok")), Request: r}, nil
 }
 
 // app is where the test routes send requests.
@@ -312,4 +323,84 @@ func TestResponseCutOffIsFlagged(t *testing.T) {
 	// a real server, which is where the router runs.
 	r := httptest.NewRequest("GET", "http://b/", nil)
 	serve(rt, r.WithContext(context.WithValue(r.Context(), http.ServerContextKey, &http.Server{})), info)
+}
+
+// recordingRoute picks ep and records each outcome reported.
+type recordingRoute struct {
+	ep      upstream.Endpoint
+	err     error
+	reports []string
+}
+
+func (r *recordingRoute) Pick() (upstream.Endpoint, upstream.Done, error) {
+	if r.err != nil {
+		return upstream.Endpoint{}, nil, r.err
+	}
+	return r.ep, func(latency time.Duration, failed bool) {
+		r.reports = append(r.reports, fmt.Sprintf("%v failed=%v", latency, failed))
+	}, nil
+}
+
+// TestEachAttemptPicksAndReports: the router picks the endpoint from the
+// destination's route, sends the request there (meshed: HTTP/2), records
+// it in Info, and reports the outcome back to the route once.
+func TestEachAttemptPicksAndReports(t *testing.T) {
+	ep := upstream.Endpoint{Addr: netip.MustParseAddrPort("10.1.2.3:8080"), Meshed: true,
+		Identity: "spiffe://cluster.local/ns/shop/sa/web", Service: upstream.Service{Namespace: "shop", Name: "web"}}
+	for _, tc := range []struct {
+		name   string
+		err    error
+		status int
+		want   string
+	}{
+		{"answered", nil, 200, "25ms failed=false"},
+		{"5xx", nil, 503, "25ms failed=true"},
+		{"connect failure", &upstream.Error{Kind: upstream.ConnectFailure, Err: errors.New("refused")}, 0, "25ms failed=true"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			route := &recordingRoute{ep: ep}
+			up := &fakeUpstream{err: tc.err, wait: 25 * time.Millisecond, status: tc.status}
+			up.clock = &fakeClock{t: time.Unix(1000, 0)}
+			rt, err := New(Config{}, filters.Env{Log: zap.NewNop(), Now: up.clock.now, Upstream: up,
+				Route: func(netip.AddrPort) upstream.Route { return route }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.err != nil {
+				up.onErr = func() { up.clock.t = up.clock.t.Add(up.wait) }
+			}
+			info := &filters.Info{Direction: filters.Outbound, Destination: netip.MustParseAddrPort("198.19.0.10:80")}
+			serve(rt, httptest.NewRequest("GET", "http://web/", nil), info)
+			if diff := cmp.Diff([]string{tc.want}, route.reports); diff != "" {
+				t.Errorf("reports (-want +got):\n%s", diff)
+			}
+			if up.got == nil || up.got.URL.Host != "10.1.2.3:8080" || up.proto != upstream.HTTP2 {
+				t.Errorf("sent to %v over %v, want 10.1.2.3:8080 over HTTP/2", up.got, up.proto)
+			}
+			if info.Endpoint() != ep {
+				t.Errorf("info endpoint = %+v, want %+v", info.Endpoint(), ep)
+			}
+		})
+	}
+}
+
+// TestNoHealthyUpstream: a route with nothing to pick answers 503 UH with
+// the reason, and nothing is sent.
+func TestNoHealthyUpstream(t *testing.T) {
+	route := &recordingRoute{err: fmt.Errorf("balance: no ready endpoints: %w", upstream.ErrNoHealthyUpstream)}
+	up := &fakeUpstream{clock: &fakeClock{}}
+	rt, err := New(Config{}, filters.Env{Log: zap.NewNop(), Now: time.Now, Upstream: up,
+		Route: func(netip.AddrPort) upstream.Route { return route }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := &filters.Info{Direction: filters.Outbound}
+	rec := serve(rt, httptest.NewRequest("GET", "http://web/", nil), info)
+	if rec.Code != 503 || rec.Header().Get(filters.FlagsHeader) != "UH" ||
+		rec.Body.String() != "balance: no ready endpoints: no healthy upstream\n" || info.Attempts() != 1 {
+		t.Errorf("got %d %q %q (attempts %d), want 503 UH with the reason", rec.Code, rec.Header().Get(filters.FlagsHeader), rec.Body.String(), info.Attempts())
+	}
+	if up.got != nil {
+		t.Errorf("a request was sent with no endpoint picked")
+	}
 }
