@@ -4,12 +4,17 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/yaml"
 
 	"github.com/pillionmesh/pillion/filters/builtin"
@@ -26,6 +31,10 @@ import (
 //	excludeNamespaces: [kube-system, pillion-system]
 //	identity:
 //	  csi: {driver: csi.spiffe.io, socket: spire-agent.sock}
+//	discovery:
+//	  address: pillion-discovery.pillion-system.svc:15012
+//	  # identity: spiffe://cluster.local/ns/pillion-system/sa/pillion-discovery
+//	  # or, to turn it off: discovery: {enabled: false}
 //	proxy:
 //	  logLevel: info
 //	  resources: {requests: {cpu: 10m, memory: 32Mi}, limits: {memory: 256Mi}}
@@ -38,7 +47,28 @@ type RawConfig struct {
 	NativeSidecars    *bool             `json:"nativeSidecars,omitempty"`
 	ExcludeNamespaces []string          `json:"excludeNamespaces,omitempty"`
 	Identity          Identity          `json:"identity"`
+	Discovery         RawDiscovery      `json:"discovery"`
 	Proxy             RawProxy          `json:"proxy"`
+}
+
+// RawDiscovery is the `discovery` section: where every injected sidecar
+// looks its destinations up (`pillion proxy --discovery-address` and
+// `--discovery-id`). Left out, the sidecars use the pillion-discovery
+// Service deploy/ installs, at DefaultDiscoveryAddress.
+type RawDiscovery struct {
+	// Enabled false turns discovery off: the sidecars then forward to
+	// each connection's original destination, in mTLS only to the
+	// addresses their config's mesh.networks names. Nil means true.
+	// Address and Identity may not be given with it.
+	Enabled *bool `json:"enabled,omitempty"`
+	// Address is discovery's host:port, the host an IP address or a DNS
+	// name. Nil means DefaultDiscoveryAddress; "" is an error (turning
+	// discovery off is said with Enabled).
+	Address *string `json:"address,omitempty"`
+	// Identity is the SPIFFE ID discovery must present. "" means the
+	// sidecar's default: spiffe://<its own trust
+	// domain>/ns/pillion-system/sa/pillion-discovery.
+	Identity string `json:"identity,omitempty"`
 }
 
 // Identity says where the sidecar takes its SVID from: exactly one of its
@@ -94,6 +124,12 @@ type Config struct {
 	Resources         corev1.ResourceRequirements
 	RewriteAppProbes  bool
 	ProxyConfig       string // "" for none
+	// DiscoveryAddress is the host:port of `pillion discovery` every
+	// sidecar is given; "" when discovery is turned off.
+	DiscoveryAddress string
+	// DiscoveryID is the SPIFFE ID discovery must present; zero for the
+	// sidecar's default (always zero when DiscoveryAddress is "").
+	DiscoveryID spiffeid.ID
 }
 
 // Defaults of the fields a config may leave out.
@@ -101,6 +137,10 @@ const (
 	DefaultLogLevel  = "info"
 	DefaultCSIDriver = "csi.spiffe.io"
 	DefaultSocket    = "spire-agent.sock"
+	// DefaultDiscoveryAddress is `pillion discovery` as deploy/ installs
+	// it: the Service pillion-discovery in pillion-system, gRPC port
+	// 15012.
+	DefaultDiscoveryAddress = "pillion-discovery.pillion-system.svc:15012"
 )
 
 // DefaultResources are the sidecar's requests and limits when the config
@@ -170,6 +210,9 @@ func (r RawConfig) Validate() (*Config, error) {
 	if c.Identity, err = r.Identity.validate(); err != nil {
 		errs = append(errs, err)
 	}
+	if c.DiscoveryAddress, c.DiscoveryID, err = r.Discovery.validate(); err != nil {
+		errs = append(errs, err)
+	}
 	if !validLogLevel(c.LogLevel) {
 		fail("proxy.logLevel", "%q: want debug, info, warn or error", c.LogLevel)
 	}
@@ -229,6 +272,63 @@ func (id Identity) validate() (Identity, error) {
 		}
 	}
 	return out, nil
+}
+
+// validate returns the address and SPIFFE ID the sidecars are given: ""
+// and zero when discovery is turned off, the default address when none is
+// given. The error names every wrong field.
+func (d RawDiscovery) validate() (string, spiffeid.ID, error) {
+	if d.Enabled != nil && !*d.Enabled {
+		var errs []error
+		if d.Address != nil {
+			errs = append(errs, errors.New("discovery.address: given with discovery.enabled: false; remove one of them"))
+		}
+		if d.Identity != "" {
+			errs = append(errs, errors.New("discovery.identity: given with discovery.enabled: false; remove one of them"))
+		}
+		return "", spiffeid.ID{}, errors.Join(errs...)
+	}
+	addr := DefaultDiscoveryAddress
+	if d.Address != nil {
+		addr = *d.Address
+	}
+	var errs []error
+	if err := checkHostPort(addr); err != nil {
+		errs = append(errs, fmt.Errorf("discovery.address: %w", err))
+	}
+	var id spiffeid.ID
+	if d.Identity != "" {
+		var err error
+		if id, err = spiffeid.FromString(d.Identity); err != nil {
+			errs = append(errs, fmt.Errorf("discovery.identity: %q: %w", d.Identity, err))
+		}
+	}
+	if len(errs) > 0 {
+		return "", spiffeid.ID{}, errors.Join(errs...)
+	}
+	return addr, id, nil
+}
+
+// checkHostPort accepts host:port with the host an IP address or a DNS
+// name and the port 1-65535.
+func checkHostPort(addr string) error {
+	if addr == "" {
+		return errors.New(`"": want host:port; to turn discovery off, set discovery.enabled: false`)
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || host == "" {
+		return fmt.Errorf("%q: want host:port, such as %s", addr, DefaultDiscoveryAddress)
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+		return fmt.Errorf("%q: %q is not a port number (1-65535)", addr, port)
+	}
+	if _, err := netip.ParseAddr(host); err == nil {
+		return nil
+	}
+	if len(validation.IsDNS1123Subdomain(strings.TrimSuffix(host, "."))) > 0 {
+		return fmt.Errorf("%q: %q is not an IP address or a DNS name", addr, host)
+	}
+	return nil
 }
 
 // validLogLevel reports whether l is one of the sidecar's --log-level

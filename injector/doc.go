@@ -21,6 +21,8 @@
 //	             identity (CSI, hostPath or Secret), config (downward API),
 //	             `pillion init` with the exclusions, `pillion proxy`
 //	             (native sidecar, or classic with a postStart wait)
+//	             pointed at `pillion discovery` unless the config's
+//	             discovery.enabled is false
 //	annotate     status, default container, Prometheus scrape, config
 //
 // Config is the injector's validated config file (RawConfig as written).

@@ -74,7 +74,8 @@ func initContainer(cfg *Config, opts options) corev1.Container {
 }
 
 // proxyContainer is the sidecar: UID/GID 1337 (exempt from capture), no
-// capabilities, read-only root.
+// capabilities, read-only root, pointed at discovery unless the config
+// turns it off.
 func proxyContainer(cfg *Config, opts options, probes appProbes) corev1.Container {
 	c := corev1.Container{
 		Name:            ProxyName,
@@ -97,6 +98,12 @@ func proxyContainer(cfg *Config, opts options, probes appProbes) corev1.Containe
 			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
 		},
 		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
+	}
+	if cfg.DiscoveryAddress != "" {
+		c.Args = append(c.Args, "--discovery-address="+cfg.DiscoveryAddress)
+		if !cfg.DiscoveryID.IsZero() {
+			c.Args = append(c.Args, "--discovery-id="+cfg.DiscoveryID.String())
+		}
 	}
 	switch {
 	case cfg.Identity.CSI != nil || cfg.Identity.HostPath != nil:
