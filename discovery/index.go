@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"go.uber.org/zap"
@@ -125,7 +126,8 @@ func (x *Index) register(reg prometheus.Registerer) error {
 // Run starts the informers and returns when ctx ends, once they stopped.
 // Synced or WaitForSync tell when the index is complete.
 func (x *Index) Run(ctx context.Context) {
-	x.factory.Start(ctx.Done())
+	// client-go logs through the logger in the context it is given.
+	x.factory.StartWithContext(logr.NewContext(ctx, newLogr(x.log.Named("client-go"))))
 	<-ctx.Done()
 	x.factory.Shutdown()
 }
