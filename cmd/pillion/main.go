@@ -38,6 +38,7 @@ func commands() []command {
 		{"init", "install the capture rules in this network namespace (the init container)", runInit},
 		{"proxy", "run the sidecar proxy", runProxy},
 		{"injector", "serve the mutating admission webhook that injects the sidecar", runInjector},
+		{"discovery", "serve the discovery API: the endpoints and identities behind each destination, to the sidecars", runDiscovery},
 		{"inject", "add the sidecar to Kubernetes manifests offline (-f FILE|-)", runInject},
 		{"identity", "serve SPIFFE identities from a local CA on the Workload API (laptops, demos, tests)", runIdentity},
 		{"wait", "wait until the sidecar in this pod is ready (an application's postStart hook)", runWait},
