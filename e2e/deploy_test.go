@@ -48,7 +48,8 @@ func TestDeployManifests(t *testing.T) {
 					t.Errorf("server-side apply (dry run): %v", err)
 				}
 			}
-			for _, k := range []string{"Namespace", "ServiceAccount", "ConfigMap", "Deployment", "PodDisruptionBudget", "Service", "MutatingWebhookConfiguration"} {
+			for _, k := range []string{"Namespace", "ServiceAccount", "ConfigMap", "Deployment", "PodDisruptionBudget", "Service", "MutatingWebhookConfiguration",
+				"ClusterRole", "ClusterRoleBinding"} {
 				if !slices.Contains(kinds, k) {
 					t.Errorf("no %s among %v", k, kinds)
 				}
@@ -81,7 +82,46 @@ func selfSigned(t *testing.T, root string) []*unstructured.Unstructured {
 	return kubetest.Decode(t, kubetest.Kustomize(t, filepath.Join(copyDir, "self-signed")))
 }
 
-// checkInjectorObjects checks the objects against the injector itself.
+// deploymentCommands are the Deployments deploy/ installs and the
+// subcommand each runs.
+var deploymentCommands = map[string]string{
+	"pillion-injector":  "injector",
+	"pillion-discovery": "discovery",
+}
+
+// checkDeployment checks that a Deployment runs two replicas of the
+// subcommand it is for, with flags that subcommand takes.
+func checkDeployment(t *testing.T, d *appsv1.Deployment) {
+	t.Helper()
+	// Two each: the injector's namespace webhook fails closed; sidecars
+	// learn nothing new while discovery is away.
+	if d.Spec.Replicas == nil || *d.Spec.Replicas < 2 {
+		t.Errorf("Deployment %s: %v replicas, want 2", d.Name, d.Spec.Replicas)
+	}
+	sub, ok := deploymentCommands[d.Name]
+	if !ok {
+		t.Errorf("Deployment %s: not one of %v", d.Name, deploymentCommands)
+		return
+	}
+	c := d.Spec.Template.Spec.Containers[0]
+	if len(c.Args) == 0 || c.Args[0] != sub {
+		t.Errorf("Deployment %s: args %q, want the %s subcommand", d.Name, c.Args, sub)
+		return
+	}
+	help, err := exec.Command(pillionBin, sub, "--help").Output()
+	if err != nil {
+		t.Fatalf("pillion %s --help: %v", sub, err)
+	}
+	for _, a := range c.Args[1:] {
+		name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if !strings.Contains(string(help), "  -"+name+" ") && !strings.Contains(string(help), "  -"+name+"\n") {
+			t.Errorf("Deployment %s: flag %q is not one of pillion %s's", d.Name, a, sub)
+		}
+	}
+}
+
+// checkInjectorObjects checks the objects against the injector and
+// discovery themselves.
 func checkInjectorObjects(t *testing.T, objs []*unstructured.Unstructured, wantCABundle bool) {
 	t.Helper()
 	for _, o := range objs {
@@ -95,20 +135,7 @@ func checkInjectorObjects(t *testing.T, objs []*unstructured.Unstructured, wantC
 		case "Deployment":
 			var d appsv1.Deployment
 			convert(t, o, &d)
-			if d.Spec.Replicas == nil || *d.Spec.Replicas < 2 {
-				t.Errorf("Deployment %s: %v replicas, want 2 for the Fail policy", d.Name, d.Spec.Replicas)
-			}
-			c := d.Spec.Template.Spec.Containers[0]
-			help, _ := exec.Command(pillionBin, "injector", "--help").Output()
-			if len(c.Args) == 0 || c.Args[0] != "injector" {
-				t.Fatalf("Deployment %s: args %q, want the injector subcommand", d.Name, c.Args)
-			}
-			for _, a := range c.Args[1:] {
-				name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
-				if !strings.Contains(string(help), "  -"+name+" ") && !strings.Contains(string(help), "  -"+name+"\n") {
-					t.Errorf("Deployment %s: flag %q is not one of pillion injector's", d.Name, a)
-				}
-			}
+			checkDeployment(t, &d)
 		case "MutatingWebhookConfiguration":
 			var mwc admissionregv1.MutatingWebhookConfiguration
 			convert(t, o, &mwc)
