@@ -70,7 +70,7 @@ test: deps lint $(H2SPEC) $(SPIRE) $(KUBE) $(KUSTOMIZE) $(CERT_MANAGER_CRDS) $(F
 unit:
 	$(GO) test -count=1 ./...
 
-demo: deps
+demo: deps $(KUBE)
 	@if [ "$$(id -u)" != 0 ]; then echo "make demo needs root: it creates network namespaces and iptables rules. Run: sudo make demo"; exit 1; fi
 	$(GO) run ./internal/demo $(DEMO_FLAGS)
 
