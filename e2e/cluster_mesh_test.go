@@ -219,8 +219,8 @@ func (m *clusterMesh) get(c *http.Client) (int, string, error) {
 	}
 	defer res.Body.Close()
 	b, err := io.ReadAll(res.Body)
-	if res.Header.Get("pillion-response-flags") != "" {
-		return res.StatusCode, "", err
+	if f := res.Header.Get("pillion-response-flags"); f != "" {
+		return res.StatusCode, "", fmt.Errorf("%d %s: %s", res.StatusCode, f, res.Header.Get("pillion-proxy-error"))
 	}
 	return res.StatusCode, string(b), err
 }

@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"strconv"
 	"strings"
@@ -138,7 +139,7 @@ func (rt *Router) Forward(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	info.SetEndpoint(ep)
-	st := &attempt{info: info, ep: ep, upstream: ep.Addr.String(), done: done, start: rt.env.Now()}
+	st := &attempt{info: info, ep: ep, upstream: ep.Addr.String(), done: done, start: rt.env.Now(), now: rt.env.Now}
 	st.proto, st.origProto = rt.protocol(r, info, ep)
 	if info.Upgrade != "" {
 		// The reverse proxy reads these to set up the upgrade.
@@ -147,7 +148,11 @@ func (rt *Router) Forward(w http.ResponseWriter, r *http.Request) {
 	}
 	st.number = info.StartAttempt()
 	defer flagAbort(r, info)
-	rt.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), attemptKey{}, st)))
+	ctx := context.WithValue(r.Context(), attemptKey{}, st)
+	// The endpoint's latency is counted from the moment the request has a
+	// connection: a dial and handshake are not the endpoint being slow.
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: st.gotConn})
+	rt.rp.ServeHTTP(w, r.WithContext(ctx))
 }
 
 // flagAbort, deferred, records why a response was cut off after its
@@ -198,6 +203,8 @@ type attempt struct {
 	done      upstream.Done
 	reported  atomic.Bool // done was called
 	start     time.Time
+	connected atomic.Int64 // unix nanoseconds when it got its connection; 0 until then
+	now       func() time.Time
 	proto     upstream.Protocol
 	origProto string
 	number    int
@@ -211,11 +218,21 @@ func attemptOf(ctx context.Context) *attempt { return ctx.Value(attemptKey{}).(*
 
 func (a *attempt) markSent(now time.Time) { a.sent.CompareAndSwap(0, now.UnixNano()) }
 
+// gotConn restarts the attempt's latency when it has its connection.
+func (a *attempt) gotConn(httptrace.GotConnInfo) {
+	a.connected.CompareAndSwap(0, a.now().UnixNano())
+}
+
 // report tells the route how the attempt went, once: at the response
-// headers, or at the failure.
+// headers, or at the failure. The latency runs from the connection
+// obtained, or from the attempt's start when it never got one.
 func (a *attempt) report(now time.Time, failed bool) {
 	if a.reported.CompareAndSwap(false, true) {
-		a.done(now.Sub(a.start), failed)
+		start := a.start
+		if c := a.connected.Load(); c != 0 {
+			start = time.Unix(0, c)
+		}
+		a.done(max(now.Sub(start), 0), failed)
 	}
 }
 

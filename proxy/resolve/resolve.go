@@ -71,6 +71,11 @@ type Resolver struct {
 	wake   chan struct{}    // a subscription is waiting to be sent
 
 	up atomic.Bool // a stream is open
+	// settled: the first attempt at a stream is over (it opened, or
+	// failed). Until then first lookups wait for their answer, so that a
+	// sidecar's first requests are not sent to a Service's virtual IP
+	// while its stream is still connecting.
+	settled atomic.Bool
 }
 
 // entry is one destination asked about.
@@ -123,10 +128,10 @@ func (r *Resolver) Connected() bool { return r.up.Load() }
 
 // Resolve returns what discovery said of dst, or nil when it has said
 // nothing yet: the caller then forwards to dst itself. The first call for
-// a destination subscribes to it and, while the stream is up, waits up to
-// Config.FirstAnswer (or until ctx ends) for the answer; while discovery
-// is unreachable it returns nil at once and the subscription is sent once
-// the stream is back.
+// a destination subscribes to it and, while the stream is up (or still
+// opening for the first time), waits up to Config.FirstAnswer (or until
+// ctx ends) for the answer; while discovery is unreachable it returns nil
+// at once and the subscription is sent once the stream is back.
 func (r *Resolver) Resolve(ctx context.Context, dst netip.AddrPort) *State {
 	if v, ok := r.dests.Load(dst); ok {
 		return v.(*entry).state.Load()
@@ -142,7 +147,7 @@ func (r *Resolver) Resolve(ctx context.Context, dst netip.AddrPort) *State {
 		default:
 		}
 	}
-	if !r.up.Load() {
+	if !r.up.Load() && r.settled.Load() {
 		return e.state.Load()
 	}
 	t := time.NewTimer(r.cfg.FirstAnswer)
@@ -170,9 +175,19 @@ func (r *Resolver) Destinations() map[netip.AddrPort]*State {
 // Run keeps a stream to discovery open until ctx ends, reopening it with
 // back-off when it fails.
 func (r *Resolver) Run(ctx context.Context) {
+	// The stream is mTLS: there is no point trying before we have an SVID
+	// (first lookups meanwhile wait, up to FirstAnswer each).
+	for _, err := r.cfg.Identity.GetX509SVID(); err != nil; _, err = r.cfg.Identity.GetX509SVID() {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 	backoff := r.cfg.MinBackoff
 	for ctx.Err() == nil {
 		opened, err := r.stream(ctx)
+		r.settled.Store(true)
 		if ctx.Err() != nil {
 			return
 		}
@@ -230,6 +245,7 @@ func (r *Resolver) stream(ctx context.Context) (opened bool, err error) {
 		if first {
 			first = false
 			r.up.Store(true)
+			r.settled.Store(true)
 			r.stats.Connects.Add(1)
 			r.cfg.Log.Info("discovery stream open")
 		}
