@@ -308,16 +308,6 @@ func TestDiscoveryAway(t *testing.T) {
 	}
 }
 
-func grepLines(text, s string) string {
-	var out []string
-	for _, l := range strings.Split(text, "\n") {
-		if strings.Contains(l, s) {
-			out = append(out, l)
-		}
-	}
-	return strings.Join(out, "\n")
-}
-
 // warnings are sc's proxy log lines above info.
 func warnings(sc *meshtest.Sidecar) string {
 	var out []string
