@@ -16,9 +16,12 @@
 //	           whole, when it changes (server.go, stream.go)
 //
 // Every answer records the topics it read (an address, a Service, a pod);
-// every informer event names the topics it touched. A stream recomputes
-// only the subscriptions whose topics an event touched, at most once per
-// ServerConfig.Coalesce, and sends only the states that changed.
+// every informer event names the topics it touched. Answers are shared by
+// every stream subscribed to the same destination (answers.go): an event
+// invalidates the answers that read one of its topics, the first holder
+// to ask computes the new state once, and each stream sends it, at most
+// once per ServerConfig.Coalesce, only if it changed. An event that
+// touches nothing anyone watches costs a few map lookups.
 //
 // The SPIFFE IDs announced are in the trust domain of discovery's own
 // SVID, the same identity its gRPC server presents (NewGRPCServer); it

@@ -28,7 +28,7 @@ const (
 
 // testIndex is an Index over a fake clientset holding objs, synced, with
 // an SVID of testTD; it stops with the test.
-func testIndex(t *testing.T, ca *issuer.CA, objs ...runtime.Object) (*Index, *fake.Clientset) {
+func testIndex(t testing.TB, ca *issuer.CA, objs ...runtime.Object) (*Index, *fake.Clientset) {
 	t.Helper()
 	if ca == nil {
 		ca = svidtest.CA(t, "", testTD)

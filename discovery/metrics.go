@@ -13,6 +13,7 @@ type serverMetrics struct {
 	subscriptions prometheus.Gauge
 	updates       *prometheus.CounterVec
 	delay         prometheus.Histogram
+	lookups       prometheus.Counter
 }
 
 func newServerMetrics(reg prometheus.Registerer) (*serverMetrics, error) {
@@ -34,8 +35,12 @@ func newServerMetrics(reg prometheus.Registerer) (*serverMetrics, error) {
 			Help:    "Time from the informer event that changed a destination to its new state being sent (coalescing included).",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
 		}),
+		lookups: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pillion_discovery_lookups_total",
+			Help: "Destination states computed from the index; one computation serves every stream subscribed to the destination.",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.streams, m.subscriptions, m.updates, m.delay} {
+	for _, c := range []prometheus.Collector{m.streams, m.subscriptions, m.updates, m.delay, m.lookups} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("discovery: metrics: %w", err)
 		}

@@ -44,13 +44,12 @@ type ServerConfig struct {
 // concurrent use; each Watch stream is served by its own goroutines.
 type Server struct {
 	discoveryv1.UnimplementedDiscoveryServer
-	idx *Index
-	cfg ServerConfig
-	log *zap.Logger
-	m   *serverMetrics
+	idx     *Index
+	answers *answers
+	cfg     ServerConfig
+	log     *zap.Logger
+	m       *serverMetrics
 
-	mu        sync.RWMutex
-	streams   map[*stream]struct{}
 	closing   chan struct{}
 	closeOnce sync.Once
 }
@@ -73,8 +72,10 @@ func NewServer(idx *Index, cfg ServerConfig, log *zap.Logger, reg prometheus.Reg
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{idx: idx, cfg: cfg, log: log, m: m, streams: make(map[*stream]struct{}), closing: make(chan struct{})}
-	idx.onChange(s.changed)
+	s := &Server{idx: idx, answers: newAnswers(idx.lookup, m.lookups), cfg: cfg, log: log, m: m, closing: make(chan struct{})}
+	// Answers are invalidated, and their holders told, before any
+	// listener registered later hears of the change.
+	idx.onChange(func(c change) { s.answers.invalidate(c.topics, c.at) })
 	return s, nil
 }
 
@@ -96,21 +97,26 @@ func (s *Server) Watch(ws grpc.BidiStreamingServer[discoveryv1.WatchRequest, dis
 		return status.Error(codes.Unavailable, ErrNotSynced.Error())
 	}
 	ctx := ws.Context()
-	st := newStream(s, ws)
-	if !s.add(st) {
+	select {
+	case <-s.closing:
 		return status.Error(codes.Unavailable, ErrShuttingDown.Error())
+	default:
 	}
+	st := newStream(s, ws)
+	s.m.streams.Inc()
 	log := s.log.With(zap.String("peer", peerID(ctx)))
 	log.Info("stream opened")
 	reqs := make(chan request)
 	recvErr := make(chan error, 1)
 	go func() { recvErr <- receive(ws, reqs) }()
 	err := st.run(ctx, reqs, recvErr)
-	s.remove(st)
+	n := len(st.subs)
+	st.close()
+	s.m.streams.Dec()
 	if err != nil && status.Code(err) != codes.Canceled {
-		log.Info("stream ended", zap.Int("subscriptions", len(st.subs)), zap.Error(err))
+		log.Info("stream ended", zap.Int("subscriptions", n), zap.Error(err))
 	} else {
-		log.Info("stream closed", zap.Int("subscriptions", len(st.subs)))
+		log.Info("stream closed", zap.Int("subscriptions", n))
 	}
 	return err
 }
@@ -121,37 +127,6 @@ func (s *Server) Watch(ws grpc.BidiStreamingServer[discoveryv1.WatchRequest, dis
 // keep it waiting.
 func (s *Server) Close() {
 	s.closeOnce.Do(func() { close(s.closing) })
-}
-
-func (s *Server) add(st *stream) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	select {
-	case <-s.closing:
-		return false
-	default:
-	}
-	s.streams[st] = struct{}{}
-	s.m.streams.Inc()
-	return true
-}
-
-func (s *Server) remove(st *stream) {
-	s.mu.Lock()
-	delete(s.streams, st)
-	s.mu.Unlock()
-	s.m.streams.Dec()
-	s.m.subscriptions.Sub(float64(len(st.subs)))
-}
-
-// changed hands an informer event to every stream; each keeps the topics
-// its subscriptions depend on.
-func (s *Server) changed(c change) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	for st := range s.streams {
-		st.changed(c)
-	}
 }
 
 // peerID returns the SPIFFE ID of the stream's client, for logs.

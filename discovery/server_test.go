@@ -300,6 +300,40 @@ func TestWatch(t *testing.T) {
 	}
 }
 
+// TestWatchShared: streams subscribed to one destination share its
+// computation: one lookup for both answers, one per change, and each
+// stream gets the change.
+func TestWatchShared(t *testing.T) {
+	h := newHarness(t, ServerConfig{Coalesce: time.Millisecond})
+	a, b := h.watch(t, h.ca, sidecarID), h.watch(t, h.ca, "spiffe://"+testTD+"/ns/shop/sa/other")
+	a.send([]string{webDst}, nil)
+	h.checkState(t, a.next(), webDst)
+	b.send([]string{webDst, "[::ffff:10.96.0.10]:80", webDst}, nil)
+	for _, dst := range []string{webDst, "[::ffff:10.96.0.10]:80", webDst} {
+		h.checkState(t, b.next(), dst)
+	}
+	lookups := func() float64 { return testutil.ToFloat64(h.srv.m.lookups) }
+	if got := lookups(); got != 1 {
+		t.Errorf("%v lookups for one destination held by two streams, want 1", got)
+	}
+	h.setZone(t, "web-b", "zone-z")
+	h.checkState(t, a.next(), webDst)
+	got := map[string]bool{}
+	for range 2 {
+		r := b.next()
+		h.checkState(t, r, r.GetDestination())
+		got[r.GetDestination()] = true
+	}
+	if !got[webDst] || !got["[::ffff:10.96.0.10]:80"] {
+		t.Errorf("the second stream got updates for %v, want both of its subscriptions", got)
+	}
+	if got := lookups(); got != 2 {
+		t.Errorf("%v lookups after one change, want 2", got)
+	}
+	a.quiet(50 * time.Millisecond)
+	b.quiet(50 * time.Millisecond)
+}
+
 // TestWatchCoalesces: a burst of changes within Coalesce is sent as the
 // first change at once, then one update with the last state.
 func TestWatchCoalesces(t *testing.T) {

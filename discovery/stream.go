@@ -6,52 +6,49 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 
 	discoveryv1 "github.com/pillionmesh/pillion/api/discovery/v1"
 )
 
 // A stream is one client's Watch. Its run goroutine owns the
-// subscriptions and is the only one that sends. Informer events reach it
-// through changed, on the informers' goroutines: they mark the topics its
-// subscriptions depend on as pending and wake run, which recomputes the
-// affected subscriptions, at most once per Coalesce, and sends those whose
-// state changed. A slow client therefore never makes events pile up: what
-// waits is a set of topics, and what is sent is the state at sending time.
+// subscriptions and is the only one that sends. Each subscription holds
+// its destination's shared answer (answers); when an informer event
+// invalidates an answer, its holders are told through dirty, on the
+// informer's goroutine: it marks the answer pending and wakes run, which
+// gets the pending answers, at most once per Coalesce, and sends those
+// whose state changed. A slow client therefore never makes events pile
+// up: what waits is a set of answers, and what is sent is the state at
+// sending time.
 type stream struct {
 	srv  *Server
 	ws   grpc.BidiStreamingServer[discoveryv1.WatchRequest, discoveryv1.WatchResponse]
 	subs map[string]*subscription // by destination as subscribed; run's own
+	held map[*answer][]string     // the subscriptions to each answer; run's own
 
 	lastFlush time.Time
 	wake      chan struct{} // capacity 1: a flush is due
 
 	mu      sync.Mutex
-	deps    map[topic]map[string]struct{} // the subscriptions that depend on each topic; written by run
-	pending map[topic]time.Time           // topics changed since the last flush, with their first event's time
-	// computing is set while run computes answers: every event is then
-	// kept pending, since the subscriptions being computed have not
-	// registered their topics yet.
-	computing bool
+	pending map[*answer]time.Time // answers invalidated since the last flush, with their first event's time
 }
 
 // A subscription is one destination a client subscribed to.
 type subscription struct {
-	dst  netip.AddrPort
-	last *discoveryv1.Destination // the state last sent
-	deps []topic
+	ans  *answer
+	last *discoveryv1.Destination // the state last sent: answers' canonical pointer
 }
 
 func newStream(s *Server, ws grpc.BidiStreamingServer[discoveryv1.WatchRequest, discoveryv1.WatchResponse]) *stream {
 	return &stream{
-		srv: s, ws: ws, subs: make(map[string]*subscription), wake: make(chan struct{}, 1),
-		deps: make(map[topic]map[string]struct{}), pending: make(map[topic]time.Time),
+		srv: s, ws: ws, subs: make(map[string]*subscription), held: make(map[*answer][]string),
+		wake: make(chan struct{}, 1), pending: make(map[*answer]time.Time),
 	}
 }
 
@@ -152,36 +149,22 @@ func (st *stream) run(ctx context.Context, reqs <-chan request, recvErr <-chan e
 func (st *stream) apply(req request) error {
 	for _, raw := range req.unsubscribe {
 		if sub := st.subs[raw]; sub != nil {
-			st.setDeps(raw, sub.deps, nil)
-			delete(st.subs, raw)
-			st.srv.m.subscriptions.Dec()
+			st.drop(raw, sub)
 		}
 	}
-	if len(req.subscribe) == 0 {
-		return nil
+	if err := st.checkLimit(req.subscribe); err != nil {
+		return err
 	}
-	out := make([]*discoveryv1.WatchResponse, 0, len(req.subscribe))
-	st.setComputing(true)
 	for _, d := range req.subscribe {
 		sub := st.subs[d.raw]
 		if sub == nil {
-			if len(st.subs) >= st.srv.cfg.MaxSubscriptions {
-				st.setComputing(false)
-				return status.Error(codes.ResourceExhausted,
-					fmt.Sprintf("%v: subscribing to %q would make %d, more than the %d allowed", ErrTooManySubscriptions, d.raw, len(st.subs)+1, st.srv.cfg.MaxSubscriptions))
-			}
-			sub = &subscription{dst: d.dst}
+			sub = &subscription{ans: st.srv.answers.acquire(d.dst, st)}
 			st.subs[d.raw] = sub
+			st.held[sub.ans] = append(st.held[sub.ans], d.raw)
 			st.srv.m.subscriptions.Inc()
 		}
-		state, deps := st.srv.idx.lookup(sub.dst)
-		st.setDeps(d.raw, sub.deps, deps)
-		sub.last, sub.deps = state, deps
-		out = append(out, &discoveryv1.WatchResponse{Destination: d.raw, State: state})
-	}
-	st.setComputing(false)
-	for _, r := range out {
-		if err := st.ws.Send(r); err != nil {
+		sub.last = st.srv.answers.get(sub.ans)
+		if err := st.ws.Send(&discoveryv1.WatchResponse{Destination: d.raw, State: sub.last}); err != nil {
 			return err
 		}
 		st.srv.m.updates.WithLabelValues("subscribe").Inc()
@@ -189,100 +172,88 @@ func (st *stream) apply(req request) error {
 	return nil
 }
 
-// flush recomputes the subscriptions that depend on the pending topics
-// and sends those whose state changed.
-func (st *stream) flush() error {
-	st.lastFlush = time.Now()
-	st.mu.Lock()
-	dirty := make(map[string]time.Time)
-	for t, at := range st.pending {
-		for raw := range st.deps[t] {
-			if first, ok := dirty[raw]; !ok || at.Before(first) {
-				dirty[raw] = at
-			}
-		}
+// checkLimit refuses, before any is answered, subscriptions that would
+// take the stream over MaxSubscriptions.
+func (st *stream) checkLimit(subscribe []destination) error {
+	n := len(st.subs)
+	if n+len(subscribe) <= st.srv.cfg.MaxSubscriptions {
+		return nil
 	}
-	clear(st.pending)
-	st.computing = true
-	st.mu.Unlock()
-
-	type update struct {
-		resp *discoveryv1.WatchResponse
-		at   time.Time
-	}
-	var out []update
-	for raw, at := range dirty {
-		sub := st.subs[raw]
-		if sub == nil {
+	added := make(map[string]bool)
+	for _, d := range subscribe {
+		if st.subs[d.raw] != nil || added[d.raw] {
 			continue
 		}
-		state, deps := st.srv.idx.lookup(sub.dst)
-		st.setDeps(raw, sub.deps, deps)
-		sub.deps = deps
-		if proto.Equal(sub.last, state) {
-			continue
+		added[d.raw] = true
+		if n++; n > st.srv.cfg.MaxSubscriptions {
+			return status.Error(codes.ResourceExhausted, fmt.Sprintf("%v: subscribing to %q would make %d, more than the %d allowed",
+				ErrTooManySubscriptions, d.raw, n, st.srv.cfg.MaxSubscriptions))
 		}
-		sub.last = state
-		out = append(out, update{&discoveryv1.WatchResponse{Destination: raw, State: state}, at})
-	}
-	st.setComputing(false)
-	for _, u := range out {
-		if err := st.ws.Send(u.resp); err != nil {
-			return err
-		}
-		st.srv.m.updates.WithLabelValues("change").Inc()
-		st.srv.m.delay.Observe(time.Since(u.at).Seconds())
 	}
 	return nil
 }
 
-func (st *stream) setComputing(on bool) {
-	st.mu.Lock()
-	st.computing = on
-	st.mu.Unlock()
+// drop ends subscription raw.
+func (st *stream) drop(raw string, sub *subscription) {
+	delete(st.subs, raw)
+	rest := slices.DeleteFunc(st.held[sub.ans], func(r string) bool { return r == raw })
+	if len(rest) == 0 {
+		delete(st.held, sub.ans)
+	} else {
+		st.held[sub.ans] = rest
+	}
+	st.srv.answers.release(sub.ans, st)
+	st.srv.m.subscriptions.Dec()
 }
 
-// setDeps replaces the topics subscription raw depends on.
-func (st *stream) setDeps(raw string, old, deps []topic) {
+// close ends every subscription, when the stream ends.
+func (st *stream) close() {
+	for raw, sub := range st.subs {
+		st.drop(raw, sub)
+	}
+}
+
+// flush gets the pending answers and sends the subscriptions whose state
+// changed.
+func (st *stream) flush() error {
+	st.lastFlush = time.Now()
 	st.mu.Lock()
-	defer st.mu.Unlock()
-	for _, t := range old {
-		if set := st.deps[t]; set != nil {
-			delete(set, raw)
-			if len(set) == 0 {
-				delete(st.deps, t)
+	pending := st.pending
+	st.pending = make(map[*answer]time.Time)
+	st.mu.Unlock()
+	for ans, at := range pending {
+		raws := st.held[ans]
+		if len(raws) == 0 {
+			continue // unsubscribed since
+		}
+		state := st.srv.answers.get(ans)
+		for _, raw := range raws {
+			sub := st.subs[raw]
+			if sub.last == state {
+				continue // recomputed, unchanged
 			}
+			sub.last = state
+			if err := st.ws.Send(&discoveryv1.WatchResponse{Destination: raw, State: state}); err != nil {
+				return err
+			}
+			st.srv.m.updates.WithLabelValues("change").Inc()
+			st.srv.m.delay.Observe(time.Since(at).Seconds())
 		}
 	}
-	for _, t := range deps {
-		set := st.deps[t]
-		if set == nil {
-			set = make(map[string]struct{})
-			st.deps[t] = set
-		}
-		set[raw] = struct{}{}
-	}
+	return nil
 }
 
-// changed keeps the event's topics that the stream's subscriptions
-// depend on (all of them while answers are being computed) and wakes run.
-func (st *stream) changed(c change) {
-	hit := false
+// dirty marks ans as changed since the event at at and wakes run. It is
+// called on informers' goroutines, and may be called after the stream
+// ended.
+func (st *stream) dirty(ans *answer, at time.Time) {
 	st.mu.Lock()
-	for _, t := range c.topics {
-		if !st.computing && len(st.deps[t]) == 0 {
-			continue
-		}
-		hit = true
-		if first, ok := st.pending[t]; !ok || c.at.Before(first) {
-			st.pending[t] = c.at
-		}
+	if first, ok := st.pending[ans]; !ok || at.Before(first) {
+		st.pending[ans] = at
 	}
 	st.mu.Unlock()
-	if hit {
-		select {
-		case st.wake <- struct{}{}:
-		default:
-		}
+	select {
+	case st.wake <- struct{}{}:
+	default:
 	}
 }
