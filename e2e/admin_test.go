@@ -325,7 +325,7 @@ func TestAdminEndpoint(t *testing.T) {
 
 	t.Run("stats/prometheus and stats errors", func(t *testing.T) {
 		body := get("/stats/prometheus?filter=" + url.QueryEscape("^pillion_requests_total$"))
-		want := `pillion_requests_total{code="200",direction="outbound",flags="-",peer=""} 3`
+		want := `pillion_requests_total{code="200",destination_service_name="",destination_service_namespace="",direction="outbound",flags="-",peer=""} 3`
 		if !strings.Contains(body, "# TYPE pillion_requests_total counter\n"+want+"\n") || strings.Contains(body, "go_") {
 			t.Errorf("/stats/prometheus?filter=^pillion_requests_total$: want its family only, with %q:\n%s", want, body)
 		}
