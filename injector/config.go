@@ -4,11 +4,9 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -19,6 +17,7 @@ import (
 
 	"github.com/pillionmesh/pillion/filters/builtin"
 	"github.com/pillionmesh/pillion/proxy/configfile"
+	"github.com/pillionmesh/pillion/proxy/resolve"
 )
 
 // RawConfig is the injector's config file as written (the ConfigMap
@@ -315,12 +314,12 @@ func checkHostPort(addr string) error {
 	if addr == "" {
 		return errors.New(`"": want host:port; to turn discovery off, set discovery.enabled: false`)
 	}
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil || host == "" {
-		return fmt.Errorf("%q: want host:port, such as %s", addr, DefaultDiscoveryAddress)
-	}
-	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
-		return fmt.Errorf("%q: %q is not a port number (1-65535)", addr, port)
+	host, err := resolve.SplitAddress(addr)
+	switch {
+	case errors.Is(err, resolve.ErrNotHostPort):
+		return fmt.Errorf("%q: %w, such as %s", addr, err, DefaultDiscoveryAddress)
+	case err != nil:
+		return fmt.Errorf("%q: %w", addr, err)
 	}
 	if _, err := netip.ParseAddr(host); err == nil {
 		return nil

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pillionmesh/pillion/proxy/balance"
@@ -34,8 +35,8 @@ type routes struct {
 // balanced is the route of one discovered destination.
 type balanced struct {
 	*balance.Balancer
-	mu    sync.Mutex
-	state *resolve.State // the answer the balancer's endpoints come from
+	mu    sync.Mutex                    // held while the endpoints are replaced
+	state atomic.Pointer[resolve.State] // the answer the balancer's endpoints come from
 }
 
 // route returns the route of a connection or request to dst in direction
@@ -70,12 +71,14 @@ func (s *Server) discovered(ctx context.Context, dst netip.AddrPort) upstream.Ro
 		v, _ = s.routes.by.LoadOrStore(dst, &balanced{Balancer: balance.New(s.routes.cfg, s.routes.now, nil)})
 	}
 	b := v.(*balanced)
-	b.mu.Lock()
-	if b.state != st {
-		b.state = st
-		b.Update(st.Endpoints)
+	if b.state.Load() != st { // answers are immutable: a new one is a new pointer
+		b.mu.Lock()
+		if b.state.Load() != st {
+			b.Update(st.Endpoints)
+			b.state.Store(st)
+		}
+		b.mu.Unlock()
 	}
-	b.mu.Unlock()
 	return b
 }
 
@@ -103,9 +106,7 @@ func (s *Server) Routes() []ServiceRoute {
 	var out []ServiceRoute
 	s.routes.by.Range(func(k, v any) bool {
 		b := v.(*balanced)
-		b.mu.Lock()
-		st := b.state
-		b.mu.Unlock()
+		st := b.state.Load()
 		r := ServiceRoute{Destination: k.(netip.AddrPort), Endpoints: b.Snapshot()}
 		if st != nil {
 			r.Kind, r.Service = st.Kind.String(), st.Service

@@ -4,8 +4,6 @@ import (
 	"crypto/x509"
 	"flag"
 	"fmt"
-	"net"
-	"strconv"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/zap"
@@ -47,12 +45,8 @@ func (f *discoveryFlags) validate() error {
 		}
 		return nil
 	}
-	host, port, err := net.SplitHostPort(*f.addr)
-	if err != nil || host == "" {
-		return badUsage(fmt.Errorf("--discovery-address: %q: want host:port", *f.addr))
-	}
-	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
-		return badUsage(fmt.Errorf("--discovery-address: %q: %q is not a port number (1-65535)", *f.addr, port))
+	if _, err := resolve.SplitAddress(*f.addr); err != nil {
+		return badUsage(fmt.Errorf("--discovery-address: %q: %w", *f.addr, err))
 	}
 	if *f.id != "" {
 		if _, err := spiffeid.FromString(*f.id); err != nil {

@@ -1,8 +1,11 @@
 package resolve
 
 import (
+	"errors"
 	"fmt"
+	"net"
 	"net/netip"
+	"strconv"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -158,4 +161,23 @@ func decodeEndpoint(td spiffeid.TrustDomain, e *discoveryv1.Endpoint, svc upstre
 
 func unmap(ap netip.AddrPort) netip.AddrPort {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+// ErrNotHostPort is SplitAddress's error for an address that is not
+// host:port.
+var ErrNotHostPort = errors.New("want host:port")
+
+// SplitAddress checks discovery's address as `pillion proxy
+// --discovery-address` takes it, host:port with a port of 1-65535, and
+// returns the host. The injector checks the address it will pass with it,
+// so the two never disagree.
+func SplitAddress(addr string) (host string, err error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || host == "" {
+		return "", ErrNotHostPort
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+		return "", fmt.Errorf("%q is not a port number (1-65535)", port)
+	}
+	return host, nil
 }

@@ -13,6 +13,7 @@
 package resolve
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -107,17 +108,10 @@ func New(cfg Config) (*Resolver, error) {
 	if cfg.Log == nil {
 		cfg.Log = zap.NewNop()
 	}
-	cfg.FirstAnswer = cmpOr(cfg.FirstAnswer, DefaultFirstAnswer)
-	cfg.MinBackoff = cmpOr(cfg.MinBackoff, DefaultMinBackoff)
-	cfg.MaxBackoff = max(cmpOr(cfg.MaxBackoff, DefaultMaxBackoff), cfg.MinBackoff)
+	cfg.FirstAnswer = cmp.Or(cfg.FirstAnswer, DefaultFirstAnswer)
+	cfg.MinBackoff = cmp.Or(cfg.MinBackoff, DefaultMinBackoff)
+	cfg.MaxBackoff = max(cmp.Or(cfg.MaxBackoff, DefaultMaxBackoff), cfg.MinBackoff)
 	return &Resolver{cfg: cfg, client: discoveryv1.NewDiscoveryClient(cfg.Conn), wake: make(chan struct{}, 1)}, nil
-}
-
-func cmpOr(d, def time.Duration) time.Duration {
-	if d <= 0 {
-		return def
-	}
-	return d
 }
 
 // Stats returns the resolver's counters.
