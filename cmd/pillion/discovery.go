@@ -13,7 +13,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -174,17 +173,13 @@ func serveDiscovery(ctx context.Context, f discoveryServerFlags, idx *discovery.
 		return fmt.Errorf("metrics: %w", err)
 	}
 	stopping := make(chan struct{})
-	metrics := http.NewServeMux()
-	metrics.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	metrics.HandleFunc("GET /healthz/ready", func(w http.ResponseWriter, _ *http.Request) {
+	hs := metricsServer(reg, func(w http.ResponseWriter, _ *http.Request) {
 		if err := discoveryReady(idx, id, stopping); err != nil {
 			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ready")
-	})
-	hs := &http.Server{Handler: metrics, ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 30 * time.Second,
-		ErrorLog: zap.NewStdLog(log.Named("http"))}
+	}, zap.NewStdLog(log.Named("http")))
 	gs := discovery.NewGRPCServer(srv, id)
 
 	ictx, stopIndex := context.WithCancel(context.Background())

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"os"
@@ -125,9 +126,6 @@ func serveInjector(ctx context.Context, f injectorFlags, wh *injector.Webhook, c
 	hooks := http.NewServeMux()
 	hooks.Handle("/inject/", wh.Handler())
 	hooks.HandleFunc("GET /healthz/ready", ready)
-	metrics := http.NewServeMux()
-	metrics.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	metrics.HandleFunc("GET /healthz/ready", ready)
 
 	hookL, err := net.Listen("tcp", net.JoinHostPort(f.address, fmt.Sprint(f.port)))
 	if err != nil {
@@ -152,7 +150,7 @@ func serveInjector(ctx context.Context, f injectorFlags, wh *injector.Webhook, c
 			MaxHeaderBytes:    64 << 10,
 			ErrorLog:          errLog,
 		},
-		{Handler: metrics, ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 30 * time.Second, ErrorLog: errLog},
+		metricsServer(reg, ready, errLog),
 	}
 	errc := make(chan error, 2)
 	go func() { errc <- servers[0].ServeTLS(hookL, "", "") }()
@@ -173,4 +171,13 @@ func serveInjector(ctx context.Context, f injectorFlags, wh *injector.Webhook, c
 		return serveErr
 	}
 	return nil
+}
+
+// metricsServer is the plain HTTP server of a control-plane command's
+// --metrics-port: /metrics from reg, and /healthz/ready answered by ready.
+func metricsServer(reg *prometheus.Registry, ready http.HandlerFunc, errLog *log.Logger) *http.Server {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz/ready", ready)
+	return &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 30 * time.Second, ErrorLog: errLog}
 }
