@@ -229,6 +229,14 @@ func (l *lookup) endpoint(ns string, e *discv1.Endpoint, port uint16) *discovery
 		if obj, ok, _ := l.x.pods.GetIndexer().GetByKey(key); ok {
 			pod, _ = obj.(*corev1.Pod)
 		}
+		if pod == nil {
+			// The pod informer has not seen it yet (or it is gone): whether
+			// a sidecar runs there and whom it must present are unknown, and
+			// sending plaintext to what may be a meshed pod is what must
+			// never happen. Withhold it until the pod is seen; the pod's
+			// topic brings the answer back then.
+			ep.Ready, ep.Serving = false, false
+		}
 	case r == nil:
 		key := addrKey(ip)
 		l.deps = append(l.deps, topic{topicAddr, key})

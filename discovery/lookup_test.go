@@ -30,7 +30,8 @@ func world() []runtime.Object {
 			endpoint("10.1.0.1", "shop", "web-1", "zone-a", yes, yes, no),
 			endpoint("10.1.0.2", "shop", "web-2", "zone-b", no, yes, yes)), // terminating, still serving
 		slice("shop", "web-b", "web", discv1.AddressTypeIPv4, []discv1.EndpointPort{slicePortOf("http", 8080)},
-			endpoint("10.1.0.3", "shop", "web-3", "", nil, nil, nil)), // conditions unset
+			endpoint("10.1.0.3", "shop", "web-3", "", nil, nil, nil), // conditions unset
+			endpoint("10.1.0.4", "shop", "web-4", "", yes, yes, no)), // a pod the informer has not seen
 		slice("shop", "web-v6", "web", discv1.AddressTypeIPv6, []discv1.EndpointPort{slicePortOf("http", 8080)},
 			endpoint("fd00:1::1", "shop", "web-1", "zone-a", yes, yes, no)),
 		pod("shop", "web-1", "web", true, "10.1.0.1", "fd00:1::1"),
@@ -73,17 +74,20 @@ func TestLookup(t *testing.T) {
 			Meshed: true, Identity: id("shop", "default"), Pod: podRef("web-2")}
 	}
 	web3 := &discoveryv1.Endpoint{Address: "10.1.0.3:8080", Weight: 1, Ready: true, Serving: true, Pod: podRef("web-3")}
+	// Ready in its slice, but its pod is not known: withheld, never
+	// announced as an unmeshed endpoint.
+	web4 := &discoveryv1.Endpoint{Address: "10.1.0.4:8080", Weight: 1, Pod: podRef("web-4")}
 	unknown := &discoveryv1.Destination{Kind: discoveryv1.Destination_UNKNOWN}
 	webHTTP := &discoveryv1.Destination{
 		Kind: discoveryv1.Destination_SERVICE, Service: web("http"), Protocol: discoveryv1.ProtocolHint_HTTP,
-		Endpoints: []*discoveryv1.Endpoint{web1("10.1.0.1:8080"), web2("10.1.0.2:8080"), web3},
+		Endpoints: []*discoveryv1.Endpoint{web1("10.1.0.1:8080"), web2("10.1.0.2:8080"), web3, web4},
 	}
 	for _, tt := range []struct {
 		name string
 		dst  string
 		want *discoveryv1.Destination
 	}{
-		{"service: two slices, a terminating endpoint, an unmeshed pod, nil conditions", "10.96.0.10:80", webHTTP},
+		{"service: two slices, a terminating endpoint, an unmeshed pod, nil conditions, an unseen pod", "10.96.0.10:80", webHTTP},
 		{"service: an IPv4-mapped cluster IP", "[::ffff:10.96.0.10]:80", webHTTP},
 		{"service: the IPv6 cluster IP has the IPv6 slice's endpoints", "[fd00:96::10]:80", &discoveryv1.Destination{
 			Kind: discoveryv1.Destination_SERVICE, Service: web("http"), Protocol: discoveryv1.ProtocolHint_HTTP,
