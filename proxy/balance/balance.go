@@ -9,9 +9,10 @@
 // Weight, among those Ready, not Terminating and not ejected, and returns
 // the one of lower cost:
 //
-//	cost = estimate × (1 + pending/weight)
+//	cost = max(estimate, LatencyFloor) × (1 + pending/weight)
 //
-// where pending counts its picks not yet Done. When the costs are equal it
+// where pending counts its picks not yet Done. The floor makes latencies
+// that differ by less than noise count as equal (see DefaultLatencyFloor). When the costs are equal it
 // returns the first drawn, so that endpoints alike share the traffic in
 // proportion to their weights even one request at a time. (Linkerd divides
 // the whole cost by the weight instead: the heavier endpoint would then take
@@ -19,14 +20,23 @@
 //
 // # The estimate
 //
-// Each endpoint keeps a peak-EWMA of the latencies Done reports, starting at
-// Config.DefaultRTT when it is added. A latency above the EWMA replaces it;
-// one below is averaged in, the old value weighing exp(-elapsed/Decay) where
-// elapsed is the time since the EWMA was last set. A failure counts as at
-// least Config.FailurePenalty. Between observations the estimate Pick uses
-// decays toward zero at the same rate (as Linkerd's does when it is read):
-// without that, an endpoint that was slow once would lose every comparison
-// and never be tried again while the others keep up.
+// Each endpoint keeps a peak-EWMA of the latencies Done reports. A latency
+// above the EWMA replaces it; one below is averaged in, the old value
+// weighing exp(-elapsed/Decay) where elapsed is the time since the EWMA was
+// last set. A failure counts as at least Config.FailurePenalty. Between
+// observations the estimate Pick uses decays toward zero at the same rate
+// (as Linkerd's does when it is read): without that, an endpoint that was
+// slow once would lose every comparison and never be tried again while the
+// others keep up.
+//
+// An endpoint not yet heard from is estimated at zero (so compared at the
+// floor): it is tried at once, and its first response sets the estimate.
+// Linkerd instead starts every endpoint at a 30 ms default into which
+// responses are averaged; endpoints answering in a millisecond then compare
+// guesses for tens of seconds, the first to answer takes most requests, and
+// a new endpoint waits as long for its default to decay below warm ones.
+// Load still bounds what a new endpoint takes: its pending requests count
+// against it as anyone's do.
 //
 // # Outlier detection
 //
@@ -61,6 +71,7 @@ var (
 type Balancer struct {
 	cfg     Config
 	decay   float64 // cfg.Decay in nanoseconds
+	floor   float64 // cfg.LatencyFloor in nanoseconds
 	now     func() time.Time
 	uint64n func(uint64) uint64
 
@@ -90,6 +101,7 @@ func New(cfg Config, now func() time.Time, rnd *rand.Rand) *Balancer {
 	b := &Balancer{
 		cfg:     cfg,
 		decay:   float64(cfg.Decay),
+		floor:   float64(cfg.LatencyFloor),
 		now:     now,
 		uint64n: rand.Uint64N,
 		byAddr:  map[netip.AddrPort]*endpoint{},
@@ -106,8 +118,8 @@ func New(cfg Config, now func() time.Time, rnd *rand.Rand) *Balancer {
 
 // Update replaces the endpoints. An endpoint whose Addr was there before
 // keeps its latency estimate, pending count, counters and ejection state;
-// the others start afresh (estimate DefaultRTT). Of endpoints given with
-// the same Addr, the first counts. eps is not retained.
+// the others start afresh, not yet heard from. Of endpoints given with the
+// same Addr, the first counts. eps is not retained.
 func (b *Balancer) Update(eps []Endpoint) {
 	now := b.now()
 	b.mu.Lock()
@@ -121,7 +133,7 @@ func (b *Balancer) Update(eps []Endpoint) {
 		ep.Weight = max(ep.Weight, 1)
 		e := b.byAddr[ep.Addr]
 		if e == nil {
-			e = &endpoint{ewma: float64(b.cfg.DefaultRTT), at: now}
+			e = &endpoint{at: now}
 		}
 		e.Endpoint = ep
 		byAddr[ep.Addr] = e
@@ -202,7 +214,7 @@ func (b *Balancer) Pick() (upstream.Endpoint, upstream.Done, error) {
 	default:
 		i, j := b.draw()
 		e = b.eligible[i]
-		if o := b.eligible[j]; o.cost(now, b.decay) < e.cost(now, b.decay) {
+		if o := b.eligible[j]; o.cost(now, b.decay, b.floor) < e.cost(now, b.decay, b.floor) {
 			e = o
 		}
 	}

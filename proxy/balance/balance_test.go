@@ -120,7 +120,7 @@ func fail(t testing.TB, bal *Balancer, to netip.AddrPort, n int) {
 	t.Helper()
 	mine, others := hold(t, bal, to, n)
 	finish(mine, time.Millisecond, true)
-	finish(others, DefaultRTT, false)
+	finish(others, 30*time.Millisecond, false)
 }
 
 func stat(t testing.TB, bal *Balancer, of netip.AddrPort) EndpointStats {
@@ -162,7 +162,7 @@ func TestShares(t *testing.T) {
 				}
 				count[ep.Addr]++
 				if queue = append(queue, done); len(queue) > tc.inflight {
-					queue[0](DefaultRTT, false)
+					queue[0](30*time.Millisecond, false)
 					queue = queue[1:]
 				}
 			}
@@ -175,6 +175,36 @@ func TestShares(t *testing.T) {
 	}
 }
 
+// TestLatencyFloor: one request at a time to three alike endpoints whose
+// latencies jitter below the floor (0.3 to 1 ms, a 4 ms blip now and then)
+// are shared evenly; compared without the floor, the endpoint with the last
+// blip is shut out for seconds and the shares skew.
+func TestLatencyFloor(t *testing.T) {
+	rnd := rand.New(rand.NewPCG(1, 2))
+	noisy := func(netip.AddrPort) (time.Duration, bool) {
+		if rnd.IntN(200) == 0 {
+			return 4 * time.Millisecond, false
+		}
+		return time.Duration(300+rnd.IntN(700)) * time.Microsecond, false
+	}
+	spread := func(cfg Config) (lo, hi float64) {
+		bal, clk := newTest(t, cfg, ready(3))
+		picks := run(t, bal, clk, 3000, time.Millisecond, noisy)
+		lo, hi = 1, 0
+		for _, ep := range []netip.AddrPort{a, b, c} {
+			s := float64(picks[ep]) / 3000
+			lo, hi = min(lo, s), max(hi, s)
+		}
+		return lo, hi
+	}
+	if lo, hi := spread(Config{}); lo < 0.30 || hi > 0.37 {
+		t.Errorf("with the floor: shares %.3f to %.3f, want 1/3 ± 0.03", lo, hi)
+	}
+	if lo, hi := spread(Config{LatencyFloor: time.Nanosecond}); hi-lo < 0.1 {
+		t.Errorf("without the floor: shares %.3f to %.3f; the test's noise no longer skews them", lo, hi)
+	}
+}
+
 func TestPrefersFasterAndProbes(t *testing.T) {
 	bal, clk := newTest(t, Config{}, ready(2))
 	slow := 50 * time.Millisecond
@@ -184,9 +214,7 @@ func TestPrefersFasterAndProbes(t *testing.T) {
 		}
 		return time.Millisecond, false
 	}
-	// One request each, a minute after they were added: a's estimate
-	// jumps to 50 ms, b's is all but 1 ms.
-	clk.Advance(time.Minute)
+	// One request each: a's estimate is 50 ms, b's 1 ms (below the floor).
 	for i := range 2 {
 		only := ready(2)
 		only[1-i].Ready = false
@@ -202,8 +230,9 @@ func TestPrefersFasterAndProbes(t *testing.T) {
 	if got := run(t, bal, clk, 1000, time.Millisecond, out)[a]; got >= 150 {
 		t.Errorf("slow a took %d of 1,000 picks, want fewer than 150", got)
 	}
-	// Ten a second for a minute: a's estimate decays below b's (in
-	// 10s×ln 50 ≈ 39 s) and a is tried again, slow still: once or twice.
+	// Ten a second for a minute: a's estimate decays to the floor, where
+	// b is (in 10s×ln 2.5 ≈ 9 s), and a is tried again, slow still: every
+	// 9 s or so.
 	if got := run(t, bal, clk, 600, 100*time.Millisecond, out)[a]; got < 1 || got > 6 {
 		t.Errorf("slow a took %d of 600 picks in a minute, want 1 to 6 (probes)", got)
 	}
@@ -224,7 +253,8 @@ func TestEWMA(t *testing.T) {
 		failed  bool
 		want    float64 // nanoseconds
 	}{
-		{"before any response", 0, -1, false, 30 * ms},
+		{"before any response: not heard from", 0, -1, false, 0},
+		{"the first response sets it", time.Second, 30 * time.Millisecond, false, 30 * ms},
 		{"decayed while idle", time.Second, -1, false, 30 * ms * exp(-0.1)},
 		{"below: averaged in", time.Second, 10 * time.Millisecond, false, 30*ms*exp(-0.2) + 10*ms*(1-exp(-0.2))},
 		{"above: the peak", 0, 100 * time.Millisecond, false, 100 * ms},
@@ -254,15 +284,15 @@ func TestEWMA(t *testing.T) {
 func TestAvoidsPending(t *testing.T) {
 	bal, clk := newTest(t, Config{}, ready(3))
 	mine, others := hold(t, bal, a, 10)
-	finish(others, DefaultRTT, false)
+	finish(others, 30*time.Millisecond, false)
 	if got := stat(t, bal, a).Pending; got != 10 {
 		t.Fatalf("a has %d pending, want 10", got)
 	}
-	if got := run(t, bal, clk, 1000, 0, always(DefaultRTT))[a]; got != 0 {
+	if got := run(t, bal, clk, 1000, 0, always(30*time.Millisecond))[a]; got != 0 {
 		t.Errorf("a, 10 requests pending, took %d of 1,000 picks, want 0", got)
 	}
-	finish(mine, DefaultRTT, false)
-	if got := run(t, bal, clk, 3000, 0, always(DefaultRTT))[a]; got < 900 {
+	finish(mine, 30*time.Millisecond, false)
+	if got := run(t, bal, clk, 3000, 0, always(30*time.Millisecond))[a]; got < 900 {
 		t.Errorf("a, none pending, took %d of 3,000 picks, want about 1,000", got)
 	}
 }
@@ -283,7 +313,7 @@ func TestEligible(t *testing.T) {
 			tc.a.Addr = a
 			eps[0] = tc.a
 			bal, clk := newTest(t, Config{}, eps)
-			picks := run(t, bal, clk, 300, time.Millisecond, always(DefaultRTT))
+			picks := run(t, bal, clk, 300, time.Millisecond, always(30*time.Millisecond))
 			var got []netip.AddrPort
 			for _, to := range []netip.AddrPort{a, b} {
 				if picks[to] > 0 {
@@ -355,7 +385,7 @@ func TestUpdateKeepsState(t *testing.T) {
 	mine, others := hold(t, bal, a, 2)
 	mine[0](100*time.Millisecond, false) // a: the peak, one pending
 	held, _ := hold(t, bal, b, 2)        // b: some pending
-	finish(others, DefaultRTT, false)
+	finish(others, 30*time.Millisecond, false)
 	before := stat(t, bal, a)
 
 	eps := ready(3)
@@ -363,7 +393,7 @@ func TestUpdateKeepsState(t *testing.T) {
 	bal.Update([]Endpoint{eps[0], eps[2], eps[0]}) // b goes, c comes, a twice
 	want := []row{
 		{a, 100 * time.Millisecond, 1, int(before.Requests), 5, "zone-a"},
-		{c, DefaultRTT, 0, 0, 1, ""},
+		{c, 0, 0, 0, 1, ""}, // not heard from
 	}
 	if diff := cmp.Diff(want, rows(bal), opts); diff != "" {
 		t.Fatalf("after the Update (-want +got):\n%s", diff)
@@ -373,9 +403,42 @@ func TestUpdateKeepsState(t *testing.T) {
 	mine[1](time.Millisecond, false)
 	want[0].Pending = 0
 	bal.Update([]Endpoint{eps[0], eps[2], eps[1]})
-	want = append(want, row{b, DefaultRTT, 0, 0, 1, ""})
+	want = append(want, row{b, 0, 0, 0, 1, ""})
 	if diff := cmp.Diff(want, rows(bal), opts); diff != "" {
 		t.Errorf("after b came back (-want +got):\n%s", diff)
+	}
+}
+
+// TestNewEndpoint: an endpoint added to warm ones is not heard from, is
+// tried at once by one request at a time (a start at a default estimate
+// above theirs would wait for it to decay below them), and its first
+// response sets its estimate.
+func TestNewEndpoint(t *testing.T) {
+	cfg := Config{LatencyFloor: time.Nanosecond} // estimates compared as they are
+	bal, clk := newTest(t, cfg, ready(3))
+	warm := map[netip.AddrPort]time.Duration{a: time.Millisecond, b: 2 * time.Millisecond, c: 4 * time.Millisecond}
+	out := func(ep netip.AddrPort) (time.Duration, bool) {
+		if lat, ok := warm[ep]; ok {
+			return lat, false
+		}
+		return 3 * time.Millisecond, false
+	}
+	run(t, bal, clk, 100, 5*time.Millisecond, out)
+	d := addr(4)
+	bal.Update(ready(4))
+	if got := stat(t, bal, d).EWMA; got != 0 {
+		t.Errorf("a new endpoint's estimate is %v, want 0 (not heard from)", got)
+	}
+	picks := 0
+	for picks < 10 && stat(t, bal, d).Requests == 0 {
+		run(t, bal, clk, 1, 5*time.Millisecond, out)
+		picks++
+	}
+	if n := stat(t, bal, d).Requests; n != 1 {
+		t.Fatalf("the new endpoint took %d of the first %d picks, want the first it was drawn for", n, picks)
+	}
+	if got := stat(t, bal, d).EWMA; got != 3*time.Millisecond {
+		t.Errorf("after its first response the new endpoint's estimate is %v, want 3ms", got)
 	}
 }
 
@@ -400,7 +463,7 @@ func TestValidate(t *testing.T) {
 		wantErr string
 	}{
 		{Config{}, ""},
-		{Config{DefaultRTT: -1}, "balance: defaultRTT: must not be negative, got -1ns"},
+		{Config{LatencyFloor: -1}, "balance: latencyFloor: must not be negative, got -1ns"},
 		{Config{Decay: -time.Second}, "balance: decay: must not be negative, got -1s"},
 		{Config{FailurePenalty: -1}, "balance: failurePenalty: must not be negative, got -1ns"},
 		{Config{BaseEjection: -1}, "balance: baseEjection: must not be negative, got -1ns"},

@@ -36,8 +36,9 @@ type endpoint struct {
 	// only settle its counts.
 	removed bool
 
-	ewma float64   // peak-EWMA latency estimate in nanoseconds, as of at
-	at   time.Time // when ewma was set: the endpoint added, or observed
+	ewma     float64   // peak-EWMA latency estimate in nanoseconds, as of at; 0 until observed
+	at       time.Time // when ewma was set: the endpoint added, or observed
+	observed bool      // a response has set ewma
 
 	pending            int    // picks whose Done has not been called
 	requests, failures uint64 // picks, and Dones that failed
@@ -59,18 +60,20 @@ func (e *endpoint) estimate(now time.Time, decay float64) float64 {
 	return e.ewma * math.Exp(-elapsed/decay)
 }
 
-// cost is Pick's measure: the latency estimate, more for each request
-// outstanding, less so the larger the weight.
-func (e *endpoint) cost(now time.Time, decay float64) float64 {
-	return e.estimate(now, decay) * (1 + float64(e.pending)/float64(e.Weight))
+// cost is Pick's measure: the latency estimate (at least floor), more for
+// each request outstanding, less so the larger the weight.
+func (e *endpoint) cost(now time.Time, decay, floor float64) float64 {
+	return max(e.estimate(now, decay), floor) * (1 + float64(e.pending)/float64(e.Weight))
 }
 
-// observe adds a latency to the peak-EWMA: a latency above the estimate
-// becomes the estimate (the peak); one below it is averaged in, weighted by
-// how long ago the estimate was set.
+// observe adds a latency to the peak-EWMA: the first sets it; a latency
+// above the estimate becomes the
+// estimate (the peak); one below it is averaged in, weighted by how long
+// ago the estimate was set.
 func (e *endpoint) observe(now time.Time, latency time.Duration, decay float64) {
 	rtt := float64(max(latency, 0))
-	if rtt > e.ewma {
+	if rtt > e.ewma || !e.observed {
+		e.observed = true
 		e.ewma = rtt
 	} else {
 		w := math.Exp(-max(float64(now.Sub(e.at)), 0) / decay)

@@ -20,7 +20,7 @@ func picksWhileLoaded(t *testing.T, bal *Balancer, n int) int {
 		if ep.Addr == a {
 			got++
 		}
-		defer done(DefaultRTT, false)
+		defer done(30*time.Millisecond, false)
 	}
 	return got
 }
@@ -83,7 +83,7 @@ func TestSuccessResetsFailures(t *testing.T) {
 	fail(t, bal, a, 4)
 	mine, others := hold(t, bal, a, 1)
 	finish(mine, time.Millisecond, false)
-	finish(others, DefaultRTT, false)
+	finish(others, 30*time.Millisecond, false)
 	fail(t, bal, a, 4)
 	if st := stat(t, bal, a); st.Ejected || st.ConsecutiveFailures != 4 {
 		t.Fatalf("4, a success, 4: ejected %v, %d in a row; want not ejected, 4", st.Ejected, st.ConsecutiveFailures)
@@ -151,7 +151,7 @@ func TestPanicMode(t *testing.T) {
 		if !stat(t, bal, a).Ejected || !stat(t, bal, b).Ejected {
 			t.Fatal("a and b not both ejected")
 		}
-		picks := run(t, bal, clk, 300, 0, always(DefaultRTT))
+		picks := run(t, bal, clk, 300, 0, always(30*time.Millisecond))
 		if picks[a] == 0 || picks[b] == 0 || picks[c] != 0 {
 			t.Errorf("picks in panic mode %v, want a and b only", picks)
 		}
