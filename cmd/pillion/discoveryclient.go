@@ -8,6 +8,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 
 	"github.com/pillionmesh/pillion/mtls"
@@ -72,7 +73,13 @@ func (f *discoveryFlags) client(id proxy.Identity, log *zap.Logger) (*resolve.Re
 		authz = mtls.AuthorizeExpected(spiffeid.RequireFromString(*f.id))
 	}
 	conn, err := grpc.NewClient("passthrough:///"+*f.addr,
-		grpc.WithTransportCredentials(credentials.NewTLS(mtls.GRPCClientConfig(id, authz))))
+		grpc.WithTransportCredentials(credentials.NewTLS(mtls.GRPCClientConfig(id, authz))),
+		// The connection's own reconnect back-off, under the resolver's:
+		// gRPC's default grows to 2 minutes, so that a sidecar would find
+		// discovery back (a restart, a rollout) up to that long after.
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{
+			BaseDelay: resolve.DefaultMinBackoff, Multiplier: 1.6, Jitter: 0.2, MaxDelay: resolve.DefaultMaxBackoff,
+		}}))
 	if err != nil {
 		return nil, nil, badUsage(fmt.Errorf("--discovery-address: %q: %w", *f.addr, err))
 	}
