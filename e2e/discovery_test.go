@@ -266,6 +266,13 @@ func TestDiscoveryAway(t *testing.T) {
 		t.Errorf("%d of 6000 requests failed while discovery was away: %v", n, got)
 	}
 
+	admin := meshtest.NewHTTPClient(m.client.Pod, false)
+	stats := func() string { return want200(t, admin, "GET", adminURL+"/stats?filter=pillion_discovery_client") }
+	if text := stats(); !strings.Contains(text, "pillion_discovery_client_connected: 0\n") ||
+		!strings.Contains(text, "pillion_discovery_client_disconnects_total: 1\n") {
+		t.Errorf("while discovery is away, the sidecar's metrics do not say so:\n%s", text)
+	}
+
 	// A change while discovery is away: web-2 leaves the Service.
 	m.webs["web-2"].served.Store(0)
 	if err := m.env.DeletePod(ctx, clusterNS, "web-2", 0); err != nil {
@@ -286,6 +293,10 @@ func TestDiscoveryAway(t *testing.T) {
 		}
 	}
 	t.Logf("web-2, deleted while discovery was away, got its last request within %v of discovery's restart", time.Since(restarted).Round(100*time.Millisecond))
+	if text := stats(); !strings.Contains(text, "pillion_discovery_client_connected: 1\n") ||
+		!strings.Contains(text, "pillion_discovery_client_connects_total: 2\n") {
+		t.Errorf("discovery back: the sidecar's metrics do not say so:\n%s", text)
+	}
 
 	// 200 Services in the cluster; the application uses 3: the sidecar
 	// holds 3.
@@ -323,7 +334,6 @@ func TestDiscoveryAway(t *testing.T) {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
-	admin := meshtest.NewHTTPClient(m.client.Pod, false)
 	text := want200(t, admin, "GET", adminURL+"/clusters")
 	var clusters []string
 	for _, line := range strings.Split(text, "\n") {

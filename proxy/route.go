@@ -71,15 +71,21 @@ func (s *Server) discovered(ctx context.Context, dst netip.AddrPort) upstream.Ro
 		v, _ = s.routes.by.LoadOrStore(dst, &balanced{Balancer: balance.New(s.routes.cfg, s.routes.now, nil)})
 	}
 	b := v.(*balanced)
-	if b.state.Load() != st { // answers are immutable: a new one is a new pointer
-		b.mu.Lock()
-		if b.state.Load() != st {
-			b.Update(st.Endpoints)
-			b.state.Store(st)
-		}
-		b.mu.Unlock()
-	}
+	b.follow(st)
 	return b
+}
+
+// follow brings the balancer's endpoints to discovery's answer st.
+func (b *balanced) follow(st *resolve.State) {
+	if b.state.Load() == st { // answers are immutable: a new one is a new pointer
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.state.Load() != st {
+		b.Update(st.Endpoints)
+		b.state.Store(st)
+	}
 }
 
 // failed is the route of a destination whose discovery answer was not
@@ -101,11 +107,16 @@ type ServiceRoute struct {
 }
 
 // Routes returns the destinations discovery answered for, with their
-// balancers' endpoints, sorted by destination.
+// balancers' endpoints as of discovery's latest answer (not only as of the
+// last request), sorted by destination.
 func (s *Server) Routes() []ServiceRoute {
 	var out []ServiceRoute
 	s.routes.by.Range(func(k, v any) bool {
 		b := v.(*balanced)
+		// A destination here was answered: Resolve does not wait.
+		if st := s.cfg.Discovery.Resolve(context.Background(), k.(netip.AddrPort)); st != nil {
+			b.follow(st)
+		}
 		st := b.state.Load()
 		r := ServiceRoute{Destination: k.(netip.AddrPort), Endpoints: b.Snapshot()}
 		if st != nil {

@@ -164,6 +164,9 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if resolver != nil {
+		reg.MustRegister(resolver.Collectors()...)
+	}
 	cfg.Registerer = reg
 	s, err := proxy.New(cfg, log)
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"go.uber.org/zap"
@@ -218,5 +219,43 @@ func TestDiscoveryAwayServesWhatItHoldsAndResubscribes(t *testing.T) {
 	})
 	if r.Stats().Disconnects.Load() < 1 || r.Stats().Connects.Load() < 2 {
 		t.Errorf("connects %d, disconnects %d: want the reconnect counted", r.Stats().Connects.Load(), r.Stats().Disconnects.Load())
+	}
+	// The same, as metrics.
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(r.Collectors()...)
+	got := map[string]float64{}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		m := mf.GetMetric()[0]
+		got[mf.GetName()] = m.GetCounter().GetValue() + m.GetGauge().GetValue()
+	}
+	if got["pillion_discovery_client_connects_total"] < 2 || got["pillion_discovery_client_disconnects_total"] < 1 ||
+		got["pillion_discovery_client_connected"] != 1 || got["pillion_discovery_client_destinations"] != 2 ||
+		got["pillion_discovery_client_updates_total"] < 3 {
+		t.Errorf("metrics %v: want 2 connects or more, 1 disconnect or more, connected, 2 destinations, 3 updates or more", got)
+	}
+}
+
+// TestDiscoveryNeverReached: with discovery unreachable from the start, a
+// first lookup waits at most FirstAnswer (the stream may be connecting),
+// and once that has passed none waits: destinations go as they are.
+func TestDiscoveryNeverReached(t *testing.T) {
+	r := newResolver(t, func(context.Context, string) (net.Conn, error) { return nil, net.ErrClosed })
+	start := time.Now()
+	if st := r.Resolve(context.Background(), web); st != nil {
+		t.Fatalf("Resolve = %+v, want nil", st)
+	}
+	if d := time.Since(start); d < DefaultFirstAnswer/2 || d > DefaultFirstAnswer+500*time.Millisecond {
+		t.Errorf("the first lookup took %v, want about %v (waiting for the stream to open)", d, DefaultFirstAnswer)
+	}
+	start = time.Now()
+	if st := r.Resolve(context.Background(), netip.MustParseAddrPort("198.19.0.11:80")); st != nil {
+		t.Fatalf("Resolve = %+v, want nil", st)
+	}
+	if d := time.Since(start); d > 100*time.Millisecond {
+		t.Errorf("a lookup after discovery proved unreachable took %v: it must not wait", d)
 	}
 }
