@@ -204,6 +204,7 @@ type attempt struct {
 	reported  atomic.Bool // done was called
 	start     time.Time
 	connected atomic.Int64 // unix nanoseconds when it got its connection; 0 until then
+	reused    atomic.Bool  // the connection had carried a request before
 	now       func() time.Time
 	proto     upstream.Protocol
 	origProto string
@@ -219,17 +220,24 @@ func attemptOf(ctx context.Context) *attempt { return ctx.Value(attemptKey{}).(*
 func (a *attempt) markSent(now time.Time) { a.sent.CompareAndSwap(0, now.UnixNano()) }
 
 // gotConn restarts the attempt's latency when it has its connection.
-func (a *attempt) gotConn(httptrace.GotConnInfo) {
-	a.connected.CompareAndSwap(0, a.now().UnixNano())
+func (a *attempt) gotConn(info httptrace.GotConnInfo) {
+	if a.connected.CompareAndSwap(0, a.now().UnixNano()) {
+		a.reused.Store(info.Reused)
+	}
 }
 
 // report tells the route how the attempt went, once: at the response
 // headers, or at the failure. The latency runs from the connection
-// obtained, or from the attempt's start when it never got one.
+// obtained, or from the attempt's start when it never got one; the first
+// request on a new connection measures none (upstream.NoLatency).
 func (a *attempt) report(now time.Time, failed bool) {
 	if a.reported.CompareAndSwap(false, true) {
 		start := a.start
 		if c := a.connected.Load(); c != 0 {
+			if !a.reused.Load() && !failed {
+				a.done(upstream.NoLatency, false)
+				return
+			}
 			start = time.Unix(0, c)
 		}
 		a.done(max(now.Sub(start), 0), failed)

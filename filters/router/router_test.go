@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httptrace"
 	"net/netip"
 	"strings"
 	"syscall"
@@ -30,6 +31,11 @@ type fakeUpstream struct {
 	wait   time.Duration // the clock advances this much while "upstream"
 	clock  *fakeClock
 	err    error
+	// conn, when set, is the connection the request gets, as the
+	// transport's trace reports it, after setup: the clock advances this
+	// much first.
+	conn  *httptrace.GotConnInfo
+	setup time.Duration
 }
 
 func (u *fakeUpstream) RoundTrip(r *http.Request, _ upstream.Endpoint, p upstream.Protocol) (*http.Response, error) {
@@ -43,6 +49,12 @@ func (u *fakeUpstream) RoundTrip(r *http.Request, _ upstream.Endpoint, p upstrea
 			u.onErr()
 		}
 		return nil, u.err
+	}
+	if u.conn != nil {
+		u.clock.t = u.clock.t.Add(u.setup)
+		if tr := httptrace.ContextClientTrace(r.Context()); tr != nil && tr.GotConn != nil {
+			tr.GotConn(*u.conn)
+		}
 	}
 	u.clock.t = u.clock.t.Add(u.wait)
 	status := u.status
@@ -347,19 +359,24 @@ func (r *recordingRoute) Pick() (upstream.Endpoint, upstream.Done, error) {
 func TestEachAttemptPicksAndReports(t *testing.T) {
 	ep := upstream.Endpoint{Addr: netip.MustParseAddrPort("10.1.2.3:8080"), Meshed: true,
 		Identity: "spiffe://cluster.local/ns/shop/sa/web", Service: upstream.Service{Namespace: "shop", Name: "web"}}
+	reused, fresh := &httptrace.GotConnInfo{Reused: true}, &httptrace.GotConnInfo{}
 	for _, tc := range []struct {
 		name   string
 		err    error
 		status int
+		conn   *httptrace.GotConnInfo
 		want   string
 	}{
-		{"answered", nil, 200, "25ms failed=false"},
-		{"5xx", nil, 503, "25ms failed=true"},
-		{"connect failure", &upstream.Error{Kind: upstream.ConnectFailure, Err: errors.New("refused")}, 0, "25ms failed=true"},
+		{"answered", nil, 200, nil, "25ms failed=false"},
+		{"5xx", nil, 503, nil, "25ms failed=true"},
+		{"connect failure", &upstream.Error{Kind: upstream.ConnectFailure, Err: errors.New("refused")}, 0, nil, "25ms failed=true"},
+		{"answered on a connection used before: from the connection on", nil, 200, reused, "25ms failed=false"},
+		{"answered first on a new connection: no latency", nil, 200, fresh, "-1ns failed=false"},
+		{"5xx first on a new connection: a failure, from the connection on", nil, 503, fresh, "25ms failed=true"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			route := &recordingRoute{ep: ep}
-			up := &fakeUpstream{err: tc.err, wait: 25 * time.Millisecond, status: tc.status}
+			up := &fakeUpstream{err: tc.err, wait: 25 * time.Millisecond, status: tc.status, conn: tc.conn, setup: 40 * time.Millisecond}
 			up.clock = &fakeClock{t: time.Unix(1000, 0)}
 			rt, err := New(Config{}, filters.Env{Log: zap.NewNop(), Now: up.clock.now, Upstream: up,
 				Route: func(netip.AddrPort) upstream.Route { return route }})

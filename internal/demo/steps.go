@@ -13,7 +13,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/pillionmesh/pillion/internal/meshtest"
@@ -28,7 +27,7 @@ func (v *svc) balance() error {
 	fmt.Println("  the frontend's sidecar picks an endpoint per request (power of two choices over peak-EWMA latency)")
 	fmt.Println("  and reaches it in mTLS, checking that it presents the identity discovery announced")
 	before := v.counts()
-	r := v.send(requests, 1)
+	r := v.send(requests)
 	v.print(r, before)
 	if len(r.errors) > 0 {
 		return fmt.Errorf("%d of %d requests failed: %v%s", requests-sum(r.answers), requests, r.errors, v.logTail())
@@ -88,11 +87,9 @@ func (v *svc) impostor() error {
 	if err := v.waitPushed(changes); err != nil {
 		return err
 	}
-	const parallel = 6
-	fmt.Printf("  %d requests again, %d at a time: a new endpoint starts with a 30 ms latency estimate, above the warm ones',\n", requests, parallel)
-	fmt.Println("  so requests one by one would not try it for a while; with requests outstanding on the others, it is tried")
+	fmt.Printf("  %d requests again, one by one: a new endpoint, not yet heard from, is tried at once\n", requests)
 	before := v.counts()
-	r := v.send(requests, parallel)
+	r := v.send(requests)
 	v.print(r, before)
 	if n := v.hits[web3.Name].Load() - before[web3.Name]; n != 0 {
 		return fmt.Errorf("web-3's application got %d requests: the frontend's sidecar did not check the identity discovery announced%s", n, v.logTail())
@@ -184,7 +181,7 @@ func (v *svc) deletion() error {
 	}
 	fmt.Printf("  %d requests again, one by one (web-1's application still runs: only the Service no longer lists it):\n", requests)
 	before := v.counts()
-	r := v.send(requests, 1)
+	r := v.send(requests)
 	v.print(r, before)
 	if n := v.hits[web1.Name].Load() - before[web1.Name]; n != 0 {
 		return fmt.Errorf("web-1's application got %d requests after its Pod was deleted%s", n, v.logTail())
@@ -302,32 +299,19 @@ type round struct {
 	dials   int32          // connections the application opened
 }
 
-// send makes n GET requests from the frontend application to the
-// Service's ClusterIP on its keep-alive client, parallel at a time.
-func (v *svc) send(n, parallel int) round {
+// send makes n GET requests, one by one, from the frontend application to
+// the Service's ClusterIP on its keep-alive client.
+func (v *svc) send(n int) round {
 	r := round{answers: map[string]int{}, errors: map[string]int{}}
 	before := v.http.Dials.Load()
 	target := "http://" + netip.AddrPortFrom(v.clusterIP, 80).String() + "/"
-	var (
-		mu  sync.Mutex
-		wg  sync.WaitGroup
-		sem = make(chan struct{}, parallel)
-	)
 	for range n {
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			body, err := v.get(target)
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				r.errors[err.Error()]++
-			} else {
-				r.answers[body]++
-			}
-		})
+		if body, err := v.get(target); err != nil {
+			r.errors[err.Error()]++
+		} else {
+			r.answers[body]++
+		}
 	}
-	wg.Wait()
 	r.dials = v.http.Dials.Load() - before
 	return r
 }

@@ -20,7 +20,9 @@
 //
 // # The estimate
 //
-// Each endpoint keeps a peak-EWMA of the latencies Done reports. A latency
+// Each endpoint keeps a peak-EWMA of the latencies Done reports (a Done
+// with upstream.NoLatency, the first request on a new connection, counts
+// for load and failures only). A latency
 // above the EWMA replaces it; one below is averaged in, the old value
 // weighing exp(-elapsed/Decay) where elapsed is the time since the EWMA was
 // last set. A failure counts as at least Config.FailurePenalty. Between
@@ -282,7 +284,9 @@ func (t *ticket) done(latency time.Duration, failed bool) {
 		e.failures++
 		latency = max(latency, b.cfg.FailurePenalty)
 	}
-	e.observe(now, latency, b.decay)
+	if latency != upstream.NoLatency {
+		e.observe(now, latency, b.decay)
+	}
 	if e.removed || !e.takes() || e.ejected(now) {
 		return
 	}

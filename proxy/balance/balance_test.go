@@ -281,6 +281,22 @@ func TestEWMA(t *testing.T) {
 	}
 }
 
+// TestNoLatency: a Done without a latency settles the pick and counts its
+// outcome, but leaves the estimate as it was: not heard from stays so.
+func TestNoLatency(t *testing.T) {
+	bal, _ := newTest(t, Config{}, ready(1))
+	_, done, _ := bal.Pick()
+	done(upstream.NoLatency, false)
+	if s := stat(t, bal, a); s.EWMA != 0 || s.Pending != 0 || s.Requests != 1 {
+		t.Errorf("after a Done without latency: %+v, want no estimate, nothing pending, one request", s)
+	}
+	_, done, _ = bal.Pick()
+	done(upstream.NoLatency, true)
+	if s := stat(t, bal, a); s.EWMA != DefaultFailurePenalty || s.Failures != 1 {
+		t.Errorf("after a failure without latency: %+v, want the failure penalty as the estimate", s)
+	}
+}
+
 func TestAvoidsPending(t *testing.T) {
 	bal, clk := newTest(t, Config{}, ready(3))
 	mine, others := hold(t, bal, a, 10)

@@ -62,9 +62,15 @@ type Endpoint struct {
 
 // Done reports the outcome of a request or connection to a picked
 // endpoint: how long the endpoint took to answer (the response headers;
-// for a connection, the connect) and whether it failed (no connection, a
-// reset, a 5xx). A Done must be called exactly once.
+// for a connection, the connect), or NoLatency, and whether it failed (no
+// connection, a reset, a 5xx). A Done must be called exactly once.
 type Done func(latency time.Duration, failed bool)
+
+// NoLatency is the latency of a Done whose attempt measured none of the
+// endpoint's: the first request on a new connection, whose time is as much
+// the connection's setup on both sides (the far sidecar's dial to its
+// application, cold code paths) as the endpoint's speed.
+const NoLatency time.Duration = -1
 
 // Route picks the endpoint for each request or connection to one
 // destination. Implementations are safe for concurrent use.
