@@ -267,7 +267,7 @@ type discoveryProc struct {
 	grpcPort, healthPort int
 }
 
-func startDiscovery(t *testing.T, kubeconfig, socket string) *discoveryProc {
+func startDiscovery(t testing.TB, kubeconfig, socket string) *discoveryProc {
 	t.Helper()
 	d := &discoveryProc{kubeconfig: kubeconfig, socket: socket, grpcPort: freePort(t), healthPort: freePort(t)}
 	d.addr = fmt.Sprintf("127.0.0.1:%d", d.grpcPort)
@@ -277,7 +277,7 @@ func startDiscovery(t *testing.T, kubeconfig, socket string) *discoveryProc {
 
 // start starts discovery (again, on the same ports) and waits until it is
 // ready: its informers synced and its identity up.
-func (d *discoveryProc) start(t *testing.T) {
+func (d *discoveryProc) start(t testing.TB) {
 	t.Helper()
 	d.proc = testpod.StartOnNode(t, pillionBin, "discovery", "--kubeconfig="+d.kubeconfig,
 		"--spiffe-socket="+d.socket, fmt.Sprintf("--port=%d", d.grpcPort), fmt.Sprintf("--metrics-port=%d", d.healthPort))

@@ -37,7 +37,7 @@ type runningInjector struct {
 }
 
 // freePort returns a port nothing listens on right now.
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

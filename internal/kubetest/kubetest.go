@@ -6,7 +6,7 @@
 // controllers (StartControllerManager) and plays the kubelet's part itself
 // (CreateNode, RunPod, SetPodReady, DeletePod).
 //
-// Services get ClusterIPs from ServiceCIDR (198.19.0.0/24, part of the range
+// Services get ClusterIPs from ServiceCIDR (198.19.0.0/20, part of the range
 // set aside for benchmarking), never from a private range; the cluster is
 // IPv4 only.
 package kubetest
@@ -46,9 +46,10 @@ const (
 )
 
 // ServiceCIDR is the API server's --service-cluster-ip-range: Services'
-// ClusterIPs come from it. It lies in 198.18.0.0/15, next to the test pods'
-// 198.18.0.0/24, so that no test ever addresses a private range.
-const ServiceCIDR = "198.19.0.0/24"
+// ClusterIPs come from it. It lies in 198.18.0.0/15, apart from the test
+// pods' 198.18.0.0/24, so that no test ever addresses a private range; its
+// 4,094 addresses hold the 2,000 Services of BenchmarkDiscoveryScale.
+const ServiceCIDR = "198.19.0.0/20"
 
 // Env is a running API server. Its methods are safe for concurrent use.
 type Env struct {
