@@ -2,6 +2,9 @@
 
 GO          ?= go
 BIN         := bin/pillion
+# The sidecar image's binary: the lean build (tag lean: init, proxy, wait,
+# identity, version; no Kubernetes client linked).
+BIN_PROXY   := bin/proxy/pillion
 # Heavy or downloaded tools are built once into this folder and reused.
 CACHE_DIR   ?= $(CURDIR)/.cache
 TOOLS_DIR   := $(CACHE_DIR)/tools
@@ -51,12 +54,13 @@ help:
 	@echo "make test   lint, then every test, the root-only ones included (root; CI=true turns their skips into failures)"
 	@echo "make bench  the sidecar's cost side by side with the direct path and HAProxy (root, ~10 min)"
 	@echo "make bench-discovery  discovery with 2,000 Services and 20,000 Pods: memory, update latency, a sidecar's memory (root, ~5 min)"
-	@echo "make build  bin/pillion"
+	@echo "make build  bin/pillion (every command) and bin/proxy/pillion (the sidecar image's lean build)"
 	@echo "make lint   gofmt, go vet, staticcheck"
 	@echo "make clean  remove bin/, the tool cache and any test namespaces left behind"
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/pillion
+	CGO_ENABLED=0 $(GO) build -tags lean -trimpath -ldflags '$(LDFLAGS)' -o $(BIN_PROXY) ./cmd/pillion
 
 # deps installs what the tests and the demo use from the system: iptables,
 # iproute2, setpriv. It needs root when something is missing.
@@ -98,7 +102,9 @@ bench-discovery: deps $(KUBE)
 lint: $(STATICCHECK)
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) vet -tags lean ./cmd/pillion
 	$(STATICCHECK) ./...
+	$(STATICCHECK) -tags lean ./cmd/pillion
 
 h2spec: $(H2SPEC)
 

@@ -45,7 +45,7 @@ func run(cfg harness.Config, fortio, out string) error {
 	if err != nil {
 		return err
 	}
-	bin, remove, err := meshtest.Build(root)
+	bin, remove, err := meshtest.Build(root, "lean") // the sidecar image's build
 	if err != nil {
 		return err
 	}

@@ -18,8 +18,10 @@ import (
 	"github.com/pillionmesh/pillion/internal/testpod"
 )
 
-// pillionBin is the binary under test, built once by TestMain.
-var pillionBin string
+// The binaries under test, built once by TestMain: pillionBin is the lean
+// build the sidecar image ships (init, proxy, wait, identity), controlBin
+// the full one of the control plane (injector, discovery, inject).
+var pillionBin, controlBin string
 
 func TestMain(m *testing.M) {
 	root, err := meshtest.ModuleRoot()
@@ -27,14 +29,21 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	bin, remove, err := meshtest.Build(root)
+	lean, removeLean, err := meshtest.Build(root, "lean")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	pillionBin = bin
+	full, removeFull, err := meshtest.Build(root)
+	if err != nil {
+		removeLean()
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	pillionBin, controlBin = lean, full
 	code := m.Run()
-	remove()
+	removeLean()
+	removeFull()
 	os.Exit(code)
 }
 

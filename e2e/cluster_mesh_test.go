@@ -279,7 +279,7 @@ func startDiscovery(t testing.TB, kubeconfig, socket string) *discoveryProc {
 // ready: its informers synced and its identity up.
 func (d *discoveryProc) start(t testing.TB) {
 	t.Helper()
-	d.proc = testpod.StartOnNode(t, pillionBin, "discovery", "--kubeconfig="+d.kubeconfig,
+	d.proc = testpod.StartOnNode(t, controlBin, "discovery", "--kubeconfig="+d.kubeconfig,
 		"--spiffe-socket="+d.socket, fmt.Sprintf("--port=%d", d.grpcPort), fmt.Sprintf("--metrics-port=%d", d.healthPort))
 	deadline := time.Now().Add(30 * time.Second)
 	for {

@@ -104,11 +104,14 @@ func checkDeployment(t *testing.T, d *appsv1.Deployment) {
 		return
 	}
 	c := d.Spec.Template.Spec.Containers[0]
+	if !strings.HasPrefix(c.Image, "ghcr.io/pillionmesh/pillion:") {
+		t.Errorf("Deployment %s: image %q, want the control image (ghcr.io/pillionmesh/pillion; the proxy image lacks %s)", d.Name, c.Image, sub)
+	}
 	if len(c.Args) == 0 || c.Args[0] != sub {
 		t.Errorf("Deployment %s: args %q, want the %s subcommand", d.Name, c.Args, sub)
 		return
 	}
-	help, err := exec.Command(pillionBin, sub, "--help").Output()
+	help, err := exec.Command(controlBin, sub, "--help").Output()
 	if err != nil {
 		t.Fatalf("pillion %s --help: %v", sub, err)
 	}

@@ -65,7 +65,7 @@ func startInjector(t *testing.T, env *kubetest.Env, configYAML string) *runningI
 		certDir:     dir,
 		configPath:  cfgPath,
 	}
-	inj.proc = testpod.StartOnNode(t, pillionBin, "injector", "--address=127.0.0.1",
+	inj.proc = testpod.StartOnNode(t, controlBin, "injector", "--address=127.0.0.1",
 		fmt.Sprint("--port=", port), fmt.Sprint("--metrics-port=", mport), "--config="+cfgPath,
 		"--tls-cert="+filepath.Join(dir, "tls.crt"), "--tls-key="+filepath.Join(dir, "tls.key"))
 	deadline := time.Now().Add(15 * time.Second)

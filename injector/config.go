@@ -24,7 +24,7 @@ import (
 // deploy/ installs), decoded strictly: an unknown field is an error.
 // Validate turns it into a Config.
 //
-//	image: ghcr.io/pillionmesh/pillion:v0.1.0
+//	image: ghcr.io/pillionmesh/pillion-proxy:v0.1.0
 //	imagePullPolicy: IfNotPresent
 //	nativeSidecars: true
 //	excludeNamespaces: [kube-system, pillion-system]

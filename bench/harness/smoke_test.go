@@ -46,7 +46,7 @@ func TestSmoke(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bin, remove, err := meshtest.Build(root)
+	bin, remove, err := meshtest.Build(root, "lean") // the sidecar image's build
 	if err != nil {
 		t.Fatal(err)
 	}

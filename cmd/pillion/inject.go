@@ -1,3 +1,5 @@
+//go:build !lean
+
 package main
 
 import (
@@ -60,7 +62,9 @@ func runInject(_ context.Context, args []string, stdout, stderr io.Writer) error
 	return nil
 }
 
-func defaultImage() string { return "ghcr.io/pillionmesh/pillion:" + version }
+// defaultImage is the sidecar image of this version: the lean build (init,
+// proxy, wait), see the Dockerfile.
+func defaultImage() string { return "ghcr.io/pillionmesh/pillion-proxy:" + version }
 
 // injectConfig loads --config, or builds the default config.
 func injectConfig(path string) (*injector.Config, error) {

@@ -1,3 +1,5 @@
+//go:build !lean
+
 package main
 
 import (
@@ -259,7 +261,7 @@ func TestInjectDefaultConfig(t *testing.T) {
 		t.Fatalf("%v\n%s", err, stdout)
 	}
 	// No proxy config by default: no volume for it.
-	checkInjectedPodSpec(t, pod.Spec, "ghcr.io/pillionmesh/pillion:v1.2.3-test", []string{"x"}, []string{"pillion-identity"})
+	checkInjectedPodSpec(t, pod.Spec, "ghcr.io/pillionmesh/pillion-proxy:v1.2.3-test", []string{"x"}, []string{"pillion-identity"})
 	for _, v := range pod.Spec.Volumes {
 		if v.Name != "pillion-identity" {
 			continue
@@ -308,7 +310,7 @@ func TestInjectHelp(t *testing.T) {
 		t.Errorf("exit %d, stderr %q; want 0 and nothing", code, stderr)
 	}
 	for _, want := range []string{"Usage: pillion inject [flags]", "\n  -f string\n", "- for standard input", "\n  -config string\n",
-		"default: image ghcr.io/pillionmesh/pillion:" + version} {
+		"default: image ghcr.io/pillionmesh/pillion-proxy:" + version} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("inject --help lacks %q:\n%s", want, stdout)
 		}

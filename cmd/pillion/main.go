@@ -33,17 +33,18 @@ func (e usageError) Unwrap() error { return e.err }
 // badUsage wraps err as a usageError.
 func badUsage(err error) error { return usageError{err} }
 
+// commands are the subcommands of this build: those that run in the
+// application's pod always, the control plane's and the CLI's that need the
+// Kubernetes API unless built with the tag lean (the sidecar image's
+// binary, which then links no Kubernetes API machinery).
 func commands() []command {
-	return []command{
+	return append([]command{
 		{"init", "install the capture rules in this network namespace (the init container)", runInit},
 		{"proxy", "run the sidecar proxy", runProxy},
-		{"injector", "serve the mutating admission webhook that injects the sidecar", runInjector},
-		{"discovery", "serve the discovery API: the endpoints and identities behind each destination, to the sidecars", runDiscovery},
-		{"inject", "add the sidecar to Kubernetes manifests offline (-f FILE|-)", runInject},
-		{"identity", "serve SPIFFE identities from a local CA on the Workload API (laptops, demos, tests)", runIdentity},
 		{"wait", "wait until the sidecar in this pod is ready (an application's postStart hook)", runWait},
+		{"identity", "serve SPIFFE identities from a local CA on the Workload API (laptops, demos, tests)", runIdentity},
 		{"version", "print the version", runVersion},
-	}
+	}, kubeCommands()...)
 }
 
 func main() {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -113,5 +114,30 @@ func TestProxyHelp(t *testing.T) {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("proxy --help lacks %q", want)
 		}
+	}
+}
+
+// TestLeanBuild: the build the sidecar image ships (tag lean) links no
+// Kubernetes API machinery, which costs a sidecar megabytes of memory;
+// the full build does, for the control plane's commands.
+func TestLeanBuild(t *testing.T) {
+	k8s := func(tags string) int {
+		out, err := exec.Command("go", "list", "-tags="+tags, "-deps", ".").Output()
+		if err != nil {
+			t.Fatalf("go list -tags=%q: %v", tags, err)
+		}
+		n := 0
+		for _, p := range strings.Fields(string(out)) {
+			if strings.HasPrefix(p, "k8s.io/") {
+				n++
+			}
+		}
+		return n
+	}
+	if n := k8s("lean"); n != 0 {
+		t.Errorf("the lean build links %d k8s.io packages, want none", n)
+	}
+	if n := k8s(""); n == 0 {
+		t.Error("the full build links no k8s.io package: the test no longer tells the builds apart")
 	}
 }

@@ -50,7 +50,8 @@ func main() {
 // the identity issuer.
 type demo struct {
 	s    *testpod.Session
-	bin  string
+	bin  string // the lean build of the sidecar image, for the pods
+	ctl  string // the full build, for pillion discovery
 	node *testpod.Node
 	iss  *meshtest.Issuer
 
@@ -75,14 +76,19 @@ func run(s *testpod.Session, hold bool) error {
 		return err
 	}
 	step("Building pillion")
-	bin, remove, err := meshtest.Build(root)
+	bin, remove, err := meshtest.Build(root, "lean")
+	if err != nil {
+		return err
+	}
+	s.Cleanup(remove)
+	ctl, remove, err := meshtest.Build(root)
 	if err != nil {
 		return err
 	}
 	s.Cleanup(remove)
 	built := time.Now()
 
-	d := &demo{s: s, bin: bin}
+	d := &demo{s: s, bin: bin, ctl: ctl}
 	d.makePods()
 	d.startIssuer()
 	if err := d.podToPod(); err != nil {

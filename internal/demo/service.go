@@ -231,7 +231,7 @@ func (v *svc) startDiscovery() error {
 		"--port=" + strconv.Itoa(grpcPort), "--metrics-port=" + strconv.Itoa(metricsPort),
 		"--spiffe-socket=" + v.iss.SocketPath("discovery.sock")}
 	start := time.Now()
-	proc := testpod.StartOnNode(v.s, v.bin, args...)
+	proc := testpod.StartOnNode(v.s, v.ctl, args...)
 	ready := fmt.Sprintf("http://127.0.0.1:%d/healthz/ready", metricsPort)
 	v.metrics = fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort)
 	if err := waitReady(v.ctx, ready, proc); err != nil {

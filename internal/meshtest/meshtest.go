@@ -18,10 +18,11 @@ import (
 	"github.com/pillionmesh/pillion/internal/testpod"
 )
 
-// Build compiles ./cmd/pillion from the module at root into a fresh
-// directory that the proxy's user can read, and returns the binary's path
-// and a func that removes it.
-func Build(root string) (string, func(), error) {
+// Build compiles ./cmd/pillion from the module at root, with the build
+// tags given (lean: the sidecar image's binary), into a fresh directory
+// that the proxy's user can read, and returns the binary's path and a func
+// that removes it.
+func Build(root string, tags ...string) (string, func(), error) {
 	dir, err := os.MkdirTemp("", "pillion-bin-")
 	if err != nil {
 		return "", nil, err
@@ -33,7 +34,7 @@ func Build(root string) (string, func(), error) {
 		return "", nil, err
 	}
 	bin := filepath.Join(dir, "pillion")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/pillion")
+	cmd := exec.Command("go", "build", "-tags="+strings.Join(tags, ","), "-o", bin, "./cmd/pillion")
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
 		remove()
