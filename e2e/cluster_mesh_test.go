@@ -98,6 +98,9 @@ func newClusterMesh(t *testing.T, webs []string, ids map[string]string, clientCo
 			Ports: []corev1.ServicePort{
 				{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)},
 				{Name: "grpc", Port: 9090, TargetPort: intstr.FromInt32(9090)},
+				// Opaque TCP, by its appProtocol: never sniffed, balanced
+				// per connection.
+				{Name: "tcp", Port: 7000, TargetPort: intstr.FromInt32(7000), AppProtocol: new("tcp")},
 			},
 		},
 	}, metav1.CreateOptions{})
@@ -145,6 +148,12 @@ func (m *clusterMesh) startWeb(t *testing.T, name string) {
 	go func() { _ = w.app.Serve(l) }()
 	t.Cleanup(func() { w.app.Close() })
 	serveGRPCName(t, w.pod, ":9090", name)
+	// A server-first TCP service: it writes its pod's name and closes.
+	tl, err := w.pod.Listen("tcp", ":7000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	meshtest.Serve(t, tl, func(c net.Conn) { _, _ = io.WriteString(c, name); c.Close() })
 	w.sidecar = meshtest.Inject(t, pillionBin, w.pod, nil, []string{m.issuer.ProxyArg(w.pod)})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -158,7 +167,7 @@ func (m *clusterMesh) startWeb(t *testing.T, name string) {
 			NodeName:           nodeName,
 			ServiceAccountName: name, // discovery announces spiffe://cluster.local/ns/default/sa/<name> = meshtest.PodID
 			Containers: []corev1.Container{{Name: "web", Image: "pillion.invalid/web",
-				Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}, {Name: "grpc", ContainerPort: 9090}}}},
+				Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}, {Name: "grpc", ContainerPort: 9090}, {Name: "tcp", ContainerPort: 7000}}}},
 		},
 	}, w.pod.IPv4)
 	if err != nil {

@@ -144,12 +144,51 @@ func TestDiscoveryBalancesServiceRequests(t *testing.T) {
 	}
 }
 
-// statValue returns the number on the line "name::<number>" of an admin
-// page's text.
+// TestDiscoveryBalancesConnections: opaque TCP to a Service port
+// (appProtocol tcp: never sniffed, even for a server that speaks first) is
+// balanced per connection across its endpoints, in mTLS to each.
+func TestDiscoveryBalancesConnections(t *testing.T) {
+	webs := []string{"web-0", "web-1", "web-2"}
+	m := newClusterMesh(t, webs, nil, "")
+	got := map[string]int{}
+	for range 300 {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		c, err := m.client.Pod.Dial(ctx, "tcp", hostPort(m.webIP, 7000))
+		if err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		b, err := io.ReadAll(c)
+		c.Close()
+		cancel()
+		if err != nil {
+			t.Fatalf("reading the server's name: %v", err)
+		}
+		got[string(b)]++
+	}
+	within(t, "300 connections to an opaque Service port", got, webs, 1.0/3, 0.08)
+	t.Logf("300 TCP connections: %v", got)
+	admin := meshtest.NewHTTPClient(m.client.Pod, false)
+	text := want200(t, admin, "GET", adminURL+"/stats?filter=mtls_connections|sniff_timeouts")
+	if n := statValue(t, text, `pillion_mtls_connections_total{direction="outbound"}`); n < 300 {
+		t.Errorf("%v outbound mTLS connections counted, want the 300 at least:\n%s", n, text)
+	}
+	if n := statValue(t, text, `pillion_sniff_timeouts_total{direction="outbound"}`); n != 0 {
+		t.Errorf("%v outbound sniffs timed out, want none: the Service port's appProtocol says opaque TCP:\n%s", n, text)
+	}
+}
+
+// statValue returns the number on the line "name::<number>" (/clusters) or
+// "name: <number>" (/stats) of an admin page's text.
 func statValue(t *testing.T, text, name string) float64 {
 	t.Helper()
 	for _, line := range strings.Split(text, "\n") {
-		if v, ok := strings.CutPrefix(line, name+"::"); ok {
+		v, ok := strings.CutPrefix(line, name+"::")
+		if !ok {
+			v, ok = strings.CutPrefix(line, name+": ")
+		}
+		if ok {
 			f, err := strconv.ParseFloat(v, 64)
 			if err != nil {
 				t.Fatalf("%s: %v", name, err)

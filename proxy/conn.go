@@ -274,11 +274,13 @@ func (d detection) how() string {
 }
 
 // detect tells the connection's protocol from its first bytes, unless its
-// original destination port is declared opaque. Inbound with mTLS on,
-// opaque ports are read too, to tell peer sidecars (who speak first) from
-// the rest, but never served as HTTP.
+// original destination port is declared opaque, or (outbound) discovery
+// says the destination's port is (a Service port's appProtocol: a server
+// that speaks first is then not kept waiting for the sniff to time out).
+// Inbound with mTLS on, opaque ports are read too, to tell peer sidecars
+// (who speak first) from the rest, but never served as HTTP.
 func (s *Server) detect(c *net.TCPConn, dir Direction, dst netip.AddrPort) (detection, error) {
-	opaque := s.cfg.OpaquePorts.Contains(dst.Port())
+	opaque := s.cfg.OpaquePorts.Contains(dst.Port()) || (dir == Outbound && s.opaqueByDiscovery(dst))
 	if opaque && (dir == Outbound || s.mesh == nil) {
 		return detection{skipped: true}, nil
 	}

@@ -88,6 +88,16 @@ func (b *balanced) follow(st *resolve.State) {
 	}
 }
 
+// opaqueByDiscovery says whether discovery's answer for dst hints opaque
+// TCP. The answer is the one the route then uses (asked once, held after).
+func (s *Server) opaqueByDiscovery(dst netip.AddrPort) bool {
+	if s.cfg.Discovery == nil || s.mesh == nil {
+		return false
+	}
+	st := s.cfg.Discovery.Resolve(s.hardStop, dst)
+	return st != nil && st.Err == nil && st.Protocol == resolve.Opaque
+}
+
 // failed is the route of a destination whose discovery answer was not
 // valid: no request is sent anywhere, least of all in plaintext.
 type failed struct{ err error }

@@ -87,6 +87,20 @@ func TestRoutes(t *testing.T) {
 		t.Errorf("100 picks went to %v, want both endpoints", picked)
 	}
 
+	// A Service port discovery hints as opaque TCP is not sniffed (a
+	// server that speaks first would wait for the sniff to time out); one
+	// it does not hint is.
+	if s.opaqueByDiscovery(web) {
+		t.Error("a destination without discovery's opaque hint counts as opaque")
+	}
+	db := netip.MustParseAddrPort("10.96.0.12:3306")
+	dbState := service("10.1.0.9:3306")
+	dbState.Protocol = resolve.Opaque
+	disc.set(db, dbState)
+	if det, err := s.detect(nil, Outbound, db); err != nil || !det.skipped {
+		t.Errorf("discovery's opaque hint: detection %+v, %v; want skipped", det, err)
+	}
+
 	disc.set(web, service("10.1.0.3:8080"))
 	routes := s.Routes()
 	if len(routes) != 1 || routes[0].Destination != web {
