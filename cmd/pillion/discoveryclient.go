@@ -74,9 +74,11 @@ func (f *discoveryFlags) client(id proxy.Identity, log *zap.Logger) (*resolve.Re
 	}
 	conn, err := grpc.NewClient("passthrough:///"+*f.addr,
 		grpc.WithTransportCredentials(credentials.NewTLS(mtls.GRPCClientConfig(id, authz))),
-		// The connection's own reconnect back-off, under the resolver's:
-		// gRPC's default grows to 2 minutes, so that a sidecar would find
-		// discovery back (a restart, a rollout) up to that long after.
+		// The reconnect back-off (the resolver's stream waits for the
+		// connection, so this paces its reconnects): gRPC's default
+		// multiplier and jitter, but capped at the resolver's 5 s, where
+		// gRPC's grows to 2 minutes and a sidecar would find discovery back
+		// (a restart, a rollout) up to that long after.
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{
 			BaseDelay: resolve.DefaultMinBackoff, Multiplier: 1.6, Jitter: 0.2, MaxDelay: resolve.DefaultMaxBackoff,
 		}}))

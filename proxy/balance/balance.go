@@ -12,9 +12,10 @@
 //	cost = max(estimate, LatencyFloor) × (1 + pending/weight)
 //
 // where pending counts its picks not yet Done. The floor makes latencies
-// that differ by less than noise count as equal (see DefaultLatencyFloor). When the costs are equal it
-// returns the first drawn, so that endpoints alike share the traffic in
-// proportion to their weights even one request at a time. (Linkerd divides
+// that differ by no more than noise count as equal (DefaultLatencyFloor
+// says why). When the costs are equal it returns the first drawn, so that
+// endpoints alike share the traffic in proportion to their weights even
+// one request at a time. (Linkerd divides
 // the whole cost by the weight instead: the heavier endpoint would then take
 // every request while nothing is outstanding.)
 //
@@ -22,10 +23,9 @@
 //
 // Each endpoint keeps a peak-EWMA of the latencies Done reports (a Done
 // with upstream.NoLatency, the first request on a new connection, counts
-// for load and failures only). A latency
-// above the EWMA replaces it; one below is averaged in, the old value
-// weighing exp(-elapsed/Decay) where elapsed is the time since the EWMA was
-// last set. A failure counts as at least Config.FailurePenalty. Between
+// for load and failures only). A latency above the EWMA replaces it; one
+// below is averaged in, the old value weighing exp(-elapsed/Decay) where
+// elapsed is the time since the EWMA was last set. A failure counts as at least Config.FailurePenalty. Between
 // observations the estimate Pick uses decays toward zero at the same rate
 // (as Linkerd's does when it is read): without that, an endpoint that was
 // slow once would lose every comparison and never be tried again while the
