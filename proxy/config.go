@@ -49,6 +49,9 @@ type Config struct {
 	OutboundPort, InboundPort uint16
 	// DialTimeout bounds how long connecting upstream may take.
 	DialTimeout time.Duration
+	// MaxHandshakes bounds the mTLS handshakes in flight at once, both
+	// directions; more wait in order. See DefaultMaxHandshakes.
+	MaxHandshakes int
 	// MaxConnections caps the connections being proxied at once, both
 	// directions together; one more is accepted and reset at once.
 	MaxConnections int
@@ -92,6 +95,7 @@ func DefaultConfig() Config {
 		InboundPort:    DefaultInboundPort,
 		DialTimeout:    DefaultDialTimeout,
 		MaxConnections: DefaultMaxConnections,
+		MaxHandshakes:  DefaultMaxHandshakes,
 		DrainTimeout:   DefaultDrainTimeout,
 		IdleTimeout:    DefaultIdleTimeout,
 		SniffTimeout:   DefaultSniffTimeout,
@@ -119,6 +123,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("--dial-timeout: %v: must be positive", c.DialTimeout)
 	case c.MaxConnections <= 0:
 		return fmt.Errorf("--max-connections: %d: must be positive", c.MaxConnections)
+	case c.MaxHandshakes <= 0:
+		return fmt.Errorf("--max-handshakes: %d: must be positive", c.MaxHandshakes)
 	case c.DrainTimeout < 0:
 		return fmt.Errorf("--drain-timeout: %v: must not be negative", c.DrainTimeout)
 	case c.IdleTimeout < 0:

@@ -135,7 +135,7 @@ func (s *Server) dialMesh(ctx context.Context, ep upstream.Endpoint, alpn string
 		return nil, err
 	}
 	tc := tls.Client(c, cfg)
-	if err := tc.HandshakeContext(ctx); err != nil {
+	if err := s.handshakes.do(ctx, tc, s.log); err != nil {
 		f := mtls.Classify(err)
 		st.TLSFailures[f].Add(1)
 		relay.Reset(c)
@@ -216,7 +216,7 @@ func (s *Server) serveMesh(cn *conn) {
 	tc := tls.Server(&prefixConn{TCPConn: cn.c, prefix: cn.det.Peeked}, s.mesh.server)
 	cn.det.Peeked = nil // the handshake reads them
 	ctx, cancel := context.WithTimeout(s.hardStop, handshakeTimeout)
-	err := tc.HandshakeContext(ctx)
+	err := s.handshakes.do(ctx, tc, s.log)
 	cancel()
 	if err != nil {
 		f := mtls.Classify(err)

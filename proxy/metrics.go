@@ -129,6 +129,8 @@ type statsCollector struct {
 	accepted, active, closed, bytesSent, bytesRecv, refused, dialFailures,
 	detected, sniffTimeouts, mtls, plaintext, tlsFailures, denied,
 	poolConns, svidExpiry *prometheus.Desc
+
+	handshakesActive, handshakesQueued, handshakesWaited, handshakeQueueTimeouts *prometheus.Desc
 }
 
 var _ prometheus.Collector = (*statsCollector)(nil)
@@ -155,6 +157,11 @@ func newStatsCollector(s *Server) *statsCollector {
 		denied:        desc("authz_denied_connections_total", "Inbound opaque mTLS connections the authz filter refused."),
 		poolConns:     desc("pool_connections", "Open upstream HTTP connections in the pools, by endpoint (ip:port) and protocol.", "endpoint", "protocol"),
 		svidExpiry:    desc("svid_expiry_timestamp_seconds", "When the sidecar's current X.509-SVID expires, in seconds since the Unix epoch; absent without an identity or an SVID."),
+
+		handshakesActive:       desc("tls_handshakes_active", "mTLS handshakes in flight now, both directions (at most --max-handshakes)."),
+		handshakesQueued:       desc("tls_handshakes_queued", "mTLS handshakes waiting now for one in flight to end."),
+		handshakesWaited:       desc("tls_handshakes_queued_total", "mTLS handshakes that had to wait for one in flight to end."),
+		handshakeQueueTimeouts: desc("tls_handshake_queue_timeouts_total", "mTLS handshakes whose time ran out while they waited."),
 	}
 }
 
@@ -164,6 +171,7 @@ func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
 		c.accepted, c.active, c.closed, c.bytesSent, c.bytesRecv, c.refused, c.dialFailures,
 		c.detected, c.sniffTimeouts, c.mtls, c.plaintext, c.tlsFailures, c.denied,
 		c.poolConns, c.svidExpiry,
+		c.handshakesActive, c.handshakesQueued, c.handshakesWaited, c.handshakeQueueTimeouts,
 	} {
 		ch <- d
 	}
@@ -178,6 +186,11 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	}
+	hs := c.s.handshakes
+	gauge(c.handshakesActive, float64(hs.active.Load()))
+	gauge(c.handshakesQueued, float64(hs.queued.Load()))
+	counter(c.handshakesWaited, hs.waited.Load())
+	counter(c.handshakeQueueTimeouts, hs.timeouts.Load())
 	for _, d := range []Direction{Outbound, Inbound} {
 		st, dir := &c.s.stats.Dir[d], d.String()
 		counter(c.accepted, st.Accepted.Load(), dir)

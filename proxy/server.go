@@ -33,8 +33,9 @@ type Server struct {
 	// bindV4 and bindV6 are the addresses listened on, loopback in tests.
 	bindV4, bindV6 netip.Addr
 
-	active atomic.Int64 // both directions, for MaxConnections
-	wg     sync.WaitGroup
+	active     atomic.Int64 // both directions, for MaxConnections
+	handshakes *handshakes  // bounds the mTLS handshakes in flight
+	wg         sync.WaitGroup
 
 	// hardStop is cancelled when the drain time-out passes: dials in flight
 	// give up.
@@ -80,6 +81,7 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 		bindV4:     netip.IPv4Unspecified(),
 		bindV6:     netip.IPv6Unspecified(),
 		conns:      make(map[*net.TCPConn]struct{}),
+		handshakes: newHandshakes(cfg.MaxHandshakes),
 		ready:      make(chan struct{}),
 		drainReq:   make(chan struct{}),
 	}

@@ -87,6 +87,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	inbound := fs.Uint("inbound-port", uint(cfg.InboundPort), "port inbound traffic is redirected to")
 	fs.DurationVar(&cfg.DialTimeout, "dial-timeout", cfg.DialTimeout, "how long connecting upstream may take")
 	fs.IntVar(&cfg.MaxConnections, "max-connections", cfg.MaxConnections, "connections proxied at once, both directions; more are reset")
+	fs.IntVar(&cfg.MaxHandshakes, "max-handshakes", cfg.MaxHandshakes, "mTLS handshakes in flight at once, both directions; more wait in order")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "on shutdown, how long open connections may take to finish before they are reset")
 	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", cfg.IdleTimeout, "reset a connection when no byte moved either way for this long (0: no limit)")
 	fs.DurationVar(&cfg.SniffTimeout, "sniff-timeout", cfg.SniffTimeout,

@@ -1,0 +1,68 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// DefaultMaxHandshakes bounds the mTLS handshakes in flight at once, both
+// directions. A handshake costs a signature and a chain verification on
+// each side (about a millisecond of CPU) and waits a round trip or two in
+// between, so a few dozen keep every core of a sidecar busy; more only
+// hold half-done handshakes' buffers and goroutines while each takes
+// longer. A flood of new connections (a peer restarting its pool, a
+// connection storm) queues instead, first come first served, each within
+// the handshake's own time limit.
+const DefaultMaxHandshakes = 64
+
+// handshakes bounds the mTLS handshakes in flight: a semaphore whose
+// waiters queue in order (a channel's blocked senders are served first in,
+// first out).
+type handshakes struct {
+	slots    chan struct{}
+	active   atomic.Int64 // handshakes under way
+	queued   atomic.Int64 // waiting for a slot now
+	waited   atomic.Int64 // handshakes that had to wait, all told
+	timeouts atomic.Int64 // gave up waiting: their time ran out in the queue
+	lastLog  atomic.Int64 // unix nanoseconds of the last "queued" warning
+}
+
+func newHandshakes(max int) *handshakes {
+	return &handshakes{slots: make(chan struct{}, max)}
+}
+
+// do runs tc's handshake once a slot is free, within ctx (whose deadline
+// covers the wait and the handshake). A handshake that waits warns, at
+// most once a second.
+func (h *handshakes) do(ctx context.Context, tc *tls.Conn, log *zap.Logger) error {
+	select {
+	case h.slots <- struct{}{}:
+	default:
+		h.waited.Add(1)
+		h.queued.Add(1)
+		now := time.Now().UnixNano()
+		if last := h.lastLog.Load(); now-last >= int64(time.Second) && h.lastLog.CompareAndSwap(last, now) {
+			log.Warn("mTLS handshakes queued: the bound of handshakes in flight is reached",
+				zap.Int("max_handshakes", cap(h.slots)), zap.Int64("queued", h.queued.Load()))
+		}
+		select {
+		case h.slots <- struct{}{}:
+			h.queued.Add(-1)
+		case <-ctx.Done():
+			h.queued.Add(-1)
+			h.timeouts.Add(1)
+			return fmt.Errorf("waiting for a handshake slot (%d in flight): %w", cap(h.slots), ctx.Err())
+		}
+	}
+	h.active.Add(1)
+	defer func() {
+		h.active.Add(-1)
+		<-h.slots
+	}()
+	return tc.HandshakeContext(ctx)
+}
