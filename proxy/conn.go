@@ -127,6 +127,8 @@ func (s *Server) relayOpaque(cn *conn, down relay.Conn) {
 	}
 	defer s.untrack(upTCP)
 	// What detection read goes first; the relay then splices the rest.
+	// The connection may stay open for days: its buffer goes now.
+	peeked := int64(len(cn.det.Peeked))
 	if _, err := up.Write(cn.det.Peeked); err != nil {
 		st.DialFailures.Add(1)
 		s.log.Warn("upstream write failed", cn.fields(0, zap.Error(err))...)
@@ -134,12 +136,13 @@ func (s *Server) relayOpaque(cn *conn, down relay.Conn) {
 		relay.Reset(down)
 		return
 	}
+	cn.det.Peeked = nil
 
 	st.Active.Add(1)
 	res := relay.TCP(down, up, s.cfg.IdleTimeout)
 	st.Active.Add(-1)
 	st.Completed.Add(1)
-	sent := res.Sent + int64(len(cn.det.Peeked))
+	sent := res.Sent + peeked
 	st.BytesSent.Add(sent)
 	st.BytesRecv.Add(res.Received)
 	s.logConnection(cn, sent, res.Received, res.Err)

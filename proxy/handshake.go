@@ -64,5 +64,10 @@ func (h *handshakes) do(ctx context.Context, tc *tls.Conn, log *zap.Logger) erro
 		h.active.Add(-1)
 		<-h.slots
 	}()
-	return tc.HandshakeContext(ctx)
+	// On a goroutine of its own: the handshake's cryptography grows a
+	// stack to tens of KiB, which would otherwise stay with the caller's
+	// goroutine for the life of the connection it goes on to relay.
+	done := make(chan error, 1)
+	go func() { done <- tc.HandshakeContext(ctx) }()
+	return <-done
 }

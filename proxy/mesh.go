@@ -253,6 +253,9 @@ func (c *prefixConn) Read(p []byte) (int, error) {
 	if len(c.prefix) > 0 {
 		n := copy(p, c.prefix)
 		c.prefix = c.prefix[n:]
+		if len(c.prefix) == 0 {
+			c.prefix = nil // the buffer goes, not only its bytes
+		}
 		return n, nil
 	}
 	return c.TCPConn.Read(p)

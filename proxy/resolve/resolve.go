@@ -73,9 +73,11 @@ type Resolver struct {
 
 	up atomic.Bool // a stream is open
 	// settled: the first attempt at a stream is over (it opened, or
-	// failed), or has taken FirstAnswer already. Until then first lookups
-	// wait for their answer, so that a sidecar's first requests are not
-	// sent to a Service's virtual IP while its stream is still connecting.
+	// failed), or a lookup waited FirstAnswer for it in vain (the stream
+	// waits for its connection, which may never come). Until then first
+	// lookups wait for their answer, so that a sidecar's first requests are
+	// not sent to a Service's virtual IP while its stream is still
+	// connecting.
 	settled atomic.Bool
 }
 
@@ -151,6 +153,9 @@ func (r *Resolver) Resolve(ctx context.Context, dst netip.AddrPort) *State {
 	case <-ctx.Done():
 	case <-t.C:
 		r.stats.FirstAnswerTimeouts.Add(1)
+		if !r.up.Load() {
+			r.settled.Store(true) // the first stream is taking long: wait no more
+		}
 	}
 	return e.state.Load()
 }
@@ -178,12 +183,6 @@ func (r *Resolver) Run(ctx context.Context) {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	// A stream waits for the connection to be ready (gRPC's own back-off
-	// paces the reconnects; failing fast instead would put the resolver's
-	// back-off on top of it, and find discovery back up to both later);
-	// meanwhile, a first stream that takes long stops making lookups wait.
-	settle := time.AfterFunc(r.cfg.FirstAnswer, func() { r.settled.Store(true) })
-	defer settle.Stop()
 	backoff := r.cfg.MinBackoff
 	for ctx.Err() == nil {
 		opened, err := r.stream(ctx)
@@ -213,6 +212,9 @@ func (r *Resolver) Run(ctx context.Context) {
 func (r *Resolver) stream(ctx context.Context) (opened bool, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// The stream waits for the connection to be ready: gRPC's own back-off
+	// paces the reconnects (failing fast instead would put the resolver's
+	// back-off on top of it, and find discovery back up to both later).
 	s, err := r.client.Watch(ctx, grpc.WaitForReady(true))
 	if err != nil {
 		return false, fmt.Errorf("resolve: open stream: %w", err)
