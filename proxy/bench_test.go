@@ -85,18 +85,25 @@ func benchOutbound(b *testing.B, app netip.AddrPort) netip.AddrPort {
 // dials B's listener itself rather than an address B's capture takes.
 func benchMesh(b *testing.B, app netip.AddrPort) netip.AddrPort {
 	b.Helper()
+	front, _, _ := meshPair(b, app, benchConfig(), benchConfig())
+	return front
+}
+
+// meshPair starts sidecars B and A as benchMesh says, with the configs
+// given (their identities set here), and returns A's outbound address and
+// both servers.
+func meshPair(b testing.TB, app netip.AddrPort, cfgA, cfgB Config) (netip.AddrPort, *Server, *Server) {
+	b.Helper()
 	ip := nonLoopbackIPv4(b)
 	mesh := "mesh: {networks: [" + ip.String() + "/32]}"
 	ca := svidtest.CA(b, "", "cluster.local")
 
-	cfgB := benchConfig()
 	cfgB.Identity = readyIdentity{svidtest.SourceFor(b, ca, "spiffe://cluster.local/ns/b/sa/b")}
 	// What A's application addressed: pod B's IP, the application's port.
 	podB := netip.AddrPortFrom(netip.MustParseAddr("198.18.0.3"), app.Port())
 	sb := runServer(b, cfgB, benchLogger(), ip, fixed(podB), true)
 	apply(b, sb, mesh)
 
-	cfgA := benchConfig()
 	cfgA.Identity = readyIdentity{svidtest.SourceFor(b, ca, "spiffe://cluster.local/ns/a/sa/a")}
 	toB := netip.AddrPortFrom(ip, sb.cfg.InboundPort)
 	sa := runServer(b, cfgA, benchLogger(), loopback, fixed(toB), true)
@@ -105,7 +112,7 @@ func benchMesh(b *testing.B, app netip.AddrPort) netip.AddrPort {
 		b.Fatalf("sidecar A got B's inbound port %d; run again", toB.Port())
 	}
 	apply(b, sa, mesh)
-	return netip.AddrPortFrom(loopback, sa.cfg.OutboundPort)
+	return netip.AddrPortFrom(loopback, sa.cfg.OutboundPort), sa, sb
 }
 
 // dialBench connects to addr and closes the connection when b ends.

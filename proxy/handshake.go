@@ -36,10 +36,10 @@ func newHandshakes(max int) *handshakes {
 	return &handshakes{slots: make(chan struct{}, max)}
 }
 
-// do runs tc's handshake once a slot is free, within ctx (whose deadline
-// covers the wait and the handshake). A handshake that waits warns, at
+// acquire waits for a slot within ctx (whose deadline then covers the
+// wait and what the slot is for) and returns its release. A wait warns, at
 // most once a second.
-func (h *handshakes) do(ctx context.Context, tc *tls.Conn, log *zap.Logger) error {
+func (h *handshakes) acquire(ctx context.Context, log *zap.Logger) (release func(), err error) {
 	select {
 	case h.slots <- struct{}{}:
 	default:
@@ -56,17 +56,21 @@ func (h *handshakes) do(ctx context.Context, tc *tls.Conn, log *zap.Logger) erro
 		case <-ctx.Done():
 			h.queued.Add(-1)
 			h.timeouts.Add(1)
-			return fmt.Errorf("waiting for a handshake slot (%d in flight): %w", cap(h.slots), ctx.Err())
+			return nil, fmt.Errorf("waiting for a handshake slot (%d in flight): %w", cap(h.slots), ctx.Err())
 		}
 	}
 	h.active.Add(1)
-	defer func() {
+	return func() {
 		h.active.Add(-1)
 		<-h.slots
-	}()
-	// On a goroutine of its own: the handshake's cryptography grows a
-	// stack to tens of KiB, which would otherwise stay with the caller's
-	// goroutine for the life of the connection it goes on to relay.
+	}, nil
+}
+
+// handshake runs tc's handshake within ctx on a goroutine of its own: the
+// handshake's cryptography grows a stack to tens of KiB, which would
+// otherwise stay with the caller's goroutine for the life of the
+// connection it goes on to relay.
+func handshake(ctx context.Context, tc *tls.Conn) error {
 	done := make(chan error, 1)
 	go func() { done <- tc.HandshakeContext(ctx) }()
 	return <-done

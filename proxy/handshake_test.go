@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -37,8 +39,14 @@ func TestHandshakesBounded(t *testing.T) {
 		go func() { _ = tls.Server(s, serverCfg).Handshake(); s.Close() }()
 		done := make(chan error, 1)
 		go func() {
-			done <- h.do(ctx, tls.Client(c, &tls.Config{InsecureSkipVerify: true}), zap.NewNop())
-			c.Close()
+			defer c.Close()
+			release, err := h.acquire(ctx, zap.NewNop())
+			if err != nil {
+				done <- err
+				return
+			}
+			defer release()
+			done <- handshake(ctx, tls.Client(c, &tls.Config{InsecureSkipVerify: true}))
 		}()
 		return done
 	}
@@ -64,5 +72,39 @@ func TestHandshakesBounded(t *testing.T) {
 	if maxInServer != 2 || h.waited.Load() != 4 || h.active.Load() != 0 || h.queued.Load() != 0 {
 		t.Errorf("at most %d handshakes reached the server (want 2); waited %d (want 4: three, and the one that gave up); active %d, queued %d after (want 0)",
 			maxInServer, h.waited.Load(), h.active.Load(), h.queued.Load())
+	}
+}
+
+// TestHandshakeQueueBeforeConnect: connections that wait for a handshake
+// slot in sidecar A do so before A connects to B, so that B never sees a
+// connection stay silent: B's detection would take it for a plaintext
+// client (sniff time-out) and hand the ClientHello that follows to the
+// application. 200 opaque connections at once, A handshaking one at a time:
+// all reach the application over mTLS, none as plaintext.
+func TestHandshakeQueueBeforeConnect(t *testing.T) {
+	var reached atomic.Int64
+	app := loopbackServer(t, func(c net.Conn) {
+		reached.Add(1)
+		_, _ = io.Copy(io.Discard, c)
+	})
+	cfgA, cfgB := benchConfig(), benchConfig()
+	cfgA.MaxHandshakes = 1
+	cfgB.SniffTimeout = 20 * time.Millisecond
+	front, _, b := meshPair(t, app, cfgA, cfgB)
+	const n = 200
+	for range n {
+		c, err := net.Dial("tcp", front.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.Write([]byte{0}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := &b.Stats().Dir[Inbound]
+	waitFor(t, "every connection at the application", func() bool { return reached.Load() == n })
+	if m, p := st.MTLS.Load(), st.Plaintext.Load(); m != n || p != 0 {
+		t.Errorf("B took %d connections over mTLS and %d as plaintext, want %d and none", m, p, n)
 	}
 }

@@ -129,13 +129,20 @@ func (s *Server) dialMesh(ctx context.Context, ep upstream.Endpoint, alpn string
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
 	defer cancel()
+	// The slot comes before the connect: a peer reads a connection that
+	// stays silent while it waits for one as not a sidecar's.
+	release, err := s.handshakes.acquire(ctx, s.log)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "tcp", dst.String())
 	if err != nil {
 		return nil, err
 	}
 	tc := tls.Client(c, cfg)
-	if err := s.handshakes.do(ctx, tc, s.log); err != nil {
+	if err := handshake(ctx, tc); err != nil {
 		f := mtls.Classify(err)
 		st.TLSFailures[f].Add(1)
 		relay.Reset(c)
@@ -216,7 +223,11 @@ func (s *Server) serveMesh(cn *conn) {
 	tc := tls.Server(&prefixConn{TCPConn: cn.c, prefix: cn.det.Peeked}, s.mesh.server)
 	cn.det.Peeked = nil // the handshake reads them
 	ctx, cancel := context.WithTimeout(s.hardStop, handshakeTimeout)
-	err := s.handshakes.do(ctx, tc, s.log)
+	release, err := s.handshakes.acquire(ctx, s.log)
+	if err == nil {
+		err = handshake(ctx, tc)
+		release()
+	}
 	cancel()
 	if err != nil {
 		f := mtls.Classify(err)
