@@ -130,7 +130,8 @@ func (s *Server) dialMesh(ctx context.Context, ep upstream.Endpoint, alpn string
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
 	defer cancel()
 	// The slot comes before the connect: a peer reads a connection that
-	// stays silent while it waits for one as not a sidecar's.
+	// stays silent while it waits for one as not a sidecar's. (A connect
+	// that hangs thereby holds a slot, up to DialTimeout.)
 	release, err := s.handshakes.acquire(ctx, s.log)
 	if err != nil {
 		return nil, err
