@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -96,5 +98,26 @@ func TestSVIDFromFiles(t *testing.T) {
 		return l.Msg == "identity: SVID from files" && l.SpiffeID == meshtest.PodID(m.b.Pod)
 	}, 0); !ok {
 		t.Errorf("b did not log its SVID from files:\n%s", m.b.Proxy.Output())
+	}
+}
+
+// TestProxyUnderAnotherUser: a sidecar started as root, in a pod whose
+// capture exempts only UID 1337, would capture its own connections; it
+// exits 2 naming both users, and never listens.
+func TestProxyUnderAnotherUser(t *testing.T) {
+	privileged.Require(t, "ip", "iptables", "ip6tables", "setpriv")
+	pod := testpod.NewNode(t).AddPod(t, "a")
+	ctx := context.Background()
+	if out, err := pod.Command(ctx, testpod.Root, pillionBin, "init").CombinedOutput(); err != nil {
+		t.Fatalf("pillion init: %v\n%s", err, out)
+	}
+	out, err := pod.Command(ctx, testpod.Root, pillionBin, "proxy").CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 2 ||
+		!strings.Contains(string(out), "--proxy-uid/--proxy-gid: running as UID 0 GID 0, but capture exempts UID 1337 GID 1337") {
+		t.Fatalf("pillion proxy as root: %v\n%s\nwant exit 2 naming both users", err, out)
+	}
+	if strings.Contains(string(out), `"msg":"listening"`) {
+		t.Errorf("the proxy listened before it refused:\n%s", out)
 	}
 }

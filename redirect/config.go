@@ -178,9 +178,9 @@ func (f Flags) Config() (Config, error) {
 	check(err)
 	c.InboundPort, err = parseCapturePort("inbound-port", f.InboundPort)
 	check(err)
-	c.ProxyUID, err = parseID("proxy-uid", "user", f.ProxyUID)
+	c.ProxyUID, err = ParseID("proxy-uid", "user", f.ProxyUID)
 	check(err)
-	c.ProxyGID, err = parseID("proxy-gid", "group", f.ProxyGID)
+	c.ProxyGID, err = ParseID("proxy-gid", "group", f.ProxyGID)
 	check(err)
 	c.IncludeInboundPorts, err = listFlag("include-inbound-ports", f.IncludeInboundPorts, parsePortSet)
 	check(err)
@@ -249,7 +249,9 @@ func parseCapturePort(name, raw string) (uint16, error) {
 	return p, nil
 }
 
-func parseID(name, kind, raw string) (uint32, error) {
+// ParseID parses the user or group ID (kind) of flag --name: the proxy's,
+// which capture exempts, so never 0.
+func ParseID(name, kind, raw string) (uint32, error) {
 	s := strings.TrimSpace(raw)
 	id, err := strconv.ParseUint(s, 10, 32)
 	if err != nil || id > maxID {

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -139,5 +140,37 @@ func TestLeanBuild(t *testing.T) {
 	}
 	if n := k8s(""); n == 0 {
 		t.Error("the full build links no k8s.io package: the test no longer tells the builds apart")
+	}
+}
+
+// TestProxyRefusesAnotherUser: under a user or group other than the one
+// capture exempts, the proxy would capture its own connections: it exits 2
+// naming both, before anything runs; --proxy-uid/--proxy-gid name the
+// exempt ones.
+func TestProxyRefusesAnotherUser(t *testing.T) {
+	if err := exempt(1337, 1337, 1337, 1337); err != nil {
+		t.Errorf("as 1337:1337, exempt 1337:1337: %v", err)
+	}
+	for _, c := range [][4]int{{1337, 1337, 0, 1337}, {1337, 1337, 1337, 0}, {1000, 1000, 1337, 1337}} {
+		err := exempt(uint32(c[0]), uint32(c[1]), c[2], c[3])
+		want := fmt.Sprintf("--proxy-uid/--proxy-gid: running as UID %d GID %d, but capture exempts UID %d GID %d", c[2], c[3], c[0], c[1])
+		if err == nil || !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("as %d:%d, exempt %d:%d: %v, want %q…", c[2], c[3], c[0], c[1], err, want)
+		}
+	}
+	cases := [][]string{{"--proxy-uid=4242", "--proxy-gid=4242"}}
+	if os.Geteuid() != 1337 || os.Getegid() != 1337 {
+		cases = append(cases, nil) // the defaults, 1337
+	}
+	for _, args := range cases {
+		code, stdout, stderr := runCmd(append([]string{"proxy"}, args...)...)
+		want := fmt.Sprintf("pillion proxy: --proxy-uid/--proxy-gid: running as UID %d GID %d, but capture exempts UID ", os.Geteuid(), os.Getegid())
+		if code != 2 || stdout != "" || !strings.HasPrefix(stderr, want) {
+			t.Errorf("proxy %q: exit %d, stderr %q; want 2 and %q…", args, code, stderr, want)
+		}
+	}
+	code, _, stderr := runCmd("proxy", "--proxy-uid=0")
+	if want := "pillion proxy: --proxy-uid: 0 is root: every process running as root would escape capture\n"; code != 2 || !strings.HasPrefix(stderr, want) {
+		t.Errorf("--proxy-uid=0: exit %d, stderr %q; want 2 and %q", code, stderr, want)
 	}
 }

@@ -8,6 +8,7 @@ import (
 
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,8 +26,9 @@ application sends out, redirected by 'pillion init') and on the inbound capture
 port (traffic for the application), on IPv4 and, where the namespace has it,
 IPv6. Each connection's real destination is read with SO_ORIGINAL_DST:
 outbound connections go there, inbound ones go to the application on loopback
-at the same port. Run it as UID/GID 1337 so that its own connections are not
-captured.
+at the same port. Run it as UID/GID 1337 (--proxy-uid/--proxy-gid), which
+capture exempts: under any other its own connections would be captured again,
+and it refuses to start.
 
 Each connection's protocol is detected from its first bytes (TLS ClientHello,
 HTTP/2 preface, HTTP/1.x request line, else opaque TCP) without consuming them.
@@ -101,6 +103,10 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		"close pooled HTTP/1.1 upstream connections idle this long; keep it below the application's keep-alive time-out")
 	fs.DurationVar(&cfg.Pool.HTTP2IdleTimeout, "http2-idle-timeout", cfg.Pool.HTTP2IdleTimeout,
 		"close pooled HTTP/2 upstream connections idle this long")
+	proxyUID := fs.String("proxy-uid", strconv.FormatUint(uint64(redirect.DefaultProxyUID), 10),
+		"the user ID capture exempts (pillion init's --proxy-uid): the proxy refuses to start under another, whose connections would be captured again")
+	proxyGID := fs.String("proxy-gid", strconv.FormatUint(uint64(redirect.DefaultProxyGID), 10),
+		"the group ID capture exempts (pillion init's --proxy-gid): the proxy refuses to start under another")
 	svid := addSVIDFlags(fs)
 	disc := addDiscoveryFlags(fs)
 	ports := addOpsFlags(fs)
@@ -121,6 +127,14 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if cfg.InboundPort, err = portFlag("inbound-port", *inbound); err != nil {
 		return err
+	}
+	uid, err := redirect.ParseID("proxy-uid", "user", *proxyUID)
+	if err != nil {
+		return badUsage(err)
+	}
+	gid, err := redirect.ParseID("proxy-gid", "group", *proxyGID)
+	if err != nil {
+		return badUsage(err)
 	}
 	if cfg.OpaquePorts, err = redirect.ParsePortSet(*opaque); err != nil {
 		return badUsage(fmt.Errorf("--opaque-ports: %q: %w", *opaque, err))
@@ -177,6 +191,13 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if err := s.Apply(file); err != nil {
 			return badUsage(fmt.Errorf("--config: %s: %w", *configPath, err))
 		}
+	}
+	// Last of the checks, so that every mistake in flags and config is
+	// told first, and first of what runs.
+	if err := exempt(uid, gid, os.Geteuid(), os.Getegid()); err != nil {
+		return badUsage(err)
+	}
+	if file != nil {
 		hup := make(chan os.Signal, 1)
 		signal.Notify(hup, syscall.SIGHUP)
 		defer signal.Stop(hup)
@@ -216,4 +237,16 @@ func portFlag(name string, v uint) (uint16, error) {
 		return 0, badUsage(fmt.Errorf("--%s: %d is not a port number (1-65535)", name, v))
 	}
 	return uint16(v), nil
+}
+
+// exempt checks that the proxy runs as the user and group capture exempts:
+// under any other, each connection it makes would be captured and handed
+// back to it, a loop bounded only by --max-connections.
+func exempt(uid, gid uint32, euid, egid int) error {
+	if euid == int(uid) && egid == int(gid) {
+		return nil
+	}
+	return fmt.Errorf("--proxy-uid/--proxy-gid: running as UID %d GID %d, but capture exempts UID %d GID %d: "+
+		"every connection the proxy made would be captured again; run it as %d:%d (setpriv --reuid=%d --regid=%d, "+
+		"or runAsUser/runAsGroup), or give the IDs pillion init was given", euid, egid, uid, gid, uid, gid, uid, gid)
 }
