@@ -59,3 +59,20 @@ func RemoveHopByHop(h http.Header) (upgrade string) {
 	}
 	return upgrade
 }
+
+// InternalPrefix starts the names of the headers sidecars send each other
+// (pillion-orig-proto, pillion-attempt-count, …), in any case.
+const InternalPrefix = "Pillion-"
+
+// RemoveInternal drops the pillion- headers from a request that did not
+// come from a peer sidecar: they are the sidecars' own, trusted only
+// between them over mTLS, and an application or a plaintext caller must not
+// be able to set them (a forged pillion-orig-proto would change how the
+// request reaches the application).
+func RemoveInternal(h http.Header) {
+	for k := range h {
+		if len(k) >= len(InternalPrefix) && strings.EqualFold(k[:len(InternalPrefix)], InternalPrefix) {
+			delete(h, k)
+		}
+	}
+}

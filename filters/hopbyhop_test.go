@@ -2,6 +2,7 @@ package filters
 
 import (
 	"net/http"
+	"reflect"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -85,4 +86,13 @@ func FuzzRemoveHopByHop(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestRemoveInternal(t *testing.T) {
+	h := http.Header{"Pillion-Orig-Proto": {"HTTP/1.1"}, "pillion-raw": {"x"}, "X-Pillion-Not": {"kept"}, "Pillion": {"kept"}, "Accept": {"*/*"}}
+	RemoveInternal(h)
+	want := http.Header{"X-Pillion-Not": {"kept"}, "Pillion": {"kept"}, "Accept": {"*/*"}}
+	if !reflect.DeepEqual(h, want) {
+		t.Errorf("after RemoveInternal: %v, want %v", h, want)
+	}
 }

@@ -110,6 +110,10 @@ func (s *Server) serveRequest(dir Direction, w http.ResponseWriter, r *http.Requ
 		Peer:        m.peer,
 	}
 	info.Upgrade = filters.RemoveHopByHop(r.Header)
+	if dir == Outbound || m.peer == "" {
+		// From the application, or a caller that is not a peer sidecar.
+		filters.RemoveInternal(r.Header)
+	}
 	if r.ProtoMajor == 1 {
 		// Proxied HTTP/1 requests may be answered while their body still
 		// streams in (and gRPC-Web-like clients rely on it).

@@ -27,6 +27,8 @@ func httpBackend(t *testing.T) netip.AddrPort {
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Echo", r.Header.Get("X-Echo"))
 		w.Header().Set("X-Saw-Connection-Header", r.Header.Get("X-Hop"))
+		w.Header().Set("X-Saw-Attempt", r.Header.Get("Pillion-Attempt-Count"))
+		w.Header().Set("X-Saw-Pillion-Secret", r.Header.Get("Pillion-Secret"))
 		fmt.Fprintf(w, "%s %s host=%s proto=%s", r.Method, r.RequestURI, r.Host, r.Proto)
 	})}
 	var p http.Protocols
@@ -88,6 +90,24 @@ func TestHopByHopHeadersStripped(t *testing.T) {
 	}
 	if got := res.Header.Get("X-Echo"); got != "kept" {
 		t.Errorf("X-Echo = %q, want it forwarded", got)
+	}
+}
+
+// TestInternalHeadersNotTrusted: pillion- headers from a caller that is
+// not a peer sidecar (a plaintext inbound client; outbound, the
+// application) are dropped: a forged pillion-orig-proto does not turn an
+// h2c request into HTTP/1.1 to the application, a forged attempt count is
+// replaced, the rest never reach the application.
+func TestInternalHeadersNotTrusted(t *testing.T) {
+	s := testServer(t, DefaultConfig(), fixed(httpBackend(t)))
+	forged := http.Header{"Pillion-Orig-Proto": {"HTTP/1.1"}, "Pillion-Attempt-Count": {"7"}, "Pillion-Secret": {"x"}}
+	for _, port := range []uint16{s.cfg.InboundPort, s.cfg.OutboundPort} {
+		res, body := get(t, h2cClient(), fmt.Sprintf("http://127.0.0.1:%d/x", port), forged)
+		if body != "GET /x host=b.example:8080 proto=HTTP/2.0" || res.Header.Get("X-Saw-Attempt") != "1" ||
+			res.Header.Get("X-Saw-Pillion-Secret") != "" {
+			t.Errorf("port %d: the application got %q, attempt %q, pillion-secret %q; want HTTP/2, attempt 1, no secret",
+				port, body, res.Header.Get("X-Saw-Attempt"), res.Header.Get("X-Saw-Pillion-Secret"))
+		}
 	}
 }
 
