@@ -38,11 +38,14 @@ const (
 	// NoHealthyUpstream (UH): the destination's Service has no endpoint
 	// that may take the request (none ready, or discovery named none).
 	NoHealthyUpstream
+	// DownstreamProtocolError (DPE): the client's request was not valid
+	// HTTP (its body's framing broke); answered 400, connection closed.
+	DownstreamProtocolError
 
 	numFlags = iota
 )
 
-var flagNames = [numFlags]string{"UF", "UC", "UT", "UPE", "URX", "RL", "FI", "DI", "DC", "UAEX", "UH"}
+var flagNames = [numFlags]string{"UF", "UC", "UT", "UPE", "URX", "RL", "FI", "DI", "DC", "UAEX", "UH", "DPE"}
 
 // String returns the flags as Envoy prints them: short names joined by
 // commas, or "-" when there are none.
@@ -87,6 +90,10 @@ func Reply(w http.ResponseWriter, r *http.Request, status int, flags Flags, reas
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set(FlagsHeader, flags.String())
 	h.Set(ErrorHeader, reason)
+	if flags&DownstreamProtocolError != 0 && r.ProtoMajor == 1 {
+		// What follows on the connection cannot be told apart any more.
+		h.Set("Connection", "close")
+	}
 	w.WriteHeader(status)
 	if r.Method != http.MethodHead {
 		_, _ = w.Write([]byte(reason + "\n"))

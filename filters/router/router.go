@@ -209,8 +209,9 @@ type attempt struct {
 	proto     upstream.Protocol
 	origProto string
 	number    int
-	sent      atomic.Int64 // unix nanoseconds when the request was fully sent; 0 until then
-	body      timedBody    // the outgoing request's body, when it has one
+	sent      atomic.Int64          // unix nanoseconds when the request was fully sent; 0 until then
+	body      timedBody             // the outgoing request's body, when it has one
+	bodyErr   atomic.Pointer[error] // reading the client's body failed (not at its end)
 }
 
 type attemptKey struct{}
@@ -305,9 +306,19 @@ func (rt *Router) modifyResponse(res *http.Response) error {
 
 func (rt *Router) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
 	info := filters.FromContext(r.Context())
+	a := attemptOf(r.Context())
+	if bodyErr := a.bodyErr.Load(); bodyErr != nil && r.Context().Err() == nil {
+		// The client's body broke its own framing (a bad chunk): the
+		// client's fault, not the endpoint's. What follows on the
+		// connection cannot be told from the body any more: it is closed,
+		// never read as the next request (RFC 9112 §6.3).
+		a.report(rt.env.Now(), false)
+		filters.Reply(w, r, http.StatusBadRequest, filters.DownstreamProtocolError, "downstream protocol error: "+oneLine(*bodyErr))
+		return
+	}
 	// A client that went away says nothing of the endpoint; a time-out
 	// does, as in Envoy's outlier detection.
-	attemptOf(r.Context()).report(rt.env.Now(), !errors.Is(r.Context().Err(), context.Canceled))
+	a.report(rt.env.Now(), !errors.Is(r.Context().Err(), context.Canceled))
 	if ctxErr := r.Context().Err(); ctxErr != nil {
 		if errors.Is(ctxErr, context.DeadlineExceeded) {
 			filters.Reply(w, r, http.StatusGatewayTimeout, filters.UpstreamTimeout, "upstream request timeout")
@@ -364,8 +375,11 @@ type timedBody struct {
 
 func (b *timedBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
-	if err == io.EOF {
+	switch {
+	case err == io.EOF:
 		b.a.markSent(b.now())
+	case err != nil:
+		b.a.bodyErr.CompareAndSwap(nil, &err)
 	}
 	return n, err
 }
