@@ -40,6 +40,16 @@
 // Load still bounds what a new endpoint takes: its pending requests count
 // against it as anyone's do.
 //
+// # Probes
+//
+// An endpoint that loses Config.ProbeAfter pairs in a row to a cheaper one
+// is compared at the floor in its next pair, and the answer it then gives
+// replaces its estimate. The estimate forgets over Decay, seconds; without
+// probes one slow answer on a busy node would shut an endpoint out that
+// long, whatever it does meanwhile, while one request at a time never
+// shows it fast again. A slow or failing endpoint is thereby still tried
+// about once in ProbeAfter×n/2 requests of n endpoints.
+//
 // # Outlier detection
 //
 // Config.Consecutive5xx failures in a row eject an endpoint for
@@ -216,15 +226,22 @@ func (b *Balancer) Pick() (upstream.Endpoint, upstream.Done, error) {
 	default:
 		i, j := b.draw()
 		e = b.eligible[i]
-		if o := b.eligible[j]; o.cost(now, b.decay, b.floor) < e.cost(now, b.decay, b.floor) {
-			e = o
+		o := b.eligible[j]
+		ce, co := e.cost(now, b.decay, b.floor, b.cfg.ProbeAfter), o.cost(now, b.decay, b.floor, b.cfg.ProbeAfter)
+		if co < ce {
+			e, o, ce, co = o, e, co, ce
+		}
+		if ce < co {
+			o.lost++
 		}
 	}
+	probe := e.lost >= b.cfg.ProbeAfter
+	e.lost = 0
 	e.pending++
 	e.requests++
 	ep := e.Endpoint.Endpoint
 	b.mu.Unlock()
-	t := &ticket{b: b, e: e}
+	t := &ticket{b: b, e: e, probe: probe}
 	return ep, t.done, nil
 }
 
@@ -265,6 +282,7 @@ func (b *Balancer) search(r uint64) int {
 type ticket struct {
 	b      *Balancer
 	e      *endpoint
+	probe  bool // the endpoint won its pair as a probe
 	called bool // guarded by b.mu
 }
 
@@ -285,7 +303,7 @@ func (t *ticket) done(latency time.Duration, failed bool) {
 		latency = max(latency, b.cfg.FailurePenalty)
 	}
 	if latency != upstream.NoLatency {
-		e.observe(now, latency, b.decay)
+		e.observe(now, latency, b.decay, t.probe)
 	}
 	if e.removed || !e.takes() || e.ejected(now) {
 		return

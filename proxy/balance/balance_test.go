@@ -177,8 +177,8 @@ func TestShares(t *testing.T) {
 
 // TestLatencyFloor: one request at a time to three alike endpoints whose
 // latencies jitter below the floor (0.3 to 1 ms, a 4 ms blip now and then)
-// are shared evenly; compared without the floor, the endpoint with the last
-// blip is shut out for seconds and the shares skew.
+// are shared evenly, by the floor or by the probes alone; with neither, the
+// endpoint with the last blip is shut out for seconds and the shares skew.
 func TestLatencyFloor(t *testing.T) {
 	rnd := rand.New(rand.NewPCG(1, 2))
 	noisy := func(netip.AddrPort) (time.Duration, bool) {
@@ -200,8 +200,47 @@ func TestLatencyFloor(t *testing.T) {
 	if lo, hi := spread(Config{}); lo < 0.30 || hi > 0.37 {
 		t.Errorf("with the floor: shares %.3f to %.3f, want 1/3 ± 0.03", lo, hi)
 	}
-	if lo, hi := spread(Config{LatencyFloor: time.Nanosecond}); hi-lo < 0.1 {
-		t.Errorf("without the floor: shares %.3f to %.3f; the test's noise no longer skews them", lo, hi)
+	if lo, hi := spread(Config{LatencyFloor: time.Nanosecond}); lo < 0.30 || hi > 0.37 {
+		t.Errorf("without the floor, with probes: shares %.3f to %.3f, want 1/3 ± 0.03", lo, hi)
+	}
+	if lo, hi := spread(Config{LatencyFloor: time.Nanosecond, ProbeAfter: 1 << 30}); hi-lo < 0.1 {
+		t.Errorf("without the floor and probes: shares %.3f to %.3f; the test's noise no longer skews them", lo, hi)
+	}
+}
+
+// TestProbe: after one 200 ms blip, far above the floor and the others,
+// one request at a time tries the endpoint again once it lost ProbeAfter
+// pairs in a row, and its fast answer replaces the blip.
+func TestProbe(t *testing.T) {
+	bal, clk := newTest(t, Config{}, ready(3))
+	blip := true
+	out := func(ep netip.AddrPort) (time.Duration, bool) {
+		if ep == a && blip {
+			blip = false
+			return 200 * time.Millisecond, false
+		}
+		return time.Millisecond, false
+	}
+	for blip { // until a answered once
+		run(t, bal, clk, 1, time.Millisecond, out)
+	}
+	if got := stat(t, bal, a).EWMA; got < 150*time.Millisecond {
+		t.Fatalf("a's estimate after the blip is %v, want about 200ms", got)
+	}
+	before := stat(t, bal, a).Requests
+	picks := 0
+	for stat(t, bal, a).Requests == before {
+		run(t, bal, clk, 1, time.Millisecond, out)
+		if picks++; picks > 100 {
+			t.Fatal("a was not tried again in 100 picks")
+		}
+	}
+	// a is drawn in 2 of 3 pairs: ProbeAfter losses take about 30 picks.
+	if picks < DefaultProbeAfter {
+		t.Errorf("a was tried again after %d picks, want at least %d (it loses until then)", picks, DefaultProbeAfter)
+	}
+	if got := stat(t, bal, a).EWMA; got != time.Millisecond {
+		t.Errorf("a's estimate after the probe is %v, want its answer, 1ms", got)
 	}
 }
 
@@ -230,11 +269,11 @@ func TestPrefersFasterAndProbes(t *testing.T) {
 	if got := run(t, bal, clk, 1000, time.Millisecond, out)[a]; got >= 150 {
 		t.Errorf("slow a took %d of 1,000 picks, want fewer than 150", got)
 	}
-	// Ten a second for a minute: a's estimate decays to the floor, where
-	// b is (in 10s×ln 2.5 ≈ 9 s), and a is tried again, slow still: every
-	// 9 s or so.
-	if got := run(t, bal, clk, 600, 100*time.Millisecond, out)[a]; got < 1 || got > 6 {
-		t.Errorf("slow a took %d of 600 picks in a minute, want 1 to 6 (probes)", got)
+	// Ten a second for a minute: a loses every pair, and is probed once
+	// it lost 20 in a row (its estimate decays to the floor only in
+	// 10s×ln 2.5 ≈ 9 s, which adds a few more).
+	if got := run(t, bal, clk, 600, 100*time.Millisecond, out)[a]; got < 600/(DefaultProbeAfter+1) || got > 40 {
+		t.Errorf("slow a took %d of 600 picks in a minute, want %d to 40 (probes)", got, 600/(DefaultProbeAfter+1))
 	}
 	// a is as fast as b now: within two minutes it takes half again.
 	slow = time.Millisecond
@@ -480,6 +519,7 @@ func TestValidate(t *testing.T) {
 	}{
 		{Config{}, ""},
 		{Config{LatencyFloor: -1}, "balance: latencyFloor: must not be negative, got -1ns"},
+		{Config{ProbeAfter: -1}, "balance: probeAfter: must not be negative, got -1"},
 		{Config{Decay: -time.Second}, "balance: decay: must not be negative, got -1s"},
 		{Config{FailurePenalty: -1}, "balance: failurePenalty: must not be negative, got -1ns"},
 		{Config{BaseEjection: -1}, "balance: baseEjection: must not be negative, got -1ns"},

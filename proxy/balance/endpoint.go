@@ -40,6 +40,7 @@ type endpoint struct {
 	at       time.Time // when ewma was set: the endpoint added, or observed
 	observed bool      // a response has set ewma
 
+	lost               int    // pairs lost in a row to a cheaper endpoint
 	pending            int    // picks whose Done has not been called
 	requests, failures uint64 // picks, and Dones that failed
 
@@ -61,18 +62,24 @@ func (e *endpoint) estimate(now time.Time, decay float64) float64 {
 }
 
 // cost is Pick's measure: the latency estimate (at least floor), more for
-// each request outstanding, less so the larger the weight.
-func (e *endpoint) cost(now time.Time, decay, floor float64) float64 {
-	return max(e.estimate(now, decay), floor) * (1 + float64(e.pending)/float64(e.Weight))
+// each request outstanding, less so the larger the weight. An endpoint due
+// a probe (it lost probeAfter pairs in a row) is compared at the floor.
+func (e *endpoint) cost(now time.Time, decay, floor float64, probeAfter int) float64 {
+	est := floor
+	if e.lost < probeAfter {
+		est = max(e.estimate(now, decay), floor)
+	}
+	return est * (1 + float64(e.pending)/float64(e.Weight))
 }
 
-// observe adds a latency to the peak-EWMA: the first sets it; a latency
-// above the estimate becomes the
+// observe adds a latency to the peak-EWMA: the first sets it, as does the
+// answer to a probe (replace: what the estimate held made the endpoint lose
+// its pairs, and is not evidence any more); a latency above the estimate becomes the
 // estimate (the peak); one below it is averaged in, weighted by how long
 // ago the estimate was set.
-func (e *endpoint) observe(now time.Time, latency time.Duration, decay float64) {
+func (e *endpoint) observe(now time.Time, latency time.Duration, decay float64, replace bool) {
 	rtt := float64(max(latency, 0))
-	if rtt > e.ewma || !e.observed {
+	if rtt > e.ewma || !e.observed || replace {
 		e.observed = true
 		e.ewma = rtt
 	} else {

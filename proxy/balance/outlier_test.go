@@ -172,17 +172,20 @@ func TestPanicMode(t *testing.T) {
 }
 
 func TestFailurePenalty(t *testing.T) {
+	noProbes := 1 << 30
 	for _, tc := range []struct {
 		name        string
 		penalty     time.Duration
+		probeAfter  int
 		wantPicks   int
 		wantEjected bool
 	}{
-		{"default: tried once", 0, 1, false},
-		{"none: preferred until ejected", time.Nanosecond, DefaultConsecutive5xx, true},
+		{"without probes: tried once", 0, noProbes, 1, false},
+		{"no penalty, without probes: preferred until ejected", time.Nanosecond, noProbes, DefaultConsecutive5xx, true},
+		{"default: probed after each 20 losses until ejected", 0, 0, DefaultConsecutive5xx, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			bal, clk := newTest(t, Config{FailurePenalty: tc.penalty}, ready(2))
+			bal, clk := newTest(t, Config{FailurePenalty: tc.penalty, ProbeAfter: tc.probeAfter}, ready(2))
 			// a answers in 10 ms, b fails in 1 ms.
 			out := func(ep netip.AddrPort) (time.Duration, bool) {
 				if ep == b {
