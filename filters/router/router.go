@@ -378,7 +378,9 @@ func (b *timedBody) Read(p []byte) (int, error) {
 	switch {
 	case err == io.EOF:
 		b.a.markSent(b.now())
-	case err != nil:
+	case err != nil && !errors.Is(err, http.ErrBodyReadAfterClose):
+		// The client's body itself failed (read after the transport
+		// closed it is the transport's business, not the client's).
 		b.a.bodyErr.CompareAndSwap(nil, &err)
 	}
 	return n, err
