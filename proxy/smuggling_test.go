@@ -50,10 +50,10 @@ func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 // TestSmuggling: requests built to be read as two by one party and one by
 // another (RFC 9112 §6.3, §11.2), sent to sidecar A and forwarded through
 // B to a raw application that records every byte. Each is refused (a 4xx
-// or 501 from the sidecar, nothing of it forwarded, the connection closed
-// after), or the application gets well-formed requests, exactly those the
-// client got the application's answers to: the sidecar and the application
-// never disagree about where a request ends.
+// or 501 from the sidecar, no complete request forwarded, the connection
+// closed after), or the application gets well-formed requests, exactly
+// those the client got the application's answers to: the sidecar and the
+// application never disagree about where a request ends.
 func TestSmuggling(t *testing.T) {
 	const smuggled = "GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"
 	n := strconv.Itoa(len(smuggled)) // a Content-Length that makes it the body
@@ -109,7 +109,11 @@ func TestSmuggling(t *testing.T) {
 			}
 			time.Sleep(100 * time.Millisecond) // what B forwarded has reached the application
 			got := app.bytes()
+			// The complete requests the application got; the sidecars stream,
+			// so a refused request's head may have gone ahead of the broken
+			// body that got it refused: it then ends cut, and is not one.
 			var reqs []string
+			cut := false
 			ar := bufio.NewReader(bytes.NewReader(got))
 			for ar.Buffered() > 0 || len(reqs) == 0 {
 				req, err := http.ReadRequest(ar)
@@ -120,7 +124,8 @@ func TestSmuggling(t *testing.T) {
 					t.Fatalf("the application got something that is not a request: %v: %q", err, got)
 				}
 				if _, err := io.Copy(io.Discard, req.Body); err != nil {
-					t.Fatalf("the application got a request whose body is cut: %v: %q", err, got)
+					cut = true
+					break
 				}
 				reqs = append(reqs, req.Method+" "+req.URL.String())
 			}
@@ -137,8 +142,12 @@ func TestSmuggling(t *testing.T) {
 				t.Errorf("the client got %d answers of the application's, the application got %d requests %v: they disagree about where requests end; statuses %v, bytes %q",
 					answered, len(reqs), reqs, statuses, got)
 			}
-			if tc.refuse && (len(statuses) == 0 || statuses[0] < 400 || len(got) != 0) {
-				t.Errorf("want a refusal with nothing forwarded; statuses %v, the application got %q", statuses, got)
+			refused := len(statuses) > 0 && statuses[0] >= 400
+			if tc.refuse && (!refused || len(reqs) != 0) {
+				t.Errorf("want a refusal with no request forwarded; statuses %v, the application got %q", statuses, got)
+			}
+			if cut && !refused {
+				t.Errorf("the application got a request whose body is cut, and the client no refusal: statuses %v, bytes %q", statuses, got)
 			}
 			t.Logf("statuses %v, the application got %v", statuses, reqs)
 		})
