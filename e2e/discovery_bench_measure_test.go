@@ -291,16 +291,7 @@ func (s *scaleBench) useServices(ctx context.Context) error {
 // clusterEndpoints reads the sidecar's /clusters: the discovered clusters
 // ("outbound|…") with their number of endpoints.
 func clusterEndpoints(ctx context.Context, admin *meshtest.HTTPClient) (map[string]int, error) {
-	req, err := http.NewRequestWithContext(ctx, "GET", adminURL+"/clusters", nil)
-	if err != nil {
-		return nil, err
-	}
-	res, err := admin.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer res.Body.Close()
-	body, err := io.ReadAll(res.Body)
+	body, err := getBody(ctx, admin.Do, adminURL+"/clusters")
 	if err != nil {
 		return nil, err
 	}
@@ -429,12 +420,7 @@ func (s *scaleBench) profileIndex(ctx context.Context, path string) error {
 // scrape reads a metrics endpoint on 127.0.0.1 into values by series (the
 // name with its labels as printed, e.g. `pillion_discovery_objects{kind="pod"}`).
 func scrape(port int) (map[string]float64, error) {
-	res, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
-	if err != nil {
-		return nil, err
-	}
-	defer res.Body.Close()
-	body, err := io.ReadAll(res.Body)
+	body, err := getBody(context.Background(), http.DefaultClient.Do, fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
 	if err != nil {
 		return nil, err
 	}
@@ -449,4 +435,18 @@ func scrape(port int) (map[string]float64, error) {
 		}
 	}
 	return out, nil
+}
+
+// getBody GETs url with do and returns the body.
+func getBody(ctx context.Context, do func(*http.Request) (*http.Response, error), url string) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, "GET", url, nil)
+	if err != nil {
+		return nil, err
+	}
+	res, err := do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer res.Body.Close()
+	return io.ReadAll(res.Body)
 }
