@@ -102,16 +102,7 @@ func TestDiscoveryBadFlags(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Setenv("KUBECONFIG", tt.env)
 			args := append([]string{"discovery", "--address=127.0.0.1", "--port=" + port, "--metrics-port=" + mport}, tt.args...)
-			code, stdout, stderr := runCmd(args...)
-			if code != 2 {
-				t.Errorf("exit %d, want 2", code)
-			}
-			if want := "pillion discovery: " + tt.want + "\nRun 'pillion discovery --help' for usage.\n"; stderr != want {
-				t.Errorf("stderr =\n%s\nwant\n%s", stderr, want)
-			}
-			if stdout != "" {
-				t.Errorf("stdout = %q, want nothing", stdout)
-			}
+			wantUsageError(t, args, "pillion discovery: "+tt.want)
 			assertNotListening(t, ports...)
 		})
 	}

@@ -79,16 +79,7 @@ func TestInjectorBadFlags(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			args := append([]string{"injector", "--address=127.0.0.1", "--port=" + port, "--metrics-port=" + mport}, tt.args...)
-			code, stdout, stderr := runCmd(args...)
-			if code != 2 {
-				t.Errorf("exit %d, want 2", code)
-			}
-			if want := "pillion injector: " + tt.want + "\nRun 'pillion injector --help' for usage.\n"; stderr != want {
-				t.Errorf("stderr =\n%s\nwant\n%s", stderr, want)
-			}
-			if stdout != "" {
-				t.Errorf("stdout = %q, want nothing", stdout)
-			}
+			wantUsageError(t, args, "pillion injector: "+tt.want)
 			assertNotListening(t, ports...)
 		})
 	}

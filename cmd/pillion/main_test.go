@@ -17,6 +17,23 @@ func runCmd(args ...string) (code int, stdout, stderr string) {
 	return code, o.String(), e.String()
 }
 
+// wantUsageError runs pillion with args (the subcommand first) and checks
+// that it exits 2 saying want, then where to find the usage, on stderr
+// only.
+func wantUsageError(t *testing.T, args []string, want string) {
+	t.Helper()
+	code, stdout, stderr := runCmd(args...)
+	if code != 2 {
+		t.Errorf("exit %d, want 2", code)
+	}
+	if want := want + "\nRun 'pillion " + args[0] + " --help' for usage.\n"; stderr != want {
+		t.Errorf("stderr =\n%s\nwant\n%s", stderr, want)
+	}
+	if stdout != "" {
+		t.Errorf("stdout = %q, want nothing", stdout)
+	}
+}
+
 func TestTopLevel(t *testing.T) {
 	for _, tt := range []struct {
 		name       string
@@ -71,17 +88,7 @@ func TestProxyBadFlags(t *testing.T) {
 		{[]string{"--spiffe-socket=tcp:agent"}, `pillion proxy: --spiffe-socket: "tcp:agent": workload endpoint tcp socket URI must not be opaque`},
 	} {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
-			code, stdout, stderr := runCmd(append([]string{"proxy"}, tt.args...)...)
-			if code != 2 {
-				t.Errorf("exit %d, want 2", code)
-			}
-			want := tt.want + "\nRun 'pillion proxy --help' for usage.\n"
-			if stderr != want {
-				t.Errorf("stderr =\n%s\nwant\n%s", stderr, want)
-			}
-			if stdout != "" {
-				t.Errorf("stdout = %q", stdout)
-			}
+			wantUsageError(t, append([]string{"proxy"}, tt.args...), tt.want)
 		})
 	}
 }
