@@ -171,24 +171,20 @@ func TestDiscoveryBalancesConnections(t *testing.T) {
 	t.Logf("300 TCP connections: %v", got)
 	admin := meshtest.NewHTTPClient(m.client.Pod, false)
 	text := want200(t, admin, "GET", adminURL+"/stats?filter=mtls_connections|sniff_timeouts")
-	if n := statValue(t, text, `pillion_mtls_connections_total{direction="outbound"}`); n < 300 {
-		t.Errorf("%v outbound mTLS connections counted, want the 300 at least:\n%s", n, text)
+	st := statLines(t, text)
+	if n, err := strconv.Atoi(st[`pillion_mtls_connections_total{direction="outbound"}`]); err != nil || n < 300 {
+		t.Errorf("%v outbound mTLS connections counted (%v), want the 300 at least:\n%s", n, err, text)
 	}
-	if n := statValue(t, text, `pillion_sniff_timeouts_total{direction="outbound"}`); n != 0 {
-		t.Errorf("%v outbound sniffs timed out, want none: the Service port's appProtocol says opaque TCP:\n%s", n, text)
+	if n := st[`pillion_sniff_timeouts_total{direction="outbound"}`]; n != "0" {
+		t.Errorf("%s outbound sniffs timed out, want none: the Service port's appProtocol says opaque TCP:\n%s", n, text)
 	}
 }
 
-// statValue returns the number on the line "name::<number>" (/clusters) or
-// "name: <number>" (/stats) of an admin page's text.
+// statValue returns the number on the line "name::<number>" of /clusters.
 func statValue(t *testing.T, text, name string) float64 {
 	t.Helper()
 	for _, line := range strings.Split(text, "\n") {
-		v, ok := strings.CutPrefix(line, name+"::")
-		if !ok {
-			v, ok = strings.CutPrefix(line, name+": ")
-		}
-		if ok {
+		if v, ok := strings.CutPrefix(line, name+"::"); ok {
 			f, err := strconv.ParseFloat(v, 64)
 			if err != nil {
 				t.Fatalf("%s: %v", name, err)
@@ -307,8 +303,8 @@ func TestDiscoveryAway(t *testing.T) {
 
 	admin := meshtest.NewHTTPClient(m.client.Pod, false)
 	stats := func() string { return want200(t, admin, "GET", adminURL+"/stats?filter=pillion_discovery_client") }
-	if text := stats(); !strings.Contains(text, "pillion_discovery_client_connected: 0\n") ||
-		!strings.Contains(text, "pillion_discovery_client_disconnects_total: 1\n") {
+	if text := stats(); statLines(t, text)["pillion_discovery_client_connected"] != "0" ||
+		statLines(t, text)["pillion_discovery_client_disconnects_total"] != "1" {
 		t.Errorf("while discovery is away, the sidecar's metrics do not say so:\n%s", text)
 	}
 
@@ -332,8 +328,8 @@ func TestDiscoveryAway(t *testing.T) {
 		}
 	}
 	t.Logf("web-2, deleted while discovery was away, got its last request within %v of discovery's restart", time.Since(restarted).Round(100*time.Millisecond))
-	if text := stats(); !strings.Contains(text, "pillion_discovery_client_connected: 1\n") ||
-		!strings.Contains(text, "pillion_discovery_client_connects_total: 2\n") {
+	if text := stats(); statLines(t, text)["pillion_discovery_client_connected"] != "1" ||
+		statLines(t, text)["pillion_discovery_client_connects_total"] != "2" {
 		t.Errorf("discovery back: the sidecar's metrics do not say so:\n%s", text)
 	}
 
