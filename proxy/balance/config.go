@@ -1,6 +1,7 @@
 package balance
 
 import (
+	"cmp"
 	"fmt"
 	"time"
 )
@@ -118,24 +119,13 @@ func (c Config) Validate() error {
 }
 
 func (c Config) withDefaults() Config {
-	def := func(v *time.Duration, d time.Duration) {
-		if *v == 0 {
-			*v = d
-		}
-	}
-	def(&c.Decay, DefaultDecay)
-	def(&c.LatencyFloor, DefaultLatencyFloor)
-	def(&c.FailurePenalty, DefaultFailurePenalty)
-	def(&c.BaseEjection, DefaultBaseEjection)
-	def(&c.MaxEjection, DefaultMaxEjection)
-	if c.Consecutive5xx == 0 {
-		c.Consecutive5xx = DefaultConsecutive5xx
-	}
-	if c.ProbeAfter == 0 {
-		c.ProbeAfter = DefaultProbeAfter
-	}
-	if c.MaxEjectionPercent == 0 {
-		c.MaxEjectionPercent = DefaultMaxEjectionPercent
-	}
+	c.Decay = cmp.Or(c.Decay, DefaultDecay)
+	c.LatencyFloor = cmp.Or(c.LatencyFloor, DefaultLatencyFloor)
+	c.FailurePenalty = cmp.Or(c.FailurePenalty, DefaultFailurePenalty)
+	c.BaseEjection = cmp.Or(c.BaseEjection, DefaultBaseEjection)
+	c.MaxEjection = cmp.Or(c.MaxEjection, DefaultMaxEjection)
+	c.Consecutive5xx = cmp.Or(c.Consecutive5xx, DefaultConsecutive5xx)
+	c.ProbeAfter = cmp.Or(c.ProbeAfter, DefaultProbeAfter)
+	c.MaxEjectionPercent = cmp.Or(c.MaxEjectionPercent, DefaultMaxEjectionPercent)
 	return c
 }
