@@ -380,8 +380,11 @@ func (b *timedBody) Read(p []byte) (int, error) {
 		b.a.markSent(b.now())
 	case err != nil && !errors.Is(err, http.ErrBodyReadAfterClose):
 		// The client's body itself failed (read after the transport
-		// closed it is the transport's business, not the client's).
-		b.a.bodyErr.CompareAndSwap(nil, &err)
+		// closed it is the transport's business, not the client's). A
+		// copy of its own: the address of err would move err to the heap
+		// on every read.
+		failed := err
+		b.a.bodyErr.CompareAndSwap(nil, &failed)
 	}
 	return n, err
 }
