@@ -1,7 +1,6 @@
 package mtls_test
 
 import (
-	"context"
 	"crypto/tls"
 	"errors"
 	"net"
@@ -222,7 +221,7 @@ func TestReadHello(t *testing.T) {
 			cfg := mtls.ClientConfig(src, mtls.AuthorizeSameTrustDomain(src), mtls.ProtoTCP)
 			cfg.NextProtos = tc.protos
 			go func() { _ = tls.Client(a, cfg).Handshake() }()
-			mesh, read, err := mtls.ReadHello(context.Background(), b)
+			mesh, read, err := mtls.ReadHello(b)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -235,7 +234,7 @@ func TestReadHello(t *testing.T) {
 			}
 		})
 	}
-	if _, _, err := mtls.ReadHello(context.Background(), &oneShot{b: []byte("GET / HTTP/1.1\r\n\r\n")}); err == nil {
+	if _, _, err := mtls.ReadHello(&oneShot{b: []byte("GET / HTTP/1.1\r\n\r\n")}); err == nil {
 		t.Error("ReadHello accepted HTTP")
 	}
 }

@@ -211,7 +211,7 @@ func (s *Server) admit(cn *conn) bool {
 func (s *Server) readHello(cn *conn) (bool, error) {
 	_ = cn.c.SetReadDeadline(time.Now().Add(handshakeTimeout))
 	defer cn.c.SetReadDeadline(time.Time{})
-	mesh, read, err := mtls.ReadHello(s.hardStop, io.MultiReader(bytes.NewReader(cn.det.Peeked), cn.c))
+	mesh, read, err := mtls.ReadHello(io.MultiReader(bytes.NewReader(cn.det.Peeked), cn.c))
 	cn.det.Peeked = read
 	return mesh, err
 }
