@@ -56,8 +56,9 @@ type Sources struct {
 	// Level is the running logger's level, read and changed by POST /logging.
 	Level zap.AtomicLevel
 
-	// Drain starts draining (listeners stop accepting, in-flight requests finish); Quit starts
-	// draining and then exits the process. Both are called from an admin request, whose "OK" is
+	// Drain starts draining as SIGTERM does (not ready at once; listeners accept for the drain
+	// period, then close; in-flight requests finish); Quit drains without the drain period and
+	// then exits the process. Both are called from an admin request, whose "OK" is
 	// written only after they return: they must start the work and return, never wait for the admin
 	// server to shut down.
 	Drain, Quit func()
@@ -117,8 +118,8 @@ func New(src Sources, log *zap.Logger) http.Handler {
 		{path: "/certs", help: "print the workload SVID and trust bundle with expiry as JSON", handler: s.certs},
 		{path: "/server_info", help: "print version, state, uptime and command-line options as JSON", handler: s.serverInfo},
 		{path: "/logging", post: true, help: "print the log level, or change it with ?level=debug|info|warn|error", handler: s.logging},
-		{path: "/drain", post: true, help: "stop accepting and let in-flight requests finish", handler: s.drain},
-		{path: "/quitquitquit", post: true, help: "drain, then exit the process", handler: s.quit},
+		{path: "/drain", post: true, help: "fail readiness, accept for the drain period, then stop accepting and let in-flight requests finish", handler: s.drain},
+		{path: "/quitquitquit", post: true, help: "drain without the drain period, then exit the process", handler: s.quit},
 		{path: "/healthcheck/fail", post: true, help: "mark the server as failing health checks (DRAINING)", handler: s.healthFail},
 		{path: "/healthcheck/ok", post: true, help: "clear the failed health-check mark", handler: s.healthOK},
 		{path: "/debug/pprof/", help: "Go runtime profiles (net/http/pprof)", handler: pprof.Index},

@@ -63,13 +63,13 @@ const wantHelp = `admin commands are:
   /clusters: print upstream pools, their endpoints and counters; ?format=json
   /config_dump: print the effective config as JSON, secrets redacted
   /debug/pprof/: Go runtime profiles (net/http/pprof)
-  /drain (POST): stop accepting and let in-flight requests finish
+  /drain (POST): fail readiness, accept for the drain period, then stop accepting and let in-flight requests finish
   /healthcheck/fail (POST): mark the server as failing health checks (DRAINING)
   /healthcheck/ok (POST): clear the failed health-check mark
   /help: print this list of admin paths
   /listeners: print the listeners and their addresses; ?format=json
   /logging (POST): print the log level, or change it with ?level=debug|info|warn|error
-  /quitquitquit (POST): drain, then exit the process
+  /quitquitquit (POST): drain without the drain period, then exit the process
   /ready: print the server state; 200 when LIVE, else 503 and why
   /server_info: print version, state, uptime and command-line options as JSON
   /stats: print metrics as name: value; ?format=json|prometheus, ?filter=<regex>

@@ -83,6 +83,9 @@ const (
 func Reply(w http.ResponseWriter, r *http.Request, status int, flags Flags, reason string) {
 	FromContext(r.Context()).AddFlags(flags)
 	h := w.Header()
+	// The server's own Connection: close (a draining sidecar's) stays;
+	// anything else set for the answer that was not sent goes.
+	closeConn := h.Get("Connection") == "close"
 	for k := range h {
 		delete(h, k)
 	}
@@ -90,8 +93,9 @@ func Reply(w http.ResponseWriter, r *http.Request, status int, flags Flags, reas
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set(FlagsHeader, flags.String())
 	h.Set(ErrorHeader, reason)
-	if flags&DownstreamProtocolError != 0 && r.ProtoMajor == 1 {
-		// What follows on the connection cannot be told apart any more.
+	if closeConn || (flags&DownstreamProtocolError != 0 && r.ProtoMajor == 1) {
+		// After a DPE, what follows on the connection cannot be told
+		// apart any more.
 		h.Set("Connection", "close")
 	}
 	w.WriteHeader(status)

@@ -2,11 +2,13 @@ package injector
 
 import (
 	"path"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/pillionmesh/pillion/appprobe"
+	"github.com/pillionmesh/pillion/proxy"
 	"github.com/pillionmesh/pillion/redirect"
 )
 
@@ -140,6 +142,41 @@ func proxyContainer(cfg *Config, opts options, probes appProbes) corev1.Containe
 		}}
 	}
 	return c
+}
+
+// defaultGracePeriod is Kubernetes' terminationGracePeriodSeconds when a
+// pod sets none.
+const defaultGracePeriod = 30 * time.Second
+
+// drainArgs are the sidecar's drain flags for a pod with the given
+// terminationGracePeriodSeconds (nil: Kubernetes' default), none when the
+// proxy's defaults are right:
+//
+//   - a native sidecar gets --drain-period=0s. kubelet sends it SIGTERM
+//     only once the application's containers have exited: by then nothing
+//     in the pod serves inbound connections nor makes outbound ones, and a
+//     drain period would only delay the pod's end. Keeping the pod
+//     reachable while its endpoint's removal spreads happens while the
+//     application shuts down, with the sidecar still fully up; how long the
+//     application itself accepts is its own business (a preStop sleep).
+//   - a classic sidecar gets SIGTERM with the application, and must be done
+//     within the grace period, or kubelet kills it mid-drain: when the
+//     period and the time-out do not fit, they share the grace period, half
+//     each, one second left for the exit.
+func drainArgs(grace *int64, native bool) []string {
+	if native {
+		return []string{"--drain-period=0s"}
+	}
+	g := defaultGracePeriod
+	if grace != nil {
+		g = time.Duration(max(*grace, 0)) * time.Second
+	}
+	if g >= proxy.DefaultDrainPeriod+proxy.DefaultDrainTimeout {
+		return nil
+	}
+	period := g / 2
+	timeout := max(g-period-time.Second, 0)
+	return []string{"--drain-period=" + period.String(), "--drain-timeout=" + timeout.String()}
 }
 
 func readyProbe(period, failures int32) *corev1.Probe {

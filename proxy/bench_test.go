@@ -41,9 +41,11 @@ import (
 const benchBody = 1 << 10
 
 // benchConfig is the production config (DefaultConfig, metrics on), with
-// a short drain so that each benchmark run stops quickly.
+// no drain period and a short drain so that each benchmark run stops
+// quickly.
 func benchConfig() Config {
 	cfg := DefaultConfig()
+	cfg.DrainPeriod = 0
 	cfg.DrainTimeout = time.Second
 	cfg.Registerer = prometheus.NewRegistry()
 	return cfg

@@ -30,6 +30,10 @@ const (
 	// later) and by clients slower than this (forwarded as opaque TCP: they
 	// work, without the HTTP features).
 	DefaultSniffTimeout = 100 * time.Millisecond
+	// DefaultDrainPeriod is Istio's terminationDrainDuration: long enough
+	// for the endpoint's removal to reach kube-proxy and the other
+	// sidecars, which send new connections to the pod until then.
+	DefaultDrainPeriod = 5 * time.Second
 )
 
 // DefaultOpaquePorts returns the ports protocol detection skips by
@@ -55,9 +59,17 @@ type Config struct {
 	// MaxConnections caps the connections being proxied at once, both
 	// directions together; one more is accepted and reset at once.
 	MaxConnections int
-	// DrainTimeout bounds how long Run waits, once its context ends, for
-	// open connections to finish before it resets them. Zero resets them at
-	// once.
+	// DrainPeriod is how long the listeners keep accepting once a drain
+	// starts (Run's context ends, or Drain), readiness already failing:
+	// peers that have not yet heard the pod is going keep connecting, and
+	// are served. Inbound HTTP answers say Connection: close (HTTP/2: the
+	// connection gets a graceful GOAWAY) so that clients move on; the
+	// outbound side serves the application as usual. Zero closes the
+	// listeners at once.
+	DrainPeriod time.Duration
+	// DrainTimeout bounds how long Run waits, once the listeners closed
+	// (after DrainPeriod), for open connections to finish before it resets
+	// them. Zero resets them at once.
 	DrainTimeout time.Duration
 	// IdleTimeout resets a connection on which no byte moved either way for
 	// this long (also one half-closed by one side and forgotten by the
@@ -96,6 +108,7 @@ func DefaultConfig() Config {
 		DialTimeout:    DefaultDialTimeout,
 		MaxConnections: DefaultMaxConnections,
 		MaxHandshakes:  DefaultMaxHandshakes,
+		DrainPeriod:    DefaultDrainPeriod,
 		DrainTimeout:   DefaultDrainTimeout,
 		IdleTimeout:    DefaultIdleTimeout,
 		SniffTimeout:   DefaultSniffTimeout,
@@ -125,6 +138,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("--max-connections: %d: must be positive", c.MaxConnections)
 	case c.MaxHandshakes <= 0:
 		return fmt.Errorf("--max-handshakes: %d: must be positive", c.MaxHandshakes)
+	case c.DrainPeriod < 0:
+		return fmt.Errorf("--drain-period: %v: must not be negative (0 closes the listeners at once)", c.DrainPeriod)
 	case c.DrainTimeout < 0:
 		return fmt.Errorf("--drain-timeout: %v: must not be negative", c.DrainTimeout)
 	case c.IdleTimeout < 0:

@@ -114,6 +114,13 @@ func (s *Server) serveRequest(dir Direction, w http.ResponseWriter, r *http.Requ
 		// From the application, or a caller that is not a peer sidecar.
 		filters.RemoveInternal(r.Header)
 	}
+	if dir == Inbound && info.Upgrade == "" && s.draining.Load() {
+		// The drain period (drain.go): the client is told to go. HTTP/1
+		// closes after this answer; net/http's HTTP/2 server takes it for
+		// a graceful GOAWAY (and sends no Connection header). The router
+		// adds the upstream's headers to these, never removes them.
+		w.Header().Set("Connection", "close")
+	}
 	if r.ProtoMajor == 1 {
 		// Proxied HTTP/1 requests may be answered while their body still
 		// streams in (and gRPC-Web-like clients rely on it).

@@ -128,7 +128,7 @@ type statsCollector struct {
 
 	accepted, active, closed, bytesSent, bytesRecv, refused, dialFailures,
 	detected, sniffTimeouts, mtls, plaintext, tlsFailures, denied,
-	poolConns, svidExpiry *prometheus.Desc
+	poolConns, svidExpiry, draining *prometheus.Desc
 
 	handshakesActive, handshakesQueued, handshakesWaited, handshakeQueueTimeouts *prometheus.Desc
 }
@@ -157,6 +157,7 @@ func newStatsCollector(s *Server) *statsCollector {
 		denied:        desc("authz_denied_connections_total", "Inbound opaque mTLS connections the authz filter refused."),
 		poolConns:     desc("pool_connections", "Open upstream HTTP connections in the pools, by endpoint (ip:port) and protocol.", "endpoint", "protocol"),
 		svidExpiry:    desc("svid_expiry_timestamp_seconds", "When the sidecar's current X.509-SVID expires, in seconds since the Unix epoch; absent without an identity or an SVID."),
+		draining:      desc("draining", "1 once the sidecar drains (SIGTERM, POST /drain or /quitquitquit): not ready, listeners accepting for --drain-period, then closed; 0 while it serves."),
 
 		handshakesActive:       desc("tls_handshakes_active", "mTLS handshakes in flight now, both directions (at most --max-handshakes)."),
 		handshakesQueued:       desc("tls_handshakes_queued", "mTLS handshakes waiting now for one in flight to end."),
@@ -170,7 +171,7 @@ func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		c.accepted, c.active, c.closed, c.bytesSent, c.bytesRecv, c.refused, c.dialFailures,
 		c.detected, c.sniffTimeouts, c.mtls, c.plaintext, c.tlsFailures, c.denied,
-		c.poolConns, c.svidExpiry,
+		c.poolConns, c.svidExpiry, c.draining,
 		c.handshakesActive, c.handshakesQueued, c.handshakesWaited, c.handshakeQueueTimeouts,
 	} {
 		ch <- d
@@ -214,6 +215,11 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 			counter(c.tlsFailures, st.TLSFailures[f].Load(), dir, mtls.Failure(f).String())
 		}
 	}
+	draining := 0.0
+	if c.s.draining.Load() {
+		draining = 1
+	}
+	gauge(c.draining, draining)
 	counter(c.plaintext, c.s.stats.Dir[Inbound].Plaintext.Load())
 	counter(c.denied, c.s.stats.Dir[Inbound].Denied.Load())
 	for _, e := range c.s.pools.Conns() {

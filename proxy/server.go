@@ -49,10 +49,13 @@ type Server struct {
 	ready    chan struct{} // closed once LIVE
 	listened atomic.Bool   // the listeners are open
 	addrs    []Listener    // the listeners, set by Run before listened
-	draining atomic.Bool   // Drain was called or Run's context ended
+	draining atomic.Bool   // Drain or Quit was called, or Run's context ended
+	closed   atomic.Bool   // the drain period is over: the listeners are closed
 	drained  atomic.Bool   // the drain is over
 	drainReq chan struct{} // closed by Drain
 	drainOne sync.Once
+	quitReq  chan struct{} // closed by Quit
+	quitOne  sync.Once
 
 	pools  *pool.Pools
 	routes routes   // the balancers of discovered destinations
@@ -84,6 +87,7 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 		handshakes: newHandshakes(cfg.MaxHandshakes),
 		ready:      make(chan struct{}),
 		drainReq:   make(chan struct{}),
+		quitReq:    make(chan struct{}),
 	}
 	if cfg.Identity != nil {
 		s.mesh = newMeshTLS(cfg.Identity)
@@ -130,8 +134,10 @@ func (s *Server) State() (string, error) {
 	switch {
 	case s.drained.Load():
 		return StateDrained, errors.New("drained: no longer accepting connections")
-	case s.draining.Load():
+	case s.closed.Load():
 		return StateDraining, errors.New("draining: no longer accepting connections")
+	case s.draining.Load():
+		return StateDraining, errors.New("draining: new connections are still accepted until the drain period ends, and told to close")
 	case !s.listened.Load():
 		return StatePreInitializing, errors.New("listeners not open yet")
 	}
@@ -165,17 +171,6 @@ func (s *Server) Listeners() []Listener {
 // PoolConns returns the upstream pools' open connections per endpoint.
 func (s *Server) PoolConns() []pool.EndpointConns { return s.pools.Conns() }
 
-// Drain fails readiness at once, closes the listeners and lets open
-// connections finish (up to DrainTimeout, then resets them), as Run does
-// when its context ends; the server then stays DRAINED until the context
-// ends. It is idempotent and safe to call at any time.
-func (s *Server) Drain() {
-	s.drainOne.Do(func() {
-		s.draining.Store(true)
-		close(s.drainReq)
-	})
-}
-
 // becomeReady closes s.ready once the identity has an SVID (at once
 // without mTLS), or gives up when ctx ends. Until then the listeners
 // already serve, without mTLS: traffic that needs it fails, and STRICT
@@ -202,10 +197,12 @@ func (s *Server) becomeReady(ctx context.Context) {
 }
 
 // Run listens on the outbound and inbound ports, IPv4 and (where the
-// namespace has it) IPv6, and proxies connections until ctx ends. Then it
-// stops accepting, waits up to DrainTimeout for open connections to end,
-// resets those left, and returns. It returns an error only if a listener
-// cannot be opened. Run must be called once.
+// namespace has it) IPv6, and proxies connections until ctx ends (or Drain
+// or Quit is called). Then it drains: readiness fails at once, the
+// listeners keep accepting for DrainPeriod (none after Quit), then close;
+// open connections get up to DrainTimeout to end and those left are reset.
+// Run returns once that is done and ctx has ended. It returns an error only
+// if a listener cannot be opened. Run must be called once.
 func (s *Server) Run(ctx context.Context) error {
 	type lis struct {
 		l   *net.TCPListener
@@ -252,11 +249,15 @@ func (s *Server) Run(ctx context.Context) error {
 	go s.becomeReady(ctx)
 	select {
 	case <-ctx.Done():
-		s.draining.Store(true)
 	case <-s.drainReq:
 		s.log.Info("drain requested")
+	case <-s.quitReq:
 	}
+	s.draining.Store(true)
+	s.drainPeriod()
 	closeAll()
+	s.closed.Store(true)
+	s.log.Info("listeners closed: new connections are refused")
 	accepting.Wait()
 	s.drain()
 	s.pools.CloseIdle()
@@ -277,40 +278,6 @@ func listen(host netip.Addr, port uint16) (*net.TCPListener, error) {
 // IPv6" from a real failure.
 func ipv6Unavailable(err error) bool {
 	return errors.Is(err, syscall.EAFNOSUPPORT) || errors.Is(err, syscall.EPROTONOSUPPORT)
-}
-
-// drain waits for open connections up to DrainTimeout, then resets them
-// (a reset, not a FIN: a cut-off transfer must not look complete).
-func (s *Server) drain() {
-	defer s.cancelHard()
-	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
-	// HTTP servers close idle keep-alive connections and send GOAWAY;
-	// requests in flight finish.
-	shutCtx, cancelShut := context.WithTimeout(context.Background(), s.cfg.DrainTimeout)
-	defer cancelShut()
-	var shutdowns sync.WaitGroup
-	defer shutdowns.Wait()
-	for _, hs := range s.http {
-		shutdowns.Go(func() { hs.shutdown(shutCtx) })
-	}
-	if n := s.active.Load(); n > 0 {
-		s.log.Info("draining", zap.Int64("connections", n), zap.Duration("timeout", s.cfg.DrainTimeout))
-	}
-	select {
-	case <-done:
-		return
-	case <-time.After(s.cfg.DrainTimeout):
-	}
-	s.mu.Lock()
-	s.closing = true
-	s.log.Warn("drain time-out: resetting connections", zap.Int("sockets", len(s.conns)))
-	for c := range s.conns {
-		relay.Reset(c)
-	}
-	s.mu.Unlock()
-	s.cancelHard()
-	<-done
 }
 
 func (s *Server) accept(l *net.TCPListener, dir Direction) {

@@ -47,7 +47,7 @@ func runServer(t testing.TB, cfg Config, log *zap.Logger, bind netip.Addr, origD
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	t.Cleanup(func() { s.Quit(); cancel(); <-done }) // no drain period
 	if !ready {
 		waitFor(t, "the listeners", func() bool {
 			c, err := net.Dial("tcp", netip.AddrPortFrom(bind, s.cfg.InboundPort).String())
@@ -248,7 +248,7 @@ func startRun(t *testing.T, s *Server) (stop func(), done <-chan error) {
 	d := make(chan error, 1)
 	go func() { d <- s.Run(ctx) }()
 	<-s.Ready()
-	t.Cleanup(cancel)
+	t.Cleanup(func() { s.Quit(); cancel() })
 	return cancel, d
 }
 
@@ -257,6 +257,7 @@ func TestDrain(t *testing.T) {
 	cfg := DefaultConfig()
 	p := freePorts(t, 2)
 	cfg.OutboundPort, cfg.InboundPort = p[0], p[1]
+	cfg.DrainPeriod = 0 // TestDrainPeriod has one
 	cfg.DrainTimeout = 300 * time.Millisecond
 	s, _ := New(cfg, zap.NewNop())
 	s.origDst = fixed(backend)
@@ -326,6 +327,8 @@ func TestConfigValidate(t *testing.T) {
 		{"dial timeout", mod(func(c *Config) { c.DialTimeout = 0 }), "--dial-timeout: 0s: must be positive"},
 		{"max conns", mod(func(c *Config) { c.MaxConnections = -1 }), "--max-connections: -1: must be positive"},
 		{"drain", mod(func(c *Config) { c.DrainTimeout = -time.Second }), "--drain-timeout: -1s: must not be negative"},
+		{"drain period", mod(func(c *Config) { c.DrainPeriod = -time.Second }), "--drain-period: -1s: must not be negative (0 closes the listeners at once)"},
+		{"no drain period", mod(func(c *Config) { c.DrainPeriod = 0 }), ""},
 		{"idle", mod(func(c *Config) { c.IdleTimeout = -time.Second }), "--idle-timeout: -1s: must not be negative (0 means no limit)"},
 		{"no idle limit", mod(func(c *Config) { c.IdleTimeout = 0 }), ""},
 	} {

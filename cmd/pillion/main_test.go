@@ -77,6 +77,7 @@ func TestProxyBadFlags(t *testing.T) {
 		{[]string{"--dial-timeout=soon"}, `pillion proxy: invalid value "soon" for flag -dial-timeout: parse error`},
 		{[]string{"--max-connections=0"}, "pillion proxy: --max-connections: 0: must be positive"},
 		{[]string{"--drain-timeout=-1s"}, "pillion proxy: --drain-timeout: -1s: must not be negative"},
+		{[]string{"--drain-period=-1s"}, "pillion proxy: --drain-period: -1s: must not be negative (0 closes the listeners at once)"},
 		{[]string{"--log-level=loud"}, `pillion proxy: invalid value "loud" for flag -log-level: unrecognized level: "loud"`},
 		{[]string{"--sniff-timeout=0s"}, "pillion proxy: --sniff-timeout: 0s: must be positive (declare ports opaque with --opaque-ports instead)"},
 		{[]string{"--opaque-ports=25,smtp"}, `pillion proxy: --opaque-ports: "25,smtp": "smtp" is not a port number (1-65535)`},
@@ -118,7 +119,7 @@ func TestProxyHelp(t *testing.T) {
 		t.Errorf("exit %d, want 0", code)
 	}
 	for _, want := range []string{"Usage: pillion proxy [flags]", "SO_ORIGINAL_DST", "-dial-timeout", "-max-connections",
-		"-drain-timeout", "-idle-timeout", "-log-level", "-sniff-timeout", "-opaque-ports", "-spiffe-socket", "-svid-cert", "SPIFFE_ENDPOINT_SOCKET", `(default "25,587,3306,4444,5432,6379,9300,11211")`} {
+		"-drain-period", "-drain-timeout", "-idle-timeout", "-log-level", "-sniff-timeout", "-opaque-ports", "-spiffe-socket", "-svid-cert", "SPIFFE_ENDPOINT_SOCKET", `(default "25,587,3306,4444,5432,6379,9300,11211")`} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("proxy --help lacks %q", want)
 		}

@@ -64,9 +64,17 @@ only: /ready, /stats, /stats/prometheus, /clusters, /listeners, /config_dump,
 :--health-port (15021) and /stats/prometheus on :--prometheus-port (15090).
 Logs are JSON lines on stderr (--log-format=console for humans), one per
 connection at info level, and one per HTTP request with the accesslog filter.
-SIGINT, SIGTERM or POST /quitquitquit: readiness fails at once, the listeners
-close, requests in flight finish, keep-alive clients are told to go, other
-connections get up to --drain-timeout; then exit 0.
+SIGINT or SIGTERM: readiness fails at once; for --drain-period (5s, Istio's
+terminationDrainDuration) both listeners keep accepting, because kube-proxy
+and other sidecars send new connections until the pod's removal reaches them:
+inbound HTTP answers say Connection: close (HTTP/2: GOAWAY) so clients move
+on, the outbound side serves the application as usual, opaque TCP carries on.
+Then the listeners close, requests in flight finish, other connections get up
+to --drain-timeout and are reset; then exit 0. POST /drain does the same but
+stays up (DRAINED); POST /quitquitquit skips (or cuts short) the drain period
+and exits: it is for an application that is done, as a Job's is. Keep
+--drain-period plus --drain-timeout within the pod's
+terminationGracePeriodSeconds.
 
 Example:
   setpriv --reuid=1337 --regid=1337 --clear-groups pillion proxy --config=/etc/pillion/proxy.yaml \
@@ -90,7 +98,9 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.DurationVar(&cfg.DialTimeout, "dial-timeout", cfg.DialTimeout, "how long connecting upstream may take")
 	fs.IntVar(&cfg.MaxConnections, "max-connections", cfg.MaxConnections, "connections proxied at once, both directions; more are reset")
 	fs.IntVar(&cfg.MaxHandshakes, "max-handshakes", cfg.MaxHandshakes, "mTLS handshakes in flight at once, both directions; more wait in order")
-	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "on shutdown, how long open connections may take to finish before they are reset")
+	fs.DurationVar(&cfg.DrainPeriod, "drain-period", cfg.DrainPeriod,
+		"on SIGTERM or POST /drain, how long both listeners keep accepting, readiness failing, while the pod's removal reaches its peers (inbound HTTP is told to close); 0: close them at once")
+	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "once the listeners closed, how long open connections may take to finish before they are reset")
 	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", cfg.IdleTimeout, "reset a connection when no byte moved either way for this long (0: no limit)")
 	fs.DurationVar(&cfg.SniffTimeout, "sniff-timeout", cfg.SniffTimeout,
 		"how long a client may take to show its protocol; then the connection is forwarded as opaque TCP")
@@ -209,7 +219,9 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if resolver != nil {
 		go resolver.Run(ctx)
 	}
-	o := &ops{s: s, resolver: resolver, reg: reg, id: id, level: level, quit: quit, flags: fs, started: time.Now(),
+	// /quitquitquit: no drain period, then exit.
+	quitNow := func() { s.Quit(); quit() }
+	o := &ops{s: s, resolver: resolver, reg: reg, id: id, level: level, quit: quitNow, flags: fs, started: time.Now(),
 		appProbes: probes}
 	if err := o.start(ports, log); err != nil {
 		return err
