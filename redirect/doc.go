@@ -60,8 +60,9 @@
 // must come before rule 1: without it the delivery would be sent back to
 // the inbound sidecar, forever. Rule 0 matches on the source address
 // alone, as Istio's does: it applies only to connections from this pod to
-// itself (-o lo), and the application binding 127.0.0.6 to call its own
-// pod IP gains nothing it does not have on localhost. Nothing is needed on
+// itself (-o lo), so an application that binds 127.0.0.6 to call its own
+// pod IP only reaches its own listeners without its sidecars, as it can
+// on localhost; no other pod is reached that way. Nothing is needed on
 // the way in: the connection's first packet is NATed (here: left alone)
 // in OUTPUT, and when it comes back in through lo it is no longer new to
 // conntrack, so nat PREROUTING never sees it. IPv6 needs ::6 to be an
@@ -77,9 +78,8 @@
 // always there and always first, so no excluded range or port (an excluded
 // range holding the pod IP, say) changes how the inbound sidecar reaches
 // the application; inbound exclusions only decide what reaches the
-// inbound sidecar. The four
-// chains and the two hooks are always there, so what Cleanup removes does
-// not depend on flags.
+// inbound sidecar. The four chains and the two hooks are always there, so
+// what Cleanup removes does not depend on flags.
 //
 // # Applying
 //
