@@ -92,13 +92,13 @@ func TestCapture(t *testing.T) {
 	a, b := m.a.Pod, m.b.Pod
 
 	for _, fam := range []struct {
-		name     string
-		dst      netip.Addr
-		src      netip.Addr
-		loopback string
+		name    string
+		dst     netip.Addr
+		src     netip.Addr
+		inbound string // the inbound sidecar's source address
 	}{
-		{"ipv4", b.IPv4, a.IPv4, "127.0.0.1"},
-		{"ipv6", b.IPv6, a.IPv6, "::1"},
+		{"ipv4", b.IPv4, a.IPv4, "127.0.0.6"},
+		{"ipv6", b.IPv6, a.IPv6, "::6"},
 	} {
 		t.Run("echo through both sidecars/"+fam.name, func(t *testing.T) {
 			dst := hostPort(fam.dst, 8080)
@@ -109,9 +109,9 @@ func TestCapture(t *testing.T) {
 			if echoed != "ping "+fam.name {
 				t.Errorf("echo = %q", echoed)
 			}
-			// The app saw the inbound sidecar (loopback), not pod a.
-			if peer != fam.loopback {
-				t.Errorf("server saw peer %s, want the inbound sidecar on %s", peer, fam.loopback)
+			// The app saw the inbound sidecar (from 127.0.0.6 / ::6), not pod a.
+			if peer != fam.inbound {
+				t.Errorf("server saw peer %s, want the inbound sidecar from %s", peer, fam.inbound)
 			}
 			out, ok := m.a.WaitConnection("outbound", dst, 5*time.Second)
 			if !ok {
@@ -121,14 +121,15 @@ func TestCapture(t *testing.T) {
 			if !ok {
 				t.Fatalf("b's sidecar logged no inbound connection to %s:\n%s", dst, m.b.Proxy.Output())
 			}
-			if want := hostPort(netip.MustParseAddr(fam.loopback), 8080); in.Upstream != want {
-				t.Errorf("b's sidecar forwarded to %s, want %s", in.Upstream, want)
+			// ...which delivered at the pod IP the peer asked for.
+			if in.Upstream != dst {
+				t.Errorf("b's sidecar forwarded to %s, want %s", in.Upstream, dst)
 			}
 			// The inbound sidecar's peer is pod a's address: a's sidecar dialled as itself.
 			if !strings.HasPrefix(in.Src, strings.TrimSuffix(hostPort(fam.src, 0), ":0")+":") {
 				t.Errorf("b's sidecar saw source %s, want pod a (%s)", in.Src, fam.src)
 			}
-			if out.BytesSent != int64(len("ping "+fam.name)) || in.BytesReceived != int64(len(fam.loopback)+1+len("ping "+fam.name)) {
+			if out.BytesSent != int64(len("ping "+fam.name)) || in.BytesReceived != int64(len(fam.inbound)+1+len("ping "+fam.name)) {
 				t.Errorf("byte counts: a sent %d, b received %d", out.BytesSent, in.BytesReceived)
 			}
 		})
@@ -169,7 +170,7 @@ func TestCapture(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if peer != "127.0.0.1" {
+		if peer != "127.0.0.6" {
 			t.Errorf("server saw %s, want b's inbound sidecar (port 9001 is only excluded outbound in a)", peer)
 		}
 		if _, ok := m.b.WaitConnection("inbound", dst, 5*time.Second); !ok {
@@ -224,9 +225,9 @@ func TestCapture(t *testing.T) {
 		})
 	}
 
-	for _, self := range []struct{ ip, loopback string }{
-		{b.IPv4.String(), "127.0.0.1"},
-		{b.IPv6.String(), "::1"},
+	for _, self := range []struct{ ip, inbound string }{
+		{b.IPv4.String(), "127.0.0.6"},
+		{b.IPv6.String(), "::6"},
 	} {
 		t.Run("app calls its own pod IP/"+self.ip, func(t *testing.T) {
 			dst := hostPort(netip.MustParseAddr(self.ip), 8080)
@@ -234,7 +235,7 @@ func TestCapture(t *testing.T) {
 			if err != nil || echoed != "self" {
 				t.Fatalf("call to own pod IP = %q, %v", echoed, err)
 			}
-			if peer != self.loopback {
+			if peer != self.inbound {
 				t.Errorf("app saw %s, want its inbound sidecar", peer)
 			}
 			// Through b's outbound sidecar, then its inbound sidecar: once each.
@@ -284,7 +285,7 @@ func TestCapture(t *testing.T) {
 		if err != nil {
 			t.Fatalf("uid 1337 call: %v: %s", err, out)
 		}
-		if got := strings.TrimSpace(string(out)); got != "127.0.0.1" {
+		if got := strings.TrimSpace(string(out)); got != "127.0.0.6" {
 			t.Errorf("server saw %q, want b's inbound sidecar", got)
 		}
 		if _, ok := m.b.WaitConnection("inbound", dst, 5*time.Second); !ok {

@@ -51,7 +51,7 @@ func TestDetection(t *testing.T) {
 	t.Run("server-first protocol works after the sniff time-out", func(t *testing.T) {
 		dst := hostPort(b.IPv4, 7000)
 		line, err := greeting(a, dst)
-		if err != nil || line != "127.0.0.1\n" {
+		if err != nil || line != "127.0.0.6\n" {
 			t.Fatalf("greeting = %q, %v", line, err)
 		}
 		detected(t, dst, "opaque", "time-out")
@@ -60,7 +60,7 @@ func TestDetection(t *testing.T) {
 	t.Run("server-first protocol on an opaque port skips detection", func(t *testing.T) {
 		dst := hostPort(b.IPv4, 3306)
 		line, err := greeting(a, dst)
-		if err != nil || line != "127.0.0.1\n" {
+		if err != nil || line != "127.0.0.6\n" {
 			t.Fatalf("greeting = %q, %v", line, err)
 		}
 		detected(t, dst, "opaque", "opaque port")
@@ -78,7 +78,7 @@ func TestDetection(t *testing.T) {
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		client.CloseIdleConnections()
-		if resp.StatusCode != 200 || string(body) != "GET /hello from 127.0.0.1" {
+		if resp.StatusCode != 200 || string(body) != "GET /hello from 127.0.0.6" {
 			t.Errorf("response %d %q", resp.StatusCode, body)
 		}
 		detected(t, dst, "http/1", "first bytes")

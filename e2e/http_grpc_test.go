@@ -179,9 +179,9 @@ func TestHTTPGRPC(t *testing.T) {
 		if !bytes.Equal(res.GetPayload().GetBody(), payloadBytes(256<<10)) {
 			t.Errorf("response payload of %d bytes differs from the server's %d", len(res.GetPayload().GetBody()), 256<<10)
 		}
-		// The server's peer is b's inbound sidecar, on loopback.
-		if p := header.Get("x-peer"); len(p) != 1 || !netip.MustParseAddrPort(p[0]).Addr().IsLoopback() {
-			t.Errorf("server saw peer %q, want b's sidecar on loopback", p)
+		// The server's peer is b's inbound sidecar, from 127.0.0.6.
+		if p := header.Get("x-peer"); len(p) != 1 || netip.MustParseAddrPort(p[0]).Addr() != netip.MustParseAddr("127.0.0.6") {
+			t.Errorf("server saw peer %q, want b's sidecar from 127.0.0.6", p)
 		}
 		sum := sha256.Sum256(reqBody)
 		for _, c := range []struct {

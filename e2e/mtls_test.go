@@ -269,7 +269,7 @@ func TestMTLSCarriesAnyProtocol(t *testing.T) {
 		}, "tls ok\n"},
 		{"server-first on an opaque port", hostPort(m.b.Pod.IPv4, 3306), "opaque", func(dst string) (string, error) {
 			return greeting(m.a.Pod, dst)
-		}, "127.0.0.1\n"},
+		}, "127.0.0.6\n"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got, err := tc.call(tc.dst); err != nil || got != tc.want {

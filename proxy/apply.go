@@ -39,7 +39,7 @@ func (s *Server) Apply(f *configfile.File) error {
 			Log:       s.log,
 			AccessLog: s.log.Named("access"),
 			Now:       time.Now,
-			Upstream:  s.pools,
+			Upstream:  s.pools[d],
 			Route:     func(dst netip.AddrPort) upstream.Route { return s.route(s.hardStop, d, f.Mesh, dst) },
 		}
 		c, err := configfile.Build(specs, env)
@@ -50,8 +50,9 @@ func (s *Server) Apply(f *configfile.File) error {
 	}
 	prev := s.config.Swap(next)
 	if prev != nil && !(slices.Equal(prev.file.Mesh.Networks, f.Mesh.Networks) && slices.Equal(prev.file.Mesh.Exclude, f.Mesh.Exclude)) {
-		// Idle pooled connections were dialled for the old membership.
-		s.pools.CloseIdle()
+		// Idle pooled connections were dialled for the old membership
+		// (the application's, inbound, are not meshed).
+		s.pools[Outbound].CloseIdle()
 	}
 	return nil
 }

@@ -101,9 +101,9 @@ func meshPair(b testing.TB, app netip.AddrPort, cfgA, cfgB Config) (netip.AddrPo
 	ca := svidtest.CA(b, "", "cluster.local")
 
 	cfgB.Identity = readyIdentity{svidtest.SourceFor(b, ca, "spiffe://cluster.local/ns/b/sa/b")}
-	// What A's application addressed: pod B's IP, the application's port.
-	podB := netip.AddrPortFrom(netip.MustParseAddr("198.18.0.3"), app.Port())
-	sb := runServer(b, cfgB, benchLogger(), ip, fixed(podB), true)
+	// What A's application addressed: pod B's application (B's sidecar
+	// connects to it there).
+	sb := runServer(b, cfgB, benchLogger(), ip, fixed(app), true)
 	apply(b, sb, mesh)
 
 	cfgA.Identity = readyIdentity{svidtest.SourceFor(b, ca, "spiffe://cluster.local/ns/a/sa/a")}

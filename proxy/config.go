@@ -1,6 +1,9 @@
 // Package proxy is the sidecar's data path: listeners on the capture ports,
 // the original destination of each connection, and forwarding — outbound to
-// where the application meant to go, inbound to the application on loopback.
+// where the application meant to go, inbound to the application at the
+// connection's original destination (the pod's own IP) from 127.0.0.6
+// (::6), so that a listener bound to localhost only stays private to the
+// pod.
 package proxy
 
 import (

@@ -54,7 +54,7 @@ func (s *Server) handle(c *net.TCPConn, dir Direction) {
 		relay.Reset(c)
 		return
 	}
-	cn.target = s.target(dir, cn.dst)
+	cn.target = cn.dst // outbound where the app meant to go; inbound the app there
 
 	cn.det, err = s.detect(c, dir, cn.dst)
 	if err != nil {
@@ -86,7 +86,8 @@ func (s *Server) handle(c *net.TCPConn, dir Direction) {
 // endpoint is a peer sidecar.
 func (s *Server) relayOpaque(cn *conn, down relay.Conn) {
 	st := &s.stats.Dir[cn.dir]
-	// Inbound, the route is the application on loopback, never meshed.
+	// Inbound, the route is the application at the original destination,
+	// never meshed.
 	ep, done, err := s.route(s.hardStop, cn.dir, s.config.Load().file.Mesh, cn.dst).Pick()
 	if err != nil {
 		st.DialFailures.Add(1)
@@ -96,7 +97,12 @@ func (s *Server) relayOpaque(cn *conn, down relay.Conn) {
 	}
 	cn.target = ep.Addr
 	start := time.Now()
-	uc, err := s.dial(s.hardStop, ep, mtls.ProtoTCP)
+	var uc net.Conn
+	if cn.dir == Inbound {
+		uc, err = s.dialApp(s.hardStop, ep.Addr)
+	} else {
+		uc, err = s.dial(s.hardStop, ep, mtls.ProtoTCP)
+	}
 	connected := time.Since(start)
 	if err != nil {
 		done(connected, true)
@@ -212,19 +218,6 @@ func addrPort(a net.Addr) netip.AddrPort {
 		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	}
 	return netip.AddrPort{}
-}
-
-// target is where a connection to dst is forwarded: outbound, dst itself;
-// inbound, the application on loopback at the same port.
-func (s *Server) target(dir Direction, dst netip.AddrPort) netip.AddrPort {
-	if dir == Outbound {
-		return dst
-	}
-	lo := netip.MustParseAddr("127.0.0.1")
-	if dst.Addr().Is6() {
-		lo = netip.IPv6Loopback()
-	}
-	return netip.AddrPortFrom(lo, dst.Port())
 }
 
 // isOwnListener reports whether dst is one of the proxy's listeners: a

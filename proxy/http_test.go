@@ -175,3 +175,49 @@ func TestUpstreamServiceTimeCoversTheUpstream(t *testing.T) {
 		t.Errorf("x-envoy-upstream-service-time = %q, want ≥ 50 (the backend sleeps 50 ms)", res.Header.Get("X-Envoy-Upstream-Service-Time"))
 	}
 }
+
+// TestInboundHTTPPoolApart: HTTP to the application goes from 127.0.0.6
+// to the original destination, on pooled connections of its own. When the
+// application calls its own pod IP, that address is also an outbound
+// destination (here, without capture, reached from the host's address):
+// neither direction's requests may ride the other's pooled connections.
+func TestInboundHTTPPoolApart(t *testing.T) {
+	hostIP := nonLoopbackIPv4(t)
+	l, err := net.Listen("tcp", netip.AddrPortFrom(hostIP, 0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ap, _ := netip.ParseAddrPort(r.RemoteAddr)
+		_, _ = io.WriteString(w, ap.Addr().String())
+	})}
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(func() { srv.Close() })
+	app := l.Addr().(*net.TCPAddr).AddrPort()
+
+	s := testServer(t, DefaultConfig(), fixed(app))
+	for i, step := range []struct {
+		port uint16
+		want string
+	}{
+		{s.cfg.OutboundPort, hostIP.String()},
+		{s.cfg.InboundPort, "127.0.0.6"},
+		{s.cfg.OutboundPort, hostIP.String()},
+		{s.cfg.InboundPort, "127.0.0.6"},
+	} {
+		res, body := get(t, http.DefaultClient, fmt.Sprintf("http://127.0.0.1:%d/", step.port), nil)
+		if res.StatusCode != http.StatusOK || body != step.want {
+			t.Errorf("request %d: %d, the app saw %q; want 200 from %s", i, res.StatusCode, body, step.want)
+		}
+	}
+	// Both directions' connections show under the one address.
+	var total int
+	for _, e := range s.PoolConns() {
+		if e.Endpoint == app.String() {
+			total += e.Total
+		}
+	}
+	if total != 2 {
+		t.Errorf("%s: %d pooled connections made in all, want 2 (one per direction): %+v", app, total, s.PoolConns())
+	}
+}

@@ -222,7 +222,7 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(c.draining, draining)
 	counter(c.plaintext, c.s.stats.Dir[Inbound].Plaintext.Load())
 	counter(c.denied, c.s.stats.Dir[Inbound].Denied.Load())
-	for _, e := range c.s.pools.Conns() {
+	for _, e := range c.s.PoolConns() {
 		if e.Open > 0 { // endpoints the pools no longer hold connections to drop out
 			gauge(c.poolConns, float64(e.Open), e.Endpoint, poolProtocol(e.Protocol))
 		}

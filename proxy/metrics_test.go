@@ -236,7 +236,7 @@ func TestPoolMetrics(t *testing.T) {
 		fmt.Sprintf(`{endpoint="%s",protocol="http/1.1"}`, backend): 1,
 	})
 	waitFor(t, "the pooled connection closed", func() bool {
-		s.pools.CloseIdle()
+		s.closeIdlePools()
 		return len(series(t, reg, "pillion_pool_connections")) == 0
 	})
 }
@@ -251,7 +251,7 @@ func TestInboundMTLSMetrics(t *testing.T) {
 	own := svidtest.SourceFor(t, ca, "spiffe://cluster.local/ns/b/sa/b")
 	cfg := DefaultConfig()
 	cfg.Identity = readyIdentity{own}
-	s, reg := metricsServer(t, cfg, fixed(netip.AddrPortFrom(netip.MustParseAddr("198.18.0.3"), backend.Port())))
+	s, reg := metricsServer(t, cfg, fixed(backend))
 
 	peer := svidtest.SourceFor(t, ca, "spiffe://cluster.local/ns/a/sa/a")
 	if code, err := mtlsGet(t, s.cfg.InboundPort, peer); err != nil || code != 200 {

@@ -40,12 +40,13 @@ type balanced struct {
 }
 
 // route returns the route of a connection or request to dst in direction
-// d, under mesh config m: inbound, the application; outbound, the
-// balancer of the Service (or pod) discovery announced at dst, else dst
-// itself, meshed when m says so.
+// d, under mesh config m: inbound, the application at dst itself (the
+// pod's own IP and the port the peer asked; dialApp connects from
+// 127.0.0.6 or ::6); outbound, the balancer of the Service (or pod)
+// discovery announced at dst, else dst itself, meshed when m says so.
 func (s *Server) route(ctx context.Context, d Direction, m configfile.Mesh, dst netip.AddrPort) upstream.Route {
 	if d == Inbound {
-		return upstream.Fixed{Addr: s.target(Inbound, dst)}
+		return upstream.Fixed{Addr: dst}
 	}
 	if r := s.discovered(ctx, dst); r != nil {
 		return r

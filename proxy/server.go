@@ -57,7 +57,12 @@ type Server struct {
 	quitReq  chan struct{} // closed by Quit
 	quitOne  sync.Once
 
-	pools  *pool.Pools
+	// pools are the upstream pools by Direction: outbound to destinations
+	// and peer sidecars, inbound to the application. They are apart
+	// because the application's address (the pod IP, dialled from
+	// 127.0.0.6) is also an outbound destination when the application
+	// calls its own pod IP, and pools are keyed by address.
+	pools  [2]*pool.Pools
 	routes routes   // the balancers of discovered destinations
 	mesh   *meshTLS // nil without an identity
 	config atomic.Pointer[running]
@@ -94,7 +99,9 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 	}
 	pc := cfg.Pool
 	pc.DialTimeout, pc.Dial = cfg.DialTimeout, s.poolDial
-	s.pools = pool.New(pc)
+	s.pools[Outbound] = pool.New(pc)
+	pc.Dial = s.appPoolDial
+	s.pools[Inbound] = pool.New(pc)
 	s.routes = routes{cfg: cfg.Balance, now: time.Now}
 	if err := s.registerMetrics(cfg.Registerer); err != nil {
 		return nil, fmt.Errorf("proxy: %w", err)
@@ -168,8 +175,6 @@ func (s *Server) Listeners() []Listener {
 	return append([]Listener(nil), s.addrs...)
 }
 
-// PoolConns returns the upstream pools' open connections per endpoint.
-func (s *Server) PoolConns() []pool.EndpointConns { return s.pools.Conns() }
 
 // becomeReady closes s.ready once the identity has an SVID (at once
 // without mTLS), or gives up when ctx ends. Until then the listeners
@@ -260,7 +265,7 @@ func (s *Server) Run(ctx context.Context) error {
 	s.log.Info("listeners closed: new connections are refused")
 	accepting.Wait()
 	s.drain()
-	s.pools.CloseIdle()
+	s.closeIdlePools()
 	s.drained.Store(true)
 	<-ctx.Done() // after Drain, stay until stopped
 	return nil

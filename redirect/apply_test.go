@@ -194,7 +194,7 @@ func TestApplyInMemory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []Report{{Family: IPv4, Outcome: Installed, ChainsAdded: 4, RulesAdded: 14}}
+	want := []Report{{Family: IPv4, Outcome: Installed, ChainsAdded: 4, RulesAdded: 15}}
 	if diff := cmp.Diff(want, reps); diff != "" {
 		t.Errorf("first Apply (-want +got):\n%s", diff)
 	}
@@ -209,13 +209,13 @@ func TestApplyInMemory(t *testing.T) {
 
 	other := NewPlan(mustConfig(t, func(f *Flags) { f.ExcludeOutboundPorts = "22,25" }), IPv4)
 	reps, err = Apply(ctx, Target{other, m})
-	want = []Report{{Family: IPv4, Outcome: Replaced, ChainsAdded: 4, RulesAdded: 16, ChainsRemoved: 4, RulesRemoved: 14}}
+	want = []Report{{Family: IPv4, Outcome: Replaced, ChainsAdded: 4, RulesAdded: 17, ChainsRemoved: 4, RulesRemoved: 15}}
 	if diff := cmp.Diff(want, reps); err != nil || diff != "" {
 		t.Errorf("Apply with other flags: %v (-want +got):\n%s", err, diff)
 	}
 
 	reps, err = Cleanup(ctx, Target{p, m})
-	want = []Report{{Family: IPv4, Outcome: Removed, ChainsRemoved: 4, RulesRemoved: 16}}
+	want = []Report{{Family: IPv4, Outcome: Removed, ChainsRemoved: 4, RulesRemoved: 17}}
 	if diff := cmp.Diff(want, reps); err != nil || diff != "" {
 		t.Errorf("Cleanup: %v (-want +got):\n%s", err, diff)
 	}
@@ -238,9 +238,9 @@ func TestApplyErrors(t *testing.T) {
 	}{
 		{"first step", 1, false,
 			"redirect: IPv4: create chain PILLION_INBOUND: call 1 (new chain) failed on purpose (this run's changes were undone)"},
-		{"IPv6 fails after IPv4 succeeded", 18 + 5, false,
+		{"IPv6 fails after IPv4 succeeded", 19 + 5, false,
 			`redirect: IPv6: add rule -A PILLION_INBOUND -p tcp -m tcp --dport 15000 -m comment --comment "pillion: sidecar admin port" -j RETURN: ` +
-				"call 23 (append) failed on purpose (this run's changes were undone)"},
+				"call 24 (append) failed on purpose (this run's changes were undone)"},
 		{"undo fails too", 3, true,
 			"redirect: IPv4: create chain PILLION_OUTPUT: call 3 (new chain) failed on purpose; " +
 				"undoing this run's changes failed too, pillion's rules may be half-installed (run pillion init --cleanup): " +

@@ -19,6 +19,7 @@
 //	  -p tcp -j REDIRECT --to-ports 15006
 //
 //	PILLION_OUTPUT
+//	  0 -s <inbound source> -o lo -j RETURN
 //	  1 ! -d <loopback> -o lo -m owner --uid-owner 1337 -j PILLION_INBOUND
 //	  2 -m owner --uid-owner 1337 -j RETURN
 //	  3 ! -d <loopback> -o lo -m owner --gid-owner 1337 -j PILLION_INBOUND
@@ -30,8 +31,9 @@
 //	PILLION_REDIRECT
 //	  -p tcp -j REDIRECT --to-ports 15001
 //
-// The loopback range is 127.0.0.0/8 for IPv4 and ::1/128 for IPv6; IPv6
-// gets the same plan through ip6tables, with the IPv6 excluded ranges.
+// The loopback range is 127.0.0.0/8 for IPv4 and ::1/128 for IPv6, the
+// inbound source (InboundSource) 127.0.0.6/32 and ::6/128; IPv6 gets the
+// same plan through ip6tables, with the IPv6 excluded ranges.
 // Every rule carries a comment starting "pillion: " that names its purpose;
 // in the built-in chains that comment is how pillion tells its rules from
 // everybody else's.
@@ -39,9 +41,8 @@
 // # Why loopback is handled this way
 //
 // The sidecar's own traffic (rules 2 and 4) and traffic to localhost (rule
-// 5) are never captured: the proxy must reach the world and the app on
-// 127.0.0.1, and the app talking to itself on localhost is none of the
-// mesh's business.
+// 5) are never captured: the proxy must reach the world, and the app
+// talking to itself on localhost is none of the mesh's business.
 //
 // Unlike istio-iptables, an application that calls its own pod IP is not
 // let through on lo: it is captured like any outbound call, so outbound
@@ -49,8 +50,23 @@
 // that connection leaves through lo to a non-loopback address, so rules 1
 // and 3 send it to PILLION_INBOUND (not straight to PILLION_IN_REDIRECT,
 // so inbound exclusions still hold) and the inbound sidecar handles it
-// like any other inbound call, with inbound policy. Nothing loops: the
-// inbound sidecar reaches the app on 127.0.0.1, which rule 2 lets through.
+// like any other inbound call, with inbound policy.
+//
+// The inbound sidecar delivers each connection to the application at its
+// original destination, the pod's own IP and port, from 127.0.0.6 (::6),
+// as Istio does since 1.10: a listener bound to localhost only stays
+// private to the pod, and one bound to the pod IP is reached. That
+// connection too leaves through lo to the pod IP as uid 1337, so rule 0
+// must come before rule 1: without it the delivery would be sent back to
+// the inbound sidecar, forever. Rule 0 matches on the source address
+// alone, as Istio's does: it applies only to connections from this pod to
+// itself (-o lo), so an application that binds 127.0.0.6 to call its own
+// pod IP only reaches its own listeners without its sidecars, as it can
+// on localhost; no other pod is reached that way. Nothing is needed on
+// the way in: the connection's first packet is NATed (here: left alone)
+// in OUTPUT, and when it comes back in through lo it is no longer new to
+// conntrack, so nat PREROUTING never sees it. IPv6 needs ::6 to be an
+// address of lo, which it is not by default: AddInboundSource adds it.
 //
 // # Switches
 //
@@ -58,9 +74,12 @@
 // PILLION_INBOUND holds only the sidecar-port rules: no inbound capture.
 // With --exclude-outbound-ip-ranges "*" or --exclude-outbound-ports "*",
 // PILLION_OUTPUT stops after rule 5: no outbound capture, but the proxy's
-// calls to its own pod IP still go through inbound handling. The four
-// chains and the two hooks are always there, so what Cleanup removes does
-// not depend on flags.
+// calls to its own pod IP still go through inbound handling. Rule 0 is
+// always there and always first, so no excluded range or port (an excluded
+// range holding the pod IP, say) changes how the inbound sidecar reaches
+// the application; inbound exclusions only decide what reaches the
+// inbound sidecar. The four chains and the two hooks are always there, so
+// what Cleanup removes does not depend on flags.
 //
 // # Applying
 //

@@ -141,8 +141,8 @@ func TestKernelApplyFresh(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []Report{
-		{Family: IPv4, Outcome: Installed, ChainsAdded: 4, RulesAdded: 18},
-		{Family: IPv6, Outcome: Installed, ChainsAdded: 4, RulesAdded: 17},
+		{Family: IPv4, Outcome: Installed, ChainsAdded: 4, RulesAdded: 19},
+		{Family: IPv6, Outcome: Installed, ChainsAdded: 4, RulesAdded: 18},
 	}
 	if diff := cmp.Diff(want, reps); diff != "" {
 		t.Errorf("reports (-want +got):\n%s", diff)
@@ -195,8 +195,8 @@ func TestKernelLifecycle(t *testing.T) {
 			t.Fatal(err)
 		}
 		want := []Report{
-			{Family: IPv4, Outcome: Replaced, ChainsAdded: 4, RulesAdded: 16, ChainsRemoved: 4, RulesRemoved: 14},
-			{Family: IPv6, Outcome: Replaced, ChainsAdded: 4, RulesAdded: 16, ChainsRemoved: 4, RulesRemoved: 14},
+			{Family: IPv4, Outcome: Replaced, ChainsAdded: 4, RulesAdded: 17, ChainsRemoved: 4, RulesRemoved: 15},
+			{Family: IPv6, Outcome: Replaced, ChainsAdded: 4, RulesAdded: 17, ChainsRemoved: 4, RulesRemoved: 15},
 		}
 		if diff := cmp.Diff(want, reps); diff != "" {
 			t.Errorf("reports (-want +got):\n%s", diff)
@@ -211,8 +211,8 @@ func TestKernelLifecycle(t *testing.T) {
 			t.Fatal(err)
 		}
 		want := []Report{
-			{Family: IPv4, Outcome: Removed, ChainsRemoved: 4, RulesRemoved: 16},
-			{Family: IPv6, Outcome: Removed, ChainsRemoved: 4, RulesRemoved: 16},
+			{Family: IPv4, Outcome: Removed, ChainsRemoved: 4, RulesRemoved: 17},
+			{Family: IPv6, Outcome: Removed, ChainsRemoved: 4, RulesRemoved: 17},
 		}
 		if diff := cmp.Diff(want, reps); diff != "" {
 			t.Errorf("reports (-want +got):\n%s", diff)
@@ -247,10 +247,10 @@ func TestKernelRollback(t *testing.T) {
 		installed *Config // installed before the failing Apply
 		steps     int     // mutating calls of a successful Apply
 	}{
-		// 4 chains + 14 rules per family.
-		{"fresh install", nil, 2 * 18},
+		// 4 chains + 15 rules per family.
+		{"fresh install", nil, 2 * 19},
 		// per family: delete 2 hooks, flush 4 chains, delete 4, then install.
-		{"replace", &old, 2 * (2 + 4 + 4 + 18)},
+		{"replace", &old, 2 * (2 + 4 + 4 + 19)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -302,10 +302,13 @@ var proxyGIDOnly = testpod.User{UID: 1000, GID: 1337}
 // connections where the package documentation says: which listener in the
 // pod accepts each connection.
 func TestKernelCapture(t *testing.T) {
-	privileged.Require(t, "ip", "iptables", "ip6tables", "setpriv", "bash")
+	privileged.Require(t, "ip", "iptables", "ip6tables", "setpriv", "bash", "curl")
 	node := testpod.NewNode(t)
 	pod, peer := node.AddPod(t, "app"), node.AddPod(t, "peer")
 	if _, err := inPod(t, pod, Apply, targets(t, defaultConfig(), nil)); err != nil {
+		t.Fatal(err)
+	}
+	if err := pod.Run(func() error { _, err := AddInboundSource(); return err }); err != nil {
 		t.Fatal(err)
 	}
 	accepted := listenAll(t, pod)
@@ -314,25 +317,33 @@ func TestKernelCapture(t *testing.T) {
 		name string
 		from *testpod.Pod
 		user testpod.User
+		src  string // the local address to connect from; "" for the kernel's choice
 		dst  string
 		want string // listener that accepts; "" for none (nothing listens there)
 	}{
-		{"app to the world is captured", pod, testpod.Root, "198.18.0.1:80", "outbound sidecar"},
-		{"app to the world over IPv6 is captured", pod, testpod.Root, "[fd00:ca7::1]:80", "outbound sidecar"},
-		{"app to localhost is not captured", pod, testpod.Root, "127.0.0.1:8080", "app"},
-		{"app to ::1 is not captured", pod, testpod.Root, "[::1]:8080", "app"},
-		{"app to its own pod IP goes through the outbound sidecar", pod, testpod.Root, self4 + ":8080", "outbound sidecar"},
-		{"proxy to the world is not captured", pod, testpod.ProxyUser, "198.18.0.1:80", ""},
-		{"proxy to localhost is not captured", pod, testpod.ProxyUser, "127.0.0.1:8080", "app"},
-		{"proxy to its own pod IP goes inbound", pod, testpod.ProxyUser, self4 + ":8080", "inbound sidecar"},
-		{"proxy to its own pod IPv6 goes inbound", pod, testpod.ProxyUser, self6 + ":8080", "inbound sidecar"},
-		{"proxy to its own pod IP, sidecar port, is not redirected", pod, testpod.ProxyUser, self4 + ":15021", "health"},
+		{"app to the world is captured", pod, testpod.Root, "", "198.18.0.1:80", "outbound sidecar"},
+		{"app to the world over IPv6 is captured", pod, testpod.Root, "", "[fd00:ca7::1]:80", "outbound sidecar"},
+		{"app to localhost is not captured", pod, testpod.Root, "", "127.0.0.1:8080", "app"},
+		{"app to ::1 is not captured", pod, testpod.Root, "", "[::1]:8080", "app"},
+		{"app to its own pod IP goes through the outbound sidecar", pod, testpod.Root, "", self4 + ":8080", "outbound sidecar"},
+		{"proxy to the world is not captured", pod, testpod.ProxyUser, "", "198.18.0.1:80", ""},
+		{"proxy to localhost is not captured", pod, testpod.ProxyUser, "", "127.0.0.1:8080", "app"},
+		{"proxy to its own pod IP goes inbound", pod, testpod.ProxyUser, "", self4 + ":8080", "inbound sidecar"},
+		{"proxy to its own pod IPv6 goes inbound", pod, testpod.ProxyUser, "", self6 + ":8080", "inbound sidecar"},
+		{"proxy to its own pod IP, sidecar port, is not redirected", pod, testpod.ProxyUser, "", self4 + ":15021", "health"},
 		// Rules 3 and 4: a process with the proxy's GID but another UID.
-		{"proxy GID to the world is not captured", pod, proxyGIDOnly, "198.18.0.1:80", ""},
-		{"proxy GID to its own pod IP goes inbound", pod, proxyGIDOnly, self4 + ":8080", "inbound sidecar"},
-		{"peer to the app is captured inbound", peer, testpod.Root, self4 + ":8080", "inbound sidecar"},
-		{"peer to the app over IPv6 is captured inbound", peer, testpod.Root, self6 + ":8080", "inbound sidecar"},
-		{"peer to the health port is not captured", peer, testpod.Root, self4 + ":15021", "health"},
+		{"proxy GID to the world is not captured", pod, proxyGIDOnly, "", "198.18.0.1:80", ""},
+		{"proxy GID to its own pod IP goes inbound", pod, proxyGIDOnly, "", self4 + ":8080", "inbound sidecar"},
+		// Rule 0: the inbound sidecar delivers to the app at the pod IP
+		// from 127.0.0.6 (::6), not captured again. Any user: it is the
+		// pod calling itself.
+		{"inbound sidecar to the app at the pod IP is not captured", pod, testpod.ProxyUser, "127.0.0.6", self4 + ":8080", "app"},
+		{"inbound sidecar to the app at the pod IPv6 is not captured", pod, testpod.ProxyUser, "::6", self6 + ":8080", "app"},
+		{"app from 127.0.0.6 to its own pod IP is not captured", pod, testpod.Root, "127.0.0.6", self4 + ":8080", "app"},
+		{"proxy from 127.0.0.6 to localhost is not captured", pod, testpod.ProxyUser, "127.0.0.6", "127.0.0.1:8080", "app"},
+		{"peer to the app is captured inbound", peer, testpod.Root, "", self4 + ":8080", "inbound sidecar"},
+		{"peer to the app over IPv6 is captured inbound", peer, testpod.Root, "", self6 + ":8080", "inbound sidecar"},
+		{"peer to the health port is not captured", peer, testpod.Root, "", self4 + ":15021", "health"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -344,8 +355,14 @@ func TestKernelCapture(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			script := "exec 3<>/dev/tcp/" + host + "/" + port
-			out, err := tt.from.Command(context.Background(), tt.user, "bash", "-c", script).CombinedOutput()
+			cmd := tt.from.Command(context.Background(), tt.user, "bash", "-c", "exec 3<>/dev/tcp/"+host+"/"+port)
+			if tt.src != "" {
+				// bash cannot pick the source address; curl can. The
+				// listeners close without answering: curl's error is moot.
+				cmd = tt.from.Command(context.Background(), tt.user, "curl", "-gsS", "--max-time", "2",
+					"--interface", tt.src, "http://"+tt.dst+"/")
+			}
+			out, err := cmd.CombinedOutput()
 			// Wait long for an expected accept, briefly for an unexpected one.
 			wait := 5 * time.Second
 			if tt.want == "" {
@@ -360,6 +377,38 @@ func TestKernelCapture(t *testing.T) {
 				t.Errorf("connection to %s accepted by %q, want %q (bash: %v %s)", tt.dst, got, tt.want, err, out)
 			}
 		})
+	}
+}
+
+// TestKernelInboundSource: ::6 is added to lo once, and removed once.
+func TestKernelInboundSource(t *testing.T) {
+	pod := newPod(t)
+	onLo := func() bool {
+		out, err := pod.Exec(context.Background(), "ip", "-6", "addr", "show", "dev", "lo")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Contains(out, "inet6 ::6/128 ")
+	}
+	steps := []struct {
+		name   string
+		op     func() (bool, error)
+		want   bool // what op returns: it changed something
+		wantLo bool // ::6 is on lo after it
+	}{
+		{"add", AddInboundSource, true, true},
+		{"add again", AddInboundSource, false, true},
+		{"remove", RemoveInboundSource, true, false},
+		{"remove again", RemoveInboundSource, false, false},
+	}
+	for _, s := range steps {
+		var got bool
+		if err := pod.Run(func() (err error) { got, err = s.op(); return err }); err != nil {
+			t.Fatalf("%s: %v", s.name, err)
+		}
+		if got != s.want || onLo() != s.wantLo {
+			t.Errorf("%s: changed %v, ::6 on lo %v; want %v, %v", s.name, got, onLo(), s.want, s.wantLo)
+		}
 	}
 }
 

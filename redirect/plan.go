@@ -45,6 +45,17 @@ func (f Family) loopback() string {
 	return "127.0.0.0/8"
 }
 
+// InboundSource returns the local address the inbound sidecar connects to
+// the application from, in family f: 127.0.0.6, or ::6 (which `pillion
+// init` adds to lo, see AddInboundSource). The capture rules let
+// connections from it to the pod's own addresses through uncaptured.
+func InboundSource(f Family) netip.Addr {
+	if f == IPv6 {
+		return netip.AddrFrom16([16]byte{15: 6})
+	}
+	return netip.AddrFrom4([4]byte{127, 0, 0, 6})
+}
+
 // Table is the only table pillion writes to.
 const Table = "nat"
 
@@ -160,7 +171,10 @@ func outputRules(cfg Config, f Family) []Rule {
 	lo := f.loopback()
 	uid := strconv.FormatUint(uint64(cfg.ProxyUID), 10)
 	gid := strconv.FormatUint(uint64(cfg.ProxyGID), 10)
+	src := netip.PrefixFrom(InboundSource(f), InboundSource(f).BitLen()).String()
 	rs := []Rule{
+		rule(ChainOutput, "inbound sidecar to the app on the pod IP not captured",
+			[]string{"-s", src, "-o", "lo"}, "-j", "RETURN"),
 		rule(ChainOutput, "proxy uid to own pod IP is inbound",
 			[]string{"!", "-d", lo, "-o", "lo", "-m", "owner", "--uid-owner", uid}, "-j", ChainInbound),
 		rule(ChainOutput, "proxy uid not captured",

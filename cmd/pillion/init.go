@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/pillionmesh/pillion/redirect"
 )
@@ -11,24 +12,28 @@ import (
 const initSummary = `Install the iptables rules that send this network namespace's TCP traffic
 through the sidecar: inbound TCP to --inbound-port, outbound TCP to
 --outbound-port, except the sidecar's own traffic (--proxy-uid/--proxy-gid),
-localhost, the sidecar's ports 15000, 15021 and 15090, and what the
-exclusion flags name. It runs once, as the pod's init container (it needs
-NET_ADMIN and NET_RAW), in the pod's network namespace, and acts only on that
-namespace's nat table: chains PILLION_INBOUND, PILLION_IN_REDIRECT,
-PILLION_OUTPUT, PILLION_REDIRECT and one rule each in PREROUTING and OUTPUT,
-every rule commented "pillion: ...". Other rules are never touched.
+localhost, the sidecar's ports 15000, 15021 and 15090, what the exclusion
+flags name, and the inbound sidecar's connections to the application (from
+127.0.0.6 or ::6 to the pod's own IP). It runs once, as the pod's init
+container (it needs NET_ADMIN and NET_RAW), in the pod's network namespace,
+and acts only on that namespace's nat table (and lo, below): chains
+PILLION_INBOUND, PILLION_IN_REDIRECT, PILLION_OUTPUT, PILLION_REDIRECT and
+one rule each in PREROUTING and OUTPUT, every rule commented "pillion: ...".
+Other rules are never touched.
 
 IPv4 goes through iptables. IPv6 goes through ip6tables whenever IPv6 is
 enabled in the namespace (net.ipv6.conf.all.disable_ipv6 = 0), with or
 without an address, so no IPv6 traffic escapes capture; ip6tables must then
-be installed.
+be installed. With IPv6, ::6/128 is also added to lo (127.0.0.6 is local
+already): the inbound sidecar connects to the application from it.
 
 Running it again with the same flags changes nothing. With other flags it
 replaces pillion's rules. If any step fails, everything this run changed is
 undone (both families) and it exits 1. Bad flags exit 2 before anything is
 touched.
 
---cleanup removes pillion's chains and rules, whatever flags installed them.
+--cleanup removes pillion's chains and rules, whatever flags installed them,
+and ::6 from lo.
 --dry-run changes nothing and reads nothing: it prints the rules as
 iptables-save -t nat will show them, or with --cleanup the commands cleanup
 runs.
@@ -82,21 +87,79 @@ func runInit(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 	}
 
-	op := redirect.Apply
 	if cfg.Cleanup {
-		op = redirect.Cleanup
+		reports, err := redirect.Cleanup(ctx, targets...)
+		if err != nil {
+			return err
+		}
+		printReports(stdout, reports)
+		if removed, err := redirect.RemoveInboundSource(); err != nil {
+			return err
+		} else if removed {
+			fmt.Fprintf(stdout, "IPv6: removed %s/128 from lo\n", redirect.InboundSource(redirect.IPv6))
+		}
+		if !v6 {
+			fmt.Fprintln(stdout, "IPv6: disabled in this network namespace, skipped")
+		}
+		return nil
 	}
-	reports, err := op(ctx, targets...)
+
+	// The inbound sidecar's IPv6 source goes first, so that the rules
+	// never hold without it; a failed install takes it away again.
+	var addedMsg strings.Builder
+	added, err := addInboundSource(&addedMsg, v6)
 	if err != nil {
 		return err
 	}
-	for _, r := range reports {
-		fmt.Fprintln(stdout, r)
+	reports, err := redirect.Apply(ctx, targets...)
+	if err != nil {
+		if added {
+			if _, rerr := redirect.RemoveInboundSource(); rerr != nil {
+				err = fmt.Errorf("%w; and undoing it: %w", err, rerr)
+			}
+		}
+		return err
 	}
+	printReports(stdout, reports)
+	fmt.Fprint(stdout, addedMsg.String())
 	if !v6 {
 		fmt.Fprintln(stdout, "IPv6: disabled in this network namespace, skipped")
 	}
 	return nil
+}
+
+// addInboundSource adds ::6 to lo where IPv6 is enabled (v6), for the
+// inbound sidecar to reach the application from it, and says so on w.
+// added is false when nothing changed.
+func addInboundSource(w io.Writer, v6 bool) (added bool, err error) {
+	if !v6 {
+		return false, nil
+	}
+	src := redirect.InboundSource(redirect.IPv6)
+	onLo, err := redirect.LoopbackIPv6Enabled()
+	if err != nil {
+		return false, err
+	}
+	if !onLo {
+		fmt.Fprintf(w, "IPv6: disabled on lo: %s not added (the inbound sidecar cannot reach the application over IPv6)\n", src)
+		return false, nil
+	}
+	added, err = redirect.AddInboundSource()
+	if err != nil {
+		return false, err
+	}
+	if added {
+		fmt.Fprintf(w, "IPv6: added %s/128 to lo (the inbound sidecar's source)\n", src)
+	} else {
+		fmt.Fprintf(w, "IPv6: %s/128 already on lo, nothing changed\n", src)
+	}
+	return added, nil
+}
+
+func printReports(w io.Writer, reports []redirect.Report) {
+	for _, r := range reports {
+		fmt.Fprintln(w, r)
+	}
 }
 
 func printDryRun(w io.Writer, cfg redirect.Config) {
@@ -107,10 +170,14 @@ func printDryRun(w io.Writer, cfg redirect.Config) {
 		fmt.Fprint(w, v4.CleanupScript())
 		fmt.Fprintln(w, "# IPv6, where IPv6 is enabled:")
 		fmt.Fprint(w, v6.CleanupScript())
+		fmt.Fprintf(w, "# and, if it is there, the inbound sidecar's IPv6 source is removed: ip -6 addr del %s/128 dev lo\n",
+			redirect.InboundSource(redirect.IPv6))
 		return
 	}
 	fmt.Fprintln(w, "# Dry run, nothing changed. Once installed, iptables-save -t nat shows:")
 	fmt.Fprint(w, v4.Save())
 	fmt.Fprintln(w, "# and, where IPv6 is enabled, ip6tables-save -t nat shows:")
 	fmt.Fprint(w, v6.Save())
+	fmt.Fprintf(w, "# with the inbound sidecar's IPv6 source added first, as by: ip -6 addr add %s/128 dev lo\n",
+		redirect.InboundSource(redirect.IPv6))
 }

@@ -117,11 +117,13 @@ func TestInitDryRun(t *testing.T) {
 	}{
 		{[]string{"--dry-run"},
 			"# Dry run, nothing changed. Once installed, iptables-save -t nat shows:\n" + v4.Save() +
-				"# and, where IPv6 is enabled, ip6tables-save -t nat shows:\n" + v6.Save()},
+				"# and, where IPv6 is enabled, ip6tables-save -t nat shows:\n" + v6.Save() +
+				"# with the inbound sidecar's IPv6 source added first, as by: ip -6 addr add ::6/128 dev lo\n"},
 		{[]string{"--dry-run", "--cleanup"},
 			"# Dry run, nothing changed. pillion init --cleanup runs these commands, skipping what is\n" +
 				"# not installed, and also removes pillion rules and chains an install with other flags left.\n" +
-				v4.CleanupScript() + "# IPv6, where IPv6 is enabled:\n" + v6.CleanupScript()},
+				v4.CleanupScript() + "# IPv6, where IPv6 is enabled:\n" + v6.CleanupScript() +
+				"# and, if it is there, the inbound sidecar's IPv6 source is removed: ip -6 addr del ::6/128 dev lo\n"},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
@@ -146,15 +148,20 @@ func TestInitInstallCleanup(t *testing.T) {
 		args []string
 		want string
 	}{
-		{nil, "IPv4: installed 4 chains and 14 rules\nIPv6: installed 4 chains and 14 rules\n"},
-		{nil, "IPv4: already installed, nothing changed\nIPv6: already installed, nothing changed\n"},
+		{nil, "IPv4: installed 4 chains and 15 rules\nIPv6: installed 4 chains and 15 rules\n" +
+			"IPv6: added ::6/128 to lo (the inbound sidecar's source)\n"},
+		{nil, "IPv4: already installed, nothing changed\nIPv6: already installed, nothing changed\n" +
+			"IPv6: ::6/128 already on lo, nothing changed\n"},
 		{[]string{"--exclude-outbound-ports=22"},
-			"IPv4: replaced a different pillion install: removed 4 chains and 14 rules, installed 4 chains and 15 rules\n" +
-				"IPv6: replaced a different pillion install: removed 4 chains and 14 rules, installed 4 chains and 15 rules\n"},
-		{[]string{"--cleanup"}, "IPv4: removed 4 chains and 15 rules\nIPv6: removed 4 chains and 15 rules\n"},
+			"IPv4: replaced a different pillion install: removed 4 chains and 15 rules, installed 4 chains and 16 rules\n" +
+				"IPv6: replaced a different pillion install: removed 4 chains and 15 rules, installed 4 chains and 16 rules\n" +
+				"IPv6: ::6/128 already on lo, nothing changed\n"},
+		{[]string{"--cleanup"}, "IPv4: removed 4 chains and 16 rules\nIPv6: removed 4 chains and 16 rules\n" +
+			"IPv6: removed ::6/128 from lo\n"},
 		{[]string{"--cleanup"}, "IPv4: nothing installed, nothing changed\nIPv6: nothing installed, nothing changed\n"},
 	}
-	for _, s := range steps {
+	loBefore := loAddrs(t, pod)
+	for i, s := range steps {
 		code, stdout, stderr := runIn(t, pod, append([]string{"init"}, s.args...)...)
 		if code != 0 || stderr != "" {
 			t.Fatalf("init %v: exit %d, stderr %q", s.args, code, stderr)
@@ -162,10 +169,27 @@ func TestInitInstallCleanup(t *testing.T) {
 		if stdout != s.want {
 			t.Errorf("init %v: stdout\n%s\nwant\n%s", s.args, stdout, s.want)
 		}
+		// ::6 is on lo while installed (steps 0-2), gone after cleanup.
+		if got := strings.Contains(loAddrs(t, pod), "inet6 ::6/128"); got != (i < 3) {
+			t.Errorf("after init %v: ::6/128 on lo: %v, want %v:\n%s", s.args, got, i < 3, loAddrs(t, pod))
+		}
+	}
+	if loAfter := loAddrs(t, pod); loAfter != loBefore {
+		t.Errorf("lo's addresses after cleanup differ from before:\n%s\nwant\n%s", loAfter, loBefore)
 	}
 	if diff := cmp.Diff(before, natSaves(t, pod)); diff != "" {
 		t.Errorf("tables after cleanup differ from before (-before +after):\n%s", diff)
 	}
+}
+
+// loAddrs is `ip -o addr show dev lo` in pod, without the lines' lifetimes.
+func loAddrs(t *testing.T, pod *testpod.Pod) string {
+	t.Helper()
+	out, err := pod.Exec(context.Background(), "ip", "-o", "addr", "show", "dev", "lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
 
 func TestInitIPv6Disabled(t *testing.T) {
@@ -174,7 +198,7 @@ func TestInitIPv6Disabled(t *testing.T) {
 		t.Fatal(err)
 	}
 	code, stdout, stderr := runIn(t, pod, "init")
-	want := "IPv4: installed 4 chains and 14 rules\nIPv6: disabled in this network namespace, skipped\n"
+	want := "IPv4: installed 4 chains and 15 rules\nIPv6: disabled in this network namespace, skipped\n"
 	if code != 0 || stdout != want {
 		t.Errorf("init: exit %d, stdout\n%s\nstderr\n%s\nwant stdout\n%s", code, stdout, stderr, want)
 	}
@@ -197,7 +221,9 @@ func TestInitIPv6ReenabledOnOneInterface(t *testing.T) {
 		}
 	}
 	code, stdout, stderr := runIn(t, pod, "init")
-	want := "IPv4: installed 4 chains and 14 rules\nIPv6: installed 4 chains and 14 rules\n"
+	// "all" turned lo's IPv6 off too, and eth0 alone back on.
+	want := "IPv4: installed 4 chains and 15 rules\nIPv6: installed 4 chains and 15 rules\n" +
+		"IPv6: disabled on lo: ::6 not added (the inbound sidecar cannot reach the application over IPv6)\n"
 	if code != 0 || stdout != want {
 		t.Errorf("init: exit %d, stdout\n%s\nstderr\n%s\nwant stdout\n%s", code, stdout, stderr, want)
 	}
@@ -215,7 +241,8 @@ func TestInitCleanupAfterIPv6Disabled(t *testing.T) {
 		t.Fatal(err)
 	}
 	code, stdout, stderr := runIn(t, pod, "init", "--cleanup")
-	want := "IPv4: removed 4 chains and 14 rules\nIPv6: removed 4 chains and 14 rules\n"
+	// Turning IPv6 off on lo took ::6 with it: nothing to remove.
+	want := "IPv4: removed 4 chains and 15 rules\nIPv6: removed 4 chains and 15 rules\n"
 	if code != 0 || stdout != want {
 		t.Errorf("init --cleanup: exit %d, stdout\n%s\nstderr\n%s\nwant stdout\n%s", code, stdout, stderr, want)
 	}

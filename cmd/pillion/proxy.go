@@ -25,8 +25,10 @@ const proxySummary = `Run the sidecar proxy. It listens on the outbound capture 
 application sends out, redirected by 'pillion init') and on the inbound capture
 port (traffic for the application), on IPv4 and, where the namespace has it,
 IPv6. Each connection's real destination is read with SO_ORIGINAL_DST:
-outbound connections go there, inbound ones go to the application on loopback
-at the same port. Run it as UID/GID 1337 (--proxy-uid/--proxy-gid), which
+outbound connections go there; inbound ones go there too, to the application
+at the pod's own IP and the port the peer asked, from 127.0.0.6 (::6, which
+'pillion init' adds to lo), so that a listener bound to localhost only stays
+private to the pod. Run it as UID/GID 1337 (--proxy-uid/--proxy-gid), which
 capture exempts: under any other its own connections would be captured again,
 and it refuses to start.
 
