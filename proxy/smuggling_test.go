@@ -1,9 +1,15 @@
 package proxy
 
 import (
+	"bufio"
+	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"net/netip"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/pillionmesh/pillion/internal/smuggling"
 )
@@ -35,5 +41,50 @@ func TestSmuggling(t *testing.T) {
 				t.Logf("%s: %s", via.name, smuggling.Run(t, dial, app, tc))
 			}
 		})
+	}
+}
+
+// TestFramingCountsEveryRequest: pipelined requests, the last with both
+// Content-Length and Transfer-Encoding, through both sidecars: the first
+// ones are served (OPTIONS * too, which net/http's general OPTIONS handler
+// would have answered without the handler, so that framing would have
+// refused the wrong request), the last refused.
+func TestFramingCountsEveryRequest(t *testing.T) {
+	app := &smuggling.App{}
+	front, _, _ := meshPair(t, loopbackServer(t, app.Serve), benchConfig(), benchConfig())
+	c, err := net.Dial("tcp", front.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	go func() {
+		_, _ = io.WriteString(c, "GET /1 HTTP/1.1\r\nHost: a\r\n\r\nOPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n"+
+			"POST /3 HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"+smuggling.Smuggled)
+	}()
+	var statuses []int
+	br := bufio.NewReader(c)
+	for {
+		res, err := http.ReadResponse(br, nil)
+		if err != nil {
+			break
+		}
+		_, _ = io.Copy(io.Discard, res.Body)
+		statuses = append(statuses, res.StatusCode)
+	}
+	if fmt.Sprint(statuses) != "[200 200 400]" {
+		t.Errorf("statuses %v, want [200 200 400]", statuses)
+	}
+	time.Sleep(100 * time.Millisecond)
+	var got []string
+	for _, b := range app.Since(nil) {
+		for _, line := range strings.Split(string(b), "\r\n") {
+			if strings.HasSuffix(line, " HTTP/1.1") {
+				got = append(got, line)
+			}
+		}
+	}
+	if fmt.Sprint(got) != "[GET /1 HTTP/1.1 OPTIONS * HTTP/1.1]" {
+		t.Errorf("the application got %q, want GET /1 and OPTIONS *", got)
 	}
 }

@@ -118,6 +118,7 @@ func Cases() []Case {
 		// What is allowed stays allowed, and reaches the application once.
 		{Name: "a chunk extension", Request: chunked + "1;name=value\r\nx\r\n0\r\n\r\n", Want: OneRequest},
 		{Name: "chunked with a trailer", Request: chunked + "1\r\nx\r\n0\r\nX-T: v\r\n\r\n", Want: OneRequest},
+		{Name: "OPTIONS *", Request: "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", Want: OneRequest},
 		{Name: "two equal Content-Lengths", Request: post + "Content-Length: 3\r\nContent-Length: 3\r\n\r\nabc", Want: OneRequest},
 		{Name: "forged pillion- headers", Request: "GET /forged HTTP/1.1\r\nHost: a\r\nPillion-Orig-Proto: HTTP/2\r\nPillion-Attempt-Count: 7\r\nPillion-Secret: x\r\n\r\n", Want: OneRequest,
 			Forged: http.Header{"Pillion-Orig-Proto": {"HTTP/2"}, "Pillion-Attempt-Count": {"7"}, "Pillion-Secret": {"x"}}},
