@@ -212,8 +212,9 @@ func (f *framing) line(head, tail []byte, n int) {
 	case stChunkSize:
 		size, ok := chunkSize(head, crlf, truncated)
 		switch {
-		case !ok:
-			f.stop(f.heads+1, framingLost) // net/http refuses the body too
+		case !ok || size > 1<<62:
+			// net/http refuses the body too; or a chunk no one sends.
+			f.stop(f.heads+1, framingLost)
 		case size == 0:
 			f.state = stTrailer
 		default:

@@ -1,9 +1,15 @@
 package proxy
 
 import (
+	"bufio"
+	"bytes"
 	"fmt"
+	"io"
+	"net/http"
 	"strings"
 	"testing"
+
+	"github.com/pillionmesh/pillion/internal/smuggling"
 )
 
 // TestFraming feeds framing whole connections' worth of requests, in one
@@ -95,4 +101,51 @@ func BenchmarkFraming(b *testing.B) {
 			b.Fatal("refused")
 		}
 	}
+}
+
+// FuzzFraming: framing's verdicts do not depend on how the bytes were
+// read, and wherever Go's parser finds a request's end (its head, its
+// body by Content-Length or chunks, its trailers), framing is at a
+// request's start too, having counted as many heads — unless it stopped
+// following the connection, which closes it.
+func FuzzFraming(f *testing.F) {
+	for _, c := range smuggling.Cases() {
+		f.Add([]byte(c.Request))
+	}
+	f.Add([]byte("POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n3;ext=1\r\nabc\r\n0\r\nX-T: v\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n"))
+	f.Add([]byte("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nabcdePOST / HTTP/1.0\r\nContent-Length: 1\r\n\r\nx"))
+	f.Fuzz(func(t *testing.T, stream []byte) {
+		whole, bytewise := &framing{}, &framing{}
+		whole.read(stream)
+		for i := range stream {
+			bytewise.read(stream[i : i+1])
+		}
+		if whole.state != bytewise.state || whole.heads != bytewise.heads || whole.bad.Load() != bytewise.bad.Load() || whole.why.Load() != bytewise.why.Load() {
+			t.Fatalf("read at once: state %d, %d heads, bad %d (%d); byte by byte: state %d, %d heads, bad %d (%d)",
+				whole.state, whole.heads, whole.bad.Load(), whole.why.Load(), bytewise.state, bytewise.heads, bytewise.bad.Load(), bytewise.why.Load())
+		}
+
+		fr := &framing{}
+		rd := bytes.NewReader(stream)
+		br := bufio.NewReader(rd)
+		fed := 0
+		for n := int64(1); ; n++ {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			if _, err := io.Copy(io.Discard, req.Body); err != nil {
+				return
+			}
+			end := len(stream) - rd.Len() - br.Buffered()
+			fr.read(stream[fed:end])
+			fed = end
+			if fr.state == stStopped {
+				return
+			}
+			if fr.state != stRequestLine || fr.heads != n {
+				t.Fatalf("Go's parser read request %d ending at byte %d; framing is in state %d with %d heads: %q", n, end, fr.state, fr.heads, stream[:end])
+			}
+		}
+	})
 }
