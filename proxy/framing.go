@@ -21,12 +21,17 @@ import (
 // dropped fields (net/http 1.26 deletes them, and leaves Request.Close
 // alone). Why not scan everything read: a body is skipped by its length
 // (Content-Length, or each chunk's size), so only request heads, chunk-size
-// lines and trailers are looked at, the lines net/http parses anyway.
+// lines and trailers are looked at, the lines net/http parses anyway
+// (BenchmarkFraming: about 100 ns and no allocation for a 1 KiB POST).
+// What net/http refuses itself (a bad Content-Length, two Hosts, CR or NUL
+// in a field, a coding other than chunked: 400 or 501) never reaches the
+// handler; framing only needs to stay in step with it.
 //
-// Read feeds it everything the server reads, in order, from one goroutine
-// at a time (net/http's background read takes turns with the others); the
-// handler asks refuse for each request, in order, on the connection's
-// serving goroutine. net/http ends the connection on every head it cannot
+// httpConn.Read feeds it everything the server reads, in order, from one
+// goroutine at a time (net/http's background read takes turns with the
+// others); the handler calls check for each request, in order, on the
+// connection's serving goroutine (bad and why are atomic: the background
+// read may end a head while the handler runs). net/http ends the connection on every head it cannot
 // parse and, with the general OPTIONS handler off, hands every other head
 // to the handler, so the n-th head framing saw is the n-th request the
 // handler gets. Where framing cannot follow (after a request that may
