@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pillionmesh/pillion/filters"
 	"github.com/pillionmesh/pillion/internal/smuggling"
 )
 
@@ -63,6 +64,7 @@ func TestFramingCountsEveryRequest(t *testing.T) {
 			"POST /3 HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"+smuggling.Smuggled)
 	}()
 	var statuses []int
+	var last *http.Response
 	br := bufio.NewReader(c)
 	for {
 		res, err := http.ReadResponse(br, nil)
@@ -71,9 +73,15 @@ func TestFramingCountsEveryRequest(t *testing.T) {
 		}
 		_, _ = io.Copy(io.Discard, res.Body)
 		statuses = append(statuses, res.StatusCode)
+		last = res
 	}
 	if fmt.Sprint(statuses) != "[200 200 400]" {
-		t.Errorf("statuses %v, want [200 200 400]", statuses)
+		t.Fatalf("statuses %v, want [200 200 400]", statuses)
+	}
+	if last.Header.Get(filters.FlagsHeader) != "DPE" || !last.Close ||
+		last.Header.Get(filters.ErrorHeader) != "request has both Content-Length and Transfer-Encoding" {
+		t.Errorf("the refusal: flags %q, reason %q, close %v; want DPE, the reason, close",
+			last.Header.Get(filters.FlagsHeader), last.Header.Get(filters.ErrorHeader), last.Close)
 	}
 	time.Sleep(100 * time.Millisecond)
 	var got []string
