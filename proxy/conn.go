@@ -159,9 +159,11 @@ func (s *Server) relayOpaque(cn *conn, down relay.Conn) {
 // connection is closed.
 func (s *Server) handleHTTP(cn *conn, down net.Conn) {
 	st := &s.stats.Dir[cn.dir]
-	hc := newHTTPConn(down, connMeta{
-		src: addrPort(cn.c.RemoteAddr()), dst: cn.dst, peer: cn.peer,
-	})
+	meta := connMeta{src: addrPort(cn.c.RemoteAddr()), dst: cn.dst, peer: cn.peer}
+	if cn.alpn == mtls.ProtoHTTP1 || (cn.alpn == "" && cn.det.Protocol == sniff.HTTP1) {
+		meta.framing = &framing{}
+	}
+	hc := newHTTPConn(down, meta)
 	st.Active.Add(1)
 	s.http[cn.dir].serve(hc)
 	st.Active.Add(-1)

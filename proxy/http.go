@@ -52,7 +52,10 @@ func (s *Server) newHTTPServer(dir Direction) *httpServer {
 		ReadHeaderTimeout: readHeaderTimeout,
 		IdleTimeout:       downstreamIdleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
-		BaseContext:       func(net.Listener) context.Context { return hs.base },
+		// OPTIONS * goes to the application like any request, and every
+		// HTTP/1 request to serveRequest: framing counts on it.
+		DisableGeneralOptionsHandler: true,
+		BaseContext:                  func(net.Listener) context.Context { return hs.base },
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			return context.WithValue(ctx, connKey{}, c.(*httpConn).meta)
 		},
@@ -121,19 +124,38 @@ func (s *Server) serveRequest(dir Direction, w http.ResponseWriter, r *http.Requ
 		// adds the upstream's headers to these, never removes them.
 		w.Header().Set("Connection", "close")
 	}
+	var h http.Handler = s.config.Load().chain(dir)
 	if r.ProtoMajor == 1 {
 		// Proxied HTTP/1 requests may be answered while their body still
 		// streams in (and gRPC-Web-like clients rely on it).
 		_ = http.NewResponseController(w).EnableFullDuplex()
+		if m.framing != nil {
+			switch why := m.framing.check(); why {
+			case framingOK:
+			case framingLost:
+				w.Header().Set("Connection", "close")
+			default:
+				h = refusal(framingReasons[why])
+			}
+		}
 	}
 	s.stats.Dir[dir].Requests.Add(1)
-	s.metrics.serve(s.config.Load().chain(dir), w, r.WithContext(filters.NewContext(r.Context(), info)), info)
+	s.metrics.serve(h, w, r.WithContext(filters.NewContext(r.Context(), info)), info)
+}
+
+// refusal answers a request whose framing is ambiguous: 400 DPE, the
+// connection closed, nothing forwarded.
+type refusal string
+
+func (why refusal) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	filters.Reply(w, r, http.StatusBadRequest, filters.DownstreamProtocolError, string(why))
 }
 
 // connMeta is what the proxy knows of an HTTP connection.
 type connMeta struct {
 	src, dst netip.AddrPort
-	peer     string // the peer sidecar's SPIFFE ID, over mTLS
+	peer     string   // the peer sidecar's SPIFFE ID, over mTLS
+	framing  *framing // HTTP/1 connections' request framing; nil on HTTP/2
 }
 
 type connKey struct{}
@@ -158,6 +180,9 @@ func newHTTPConn(c net.Conn, meta connMeta) *httpConn {
 func (c *httpConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	c.read.Add(int64(n))
+	if c.meta.framing != nil {
+		c.meta.framing.read(p[:n])
+	}
 	return n, err
 }
 
