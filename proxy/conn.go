@@ -155,7 +155,7 @@ func (s *Server) handleHTTP(cn *conn, down net.Conn) {
 	st := &s.stats.Dir[cn.dir]
 	hc := newHTTPConn(down, connMeta{
 		src: addrPort(cn.c.RemoteAddr()), dst: cn.dst, peer: cn.peer,
-	})
+	}, s.cfg.HeaderTimeout)
 	st.Active.Add(1)
 	s.http[cn.dir].serve(hc)
 	st.Active.Add(-1)
@@ -163,8 +163,20 @@ func (s *Server) handleHTTP(cn *conn, down net.Conn) {
 	sent, recv := hc.read.Load(), hc.written.Load()
 	st.BytesSent.Add(sent)
 	st.BytesRecv.Add(recv)
-	s.logConnection(cn, sent, recv, nil)
+	var endedBy error
+	if hc.headerTimedOut() {
+		endedBy = errHeaderTimeout
+		st.HeaderTimeouts.Add(1)
+		if ce, n := s.warnHeaderTimeout.check(s.log, zap.WarnLevel, "closing connections whose request headers did not arrive in time"); ce != nil {
+			ce.Write(cn.fields(0, zap.Duration("header_timeout", s.cfg.HeaderTimeout), zap.Int64("suppressed", n))...)
+		}
+	}
+	s.logConnection(cn, sent, recv, endedBy)
 }
+
+// errHeaderTimeout ends an HTTP connection whose client did not send a
+// request's headers within the header time-out.
+var errHeaderTimeout = errors.New("request headers did not arrive within the header time-out")
 
 // fields are the log fields that say which connection cn is, then extra,
 // with room for spare more.
