@@ -2,6 +2,7 @@ package injector
 
 import (
 	"path"
+	"strconv"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -129,6 +130,9 @@ func proxyContainer(cfg *Config, opts options, probes appProbes) corev1.Containe
 	if len(probes) > 0 {
 		c.Env = append(c.Env, corev1.EnvVar{Name: appprobe.EnvVar, Value: probes.Encode()})
 	}
+	if limit, ok := memoryLimit(opts.resources); ok {
+		c.Env = append(c.Env, corev1.EnvVar{Name: "GOMEMLIMIT", Value: limit})
+	}
 	if opts.native {
 		// An init container that keeps running: started before the app's
 		// containers once its startup probe passes, stopped after them,
@@ -177,6 +181,30 @@ func drainArgs(grace *int64, native bool) []string {
 	period := g / 2
 	timeout := max(g-period-time.Second, 0)
 	return []string{"--drain-period=" + period.String(), "--drain-timeout=" + timeout.String()}
+}
+
+// goMemLimitPercent is the share of the sidecar's memory limit given to
+// the Go runtime as its soft limit (GOMEMLIMIT): the rest is for what the
+// cgroup charges and the runtime does not see — the kernel's socket
+// buffers of every connection, above all. At the soft limit the garbage
+// collector works harder instead of letting the heap reach the hard limit
+// and the OOM killer. 90 % is automemlimit's default, the library most Go
+// programs in containers use for the same.
+const goMemLimitPercent = 90
+
+// memoryLimit returns GOMEMLIMIT for a container with resources r: a bare
+// byte count (which Go accepts), goMemLimitPercent of its memory limit;
+// false without a limit (the Go runtime then has none either, as before).
+// It is computed here rather than taken from the downward API
+// (resourceFieldRef limits.memory), which can only divide the limit by a
+// unit, not take a share of it, and gives the node's allocatable memory
+// for a container without a limit.
+func memoryLimit(r corev1.ResourceRequirements) (string, bool) {
+	q, ok := r.Limits[corev1.ResourceMemory]
+	if !ok || q.Sign() <= 0 {
+		return "", false
+	}
+	return strconv.FormatInt(q.Value()*goMemLimitPercent/100, 10), true
 }
 
 func readyProbe(period, failures int32) *corev1.Probe {

@@ -37,6 +37,20 @@ const (
 	// for the endpoint's removal to reach kube-proxy and the other
 	// sidecars, which send new connections to the pod until then.
 	DefaultDrainPeriod = 5 * time.Second
+	// DefaultHeaderTimeout is how long a client may take to send an HTTP/1
+	// request's headers once it started them. Clients in a cluster send
+	// headers in one round trip; 10 s leaves a congested or paused client
+	// thousands of times that, and is Linkerd's bound on a client's first
+	// bytes (its protocol detection waits 10 s). Envoy has no default
+	// (request_headers_timeout: off) and Go's net/http none either; the
+	// sidecar had a minute. A client that sends headers a byte at a time
+	// holds a connection at most this long, so to keep --max-connections
+	// full it must open that many every 10 s, each one counted.
+	DefaultHeaderTimeout = 10 * time.Second
+	// MaxHeaderTimeout is below the hour a keep-alive connection may sit
+	// idle between requests (downstreamIdleTimeout): a header time-out is
+	// told from an idle one by being the shorter.
+	MaxHeaderTimeout = 10 * time.Minute
 )
 
 // DefaultOpaquePorts returns the ports protocol detection skips by
@@ -80,6 +94,10 @@ type Config struct {
 	IdleTimeout time.Duration
 	// SniffTimeout bounds protocol detection; see DefaultSniffTimeout.
 	SniffTimeout time.Duration
+	// HeaderTimeout bounds how long an HTTP/1 request's headers may take
+	// to arrive once they started, both directions; a client that is slower is closed, counted and logged.
+	// See DefaultHeaderTimeout.
+	HeaderTimeout time.Duration
 	// OpaquePorts are original destination ports whose connections skip
 	// protocol detection and are forwarded as opaque TCP at once.
 	OpaquePorts redirect.PortSet
@@ -115,6 +133,7 @@ func DefaultConfig() Config {
 		DrainTimeout:   DefaultDrainTimeout,
 		IdleTimeout:    DefaultIdleTimeout,
 		SniffTimeout:   DefaultSniffTimeout,
+		HeaderTimeout:  DefaultHeaderTimeout,
 		OpaquePorts:    DefaultOpaquePorts(),
 		Pool: pool.Config{
 			MaxIdlePerEndpoint: pool.DefaultMaxIdlePerEndpoint,
@@ -159,6 +178,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("balance: %w", c.Balance.Validate())
 	case c.SniffTimeout <= 0:
 		return fmt.Errorf("--sniff-timeout: %v: must be positive (declare ports opaque with --opaque-ports instead)", c.SniffTimeout)
+	case c.HeaderTimeout <= 0 || c.HeaderTimeout > MaxHeaderTimeout:
+		return fmt.Errorf("--header-timeout: %v: must be positive and at most %v", c.HeaderTimeout, MaxHeaderTimeout)
 	}
 	return nil
 }

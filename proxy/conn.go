@@ -163,7 +163,7 @@ func (s *Server) handleHTTP(cn *conn, down net.Conn) {
 	if cn.alpn == mtls.ProtoHTTP1 || (cn.alpn == "" && cn.det.Protocol == sniff.HTTP1) {
 		meta.framing = &framing{}
 	}
-	hc := newHTTPConn(down, meta)
+	hc := newHTTPConn(down, meta, s.cfg.HeaderTimeout)
 	st.Active.Add(1)
 	s.http[cn.dir].serve(hc)
 	st.Active.Add(-1)
@@ -171,8 +171,20 @@ func (s *Server) handleHTTP(cn *conn, down net.Conn) {
 	sent, recv := hc.read.Load(), hc.written.Load()
 	st.BytesSent.Add(sent)
 	st.BytesRecv.Add(recv)
-	s.logConnection(cn, sent, recv, nil)
+	var endedBy error
+	if hc.headerTimedOut() {
+		endedBy = errHeaderTimeout
+		st.HeaderTimeouts.Add(1)
+		if ce, n := s.warnHeaderTimeout.check(s.log, zap.WarnLevel, "closing connections whose request headers did not arrive in time"); ce != nil {
+			ce.Write(cn.fields(0, zap.Duration("header_timeout", s.cfg.HeaderTimeout), zap.Int64("suppressed", n))...)
+		}
+	}
+	s.logConnection(cn, sent, recv, endedBy)
 }
+
+// errHeaderTimeout ends an HTTP connection whose client did not send a
+// request's headers within the header time-out.
+var errHeaderTimeout = errors.New("request headers did not arrive within the header time-out")
 
 // fields are the log fields that say which connection cn is, then extra,
 // with room for spare more.

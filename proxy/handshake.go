@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"fmt"
 	"sync/atomic"
-	"time"
 
 	"go.uber.org/zap"
 )
@@ -29,7 +28,8 @@ type handshakes struct {
 	queued   atomic.Int64 // waiting for a slot now
 	waited   atomic.Int64 // handshakes that had to wait, all told
 	timeouts atomic.Int64 // gave up waiting: their time ran out in the queue
-	lastLog  atomic.Int64 // unix nanoseconds of the last "queued" warning
+	peak     atomic.Int64 // the most ever in flight at once
+	warn     everySecond  // the "queued" warning
 }
 
 func newHandshakes(max int) *handshakes {
@@ -45,10 +45,8 @@ func (h *handshakes) acquire(ctx context.Context, log *zap.Logger) (release func
 	default:
 		h.waited.Add(1)
 		h.queued.Add(1)
-		now := time.Now().UnixNano()
-		if last := h.lastLog.Load(); now-last >= int64(time.Second) && h.lastLog.CompareAndSwap(last, now) {
-			log.Warn("mTLS handshakes queued: the bound of handshakes in flight is reached",
-				zap.Int("max_handshakes", cap(h.slots)), zap.Int64("queued", h.queued.Load()))
+		if ce, n := h.warn.check(log, zap.WarnLevel, "mTLS handshakes queued: the bound of handshakes in flight is reached"); ce != nil {
+			ce.Write(zap.Int("max_handshakes", cap(h.slots)), zap.Int64("queued", h.queued.Load()), zap.Int64("suppressed", n))
 		}
 		select {
 		case h.slots <- struct{}{}:
@@ -59,7 +57,9 @@ func (h *handshakes) acquire(ctx context.Context, log *zap.Logger) (release func
 			return nil, fmt.Errorf("waiting for a handshake slot (%d in flight): %w", cap(h.slots), ctx.Err())
 		}
 	}
-	h.active.Add(1)
+	n := h.active.Add(1)
+	for p := h.peak.Load(); n > p && !h.peak.CompareAndSwap(p, n); p = h.peak.Load() {
+	}
 	return func() {
 		h.active.Add(-1)
 		<-h.slots

@@ -2,10 +2,12 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"log"
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,9 +25,6 @@ const (
 	// maxHeaderBytes is Envoy's default limit (60 KiB) rounded up: larger
 	// request headers get 431.
 	maxHeaderBytes = 64 << 10
-	// readHeaderTimeout bounds how long a client may take to send request
-	// headers once it started.
-	readHeaderTimeout = time.Minute
 	// downstreamIdleTimeout closes a client's keep-alive connection idle
 	// this long (Envoy's default); longer than any pool's idle time-out,
 	// so that the client, not the proxy, closes idle connections.
@@ -49,7 +48,7 @@ func (s *Server) newHTTPServer(dir Direction) *httpServer {
 	hs := &httpServer{lis: newHandoff(), base: s.hardStop, done: make(chan struct{})}
 	hs.srv = &http.Server{
 		Handler:           http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.serveRequest(dir, w, r) }),
-		ReadHeaderTimeout: readHeaderTimeout,
+		ReadHeaderTimeout: s.cfg.HeaderTimeout,
 		IdleTimeout:       downstreamIdleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
 		// OPTIONS * goes to the application like any request, and every
@@ -161,20 +160,31 @@ type connMeta struct {
 type connKey struct{}
 
 // httpConn is an accepted connection handed to an HTTP server: it counts
-// the bytes, and closing it tells serve it is done. The server sees it as
-// cleartext even when it is mTLS from a peer sidecar (which the proxy
-// terminated), so it speaks HTTP/2 with prior knowledge on it.
+// the bytes, tells whether the server gave up on a request's headers, and
+// closing it tells serve it is done. The server sees it as cleartext even
+// when it is mTLS from a peer sidecar (which the proxy terminated), so it
+// speaks HTTP/2 with prior knowledge on it.
 type httpConn struct {
 	net.Conn // the accepted connection (with what detection peeked first), or TLS over it
 	meta     connMeta
 
 	read, written atomic.Int64
-	closeOnce     sync.Once
-	closed        chan struct{}
+	// headerTimeout is the server's ReadHeaderTimeout. The server sets a
+	// read deadline that far ahead when it starts reading a request's
+	// headers, and other deadlines otherwise: the
+	// keep-alive idle time (an hour), none, or one in the past to stop a
+	// background read. headerDeadline is whether the deadline now set is
+	// the headers' one; timedOut, whether a read ran into it.
+	headerTimeout  time.Duration
+	headerDeadline atomic.Bool
+	timedOut       atomic.Bool
+
+	closeOnce sync.Once
+	closed    chan struct{}
 }
 
-func newHTTPConn(c net.Conn, meta connMeta) *httpConn {
-	return &httpConn{Conn: c, meta: meta, closed: make(chan struct{})}
+func newHTTPConn(c net.Conn, meta connMeta, headerTimeout time.Duration) *httpConn {
+	return &httpConn{Conn: c, meta: meta, headerTimeout: headerTimeout, closed: make(chan struct{})}
 }
 
 func (c *httpConn) Read(p []byte) (int, error) {
@@ -183,8 +193,26 @@ func (c *httpConn) Read(p []byte) (int, error) {
 	if c.meta.framing != nil {
 		c.meta.framing.read(p[:n])
 	}
+	if err != nil && c.headerDeadline.Load() && errors.Is(err, os.ErrDeadlineExceeded) {
+		c.timedOut.Store(true)
+	}
 	return n, err
 }
+
+func (c *httpConn) SetReadDeadline(t time.Time) error {
+	ahead := time.Until(t)
+	c.headerDeadline.Store(ahead > 0 && ahead <= c.headerTimeout)
+	return c.Conn.SetReadDeadline(t)
+}
+
+func (c *httpConn) SetDeadline(t time.Time) error {
+	c.headerDeadline.Store(false)
+	return c.Conn.SetDeadline(t)
+}
+
+// headerTimedOut reports whether the server closed c because a request's
+// headers did not arrive within the header time-out.
+func (c *httpConn) headerTimedOut() bool { return c.timedOut.Load() }
 
 func (c *httpConn) Write(p []byte) (int, error) {
 	n, err := c.Conn.Write(p)

@@ -127,10 +127,10 @@ type statsCollector struct {
 	s *Server
 
 	accepted, active, closed, bytesSent, bytesRecv, refused, dialFailures,
-	detected, sniffTimeouts, mtls, plaintext, tlsFailures, denied,
+	detected, sniffTimeouts, headerTimeouts, mtls, plaintext, tlsFailures, denied,
 	poolConns, svidExpiry, draining *prometheus.Desc
 
-	handshakesActive, handshakesQueued, handshakesWaited, handshakeQueueTimeouts *prometheus.Desc
+	handshakesActive, handshakesPeak, handshakesQueued, handshakesWaited, handshakeQueueTimeouts *prometheus.Desc
 }
 
 var _ prometheus.Collector = (*statsCollector)(nil)
@@ -141,25 +141,27 @@ func newStatsCollector(s *Server) *statsCollector {
 	}
 	dir := "direction"
 	return &statsCollector{
-		s:             s,
-		accepted:      desc("connections_total", "TCP connections accepted on the listener.", dir),
-		active:        desc("connections_active", "TCP connections being proxied now (past protocol detection and admission).", dir),
-		closed:        desc("connections_closed_total", "Proxied TCP connections that ended, cleanly or not.", dir),
-		bytesSent:     desc("bytes_sent_total", "Bytes from downstream to upstream, counted when their connection ends.", dir),
-		bytesRecv:     desc("bytes_received_total", "Bytes from upstream to downstream, counted when their connection ends.", dir),
-		refused:       desc("connections_refused_total", "TCP connections reset at once, by reason: over_limit, loop, no_original_dst, plaintext (inbound, mesh.mode STRICT).", dir, "reason"),
-		dialFailures:  desc("upstream_connect_failures_total", "Connections to the upstream of an opaque TCP connection that failed or timed out.", dir),
-		detected:      desc("protocol_detected_total", "TCP connections by the protocol detected (opaque also for opaque ports).", dir, "protocol"),
-		sniffTimeouts: desc("sniff_timeouts_total", "TCP connections whose client sent too little to tell its protocol in time, forwarded as opaque.", dir),
-		mtls:          desc("mtls_connections_total", "mTLS connections between sidecars whose handshake completed: inbound from peers, outbound to them.", dir),
-		plaintext:     desc("plaintext_connections_total", "Inbound connections not mTLS from a peer sidecar, passed to the application (mesh.mode PERMISSIVE)."),
-		tlsFailures:   desc("tls_handshake_failures_total", "mTLS handshakes between sidecars that failed, by reason.", dir, "reason"),
-		denied:        desc("authz_denied_connections_total", "Inbound opaque mTLS connections the authz filter refused."),
-		poolConns:     desc("pool_connections", "Open upstream HTTP connections in the pools, by endpoint (ip:port) and protocol.", "endpoint", "protocol"),
-		svidExpiry:    desc("svid_expiry_timestamp_seconds", "When the sidecar's current X.509-SVID expires, in seconds since the Unix epoch; absent without an identity or an SVID."),
-		draining:      desc("draining", "1 once the sidecar drains (SIGTERM, POST /drain or /quitquitquit): not ready, listeners accepting for --drain-period, then closed; 0 while it serves."),
+		s:              s,
+		accepted:       desc("connections_total", "TCP connections accepted on the listener.", dir),
+		active:         desc("connections_active", "TCP connections being proxied now (past protocol detection and admission).", dir),
+		closed:         desc("connections_closed_total", "Proxied TCP connections that ended, cleanly or not.", dir),
+		bytesSent:      desc("bytes_sent_total", "Bytes from downstream to upstream, counted when their connection ends.", dir),
+		bytesRecv:      desc("bytes_received_total", "Bytes from upstream to downstream, counted when their connection ends.", dir),
+		refused:        desc("connections_refused_total", "TCP connections reset at once, by reason: over_limit, loop, no_original_dst, plaintext (inbound, mesh.mode STRICT).", dir, "reason"),
+		dialFailures:   desc("upstream_connect_failures_total", "Connections to the upstream of an opaque TCP connection that failed or timed out.", dir),
+		detected:       desc("protocol_detected_total", "TCP connections by the protocol detected (opaque also for opaque ports).", dir, "protocol"),
+		sniffTimeouts:  desc("sniff_timeouts_total", "TCP connections whose client sent too little to tell its protocol in time, forwarded as opaque.", dir),
+		headerTimeouts: desc("http_header_timeouts_total", "HTTP/1 connections closed because a request's headers did not arrive within --header-timeout of their first byte.", dir),
+		mtls:           desc("mtls_connections_total", "mTLS connections between sidecars whose handshake completed: inbound from peers, outbound to them.", dir),
+		plaintext:      desc("plaintext_connections_total", "Inbound connections not mTLS from a peer sidecar, passed to the application (mesh.mode PERMISSIVE)."),
+		tlsFailures:    desc("tls_handshake_failures_total", "mTLS handshakes between sidecars that failed, by reason.", dir, "reason"),
+		denied:         desc("authz_denied_connections_total", "Inbound opaque mTLS connections the authz filter refused."),
+		poolConns:      desc("pool_connections", "Open upstream HTTP connections in the pools, by endpoint (ip:port) and protocol.", "endpoint", "protocol"),
+		svidExpiry:     desc("svid_expiry_timestamp_seconds", "When the sidecar's current X.509-SVID expires, in seconds since the Unix epoch; absent without an identity or an SVID."),
+		draining:       desc("draining", "1 once the sidecar drains (SIGTERM, POST /drain or /quitquitquit): not ready, listeners accepting for --drain-period, then closed; 0 while it serves."),
 
 		handshakesActive:       desc("tls_handshakes_active", "mTLS handshakes in flight now, both directions (at most --max-handshakes)."),
+		handshakesPeak:         desc("tls_handshakes_active_peak", "The most mTLS handshakes ever in flight at once since the start (at most --max-handshakes)."),
 		handshakesQueued:       desc("tls_handshakes_queued", "mTLS handshakes waiting now for one in flight to end."),
 		handshakesWaited:       desc("tls_handshakes_queued_total", "mTLS handshakes that had to wait for one in flight to end."),
 		handshakeQueueTimeouts: desc("tls_handshake_queue_timeouts_total", "mTLS handshakes whose time ran out while they waited."),
@@ -170,9 +172,9 @@ func newStatsCollector(s *Server) *statsCollector {
 func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		c.accepted, c.active, c.closed, c.bytesSent, c.bytesRecv, c.refused, c.dialFailures,
-		c.detected, c.sniffTimeouts, c.mtls, c.plaintext, c.tlsFailures, c.denied,
+		c.detected, c.sniffTimeouts, c.headerTimeouts, c.mtls, c.plaintext, c.tlsFailures, c.denied,
 		c.poolConns, c.svidExpiry, c.draining,
-		c.handshakesActive, c.handshakesQueued, c.handshakesWaited, c.handshakeQueueTimeouts,
+		c.handshakesActive, c.handshakesPeak, c.handshakesQueued, c.handshakesWaited, c.handshakeQueueTimeouts,
 	} {
 		ch <- d
 	}
@@ -189,6 +191,7 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	hs := c.s.handshakes
 	gauge(c.handshakesActive, float64(hs.active.Load()))
+	gauge(c.handshakesPeak, float64(hs.peak.Load()))
 	gauge(c.handshakesQueued, float64(hs.queued.Load()))
 	counter(c.handshakesWaited, hs.waited.Load())
 	counter(c.handshakeQueueTimeouts, hs.timeouts.Load())
@@ -210,6 +213,7 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 			counter(c.detected, st.Detected[p].Load(), dir, sniff.Protocol(p).String())
 		}
 		counter(c.sniffTimeouts, st.SniffTimeouts.Load(), dir)
+		counter(c.headerTimeouts, st.HeaderTimeouts.Load(), dir)
 		counter(c.mtls, st.MTLS.Load(), dir)
 		for f := range st.TLSFailures {
 			counter(c.tlsFailures, st.TLSFailures[f].Load(), dir, mtls.Failure(f).String())

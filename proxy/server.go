@@ -35,7 +35,10 @@ type Server struct {
 
 	active     atomic.Int64 // both directions, for MaxConnections
 	handshakes *handshakes  // bounds the mTLS handshakes in flight
-	wg         sync.WaitGroup
+	// The warnings of a flood, each at most once a second: connections
+	// refused over MaxConnections, HTTP clients too slow with headers.
+	warnOverLimit, warnHeaderTimeout everySecond
+	wg                               sync.WaitGroup
 
 	// hardStop is cancelled when the drain time-out passes: dials in flight
 	// give up.
@@ -175,7 +178,6 @@ func (s *Server) Listeners() []Listener {
 	return append([]Listener(nil), s.addrs...)
 }
 
-
 // becomeReady closes s.ready once the identity has an SVID (at once
 // without mTLS), or gives up when ctx ends. Until then the listeners
 // already serve, without mTLS: traffic that needs it fails, and STRICT
@@ -305,9 +307,9 @@ func (s *Server) accept(l *net.TCPListener, dir Direction) {
 		if s.active.Add(1) > int64(s.cfg.MaxConnections) {
 			s.active.Add(-1)
 			st.OverLimit.Add(1)
-			if ce := s.log.Check(zap.WarnLevel, "connection limit reached: refusing"); ce != nil {
+			if ce, n := s.warnOverLimit.check(s.log, zap.WarnLevel, "connection limit reached: refusing"); ce != nil {
 				ce.Write(zap.Stringer("direction", dir), zap.Stringer("src", c.RemoteAddr()),
-					zap.Int("max_connections", s.cfg.MaxConnections))
+					zap.Int("max_connections", s.cfg.MaxConnections), zap.Int64("suppressed", n))
 			}
 			relay.Reset(c)
 			continue

@@ -42,6 +42,9 @@ type DirStats struct {
 	// counts as Opaque.
 	Detected      [4]atomic.Int64
 	SniffTimeouts atomic.Int64 // detection gave up waiting: forwarded as opaque
+	// HeaderTimeouts counts HTTP connections closed because a request's
+	// headers did not arrive within HeaderTimeout.
+	HeaderTimeouts atomic.Int64
 
 	// MTLS counts connections between sidecars whose handshake completed:
 	// inbound, accepted from a peer; outbound, made to one.
@@ -62,7 +65,7 @@ type DirStats struct {
 type Snapshot struct {
 	Accepted, Active, Completed, OverLimit, Loops, NoOrigDst, DialFailures, BytesSent, BytesRecv, Requests int64
 	Detected                                                                                               map[string]int64 // by protocol name
-	SniffTimeouts                                                                                          int64
+	SniffTimeouts, HeaderTimeouts                                                                          int64
 	MTLS, Plaintext, PlaintextRefused, Denied                                                              int64
 	TLSFailures                                                                                            map[string]int64 // by mtls.Failure name, only those not zero
 }
@@ -88,6 +91,7 @@ func (d *DirStats) Load() Snapshot {
 			sniff.TLS.String():    d.Detected[sniff.TLS].Load(),
 		},
 		SniffTimeouts:    d.SniffTimeouts.Load(),
+		HeaderTimeouts:   d.HeaderTimeouts.Load(),
 		MTLS:             d.MTLS.Load(),
 		Plaintext:        d.Plaintext.Load(),
 		PlaintextRefused: d.PlaintextRefused.Load(),

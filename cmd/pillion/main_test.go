@@ -80,6 +80,8 @@ func TestProxyBadFlags(t *testing.T) {
 		{[]string{"--drain-period=-1s"}, "pillion proxy: --drain-period: -1s: must not be negative (0 closes the listeners at once)"},
 		{[]string{"--log-level=loud"}, `pillion proxy: invalid value "loud" for flag -log-level: unrecognized level: "loud"`},
 		{[]string{"--sniff-timeout=0s"}, "pillion proxy: --sniff-timeout: 0s: must be positive (declare ports opaque with --opaque-ports instead)"},
+		{[]string{"--header-timeout=0s"}, "pillion proxy: --header-timeout: 0s: must be positive and at most 10m0s"},
+		{[]string{"--header-timeout=1h"}, "pillion proxy: --header-timeout: 1h0m0s: must be positive and at most 10m0s"},
 		{[]string{"--opaque-ports=25,smtp"}, `pillion proxy: --opaque-ports: "25,smtp": "smtp" is not a port number (1-65535)`},
 		{[]string{"--svid-cert=/x/cert.pem"}, "pillion proxy: --svid-key: missing: --svid-cert, --svid-key and --svid-bundle go together"},
 		{[]string{"--svid-cert=/x/cert.pem", "--svid-key=/x/key.pem", "--svid-bundle=/x/bundle.pem", "--spiffe-socket=/run/agent.sock"},
@@ -119,7 +121,7 @@ func TestProxyHelp(t *testing.T) {
 		t.Errorf("exit %d, want 0", code)
 	}
 	for _, want := range []string{"Usage: pillion proxy [flags]", "SO_ORIGINAL_DST", "-dial-timeout", "-max-connections",
-		"-drain-period", "-drain-timeout", "-idle-timeout", "-log-level", "-sniff-timeout", "-opaque-ports", "-spiffe-socket", "-svid-cert", "SPIFFE_ENDPOINT_SOCKET", `(default "25,587,3306,4444,5432,6379,9300,11211")`} {
+		"-drain-period", "-drain-timeout", "-idle-timeout", "-log-level", "-sniff-timeout", "-header-timeout", "(default 10s)", "Linkerd", "-opaque-ports", "-spiffe-socket", "-svid-cert", "SPIFFE_ENDPOINT_SOCKET", `(default "25,587,3306,4444,5432,6379,9300,11211")`} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("proxy --help lacks %q", want)
 		}

@@ -38,6 +38,13 @@ A client that sends nothing within --sniff-timeout (a server-first protocol
 such as SMTP or MySQL) is forwarded as opaque TCP; ports in --opaque-ports
 skip detection and never wait. TLS and opaque TCP are relayed byte for byte.
 
+Bounded under abuse, each counted in a metric and logged at most once a second
+with how many lines were held back: an HTTP client slower than --header-timeout
+with a request's headers is closed; connections beyond --max-connections are
+reset at once, never queued; mTLS handshakes beyond --max-handshakes wait in
+order; a client that stops reading stops the sidecar reading for it (bounded
+copy buffers and HTTP/2 flow-control windows, never a growing buffer).
+
 HTTP/1.x and h2c requests run through a filter chain (--config) that ends in
 the router: it forwards each request over pooled connections, sets
 x-envoy-upstream-service-time on the response, and answers failures itself
@@ -106,6 +113,10 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", cfg.IdleTimeout, "reset a connection when no byte moved either way for this long (0: no limit)")
 	fs.DurationVar(&cfg.SniffTimeout, "sniff-timeout", cfg.SniffTimeout,
 		"how long a client may take to show its protocol; then the connection is forwarded as opaque TCP")
+	fs.DurationVar(&cfg.HeaderTimeout, "header-timeout", cfg.HeaderTimeout,
+		"how long an HTTP/1 client may take to send a request's headers once it started them, both directions; "+
+			"then the connection is closed, counted and logged. 10s is Linkerd's bound on a client's first bytes; Envoy has none by default (request_headers_timeout off). "+
+			"At most "+proxy.MaxHeaderTimeout.String())
 	opaque := fs.String("opaque-ports", cfg.OpaquePorts.String(),
 		`original destination ports forwarded as opaque TCP without protocol detection: comma list, "" none, "*" all`)
 	configPath := fs.String("config", "", "YAML config file: mesh networks and the inbound and outbound HTTP filter chains; re-read when it changes or on SIGHUP")
@@ -239,6 +250,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		log.Info("stopped", zap.Stringer("direction", d), zap.Int64("accepted", st.Accepted),
 			zap.Int64("completed", st.Completed), zap.Int64("dial_failures", st.DialFailures),
 			zap.Int64("refused_loop", st.Loops), zap.Int64("refused_over_limit", st.OverLimit),
+			zap.Int64("header_timeouts", st.HeaderTimeouts),
 			zap.Int64("mtls", st.MTLS), zap.Any("tls_failures", st.TLSFailures),
 			zap.Int64("plaintext", st.Plaintext), zap.Int64("refused_plaintext", st.PlaintextRefused),
 			zap.Int64("bytes_sent", st.BytesSent), zap.Int64("bytes_received", st.BytesRecv))
