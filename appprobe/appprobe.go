@@ -378,8 +378,9 @@ type grpcProbe struct {
 }
 
 // NewHandler returns a Handler for the probes of s, which sends those that
-// name no host where o says; it keeps no reference to s. A GET (or HEAD) on a path of s runs its probe with its time-out and
-// answers as kubelet would judge the probe:
+// name no host where o says; it keeps no reference to s. A GET (or HEAD)
+// on a path of s runs its probe with its time-out and answers as kubelet
+// would judge the probe:
 //
 //   - httpGet: the application's status when it is 200–399 (a redirect is
 //     not followed, and its Location is not passed on); its status when
@@ -398,7 +399,7 @@ func NewHandler(s Set, o Options) *Handler {
 	for k, p := range s {
 		h.probes[k] = compile(k, p, o.host())
 		if oerr != nil {
-			h.probes[k] = compiled{err: oerr}
+			h.probes[k] = compiled{err: fmt.Errorf("options: %w", oerr)}
 		}
 	}
 	return h

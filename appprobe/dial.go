@@ -44,19 +44,19 @@ type Options struct {
 // Validate checks that PodIP and Source are addresses without a zone,
 // that Source is set only with PodIP and in its family, and that neither
 // is unspecified or IPv4-mapped (a mapped PodIP would be dialled as IPv4
-// from an IPv6 Source).
+// from an IPv6 Source). Errors name the field, as Parse's do.
 func (o Options) Validate() error {
 	if err := validateAddr(o.PodIP); err != nil {
-		return fmt.Errorf("appprobe: pod IP %w", err)
+		return fmt.Errorf("pod IP: %w", err)
 	}
 	if err := validateAddr(o.Source); err != nil {
-		return fmt.Errorf("appprobe: source %w", err)
+		return fmt.Errorf("source: %w", err)
 	}
 	switch {
 	case o.Source.IsValid() && !o.PodIP.IsValid():
-		return fmt.Errorf("appprobe: source %s without a pod IP: the source is only for connections to the pod IP", o.Source)
+		return fmt.Errorf("source: %s without a pod IP: it is only for connections to the pod IP", o.Source)
 	case o.Source.IsValid() && o.Source.Is4() != o.PodIP.Is4():
-		return fmt.Errorf("appprobe: source %s and pod IP %s are of different families", o.Source, o.PodIP)
+		return fmt.Errorf("source: %s is not of the family of the pod IP %s", o.Source, o.PodIP)
 	}
 	return nil
 }

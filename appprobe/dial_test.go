@@ -205,15 +205,15 @@ func TestOptionsValidate(t *testing.T) {
 		{"IPv4", appprobe.Options{PodIP: netip.MustParseAddr("10.0.0.7"), Source: source}, ""},
 		{"IPv6", appprobe.Options{PodIP: netip.MustParseAddr("fd00::7"), Source: netip.MustParseAddr("::6")}, ""},
 		{"families", appprobe.Options{PodIP: netip.MustParseAddr("fd00::7"), Source: source},
-			"appprobe: source 127.0.0.6 and pod IP fd00::7 are of different families"},
+			"source: 127.0.0.6 is not of the family of the pod IP fd00::7"},
 		{"source alone", appprobe.Options{Source: source},
-			"appprobe: source 127.0.0.6 without a pod IP: the source is only for connections to the pod IP"},
-		{"zone", appprobe.Options{PodIP: netip.MustParseAddr("fe80::1%eth0")}, "appprobe: pod IP fe80::1%eth0: has a zone"},
-		{"unspecified", appprobe.Options{PodIP: netip.MustParseAddr("0.0.0.0")}, "appprobe: pod IP 0.0.0.0: unspecified"},
+			"source: 127.0.0.6 without a pod IP: it is only for connections to the pod IP"},
+		{"zone", appprobe.Options{PodIP: netip.MustParseAddr("fe80::1%eth0")}, "pod IP: fe80::1%eth0: has a zone"},
+		{"unspecified", appprobe.Options{PodIP: netip.MustParseAddr("0.0.0.0")}, "pod IP: 0.0.0.0: unspecified"},
 		{"mapped", appprobe.Options{PodIP: netip.MustParseAddr("::ffff:10.0.0.7")},
-			"appprobe: pod IP ::ffff:10.0.0.7: IPv4-mapped; give the IPv4 address"},
+			"pod IP: ::ffff:10.0.0.7: IPv4-mapped; give the IPv4 address"},
 		{"mapped source", appprobe.Options{PodIP: netip.MustParseAddr("fd00::7"), Source: netip.MustParseAddr("::ffff:127.0.0.6")},
-			"appprobe: source ::ffff:127.0.0.6: IPv4-mapped; give the IPv4 address"},
+			"source: ::ffff:127.0.0.6: IPv4-mapped; give the IPv4 address"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			got := ""
@@ -227,7 +227,7 @@ func TestOptionsValidate(t *testing.T) {
 	}
 	// A Handler with invalid Options runs no probe.
 	code, body := run(probe("tcp", 1, ""), appprobe.Options{Source: source})
-	if want := "appprobe: invalid probe: appprobe: source 127.0.0.6 without a pod IP: the source is only for connections to the pod IP\n"; code != 500 || body != want {
+	if want := "appprobe: invalid probe: options: source: 127.0.0.6 without a pod IP: it is only for connections to the pod IP\n"; code != 500 || body != want {
 		t.Errorf("invalid Options: %d %q, want 500 %q", code, body, want)
 	}
 }
