@@ -10,10 +10,11 @@
 // and hands the sidecar the original probes as a Set, encoded with
 // Set.Encode into the environment variable PILLION_APP_PROBES. The sidecar
 // decodes it with Parse and serves it with NewHandler: each GET on a probe
-// path runs the original probe against the application (on 127.0.0.1 by
-// default; the sidecar's own connections are never captured) and answers as
+// path runs the original probe against the application and answers as
 // kubelet would judge it, so kubelet sees the application's health as if it
-// had probed it itself.
+// had probed it itself. A probe that names no host goes, as kubelet's, to
+// the pod's IP (Options.PodIP), from 127.0.0.6 or ::6 (Options.Source),
+// which capture lets through; without a pod IP, to 127.0.0.1.
 //
 // The JSON of a Set is the contract between the injector and the sidecar:
 //
@@ -24,6 +25,7 @@ package appprobe
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -39,11 +41,6 @@ import (
 	"time"
 
 	"golang.org/x/net/http/httpguts"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/status"
 
 	"github.com/pillionmesh/pillion/mtls"
 )
@@ -90,7 +87,8 @@ type HTTPGet struct {
 	Path string `json:"path,omitempty"`
 	// Port is a number: the injector resolves named ports.
 	Port int32 `json:"port"`
-	// Host is the address to connect to; empty means 127.0.0.1.
+	// Host is the address to connect to; empty means the pod's IP
+	// (Options).
 	Host string `json:"host,omitempty"`
 	// Scheme is HTTP (empty means HTTP) or HTTPS. HTTPS does not verify
 	// the application's certificate, as kubelet does not.
@@ -109,18 +107,20 @@ type Header struct {
 // TCPSocket is a TCP probe: it passes when a connection can be opened.
 type TCPSocket struct {
 	Port int32 `json:"port"`
-	// Host is the address to connect to; empty means 127.0.0.1.
+	// Host is the address to connect to; empty means the pod's IP
+	// (Options).
 	Host string `json:"host,omitempty"`
 }
 
 // GRPC is a gRPC probe: it passes when grpc.health.v1.Health/Check on
-// 127.0.0.1:Port answers SERVING for Service.
+// Port of the pod's IP (Options) answers SERVING for Service.
 type GRPC struct {
 	Port int32 `json:"port"`
 	// Service is the name checked; nil means "", the server as a whole.
 	Service *string `json:"service,omitempty"`
 }
 
+// defaultHost is where probes that name no host go without a pod IP.
 const defaultHost = "127.0.0.1"
 
 // Parse decodes and validates a Set from its JSON, strictly: an unknown
@@ -311,7 +311,7 @@ func validatePort(p int32) error {
 	return nil
 }
 
-// validateHost accepts empty (127.0.0.1), an IP address without a zone, or
+// validateHost accepts empty (the pod's IP), an IP address without a zone, or
 // a DNS name.
 func validateHost(h string) error {
 	if h == "" {
@@ -355,6 +355,7 @@ func isHostLabel(s string) bool {
 type Handler struct {
 	probes map[string]compiled
 	client *http.Client
+	dial   dialer
 }
 
 // compiled is one probe ready to run: exactly one of http, tcp and grpc is
@@ -376,9 +377,10 @@ type grpcProbe struct {
 	target, service string
 }
 
-// NewHandler returns a Handler for the probes of s; it keeps no reference
-// to s. A GET (or HEAD) on a path of s runs its probe with its time-out and
-// answers as kubelet would judge the probe:
+// NewHandler returns a Handler for the probes of s, which sends those that
+// name no host where o says; it keeps no reference to s. A GET (or HEAD)
+// on a path of s runs its probe with its time-out and answers as kubelet
+// would judge the probe:
 //
 //   - httpGet: the application's status when it is 200–399 (a redirect is
 //     not followed, and its Location is not passed on); its status when
@@ -388,11 +390,17 @@ type grpcProbe struct {
 //
 // The body is one line of text saying what was done and why it failed. A
 // path not in s is 404, another method 405, and an invalid probe (s was
-// not checked with Validate) 500 with the error.
-func NewHandler(s Set) *Handler {
-	h := &Handler{probes: make(map[string]compiled, len(s)), client: newClient()}
+// not checked with Validate), or every probe when o is invalid (not
+// checked with Options.Validate), 500 with the error.
+func NewHandler(s Set, o Options) *Handler {
+	d := dialer{podIP: o.PodIP, source: o.Source}
+	h := &Handler{probes: make(map[string]compiled, len(s)), client: newClient(d), dial: d}
+	oerr := o.Validate()
 	for k, p := range s {
-		h.probes[k] = compile(k, p)
+		h.probes[k] = compile(k, p, o.host())
+		if oerr != nil {
+			h.probes[k] = compiled{err: fmt.Errorf("options: %w", oerr)}
+		}
 	}
 	return h
 }
@@ -400,11 +408,11 @@ func NewHandler(s Set) *Handler {
 // newClient is the HTTP client of httpGet probes, configured as kubelet's:
 // no proxy, no keep-alive, no compression, no redirect followed, and no
 // verification of the application's certificate.
-func newClient() *http.Client {
+func newClient(d dialer) *http.Client {
 	return &http.Client{
 		Transport: &http.Transport{
 			Proxy:              nil,
-			DialContext:        (&net.Dialer{}).DialContext,
+			DialContext:        d.DialContext,
 			DisableKeepAlives:  true,
 			DisableCompression: true,
 			TLSClientConfig:    mtls.ProbeClientConfig(),
@@ -413,7 +421,8 @@ func newClient() *http.Client {
 	}
 }
 
-func compile(key string, p Probe) compiled {
+// compile prepares a probe; a probe without a host goes to host.
+func compile(key string, p Probe, host string) compiled {
 	if err := validate(key, p); err != nil {
 		return compiled{err: err}
 	}
@@ -437,16 +446,16 @@ func compile(key string, p Probe) compiled {
 		if err != nil {
 			u = &url.URL{Path: path}
 		}
-		u.Scheme, u.Host = scheme, hostPort(g.Host, g.Port)
+		u.Scheme, u.Host = scheme, hostPort(cmp.Or(g.Host, host), g.Port)
 		hp := &httpProbe{url: u.String(), header: http.Header{}}
 		for _, hd := range g.HTTPHeaders {
 			hp.header.Add(hd.Name, hd.Value)
 		}
 		c.http = hp
 	case p.TCPSocket != nil:
-		c.tcp = hostPort(p.TCPSocket.Host, p.TCPSocket.Port)
+		c.tcp = hostPort(cmp.Or(p.TCPSocket.Host, host), p.TCPSocket.Port)
 	default:
-		c.grpc = &grpcProbe{target: hostPort("", p.GRPC.Port)}
+		c.grpc = &grpcProbe{target: hostPort(host, p.GRPC.Port)}
 		if p.GRPC.Service != nil {
 			c.grpc.service = *p.GRPC.Service
 		}
@@ -455,9 +464,6 @@ func compile(key string, p Probe) compiled {
 }
 
 func hostPort(host string, port int32) string {
-	if host == "" {
-		host = defaultHost
-	}
 	return net.JoinHostPort(host, strconv.Itoa(int(port)))
 }
 
@@ -490,9 +496,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case c.http != nil:
 		res = h.httpGet(ctx, c, r.UserAgent())
 	case c.grpc != nil:
-		res = grpcCheck(ctx, c, r.UserAgent())
+		res = h.grpcCheck(ctx, c, r.UserAgent())
 	default:
-		res = tcpDial(ctx, c)
+		res = h.tcpDial(ctx, c)
 	}
 	if res.code < 200 || res.code >= 400 {
 		http.Error(w, res.msg, res.code)
@@ -559,40 +565,4 @@ func (h *Handler) httpGet(ctx context.Context, c compiled, userAgent string) res
 func snippet(body io.Reader) string {
 	b, _ := io.ReadAll(io.LimitReader(body, 256))
 	return strings.Join(strings.Fields(strings.ToValidUTF8(string(b), "?")), " ")
-}
-
-func tcpDial(ctx context.Context, c compiled) result {
-	what := "tcp " + c.tcp
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", c.tcp)
-	if err != nil {
-		return failed(ctx, c, what, err)
-	}
-	conn.Close()
-	return result{http.StatusOK, what + ": connected"}
-}
-
-// grpcCheck runs a grpc probe: one Health/Check in plaintext, as kubelet.
-func grpcCheck(ctx context.Context, c compiled, userAgent string) result {
-	what := fmt.Sprintf("grpc %s service %q", c.grpc.target, c.grpc.service)
-	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
-	if userAgent != "" {
-		opts = append(opts, grpc.WithUserAgent(userAgent))
-	}
-	conn, err := grpc.NewClient("passthrough:///"+c.grpc.target, opts...)
-	if err != nil {
-		return result{http.StatusServiceUnavailable, fmt.Sprintf("%s: %v", what, err)}
-	}
-	defer conn.Close()
-	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{Service: c.grpc.service})
-	if err != nil {
-		if status.Code(err) == codes.DeadlineExceeded {
-			return result{http.StatusServiceUnavailable, fmt.Sprintf("%s: no answer within %s", what, c.timeout)}
-		}
-		return failed(ctx, c, what, err)
-	}
-	if st := resp.GetStatus(); st != healthpb.HealthCheckResponse_SERVING {
-		return result{http.StatusServiceUnavailable, fmt.Sprintf("%s: %s", what, st)}
-	}
-	return result{http.StatusOK, what + ": SERVING"}
 }

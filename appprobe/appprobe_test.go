@@ -188,7 +188,7 @@ func closedPort(t *testing.T) int32 {
 func get(t *testing.T, p appprobe.Probe) (code int, body string, header http.Header) {
 	t.Helper()
 	path := appprobe.Path("app", appprobe.Readiness)
-	h := appprobe.NewHandler(appprobe.Set{path: p})
+	h := appprobe.NewHandler(appprobe.Set{path: p}, appprobe.Options{})
 	req := httptest.NewRequest(http.MethodGet, path, nil)
 	req.Header.Set("User-Agent", "kube-probe/1.34")
 	rec := httptest.NewRecorder()
@@ -357,7 +357,7 @@ func TestHandlerRefuses(t *testing.T) {
 	h := appprobe.NewHandler(appprobe.Set{
 		path:                                    {TCPSocket: &appprobe.TCPSocket{Port: closedPort(t)}},
 		appprobe.Path("app", appprobe.Liveness): {TCPSocket: &appprobe.TCPSocket{Port: 0}},
-	})
+	}, appprobe.Options{})
 	for _, tt := range []struct {
 		method, path string
 		code         int

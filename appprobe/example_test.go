@@ -41,7 +41,7 @@ func ExampleNewHandler() {
 
 	h := appprobe.NewHandler(appprobe.Set{
 		appprobe.Path("app", appprobe.Readiness): {HTTPGet: &appprobe.HTTPGet{Path: "/ready", Port: port}},
-	})
+	}, appprobe.Options{}) // outside a pod: 127.0.0.1
 	for _, path := range []string{"/app-health/app/readyz", "/app-health/app/livez"} {
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, httptest.NewRequest("GET", path, nil))

@@ -172,7 +172,15 @@ func runContainers(t *testing.T, pod *corev1.Pod, in *testpod.Pod, volumes map[s
 	}
 	argv := []string{}
 	for _, e := range proxyC.Env {
-		argv = append(argv, e.Name+"="+resolve(e.Value))
+		v := resolve(e.Value)
+		if f := e.ValueFrom; f != nil {
+			// The downward API, as kubelet fills it.
+			if f.FieldRef == nil || f.FieldRef.FieldPath != "status.podIP" {
+				t.Fatalf("sidecar env %s: %+v: runContainers knows only fieldRef status.podIP", e.Name, f)
+			}
+			v = in.IPv4.String()
+		}
+		argv = append(argv, e.Name+"="+v)
 	}
 	argv = append(argv, pillionBin)
 	for _, a := range proxyC.Args {

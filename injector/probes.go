@@ -15,7 +15,8 @@ type appProbes = appprobe.Set
 
 // rewriteProbes points the app containers' HTTP, TCP and gRPC probes at
 // the sidecar's health port, which is never captured, and returns the
-// original probes for the sidecar to run against the app on 127.0.0.1.
+// original probes for the sidecar to run against the app at the pod's IP,
+// as kubelet would.
 // Under STRICT mTLS kubelet's plaintext probes would otherwise be refused
 // like any caller outside the mesh. Exec probes need no network and stay.
 // A probe on a named port that the container does not declare, or that is

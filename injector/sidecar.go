@@ -128,7 +128,14 @@ func proxyContainer(cfg *Config, opts options, probes appProbes) corev1.Containe
 		c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: ConfigVolumeName, MountPath: configMountPath, ReadOnly: true})
 	}
 	if len(probes) > 0 {
-		c.Env = append(c.Env, corev1.EnvVar{Name: appprobe.EnvVar, Value: probes.Encode()})
+		// The sidecar runs the probes that name no host against the pod's
+		// IP, as kubelet does: status.podIP, its primary IP, the one
+		// kubelet uses also in a dual-stack pod.
+		c.Env = append(c.Env,
+			corev1.EnvVar{Name: appprobe.EnvVar, Value: probes.Encode()},
+			corev1.EnvVar{Name: appprobe.PodIPEnvVar, ValueFrom: &corev1.EnvVarSource{
+				FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.podIP"},
+			}})
 	}
 	if limit, ok := memoryLimit(opts.resources); ok {
 		c.Env = append(c.Env, corev1.EnvVar{Name: "GOMEMLIMIT", Value: limit})

@@ -24,29 +24,17 @@ import (
 // the pod's own addresses through uncaptured (without it they would come
 // back to the inbound listener) and puts ::6 on lo.
 
-// inboundSource returns the local address the inbound side connects to
-// the application at dst from: redirect.InboundSource of dst's family, or
-// the zero Addr (the kernel's choice) when dst is loopback — never the
-// case for a captured connection, whose destination is the pod's address,
-// but so in tests and where a loopback address is the original
-// destination, which capture does not touch.
-func inboundSource(dst netip.Addr) netip.Addr {
-	switch {
-	case dst.IsLoopback():
-		return netip.Addr{}
-	case dst.Is4():
-		return redirect.InboundSource(redirect.IPv4)
-	}
-	return redirect.InboundSource(redirect.IPv6)
-}
-
-// dialApp connects to the application at dst, from inboundSource(dst).
-// The application's refusal (nothing listens at dst: e.g. it listens on
-// localhost only) is returned as is, wrapped: errors.Is(err,
-// syscall.ECONNREFUSED).
+// dialApp connects to the application at dst, from
+// redirect.InboundSourceFor(dst) — the choice the application-probe runner
+// makes too: the kernel's when dst is loopback, never the case for a
+// captured connection, whose destination is the pod's address, but so in
+// tests and where a loopback address is the original destination, which
+// capture does not touch. The application's refusal (nothing listens at
+// dst: e.g. it listens on localhost only) is returned as is, wrapped:
+// errors.Is(err, syscall.ECONNREFUSED).
 func (s *Server) dialApp(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
 	d := net.Dialer{Timeout: s.cfg.DialTimeout}
-	src := inboundSource(dst.Addr())
+	src := redirect.InboundSourceFor(dst.Addr())
 	if src.IsValid() {
 		d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
 	}

@@ -186,19 +186,6 @@ func TestInboundGoesToAppAtOriginalDestination(t *testing.T) {
 	waitFor(t, "the failed connect counted", func() bool { return st.DialFailures.Load() == 1 })
 }
 
-func TestInboundSource(t *testing.T) {
-	for dst, want := range map[string]string{
-		"198.18.0.3":  "127.0.0.6",
-		"fd00:ca7::3": "::6",
-		"127.0.0.1":   "invalid IP", // loopback is dialled as it is
-		"::1":         "invalid IP",
-	} {
-		if got := inboundSource(netip.MustParseAddr(dst)).String(); got != want {
-			t.Errorf("inboundSource(%s) = %s, want %s", dst, got, want)
-		}
-	}
-}
-
 func TestConnectionToOwnListenerRefused(t *testing.T) {
 	// What the kernel answers for a connection made straight to the
 	// listener, not redirected: the listener's own address.

@@ -56,6 +56,23 @@ func InboundSource(f Family) netip.Addr {
 	return netip.AddrFrom4([4]byte{127, 0, 0, 6})
 }
 
+// InboundSourceFor returns the local address a connection of the sidecar
+// to dst, the pod's own address, must come from: InboundSource of dst's
+// family (an IPv4-mapped dst is IPv4), which the capture rules let through
+// to the application; connecting from any other source, a connection of
+// the proxy's UID to its own pod IP is captured back into the inbound
+// listener. A loopback dst, which capture never touches, gets the zero
+// Addr: the kernel's choice.
+func InboundSourceFor(dst netip.Addr) netip.Addr {
+	switch dst = dst.Unmap(); {
+	case dst.IsLoopback():
+		return netip.Addr{}
+	case dst.Is4():
+		return InboundSource(IPv4)
+	}
+	return InboundSource(IPv6)
+}
+
 // Table is the only table pillion writes to.
 const Table = "nat"
 

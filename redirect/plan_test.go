@@ -2,6 +2,7 @@ package redirect
 
 import (
 	"flag"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -189,6 +190,21 @@ func TestReportString(t *testing.T) {
 	for _, tt := range tests {
 		if got := tt.r.String(); got != tt.want {
 			t.Errorf("String() = %q, want %q", got, tt.want)
+		}
+	}
+}
+
+func TestInboundSourceFor(t *testing.T) {
+	for dst, want := range map[string]string{
+		"198.18.0.3":        "127.0.0.6",
+		"::ffff:198.18.0.3": "127.0.0.6", // dialled as IPv4
+		"fd00:ca7::3":       "::6",
+		"127.0.0.1":         "invalid IP", // loopback is dialled as it is
+		"::ffff:127.0.0.1":  "invalid IP",
+		"::1":               "invalid IP",
+	} {
+		if got := InboundSourceFor(netip.MustParseAddr(dst)).String(); got != want {
+			t.Errorf("InboundSourceFor(%s) = %s, want %s", dst, got, want)
 		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -95,5 +96,40 @@ func TestProxyBadAppProbes(t *testing.T) {
 	code, _, stderr = runCmd("proxy")
 	if want := `pillion proxy: --app-probes: "/app-health/app/readyz": httpGet.port: 0: not a port (1-65535)` + "\n"; code != 2 || !strings.HasPrefix(stderr, want) {
 		t.Errorf("from $%s: exit %d, stderr %q; want 2 and %q", appprobe.EnvVar, code, stderr, want)
+	}
+}
+
+// TestProxyBadPodIP: a bad --pod-ip, or its default from the injector's
+// environment variable, exits 2 naming the flag.
+func TestProxyBadPodIP(t *testing.T) {
+	for _, tt := range []struct{ value, want string }{
+		{"pod", `"pod": not an IP address`},
+		{"10.0.0.7:8080", `"10.0.0.7:8080": not an IP address`},
+		{"fe80::7%eth0", `"fe80::7%eth0": has a zone; a pod's IP has none`},
+		{"::ffff:10.0.0.7", `"::ffff:10.0.0.7": IPv4-mapped; give the IPv4 address`},
+		{"127.0.0.1", `"127.0.0.1": not an address a pod has (loopback, unspecified or multicast)`},
+		{"::", `"::": not an address a pod has (loopback, unspecified or multicast)`},
+	} {
+		wantUsageError(t, []string{"proxy", "--pod-ip", tt.value}, "pillion proxy: --pod-ip: "+tt.want)
+	}
+	t.Setenv(appprobe.PodIPEnvVar, "10.0.0.300")
+	wantUsageError(t, []string{"proxy"}, `pillion proxy: --pod-ip: "10.0.0.300": not an IP address`)
+}
+
+// TestAppProbeOptions: a pod IP is probed from the inbound source of its
+// family; without one, 127.0.0.1 from the kernel's choice.
+func TestAppProbeOptions(t *testing.T) {
+	for in, want := range map[string]appprobe.Options{
+		"":            {},
+		"10.0.0.7":    {PodIP: netip.MustParseAddr("10.0.0.7"), Source: netip.MustParseAddr("127.0.0.6")},
+		"fd00:ca7::7": {PodIP: netip.MustParseAddr("fd00:ca7::7"), Source: netip.MustParseAddr("::6")},
+	} {
+		ip, err := parsePodIP(in)
+		if err != nil {
+			t.Fatalf("parsePodIP(%q): %v", in, err)
+		}
+		if got := appProbeOptions(ip); got != want {
+			t.Errorf("--pod-ip=%q: %+v, want %+v", in, got, want)
+		}
 	}
 }

@@ -51,6 +51,9 @@ type ops struct {
 	// appProbes are the application's probes the health port runs under
 	// /app-health/; empty: none.
 	appProbes appprobe.Set
+	// appProbeOpts say where the probes that name no host go; zero:
+	// 127.0.0.1.
+	appProbeOpts appprobe.Options
 	// resolver is the client of `pillion discovery`; nil without one.
 	resolver *resolve.Resolver
 }
@@ -102,8 +105,14 @@ func (o *ops) start(p *opsPorts, log *zap.Logger) error {
 	if len(o.appProbes) > 0 {
 		// Not gated on o.ready: these report the application's health,
 		// which kubelet must see while the sidecar starts or drains too.
-		health.Handle("GET "+appprobe.PathPrefix, appprobe.NewHandler(o.appProbes))
-		log.Info("serving application probes", zap.Strings("paths", slices.Sorted(maps.Keys(o.appProbes))))
+		health.Handle("GET "+appprobe.PathPrefix, appprobe.NewHandler(o.appProbes, o.appProbeOpts))
+		paths := zap.Strings("paths", slices.Sorted(maps.Keys(o.appProbes)))
+		if ao := o.appProbeOpts; ao.PodIP.IsValid() {
+			log.Info("serving application probes", paths, zap.Stringer("pod_ip", ao.PodIP), zap.Stringer("source", ao.Source))
+		} else {
+			log.Info("serving application probes; those that name no host go to 127.0.0.1, not to the pod's IP as kubelet's would: no --pod-ip ($"+
+				appprobe.PodIPEnvVar+")", paths)
+		}
 	}
 	prom := http.NewServeMux()
 	prom.Handle("GET /stats/prometheus", promhttp.HandlerFor(o.reg, promhttp.HandlerOpts{}))

@@ -70,7 +70,9 @@ Operating it: the admin endpoint on 127.0.0.1:--admin-port (15000, loopback
 only: /ready, /stats, /stats/prometheus, /clusters, /listeners, /config_dump,
 /certs, /server_info, /help; POST /logging?level=, /drain, /quitquitquit,
 /healthcheck/fail and /healthcheck/ok), kubelet's /healthz/ready on
-:--health-port (15021) and /stats/prometheus on :--prometheus-port (15090).
+:--health-port (15021), with the application's rewritten probes under
+/app-health/ (--app-probes, run at --pod-ip as kubelet would, or at 127.0.0.1
+without it), and /stats/prometheus on :--prometheus-port (15090).
 Logs are JSON lines on stderr (--log-format=console for humans), one per
 connection at info level, and one per HTTP request with the accesslog filter.
 SIGINT or SIGTERM: readiness fails at once; for --drain-period (5s, Istio's
@@ -139,8 +141,9 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	appProbes := fs.String("app-probes", os.Getenv(appprobe.EnvVar),
 		"the application's original httpGet/tcpSocket/grpc probes as JSON, which the injector writes into $"+appprobe.EnvVar+
 			" when it rewrites them to the health port: :--health-port then answers GET /app-health/<container>/<readyz|livez|startupz>"+
-			" by running that probe against the application (on 127.0.0.1 unless the probe names a host) and answering as kubelet would judge it,"+
-			" whether or not the sidecar is ready, since they report the application's health")
+			" by running that probe against the application (at --pod-ip, from 127.0.0.6 or ::6, unless the probe names a host; without --pod-ip"+
+			" at 127.0.0.1) and answering as kubelet would judge it, whether or not the sidecar is ready, since they report the application's health")
+	podIPFlag := fs.String("pod-ip", os.Getenv(appprobe.PodIPEnvVar), podIPUsage)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -171,6 +174,10 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	probes, err := appprobe.Parse(*appProbes)
 	if err != nil {
 		return badUsage(fmt.Errorf("--app-probes: %w", err))
+	}
+	podIP, err := parsePodIP(*podIPFlag)
+	if err != nil {
+		return err
 	}
 	var (
 		file     *configfile.File
@@ -235,7 +242,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	// /quitquitquit: no drain period, then exit.
 	quitNow := func() { s.Quit(); quit() }
 	o := &ops{s: s, resolver: resolver, reg: reg, id: id, level: level, quit: quitNow, flags: fs, started: time.Now(),
-		appProbes: probes}
+		appProbes: probes, appProbeOpts: appProbeOptions(podIP)}
 	if err := o.start(ports, log); err != nil {
 		return err
 	}
