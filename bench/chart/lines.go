@@ -10,7 +10,7 @@ import (
 )
 
 // Lines is a line chart of series over one horizontal axis (such as seconds
-// since a run started), drawn in panels stacked top to bottom that share
+// since a run started; it starts at 0, or further left for negative X), drawn in panels stacked top to bottom that share
 // that axis, each with its own value axis from 0: one line per series in
 // every panel, in the series' colour, which the legend names once. The zero
 // Lines is invalid (no series, no panels); see Validate.
@@ -130,6 +130,7 @@ func newLinesLayout(l Lines) linesLayout {
 	if ll.xMin > ll.xMax { // no point at all
 		ll.xMin, ll.xMax = 0, 1
 	}
+	ll.xMin = min(ll.xMin, 0) // a time axis starts at 0
 	if ll.xMax == ll.xMin {
 		ll.xMax = ll.xMin + 1
 	}
@@ -209,11 +210,12 @@ func segment(img *image.RGBA, p, q image.Point, s int) {
 		if p == q {
 			return
 		}
-		if 2*e >= dy {
+		e2 := 2 * e
+		if e2 >= dy {
 			e += dy
 			p.X += sx
 		}
-		if 2*e <= dx {
+		if e2 <= dx {
 			e += dx
 			p.Y += sy
 		}

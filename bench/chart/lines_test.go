@@ -81,6 +81,18 @@ func TestRenderLines(t *testing.T) {
 	}
 }
 
+// TestSegmentEnds: lines of every slope end where they should (and end).
+func TestSegmentEnds(t *testing.T) {
+	img := image.NewRGBA(image.Rect(0, 0, 100, 100))
+	from := image.Pt(50, 50)
+	for _, to := range []image.Point{{90, 52}, {52, 90}, {10, 48}, {48, 10}, {90, 10}, {10, 90}, {50, 50}, {50, 80}, {80, 50}, {52, 51}, {46, 47}} {
+		segment(img, from, to, 1)
+		if got := at(img, to.X, to.Y); got != palette[1] {
+			t.Errorf("segment %v to %v: its end is %v, want %v", from, to, got, palette[1])
+		}
+	}
+}
+
 func TestLinesValidate(t *testing.T) {
 	nan := math.NaN()
 	for _, tc := range []struct {
