@@ -181,8 +181,8 @@ type soakLoad struct {
 	m        *httpMesh
 	tally    *soakTally
 	rate     float64
-	keep     *meshtest.HTTPClient // kept-alive connections
-	fresh    *meshtest.HTTPClient // a new connection per request
+	keep     []*meshtest.HTTPClient // one per httpKeepAlive worker, one kept-alive connection each
+	fresh    *meshtest.HTTPClient   // a new connection per request
 	grpc     grpc_testing.TestServiceClient
 	tcpShort string // b's echo-until-EOF (meshtest.ServeEcho)
 }
@@ -198,7 +198,9 @@ func (l *soakLoad) run(stop context.Context) {
 	}
 
 	r, n := share(httpKeepAlive)
-	paced(stop, &wg, r, n, func(w, i int) { l.tally.timed(httpKeepAlive, func() error { return l.httpRequest(ctx, l.keep, w, i) }) })
+	paced(stop, &wg, r, n, func(w, i int) {
+		l.tally.timed(httpKeepAlive, func() error { return l.httpRequest(ctx, l.keep[w], w, i) })
+	})
 	r, n = share(httpNewConn)
 	paced(stop, &wg, r, n, func(w, i int) { l.tally.timed(httpNewConn, func() error { return l.httpRequest(ctx, l.fresh, w, i) }) })
 	r, n = share(grpcNewStream)

@@ -98,9 +98,11 @@ func (p soakParams) String() string {
 // Shorter runs — the 60 s one in make test, its load generator under
 // -race on a shared 2-core machine — allow 25 %, with floors of 30
 // goroutines and 15 descriptors. A 48 s window cannot tell the heap
-// settling from a slow leak (quiet runs end 3-7 % above the post-warm-up
-// RSS; a contended one saw goroutines and descriptors fall 20 % as a
-// backlog drained), so this run is for gross leaks: it sends about 14,000
+// settling from a slow leak (quiet runs end 1-7 % above the post-warm-up
+// RSS; a contended one saw b's goroutines and descriptors fall 20 % as a
+// backlog drained; with a shared client pool, a stall once added 5
+// descriptors and 10 goroutines to a in one step), so this run is for
+// gross leaks: it sends about 14,000
 // requests after warm-up, so one goroutine or descriptor kept per 500
 // requests, or 1 KB of memory per request, fails it. The 20-minute run is
 // the one that judges a slow leak.
@@ -133,9 +135,16 @@ func TestSoak(t *testing.T) {
 	meshtest.ServeEcho(t, m.b.Pod, ":9000")
 	serveLineEcho(t, m, 9001)
 	serveGRPC(t, m.b.Pod, ":8090")
-	keep := meshtest.NewHTTPClient(m.a.Pod, false)
+	// One client per keep-alive worker, each with its one connection: a
+	// shared pool grows under a stall (a run saw a's descriptors step up
+	// by 5 and its goroutines by 10 at once), which is the client's doing.
 	_, workers := httpKeepAlive.mix()
-	keep.Transport.(*http.Transport).MaxIdleConnsPerHost = workers // each worker keeps its connection
+	var keep []*meshtest.HTTPClient
+	for range workers {
+		c := meshtest.NewHTTPClient(m.a.Pod, false)
+		c.Transport.(*http.Transport).MaxConnsPerHost = 1
+		keep = append(keep, c)
+	}
 	fresh := meshtest.NewHTTPClient(m.a.Pod, false)
 	fresh.Transport.(*http.Transport).DisableKeepAlives = true
 	load := &soakLoad{
