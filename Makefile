@@ -45,7 +45,7 @@ VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS     := -s -w -X main.version=$(VERSION)
 GOTEST_FLAGS ?= -count=1 -race -timeout 25m
 
-.PHONY: all build test unit demo bench bench-discovery lint deps clean help h2spec spire kustomize kube proto
+.PHONY: all build test unit demo bench bench-discovery soak lint deps clean help h2spec spire kustomize kube proto
 
 all: build
 
@@ -53,6 +53,7 @@ help:
 	@echo "make demo   two pods in network namespaces on this machine, traffic through their sidecars (root)"
 	@echo "make test   lint, then every test, the root-only ones included (root; CI=true turns their skips into failures)"
 	@echo "make bench  the sidecar's cost side by side with the direct path and HAProxy (root, ~10 min)"
+	@echo "make soak   20 minutes of mixed traffic through an mTLS pair, SVIDs rotating and configs reloading: failures, and the sidecars' RSS, goroutines and descriptors over time (root)"
 	@echo "make bench-discovery  discovery with 2,000 Services and 20,000 Pods: memory, update latency, a sidecar's memory (root, ~5 min)"
 	@echo "make build  bin/pillion (every command) and bin/proxy/pillion (the sidecar image's lean build)"
 	@echo "make lint   gofmt, go vet, staticcheck"
@@ -85,6 +86,20 @@ demo: deps $(KUBE)
 bench: deps $(FORTIO)
 	@if [ "$$(id -u)" != 0 ]; then echo "make bench needs root: it creates network namespaces and iptables rules. Run: sudo make bench"; exit 1; fi
 	$(GO) run ./bench -fortio $(FORTIO) $(BENCH_FLAGS)
+
+# soak runs TestSoak for SOAK_DURATION (the issue's 20 minutes; make test
+# runs it for 60 s): 300 req/s of HTTP/1.1 (kept-alive and a connection per
+# request), gRPC streams and opaque TCP through an mTLS pair, SVIDs renewed
+# every 30 s and both configs reloaded every minute. It fails on any failed
+# request, and on RSS, goroutines or open descriptors of either sidecar
+# ending more than 10 % off their level after warm-up. The table is in the
+# output; the chart and the samples go to SOAK_OUT.
+SOAK_DURATION ?= 20m
+SOAK_OUT      ?= $(CURDIR)/bench/results/soak
+soak: deps
+	@if [ "$$(id -u)" != 0 ]; then echo "make soak needs root: it creates network namespaces and iptables rules. Run: sudo make soak"; exit 1; fi
+	PILLION_SOAK_DURATION=$(SOAK_DURATION) PILLION_SOAK_ROTATE=30s PILLION_SOAK_RELOAD=1m PILLION_SOAK_OUT=$(SOAK_OUT) \
+	  $(GO) test ./e2e -run '^TestSoak$$' -count=1 -v -timeout 60m
 
 # bench-discovery runs BenchmarkDiscoveryScale (root): pillion discovery and
 # a sidecar on a real API server holding DISCOVERY_SERVICES Services and

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -154,17 +155,38 @@ type heldConn struct {
 // connection is closed when the test ends.
 func holdConn(t *testing.T, m *httpMesh) *heldConn {
 	t.Helper()
-	l, err := m.b.Pod.Listen("tcp", ":9001")
-	if err != nil {
-		t.Fatal(err)
-	}
-	meshtest.Serve(t, l, func(c net.Conn) { _, _ = io.Copy(c, c) })
-	c, err := m.a.Pod.Dial(context.Background(), "tcp", hostPort(m.b.Pod.IPv4, 9001))
+	serveLineEcho(t, m, 9001)
+	c, err := dialHeld(m, 9001)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	return &heldConn{Conn: c, r: bufio.NewReader(c)}
+	return c
+}
+
+// serveLineEcho serves, on port of b, an echo of what each connection
+// sends, as it arrives, for as long as the connection lasts (no deadline).
+func serveLineEcho(t *testing.T, m *httpMesh, port uint16) {
+	t.Helper()
+	l, err := m.b.Pod.Listen("tcp", ":"+strconv.Itoa(int(port)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	meshtest.Serve(t, l, func(c net.Conn) {
+		_ = c.SetDeadline(time.Time{}) // held for a whole soak, not Serve's 2 minutes
+		_, _ = io.Copy(c, c)
+	})
+}
+
+// dialHeld connects from a to b's line echo on port (serveLineEcho).
+func dialHeld(m *httpMesh, port uint16) (*heldConn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := m.a.Pod.Dial(ctx, "tcp", hostPort(m.b.Pod.IPv4, port))
+	if err != nil {
+		return nil, err
+	}
+	return &heldConn{Conn: c, r: bufio.NewReader(c)}, nil
 }
 
 // ping sends line i and reads it back, within timeout.

@@ -1,8 +1,12 @@
-// Package chart draws a grouped bar chart as a 960×540 PNG, for the benchmark
-// harness (`make bench`) to show latency percentiles side by side per mode:
-// one group per percentile, one bar per mode in each group.
+// Package chart draws two kinds of PNG chart: a grouped bar chart (Chart,
+// 960×540), for the benchmark harness (`make bench`) to show latency
+// percentiles side by side per mode — one group per percentile, one bar per
+// mode in each group; and a line chart (Lines, 960×720), for `make soak` to
+// show each sidecar's memory, goroutines and descriptors over time — one
+// panel per quantity, one line per sidecar. Both share the head, the colours
+// and the value axis.
 //
-// From top to bottom the picture holds the title (bold), the note, a legend
+// From top to bottom the bar chart holds the title (bold), the note, a legend
 // with one coloured square per series, then the plot: a value axis on the left
 // from 0 to a round maximum (1, 2, 2.5 or 5 × 10^k) with five ticks and light
 // grid lines, the unit above it, the groups evenly spaced along the bottom with
@@ -18,17 +22,10 @@ import (
 	"errors"
 	"fmt"
 	"image"
-	"image/color"
-	"image/draw"
 	"image/png"
 	"io"
 	"math"
 	"strconv"
-	"strings"
-
-	"golang.org/x/image/font"
-	"golang.org/x/image/font/basicfont"
-	"golang.org/x/image/math/fixed"
 )
 
 // Chart is a grouped bar chart: one group per label in Groups (e.g. "p50",
@@ -55,47 +52,6 @@ type Series struct {
 const (
 	width  = 960
 	height = 540
-)
-
-// palette holds the series' colours in order: a neutral grey for the first
-// series (the baseline, such as "direct"), then strong colours that are told
-// apart easily. Validate refuses more series than colours rather than reuse one.
-var palette = [...]color.RGBA{
-	{0x8c, 0x8c, 0x8c, 0xff}, // grey
-	{0x1f, 0x5f, 0xbf, 0xff}, // strong blue
-	{0xe0, 0x7b, 0x10, 0xff}, // orange
-	{0x2c, 0xa0, 0x2c, 0xff}, // green
-	{0x94, 0x47, 0xbd, 0xff}, // purple
-	{0xd6, 0x27, 0x28, 0xff}, // red
-	{0x8c, 0x56, 0x4b, 0xff}, // brown
-	{0x17, 0xa8, 0xb8, 0xff}, // teal
-}
-
-// Colours of everything that is not a bar. None equals a palette colour, so
-// a test can tell bars from the rest by colour alone.
-var (
-	background = color.RGBA{0xff, 0xff, 0xff, 0xff}
-	ink        = color.RGBA{0x22, 0x22, 0x22, 0xff} // title, legend, values, group labels
-	muted      = color.RGBA{0x66, 0x66, 0x66, 0xff} // note, tick labels, unit, "n/a"
-	axisInk    = color.RGBA{0x44, 0x44, 0x44, 0xff}
-	gridInk    = color.RGBA{0xe4, 0xe4, 0xe4, 0xff}
-)
-
-// face is the only font. It is read, never changed.
-var face = basicfont.Face7x13
-
-// Spacing in pixels.
-const (
-	margin     = 16 // around the whole image
-	lineGap    = 3  // between two lines of text
-	legendGap  = 10 // above the legend
-	swatch     = 10 // side of a legend colour square
-	legendPad  = 20 // between two legend entries
-	plotHead   = 28 // above the plot: the value over a full-height bar, the unit
-	tickLen    = 4
-	labelGap   = 4    // between a tick or group label and the axis
-	valueGap   = 4    // between a bar's top and the baseline of its value
-	groupShare = 0.75 // of a group's width taken by its bars; the rest separates groups
 )
 
 // Validate reports everything that keeps c from being drawn, one line per
@@ -163,78 +119,22 @@ func Render(w io.Writer, c Chart) error {
 // hasValue reports whether v is drawn as a bar.
 func hasValue(v float64) bool { return v >= 0 } // false for NaN
 
-// niceMax returns the top of a value axis for values up to v: the smallest
-// 1, 2, 2.5 or 5 × 10^k that is at least v, or 1 when v is not positive.
-func niceMax(v float64) float64 {
-	if !(v > 0) {
-		return 1
-	}
-	base := math.Pow(10, math.Floor(math.Log10(v)))
-	for _, m := range []float64{1, 2, 2.5, 5} {
-		if m*base >= v {
-			return m * base
-		}
-	}
-	return 10 * base
-}
-
-// formatValue writes v compactly: at most four significant digits, no
-// trailing zeros (0.25, 1.875, 12.35, 250, 1235), and exponent notation only
-// for very small or very large values.
-func formatValue(v float64) string {
-	a := math.Abs(v)
-	switch {
-	case v == 0:
-		return "0"
-	case a < 1e-3 || a >= 1e6:
-		return strconv.FormatFloat(v, 'g', 4, 64)
-	}
-	digits := max(0, 3-int(math.Floor(math.Log10(a))))
-	s := strconv.FormatFloat(v, 'f', digits, 64)
-	if strings.Contains(s, ".") {
-		s = strings.TrimRight(strings.TrimRight(s, "0"), ".")
-	}
-	return s
-}
-
 // layout is where everything goes. The renderer draws from it alone, and the
 // tests check the picture against it.
 type layout struct {
-	axisMax   float64
-	ticks     [5]float64      // values of the five ticks, from 0 to axisMax
-	plot      image.Rectangle // bars grow up from plot.Max.Y; axisMax reaches plot.Min.Y
-	titleBase int             // baseline of the title
-	noteBase  int             // baseline of the note; 0 without a note
-	legend    []image.Point   // per series: left edge of its swatch, baseline of its name
-	slot      float64         // width of one group
-	step      float64         // distance between neighbouring bars of a group
-	barW      int             // width of every bar
+	head
+	valueAxis         // bars grow up from plot.Max.Y
+	slot      float64 // width of one group
+	step      float64 // distance between neighbouring bars of a group
+	barW      int     // width of every bar
 	nSeries   int
 }
 
 func newLayout(c Chart) layout {
-	l := layout{axisMax: niceMax(maxValue(c)), nSeries: len(c.Series)}
-	for i := range l.ticks {
-		l.ticks[i] = l.axisMax * float64(i) / float64(len(l.ticks)-1)
-	}
-	m := face.Metrics()
-	ascent, descent, lineH := m.Ascent.Ceil(), m.Descent.Ceil(), m.Height.Ceil()
-
-	y := margin + ascent
-	l.titleBase = y
-	if c.Note != "" {
-		y += lineH + lineGap
-		l.noteBase = y
-	}
-	y += descent + legendGap + ascent
-	l.legend, y = legendLayout(c.Series, y, lineH+lineGap)
-	top := y + descent + plotHead
-
-	gutter := textWidth(c.Unit)
-	for _, t := range l.ticks {
-		gutter = max(gutter, textWidth(formatValue(t)))
-	}
-	left := margin + gutter + labelGap + tickLen
+	l := layout{head: newHead(c.Note, c.names()), valueAxis: newValueAxis(maxValue(c)), nSeries: len(c.Series)}
+	lineH := face.Metrics().Height.Ceil()
+	top := l.bottom + plotHead
+	left := margin + l.gutter(c.Unit)
 	bottom := height - margin - lineH - labelGap
 	l.plot = image.Rect(left, top, width-margin, bottom)
 
@@ -245,21 +145,13 @@ func newLayout(c Chart) layout {
 	return l
 }
 
-// legendLayout places the legend entries left to right from baseline y,
-// starting a new line when one would run past the right margin. It returns
-// the entries' positions and the baseline of the last line.
-func legendLayout(series []Series, y, lineStep int) ([]image.Point, int) {
-	pos := make([]image.Point, len(series))
-	x := margin
-	for i, s := range series {
-		w := swatch + swatch/2 + textWidth(s.Name)
-		if x > margin && x+w > width-margin {
-			x, y = margin, y+lineStep
-		}
-		pos[i] = image.Pt(x, y)
-		x += w + legendPad
+// names are the series' names, in order.
+func (c Chart) names() []string {
+	out := make([]string, len(c.Series))
+	for i, s := range c.Series {
+		out[i] = s.Name
 	}
-	return pos, y
+	return out
 }
 
 // maxValue is the largest value drawn as a bar, or 0 if there is none.
@@ -273,12 +165,6 @@ func maxValue(c Chart) float64 {
 		}
 	}
 	return m
-}
-
-// y returns the row a bar of value v reaches: plot.Max.Y for 0, plot.Min.Y
-// for axisMax.
-func (l layout) y(v float64) int {
-	return l.plot.Max.Y - int(math.Round(v/l.axisMax*float64(l.plot.Dy())))
 }
 
 // bar returns the rectangle of series s's bar in group g for value v. With no
@@ -303,43 +189,13 @@ func paint(c Chart, l layout) *image.RGBA {
 	img := image.NewRGBA(image.Rect(0, 0, width, height))
 	fill(img, img.Bounds(), background)
 
-	drawText(img, c.Title, margin, l.titleBase, ink)
-	drawText(img, c.Title, margin+1, l.titleBase, ink) // twice, one pixel apart: bold
-	if c.Note != "" {
-		drawText(img, c.Note, margin, l.noteBase, muted)
-	}
-	for i, s := range c.Series {
-		p := l.legend[i]
-		fill(img, image.Rect(p.X, p.Y-swatch+1, p.X+swatch, p.Y+1), palette[i])
-		drawText(img, s.Name, p.X+swatch+swatch/2, p.Y, ink)
-	}
-
-	paintAxis(img, c.Unit, l)
+	l.head.paint(img, c.Title, c.Note, c.names())
+	l.valueAxis.paint(img, c.Unit)
 	paintBars(img, c, l)
 	for g, name := range c.Groups {
 		centred(img, name, l.groupCentre(g), l.plot.Max.Y+labelGap+face.Metrics().Ascent.Ceil(), ink)
 	}
 	return img
-}
-
-// paintAxis draws the grid lines, the value axis with its ticks, their
-// labels and the unit, and the baseline.
-func paintAxis(img *image.RGBA, unit string, l layout) {
-	p := l.plot
-	labelRight := p.Min.X - tickLen - labelGap
-	for _, t := range l.ticks {
-		y := l.y(t)
-		fill(img, image.Rect(p.Min.X, y, p.Max.X, y+1), gridInk)
-		fill(img, image.Rect(p.Min.X-1-tickLen, y, p.Min.X-1, y+1), axisInk)
-		label := formatValue(t)
-		// A digit spans rows baseline-9 to baseline: centre it on the tick.
-		drawText(img, label, labelRight-textWidth(label), y+4, muted)
-	}
-	if unit != "" {
-		drawText(img, unit, labelRight-textWidth(unit), p.Min.Y-12, muted)
-	}
-	fill(img, image.Rect(p.Min.X-1, p.Min.Y, p.Min.X, p.Max.Y+1), axisInk)
-	fill(img, image.Rect(p.Min.X-1, p.Max.Y, p.Max.X, p.Max.Y+1), axisInk)
 }
 
 // paintBars draws every bar, then every bar's value above it (or "n/a" at the
@@ -361,22 +217,4 @@ func paintBars(img *image.RGBA, c Chart, l layout) {
 			}
 		}
 	}
-}
-
-func fill(img *image.RGBA, r image.Rectangle, c color.RGBA) {
-	draw.Draw(img, r, image.NewUniform(c), image.Point{}, draw.Src)
-}
-
-// textWidth is the width of s in pixels.
-func textWidth(s string) int { return font.MeasureString(face, s).Ceil() }
-
-// drawText draws s starting at column x on the given baseline.
-func drawText(img *image.RGBA, s string, x, baseline int, c color.RGBA) {
-	d := font.Drawer{Dst: img, Src: image.NewUniform(c), Face: face, Dot: fixed.P(x, baseline)}
-	d.DrawString(s)
-}
-
-// centred draws s centred on column x.
-func centred(img *image.RGBA, s string, x, baseline int, c color.RGBA) {
-	drawText(img, s, x-textWidth(s)/2, baseline, c)
 }

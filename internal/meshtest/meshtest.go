@@ -229,11 +229,20 @@ func WriteConfig(t testpod.Cleaner, yaml string) string {
 // rename), as a ConfigMap update does.
 func UpdateConfig(t testpod.Cleaner, path, yaml string) {
 	t.Helper()
+	if err := ReplaceConfig(path, yaml); err != nil {
+		t.Fatalf("%v", err)
+	}
+}
+
+// ReplaceConfig is UpdateConfig for goroutines other than the test's: it
+// returns the error.
+func ReplaceConfig(path, yaml string) error {
 	tmp := path + ".new"
 	if err := os.WriteFile(tmp, []byte(yaml), 0o644); err != nil {
-		t.Fatalf("meshtest: %v", err)
+		return fmt.Errorf("meshtest: %w", err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
-		t.Fatalf("meshtest: %v", err)
+		return fmt.Errorf("meshtest: %w", err)
 	}
+	return nil
 }
