@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -38,7 +39,10 @@ const (
 //     2,000: a client that was already talking to b through a's sidecar
 //     (its pooled connection opened before, which is why the cap does not
 //     refuse it) has every request answered, at a p99 within 3× of its p99
-//     alone; what does not fit under the cap is reset at once; the slow
+//     alone — or, where the machine itself cannot carry the abuse within
+//     that (the same abuse aimed at a pod without a sidecar is the
+//     control), within 1.5× of its p99 then; what does not fit under the
+//     cap is reset at once; the slow
 //     clients are closed after --header-timeout; all of it is counted and
 //     logged at most once a second; b's descriptors come back to where
 //     they were.
@@ -116,26 +120,31 @@ func testFlood(t *testing.T, m *httpMesh, podC *testpod.Pod) {
 		t.Fatal(err)
 	}
 
-	under := curlTimes(t, m.a.Pod, url, 1600) // 4 s: past the slow clients' end
-	time.Sleep(200 * time.Millisecond)
-	start := time.Now()
-	slow := openSlowClients(t, podC, m.bAddr, abuseSlowClients)
-	opened := time.Since(start)
-	flood := connectionFlood(podC, m.bAddr, abuseFlood)
-	floodDone := time.Since(start)
-	closed := slow.waitClosed(abuseHeaderTimeout + 5*time.Second)
-	underLat, underErrs := under()
-	t.Logf("slow clients opened in %v, flood done at %v", opened.Round(time.Millisecond), floodDone.Round(time.Millisecond))
+	// The control: the same abuse aimed at a pod without a sidecar whose
+	// listener does with it what b's sidecar does. On a machine whose cores
+	// the abusers share with the sidecars (two in CI), the flood costs
+	// every process there — the abusers' connects, the kernel's handshakes
+	// — before any sidecar sees it: this measures that cost alone.
+	control := runAbuse(t, m.a.Pod, url, podC, serveLikeTheCap(t, m.node.AddPod(t, "d"), abuseMaxConns-1, abuseHeaderTimeout))
+	under := runAbuse(t, m.a.Pod, url, podC, m.bAddr)
+	closed, flood, floodDone := under.closed, under.flood, under.floodDone
 
 	// The normal client.
-	p99Alone, p99Under := percentile(aloneLat, 0.99), percentile(underLat, 0.99)
-	t.Logf("normal client: %d requests alone, p99 %v; %d under the flood, p99 %v (%.2f×)",
-		len(aloneLat), p99Alone, len(underLat), p99Under, float64(p99Under)/float64(p99Alone))
-	if errs := append(aloneErrs, underErrs...); len(errs) > 0 {
+	p99Alone, p99Control, p99Under := percentile(aloneLat, 0.99), percentile(control.lat, 0.99), percentile(under.lat, 0.99)
+	t.Logf("normal client's p99: %v alone (%d requests); %v under the abuse aimed at b (%.2f×); %v under the same abuse aimed at a pod without a sidecar (%.2f×)",
+		p99Alone, len(aloneLat), p99Under, float64(p99Under)/float64(p99Alone), p99Control, float64(p99Control)/float64(p99Alone))
+	if errs := slices.Concat(aloneErrs, control.errs, under.errs); len(errs) > 0 {
 		t.Errorf("%d of the normal client's requests failed, want none; first: %v", len(errs), errs[0])
 	}
-	if p99Under > 3*p99Alone {
-		t.Errorf("the normal client's p99 under the flood is %v, more than 3× its p99 alone (%v)", p99Under, p99Alone)
+	// Within 3× of alone, as long as the machine itself can carry the
+	// abuse within 3× (the control); where it cannot, b's sidecar may add
+	// at most half again to what the abuse costs without it.
+	bound, why := 3*p99Alone, "3× its p99 alone"
+	if c := p99Control * 3 / 2; c > bound {
+		bound, why = c, "1.5× its p99 under the same abuse without a sidecar in the path"
+	}
+	if p99Under > bound {
+		t.Errorf("the normal client's p99 under the abuse aimed at b is %v, more than %s (%v)", p99Under, why, bound)
 	}
 
 	// The slow clients: as many as fit under the cap beside the normal
@@ -182,6 +191,68 @@ func testFlood(t *testing.T, m *httpMesh, podC *testpod.Pod) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// abuseRun is what the normal client saw during one round of abuse, and
+// what became of the abusers.
+type abuseRun struct {
+	lat       []time.Duration
+	errs      []error
+	closed    slowClosed
+	flood     floodResult
+	floodDone time.Duration // from the first slow client
+}
+
+// runAbuse runs the normal client (curl in pod, url) for 4 s, past the
+// slow clients' end, while the slow clients and the flood go from podC to
+// target.
+func runAbuse(t *testing.T, pod *testpod.Pod, url string, podC *testpod.Pod, target string) abuseRun {
+	t.Helper()
+	under := curlTimes(t, pod, url, 1600)
+	time.Sleep(200 * time.Millisecond)
+	start := time.Now()
+	slow := openSlowClients(t, podC, target, abuseSlowClients)
+	opened := time.Since(start)
+	var r abuseRun
+	r.flood = connectionFlood(podC, target, abuseFlood)
+	r.floodDone = time.Since(start)
+	r.closed = slow.waitClosed(abuseHeaderTimeout + 5*time.Second)
+	r.lat, r.errs = under()
+	t.Logf("abuse aimed at %s: slow clients opened in %v, flood done at %v", target, opened.Round(time.Millisecond), r.floodDone.Round(time.Millisecond))
+	return r
+}
+
+// serveLikeTheCap listens on pod's 8080 and does what b's sidecar does
+// with the abuse, without a sidecar: it holds the first max connections
+// for hold and then closes them, and resets the others at once. It
+// returns the address.
+func serveLikeTheCap(t *testing.T, pod *testpod.Pod, max int, hold time.Duration) string {
+	t.Helper()
+	l, err := pod.Listen("tcp", ":8080")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	var open atomic.Int64
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			if open.Add(1) > int64(max) {
+				open.Add(-1)
+				_ = c.(*net.TCPConn).SetLinger(0)
+				c.Close()
+				continue
+			}
+			time.AfterFunc(hold, func() {
+				c.Close()
+				open.Add(-1)
+			})
+		}
+	}()
+	return hostPort(pod.IPv4, 8080)
 }
 
 // curlReqPerSecond paces curlTimes: steady, well below what the path
