@@ -396,6 +396,43 @@ func (r *patternReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
+// watchSidecarsRSS samples the resident memory of m's two sidecars from
+// now on. The func it returns stops that and fails t for each sidecar
+// whose peak is more than bound above where it started, saying why that
+// is wrong.
+func watchSidecarsRSS(t *testing.T, m *httpMesh) (check func(bound int64, why string)) {
+	t.Helper()
+	stop := make(chan struct{})
+	type watch struct {
+		name  string
+		start int64
+		peak  func() int64
+	}
+	var watches []watch
+	for _, sc := range []*meshtest.Sidecar{m.a, m.b} {
+		pid, err := sc.ProxyPID()
+		if err != nil {
+			t.Fatal(err)
+		}
+		start, err := meshtest.RSS(pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		watches = append(watches, watch{sc.Pod.Name + "'s sidecar", start, memPeak(t, pid, stop)})
+	}
+	return func(bound int64, why string) {
+		t.Helper()
+		close(stop)
+		for _, w := range watches {
+			peak := w.peak()
+			t.Logf("%s: resident memory %d MiB at start, %d MiB at peak", w.name, w.start>>20, peak>>20)
+			if peak-w.start > bound {
+				t.Errorf("%s grew by %d MiB, want at most %d MiB: %s", w.name, (peak-w.start)>>20, bound>>20, why)
+			}
+		}
+	}
+}
+
 // memPeak samples the resident memory of pid every 50 ms until stop is
 // closed, and returns the highest seen.
 func memPeak(t *testing.T, pid int, stop <-chan struct{}) func() int64 {
@@ -435,24 +472,7 @@ func TestHTTPLargeUpload(t *testing.T) {
 	// that and a tenth of the body: only buffering a large part of the
 	// body exceeds it.
 	const bound = 100 << 20
-	stop := make(chan struct{})
-	type watch struct {
-		name  string
-		start int64
-		peak  func() int64
-	}
-	var watches []watch
-	for _, sc := range []*meshtest.Sidecar{m.a, m.b} {
-		pid, err := sc.ProxyPID()
-		if err != nil {
-			t.Fatal(err)
-		}
-		start, err := meshtest.RSS(pid)
-		if err != nil {
-			t.Fatal(err)
-		}
-		watches = append(watches, watch{sc.Pod.Name + "'s sidecar", start, memPeak(t, pid, stop)})
-	}
+	checkRSS := watchSidecarsRSS(t, m)
 
 	body := newPatternReader(size)
 	req := newRequest(t, "POST", "http://"+m.bAddr+"/body", body)
@@ -460,7 +480,7 @@ func TestHTTPLargeUpload(t *testing.T) {
 	began := time.Now()
 	res, answer := pc.do(t, req)
 	took := time.Since(began)
-	close(stop)
+	checkRSS(bound, "it buffers bodies")
 
 	var saw bodySaw
 	if err := json.Unmarshal(answer, &saw); err != nil {
@@ -470,13 +490,6 @@ func TestHTTPLargeUpload(t *testing.T) {
 		t.Errorf("app received %d bytes, sha256 %s; want %d, %s", saw.Bytes, saw.SHA256, size, want)
 	}
 	t.Logf("1 GiB in %v (%.0f MiB/s)", took.Round(time.Millisecond), float64(size>>20)/took.Seconds())
-	for _, w := range watches {
-		peak := w.peak()
-		t.Logf("%s: resident memory %d MiB at start, %d MiB at peak", w.name, w.start>>20, peak>>20)
-		if peak-w.start > bound {
-			t.Errorf("%s grew by %d MiB while streaming, want < %d MiB: it buffers bodies", w.name, (peak-w.start)>>20, bound>>20)
-		}
-	}
 }
 
 func TestHTTPHopByHopHeaders(t *testing.T) {
