@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"sync"
 
@@ -119,19 +120,35 @@ func StartOnNode(t Cleaner, name string, args ...string) *Process {
 
 // start starts cmd, collecting its output; cancel (of cmd's context) kills
 // it at the test's end.
+//
+// On Linux the child gets SIGKILL when the OS thread that started it ends
+// (Pdeathsig), so that it cannot outlive a test binary that dies without
+// running its cleanups (a -timeout panic, a kill): a node agent such as
+// `pillion identity` left behind keeps running, and keeps whatever it
+// inherited open. The goroutine that starts the child therefore keeps its
+// thread locked until the child has exited: the runtime never hands that
+// thread to other code, nor ends it early.
 func start(t Cleaner, cmd *exec.Cmd, cancel context.CancelFunc) *Process {
 	t.Helper()
 	pr := &Process{cmd: cmd, done: make(chan struct{})}
 	pr.cmd.Stdout = &pr.out
 	pr.cmd.Stderr = &pr.out
-	if err := pr.cmd.Start(); err != nil {
-		cancel()
-		t.Fatalf("testpod: start %s: %v", cmd, err)
-	}
+	pr.cmd.SysProcAttr = sysProcAttr()
+	started := make(chan error, 1)
 	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with this goroutine
+		if err := pr.cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
 		pr.err = pr.cmd.Wait()
 		close(pr.done)
 	}()
+	if err := <-started; err != nil {
+		cancel()
+		t.Fatalf("testpod: start %s: %v", cmd, err)
+	}
 	t.Cleanup(func() {
 		cancel()
 		<-pr.done

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -162,4 +163,45 @@ func ownedBy(pid int) []string {
 		}
 	}
 	return names
+}
+
+// TestNodeProcessDiesWithTheTest runs a child test process that starts a
+// node agent (StartOnNode) and waits, kills the child outright (no
+// cleanups run, as on a -timeout panic), and checks the agent died too.
+func TestNodeProcessDiesWithTheTest(t *testing.T) {
+	if os.Getenv("TESTPOD_CHILD") == "agent" {
+		p := StartOnNode(t, "sleep", "600")
+		os.Stdout.WriteString("agent " + strconv.Itoa(p.cmd.Process.Pid) + "\n")
+		time.Sleep(time.Minute)
+		return
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestNodeProcessDiesWithTheTest$", "-test.v")
+	cmd.Env = append(os.Environ(), "TESTPOD_CHILD=agent")
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	sc := bufio.NewScanner(stdout)
+	agent := 0
+	for sc.Scan() {
+		if s, ok := strings.CutPrefix(sc.Text(), "agent "); ok {
+			agent, _ = strconv.Atoi(s)
+			break
+		}
+	}
+	if agent == 0 {
+		t.Fatal("child never started its agent")
+	}
+	_ = cmd.Process.Kill()
+	go io.Copy(io.Discard, stdout)
+	_ = cmd.Wait()
+	deadline := time.Now().Add(5 * time.Second)
+	for syscall.Kill(agent, 0) == nil {
+		if time.Now().After(deadline) {
+			_ = syscall.Kill(agent, syscall.SIGKILL)
+			t.Fatalf("the agent (pid %d) outlived the test process that started it", agent)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
