@@ -30,15 +30,18 @@ import (
 // httpConn.Read feeds it everything the server reads, in order, from one
 // goroutine at a time (net/http's background read takes turns with the
 // others); the handler calls check for each request, in order, on the
-// connection's serving goroutine (bad and why are atomic: the background
-// read may end a head while the handler runs). net/http ends the connection on every head it cannot
-// parse and, with the general OPTIONS handler off, hands every other head
-// to the handler, so the n-th head framing saw is the n-th request the
-// handler gets. Where framing cannot follow (after a request that may
-// upgrade, whose bytes are no HTTP/1 any more, or a chunk-size line it
-// cannot read), it stops looking, and the next request is served with the
-// connection closed after it: net/http's reading of it stands, and whoever
-// framed it otherwise gets no next request to disagree about.
+// connection's serving goroutine (bad, why and heads are atomic: the
+// background read may end a head while the handler runs). net/http ends
+// the connection on every head it cannot parse and, with the general
+// OPTIONS handler off, hands every other head to the handler, so the n-th
+// head framing saw is the n-th request the handler gets; one it did not see the head of is refused (check). Where
+// framing cannot follow, it stops looking: after a chunk-size line it
+// cannot read (net/http fails that body, and may read a request from the
+// rest) the next request is refused; after a request that may upgrade,
+// whose bytes are no HTTP/1 any more, the next request is served with the
+// connection closed after it — a client that asked for h2c and was not
+// upgraded goes on in HTTP/1.1 on the same connection (curl --http2), and
+// whoever framed it otherwise gets no further request to disagree about.
 type framing struct {
 	state  framingState
 	remain uint64 // body bytes (with a chunk's CRLF) still to skip
@@ -53,7 +56,9 @@ type framing struct {
 	// The head being read.
 	http11, te, cl, fold, bareLF, long, upgrade bool
 	clValue                                     uint64
-	heads                                       int64 // heads completed
+	// heads is the number of heads completed; atomic, as check compares
+	// it while the background read may end the next one.
+	heads atomic.Int64
 
 	// bad is the number of the first head to refuse (1 is the
 	// connection's first), 0 if none; why says why.
@@ -92,6 +97,7 @@ const (
 	framingObsFold
 	framingBareLF
 	framingBadCL
+	framingBadBody
 	framingLost
 )
 
@@ -102,16 +108,26 @@ var framingReasons = [...]string{
 	framingObsFold:    "request header folded over lines (obs-fold)",
 	framingBadCL:      "request has an invalid Content-Length",
 	framingBareLF:     "request head line ends in a bare LF",
+	framingBadBody:    "request follows a chunked body that was malformed",
 	framingLost:       "",
 }
 
 // check is asked once per HTTP/1 request, in order, by the handler:
 // framingOK to serve it, framingLost to serve it and close the connection
 // after, anything else to refuse it (framingReasons says why).
+//
+// A request framing has not seen the head of is refused as well: framing
+// read every byte net/http parsed that head from, so it took them for a
+// body where net/http, after an error in that body, went on to read a
+// request. (Under full duplex net/http keeps a connection whose unread
+// body ended in an error, and reads what follows.)
 func (f *framing) check() int32 {
 	f.served++
 	if bad := f.bad.Load(); bad != 0 && f.served >= bad {
 		return f.why.Load()
+	}
+	if f.served > f.heads.Load() {
+		return framingBadBody
 	}
 	return framingOK
 }
@@ -218,8 +234,9 @@ func (f *framing) line(head, tail []byte, n int) {
 		size, ok := chunkSize(head, crlf, truncated)
 		switch {
 		case !ok || size > 1<<62:
-			// net/http refuses the body too; or a chunk no one sends.
-			f.stop(f.heads+1, framingLost)
+			// net/http refuses the body too (or a chunk no one sends), and
+			// may read what follows as a request: none is served.
+			f.stop(f.heads.Load()+1, framingBadBody)
 		case size == 0:
 			f.state = stTrailer
 		default:
@@ -254,20 +271,20 @@ func (f *framing) header(line []byte, truncated bool) {
 
 // endHead decides on the head just read and what follows it.
 func (f *framing) endHead() {
-	f.heads++
+	heads := f.heads.Add(1)
 	switch {
 	case f.te && f.cl:
-		f.stop(f.heads, framingTEWithCL)
+		f.stop(heads, framingTEWithCL)
 	case f.te && !f.http11:
-		f.stop(f.heads, framingTEOnHTTP10)
+		f.stop(heads, framingTEOnHTTP10)
 	case f.long:
-		f.stop(f.heads, framingBadCL)
+		f.stop(heads, framingBadCL)
 	case f.fold:
-		f.stop(f.heads, framingObsFold)
+		f.stop(heads, framingObsFold)
 	case f.bareLF:
-		f.stop(f.heads, framingBareLF)
+		f.stop(heads, framingBareLF)
 	case f.upgrade:
-		f.stop(f.heads+1, framingLost)
+		f.stop(heads+1, framingLost)
 	case f.te:
 		f.state = stChunkSize // net/http refuses any coding but chunked
 	case f.cl && f.clValue > 0:
@@ -314,11 +331,15 @@ func chunkSize(line []byte, crlf, truncated bool) (uint64, bool) {
 	if !crlf {
 		return 0, false
 	}
+	if truncated {
+		// Longer than framing keeps: net/http may refuse it (its line
+		// limit, its bound on extensions) where framing cannot tell, and
+		// no client sends such extensions.
+		return 0, false
+	}
 	line = bytes.TrimRight(line, " \t")
 	if i := bytes.IndexByte(line, ';'); i >= 0 {
 		line = line[:i]
-	} else if truncated {
-		return 0, false // the size itself did not fit
 	}
 	if len(line) == 0 || len(line) > 16 {
 		return 0, false

@@ -25,6 +25,7 @@ func TestFraming(t *testing.T) {
 		lf    = framingBareLF
 		badCL = framingBadCL
 		lost  = framingLost
+		body  = framingBadBody
 	)
 	get := "GET / HTTP/1.1\r\nHost: a\r\n\r\n"
 	chunkedPost := "POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n3;ext=1\r\nabc\r\n0\r\n\r\n"
@@ -56,7 +57,13 @@ func TestFraming(t *testing.T) {
 		{"Content-Lengths that differ", "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", []int32{badCL}},
 		{"Content-Length padded too long", "POST / HTTP/1.1\r\nContent-Length:" + strings.Repeat(" ", 100) + "1\r\n\r\nx", []int32{badCL}},
 		{"after an upgrade", "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n" + get + get, []int32{ok, lost, lost}},
-		{"after a chunk size it cannot read", "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n" + get, []int32{ok, lost}},
+		{"after a chunk size it cannot read", "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n" + get, []int32{ok, body}},
+		// net/http fails the body at "XX" and, under full duplex, reads the
+		// GET as the next request: it is refused.
+		{"chunk data not followed by CRLF", "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX" + get, []int32{ok, body}},
+		{"a chunk extension longer than framing keeps", "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;" + strings.Repeat("a", 4094) + get, []int32{ok, body}},
+		// A request net/http read where framing saw a body.
+		{"a request framing did not see", clPost, []int32{ok, body}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for size := 0; size <= 64; size++ {
@@ -104,47 +111,62 @@ func BenchmarkFraming(b *testing.B) {
 }
 
 // FuzzFraming: framing's verdicts do not depend on how the bytes were
-// read, and wherever Go's parser finds a request's end (its head, its
-// body by Content-Length or chunks, its trailers), framing is at a
-// request's start too, having counted as many heads — unless it stopped
-// following the connection, which closes it.
+// read; wherever Go's parser finds a request's end (its head, its body by
+// Content-Length or chunks, its trailers), framing is at a request's start
+// too, having counted as many heads — unless it stopped following the
+// connection; and no request Go's parser reads after a body that failed
+// is served.
 func FuzzFraming(f *testing.F) {
 	for _, c := range smuggling.Cases() {
 		f.Add([]byte(c.Request))
 	}
 	f.Add([]byte("POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n3;ext=1\r\nabc\r\n0\r\nX-T: v\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n"))
 	f.Add([]byte("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nabcdePOST / HTTP/1.0\r\nContent-Length: 1\r\n\r\nx"))
+	f.Add([]byte("POST /up HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXXGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"))
 	f.Fuzz(func(t *testing.T, stream []byte) {
 		whole, bytewise := &framing{}, &framing{}
 		whole.read(stream)
 		for i := range stream {
 			bytewise.read(stream[i : i+1])
 		}
-		if whole.state != bytewise.state || whole.heads != bytewise.heads || whole.bad.Load() != bytewise.bad.Load() || whole.why.Load() != bytewise.why.Load() {
+		if whole.state != bytewise.state || whole.heads.Load() != bytewise.heads.Load() || whole.bad.Load() != bytewise.bad.Load() || whole.why.Load() != bytewise.why.Load() {
 			t.Fatalf("read at once: state %d, %d heads, bad %d (%d); byte by byte: state %d, %d heads, bad %d (%d)",
-				whole.state, whole.heads, whole.bad.Load(), whole.why.Load(), bytewise.state, bytewise.heads, bytewise.bad.Load(), bytewise.why.Load())
+				whole.state, whole.heads.Load(), whole.bad.Load(), whole.why.Load(), bytewise.state, bytewise.heads.Load(), bytewise.bad.Load(), bytewise.why.Load())
 		}
 
+		// As net/http's server with full duplex reads the connection: a
+		// body that ends in an error does not end it, and what follows is
+		// read as the next request. framing is given what the server read
+		// before each head is handed over, and asked about each request.
 		fr := &framing{}
 		rd := bytes.NewReader(stream)
 		br := bufio.NewReader(rd)
 		fed := 0
+		feedTo := func() {
+			end := len(stream) - rd.Len() - br.Buffered()
+			fr.read(stream[fed:end])
+			fed = end
+		}
+		bodyFailed := false
 		for n := int64(1); ; n++ {
 			req, err := http.ReadRequest(br)
 			if err != nil {
 				return
 			}
+			feedTo()
+			why := fr.check()
+			if bodyFailed && (why == framingOK || why == framingLost) {
+				t.Fatalf("request %d follows a body that failed and would be served (verdict %d): %q", n, why, stream[:fed])
+			}
 			if _, err := io.Copy(io.Discard, req.Body); err != nil {
-				return
+				bodyFailed = true
 			}
-			end := len(stream) - rd.Len() - br.Buffered()
-			fr.read(stream[fed:end])
-			fed = end
-			if fr.state == stStopped {
-				return
+			feedTo()
+			if fr.state == stStopped || bodyFailed {
+				continue
 			}
-			if fr.state != stRequestLine || fr.heads != n {
-				t.Fatalf("Go's parser read request %d ending at byte %d; framing is in state %d with %d heads: %q", n, end, fr.state, fr.heads, stream[:end])
+			if fr.state != stRequestLine || fr.heads.Load() != n {
+				t.Fatalf("Go's parser read request %d ending at byte %d; framing is in state %d with %d heads: %q", n, fed, fr.state, fr.heads.Load(), stream[:fed])
 			}
 		}
 	})
