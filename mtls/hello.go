@@ -20,10 +20,7 @@ const (
 	// maxHelloLen is crypto/tls's bound on a handshake message.
 	maxHelloLen   = 1 << 16
 	extensionALPN = 16
-	// maxEmptyRecords is how many empty records crypto/tls tolerates in a
-	// row (its maxUselessRecords).
-	maxEmptyRecords = 16
-	firstRead       = 2 << 10 // a ClientHello with a post-quantum key share fits
+	firstRead     = 2 << 10 // a ClientHello with a post-quantum key share fits
 )
 
 // errNotHello is what ReadHello wraps when the bytes are not a ClientHello.
@@ -35,8 +32,9 @@ var errNotHello = errors.New("not a TLS ClientHello")
 // on first (to the real handshake, or to the application). The caller
 // bounds the time it takes with a deadline on the connection r reads.
 //
-// It parses the records and the message itself, reading only as far as
-// the ClientHello's ALPN extension needs: no handshake state, no buffers
+// It parses the records and the message itself, reading the whole
+// ClientHello and no further than its last record (a first read may take
+// more, which is returned with the rest): no handshake state, no buffers
 // beyond the bytes read, nothing written.
 func ReadHello(r io.Reader) (mesh bool, read []byte, err error) {
 	h := helloReader{r: r, buf: make([]byte, 0, firstRead)}
@@ -84,7 +82,6 @@ func (h *helloReader) fill(n int) error {
 // records as it spans.
 func (h *helloReader) message() ([]byte, error) {
 	var msg []byte
-	empty := 0
 	for off := 0; ; {
 		if err := h.fill(off + recordHeaderLen); err != nil {
 			return nil, err
@@ -94,13 +91,7 @@ func (h *helloReader) message() ([]byte, error) {
 			return nil, fmt.Errorf("mtls: %w: record type %d", errNotHello, hdr[0])
 		}
 		n := int(hdr[3])<<8 | int(hdr[4])
-		if n == 0 {
-			// crypto/tls reads past a few empty records; so does this.
-			if empty++; empty > maxEmptyRecords {
-				return nil, fmt.Errorf("mtls: %w: %d empty records", errNotHello, empty)
-			}
-		}
-		if n > maxRecordLen {
+		if n == 0 || n > maxRecordLen { // crypto/tls refuses an empty handshake record too
 			return nil, fmt.Errorf("mtls: %w: record of %d bytes", errNotHello, n)
 		}
 		off += recordHeaderLen
