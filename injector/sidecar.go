@@ -182,7 +182,7 @@ func drainArgs(grace *int64, native bool) []string {
 	if grace != nil {
 		g = time.Duration(max(*grace, 0)) * time.Second
 	}
-	if g >= proxy.DefaultDrainPeriod+proxy.DefaultDrainTimeout {
+	if g >= proxy.DefaultDrainPeriod+proxy.DefaultDrainTimeout+time.Second {
 		return nil
 	}
 	period := g / 2
