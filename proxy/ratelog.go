@@ -23,14 +23,19 @@ type everySecond struct {
 // the caller's Write; nil when the logger would drop the level, or when a
 // line was written less than a second ago (the event is then counted).
 func (e *everySecond) check(log *zap.Logger, level zapcore.Level, msg string) (*zapcore.CheckedEntry, int64) {
-	ce := log.Check(level, msg)
-	if ce == nil {
+	if !log.Core().Enabled(level) {
 		return nil, 0
 	}
+	// The time first: an entry checked out and not written is not given
+	// back to zap's pool, and in a flood nearly every event is held back.
 	now := time.Now().UnixNano()
 	last := e.last.Load()
 	if now-last < int64(time.Second) || !e.last.CompareAndSwap(last, now) {
 		e.suppressed.Add(1)
+		return nil, 0
+	}
+	ce := log.Check(level, msg)
+	if ce == nil {
 		return nil, 0
 	}
 	return ce, e.suppressed.Swap(0)
