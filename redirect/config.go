@@ -327,7 +327,7 @@ func parsePrefixSet(raw string) (PrefixSet, error) {
 	}
 	var s PrefixSet
 	for _, item := range items {
-		p, err := parsePrefix(item)
+		p, err := ParsePrefix(item)
 		if err != nil {
 			return PrefixSet{}, err
 		}
@@ -338,11 +338,13 @@ func parsePrefixSet(raw string) (PrefixSet, error) {
 	return s, nil
 }
 
-// parsePrefix parses a CIDR or a bare address (a /32 or /128), masks it,
+// ParsePrefix parses a CIDR or a bare address (a /32 or /128), masks it,
 // and turns IPv4-mapped IPv6 ranges into the IPv4 ranges they stand for:
 // a socket connecting to ::ffff:10.0.0.1 sends IPv4 packets, which only an
-// IPv4 rule can exclude.
-func parsePrefix(item string) (netip.Prefix, error) {
+// IPv4 rule can exclude, and the proxy sees their destination unmapped.
+// It is the one parser of the sidecar's address ranges (the exclusions
+// here, the config file's mesh networks).
+func ParsePrefix(item string) (netip.Prefix, error) {
 	var p netip.Prefix
 	var err error
 	if strings.Contains(item, "/") {

@@ -38,6 +38,7 @@ import (
 	"github.com/pillionmesh/pillion/filters"
 	"github.com/pillionmesh/pillion/filters/router"
 	"github.com/pillionmesh/pillion/proxy/upstream"
+	"github.com/pillionmesh/pillion/redirect"
 )
 
 // RouterName is the terminal filter's name; it may only be the last entry
@@ -171,19 +172,18 @@ func parseMesh(raw json.RawMessage) (Mesh, error) {
 	return out, nil
 }
 
-// parsePrefixes parses CIDRs; a bare address is its own /32 or /128.
+// parsePrefixes parses CIDRs as the capture rules' exclusions are parsed
+// (redirect.ParsePrefix): a bare address is its own /32 or /128, and an
+// IPv4-mapped range is the IPv4 range it stands for — Contains sees
+// destinations unmapped, so a mapped range kept as IPv6 would never match.
 func parsePrefixes(ss []string, field string) ([]netip.Prefix, error) {
 	var out []netip.Prefix
 	for i, s := range ss {
-		p, err := netip.ParsePrefix(s)
+		p, err := redirect.ParsePrefix(s)
 		if err != nil {
-			a, aerr := netip.ParseAddr(s)
-			if aerr != nil {
-				return nil, filters.Invalid(fmt.Sprintf("%s[%d]", field, i), "%q is not a CIDR such as 10.0.0.0/8", s)
-			}
-			p = netip.PrefixFrom(a, a.BitLen())
+			return nil, filters.Invalid(fmt.Sprintf("%s[%d]", field, i), "%q is not a CIDR such as 10.0.0.0/8", s)
 		}
-		out = append(out, p.Masked())
+		out = append(out, p)
 	}
 	return out, nil
 }

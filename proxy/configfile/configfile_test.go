@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -92,6 +93,24 @@ outbound:
 	}
 	if !f.Outbound[2].Config.(*router.Config).ServerTiming {
 		t.Errorf("router config lost")
+	}
+}
+
+// TestParseMappedNetworks: an IPv4-mapped mesh network is the IPv4 range
+// it stands for, as the capture rules' exclusions are; kept as IPv6 it was
+// accepted and never matched, destinations being seen unmapped.
+func TestParseMappedNetworks(t *testing.T) {
+	f, err := Parse([]byte("mesh: {networks: [\"::ffff:10.0.0.0/104\"], exclude: [\"::ffff:10.0.0.10\"]}"), registry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}; !slices.Equal(f.Mesh.Networks, want) {
+		t.Errorf("networks %v, want %v", f.Mesh.Networks, want)
+	}
+	for a, want := range map[string]bool{"10.1.2.3": true, "::ffff:10.1.2.3": true, "10.0.0.10": false, "11.0.0.1": false} {
+		if got := f.Mesh.Contains(netip.MustParseAddr(a)); got != want {
+			t.Errorf("Contains(%s) = %v, want %v", a, got, want)
+		}
 	}
 }
 
