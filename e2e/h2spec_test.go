@@ -3,12 +3,14 @@ package e2e
 import (
 	"context"
 	"encoding/xml"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/pillionmesh/pillion/internal/meshtest"
+	"github.com/pillionmesh/pillion/internal/privileged"
 	"github.com/pillionmesh/pillion/internal/testpod"
 )
 
@@ -29,7 +31,8 @@ var h2specKnown = map[string]string{
 }
 
 // h2specPath is the h2spec binary: $H2SPEC, which `make test` sets, or
-// where the Makefile builds it.
+// where the Makefile builds it. Missing, the test is skipped (`make unit`
+// on a fresh clone) and fails under CI=true, as the root-only tests do.
 func h2specPath(t *testing.T) string {
 	t.Helper()
 	p := os.Getenv("H2SPEC")
@@ -41,7 +44,11 @@ func h2specPath(t *testing.T) string {
 		p = filepath.Join(root, ".cache", "tools", "h2spec")
 	}
 	if _, err := os.Stat(p); err != nil {
-		t.Fatalf("h2spec not found (%v): run `make test`, which builds it, or `make h2spec`", err)
+		msg := fmt.Sprintf("h2spec not found (%v): run `make test`, which builds it, or `make h2spec`", err)
+		if privileged.InCI() {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
 	}
 	return p
 }
