@@ -15,7 +15,8 @@ import (
 )
 
 // The annotations and the label users write, and the one the injector
-// writes (StatusAnnotation). DESIGN.md makes their names a contract.
+// writes (StatusAnnotation). Their names are a contract with users
+// (README.md, "On a cluster: the injector").
 const (
 	// InjectLabel on a namespace, "enabled", injects its pods.
 	InjectLabel = "pillion.io/inject"

@@ -20,7 +20,8 @@ const (
 )
 
 // The defaults of the capture ports and the proxy's identity: the user's
-// contract in DESIGN.md, shared with `pillion proxy`.
+// contract (README.md, "Operating the sidecar" and "`pillion init`"), shared
+// with `pillion proxy`.
 const (
 	DefaultOutboundPort uint16 = 15001
 	DefaultInboundPort  uint16 = 15006
