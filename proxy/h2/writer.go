@@ -1,0 +1,212 @@
+package h2
+
+import (
+	"bytes"
+	"net"
+	"sync"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// maxPending is how many bytes of frames may wait for the connection
+// before a writer waits for them to drain: the back-pressure of a peer that
+// reads slowly.
+const maxPending = 256 << 10
+
+// writer puts the frames of every stream of one connection on the wire,
+// in order, and coalesces them: the goroutine that finds the connection
+// idle writes, and the frames other goroutines add meanwhile go out
+// together in its next write (one TLS record and one syscall for, say, the
+// HEADERS and DATA of several streams). Nobody waits on a goroutine of the
+// writer's own: there is none.
+type writer struct {
+	nc   net.Conn
+	bufs *Buffers
+
+	mu       sync.Mutex
+	drained  sync.Cond // a write finished
+	pending  []byte    // frames not yet written; nil when there are none
+	flushing bool      // a goroutine is writing
+	err      error     // the first write error: every later write fails with it
+	maxFrame int       // the peer's SETTINGS_MAX_FRAME_SIZE
+	fr       *http2.Framer
+	hbuf     bytes.Buffer // the header block being encoded
+	enc      *hpack.Encoder
+}
+
+func newWriter(nc net.Conn, bufs *Buffers) *writer {
+	w := &writer{nc: nc, bufs: bufs, maxFrame: http2DefaultMaxFrame}
+	w.drained.L = &w.mu
+	w.fr = http2.NewFramer((*pendingWriter)(w), nil)
+	w.enc = hpack.NewEncoder(&w.hbuf)
+	return w
+}
+
+// http2DefaultMaxFrame is the protocol's initial SETTINGS_MAX_FRAME_SIZE.
+const http2DefaultMaxFrame = 16 << 10
+
+// pendingWriter is the writer as the Framer's io.Writer: it appends to
+// the pending frames. w.mu is held.
+type pendingWriter writer
+
+func (p *pendingWriter) Write(b []byte) (int, error) {
+	w := (*writer)(p)
+	w.grow(len(b))
+	w.pending = append(w.pending, b...)
+	return len(b), nil
+}
+
+// grow makes room for n more bytes, taking a buffer from the pool when
+// there is none. w.mu is held.
+func (w *writer) grow(n int) {
+	if w.pending == nil {
+		w.pending = w.bufs.get()
+	}
+	if cap(w.pending)-len(w.pending) < n {
+		w.pending = append(w.pending, make([]byte, n)...)[:len(w.pending)]
+	}
+}
+
+// batch locks the writer for a caller that adds frames; flush ends it.
+// Between the two the caller uses the frame methods below, which only
+// append.
+func (w *writer) batch() { w.mu.Lock() }
+
+// flush ends a batch: it writes what is pending unless another goroutine
+// is writing (which will write it next), and waits while too much is
+// pending. It returns the connection's write error, if any.
+func (w *writer) flush() error {
+	if w.flushing {
+		for len(w.pending) > maxPending && w.err == nil {
+			w.drained.Wait()
+		}
+		err := w.err
+		w.mu.Unlock()
+		return err
+	}
+	w.flushing = true
+	for len(w.pending) > 0 && w.err == nil {
+		out := w.pending
+		w.pending = nil
+		w.mu.Unlock()
+		_, err := w.nc.Write(out)
+		w.bufs.put(out)
+		w.mu.Lock()
+		if err != nil {
+			w.err = err
+		}
+		w.drained.Broadcast()
+	}
+	w.flushing = false
+	err := w.err
+	w.mu.Unlock()
+	return err
+}
+
+// fail makes every later write fail with err (the connection is closing).
+func (w *writer) fail(err error) {
+	w.mu.Lock()
+	if w.err == nil {
+		w.err = err
+	}
+	w.drained.Broadcast()
+	w.mu.Unlock()
+}
+
+// setMaxFrame takes the peer's SETTINGS_MAX_FRAME_SIZE.
+func (w *writer) setMaxFrame(n uint32) {
+	w.mu.Lock()
+	w.maxFrame = int(n)
+	w.mu.Unlock()
+}
+
+// setHeaderTableSize takes the peer's SETTINGS_HEADER_TABLE_SIZE.
+func (w *writer) setHeaderTableSize(n uint32) {
+	w.mu.Lock()
+	w.enc.SetMaxDynamicTableSizeLimit(n)
+	w.mu.Unlock()
+}
+
+// The frame methods append one frame; w.mu is held (batch).
+
+// headers encodes fields (name, value pairs, names lower case) as one
+// header block on stream id, in HEADERS and CONTINUATION frames no larger
+// than the peer takes.
+func (w *writer) headers(id uint32, endStream bool, fields []string) {
+	w.hbuf.Reset()
+	for i := 0; i+1 < len(fields); i += 2 {
+		_ = w.enc.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1]})
+	}
+	block := w.hbuf.Bytes()
+	first := true
+	for first || len(block) > 0 {
+		n := min(len(block), w.maxFrame)
+		frag, end := block[:n], n == len(block)
+		block = block[n:]
+		if first {
+			_ = w.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: frag, EndStream: endStream, EndHeaders: end})
+			first = false
+		} else {
+			_ = w.fr.WriteContinuation(id, end, frag)
+		}
+	}
+}
+
+// data appends one DATA frame; len(p) is within the peer's frame size and
+// the flow-control windows. The frame header is written here, and p
+// copied once, straight into the pending frames.
+func (w *writer) data(id uint32, endStream bool, p []byte) {
+	w.grow(9 + len(p))
+	var flags byte
+	if endStream {
+		flags = byte(http2.FlagDataEndStream)
+	}
+	n := len(p)
+	w.pending = append(w.pending,
+		byte(n>>16), byte(n>>8), byte(n), byte(http2.FrameData), flags,
+		byte(id>>24)&0x7f, byte(id>>16), byte(id>>8), byte(id))
+	w.pending = append(w.pending, p...)
+}
+
+func (w *writer) rst(id uint32, code http2.ErrCode) { _ = w.fr.WriteRSTStream(id, code) }
+
+func (w *writer) windowUpdate(id, n uint32) { _ = w.fr.WriteWindowUpdate(id, n) }
+
+func (w *writer) settings(s ...http2.Setting) { _ = w.fr.WriteSettings(s...) }
+
+func (w *writer) settingsAck() { _ = w.fr.WriteSettingsAck() }
+
+func (w *writer) ping(ack bool, data [8]byte) { _ = w.fr.WritePing(ack, data) }
+
+func (w *writer) goAway(last uint32, code http2.ErrCode, debug []byte) {
+	_ = w.fr.WriteGoAway(last, code, debug)
+}
+
+// preface appends the client connection preface.
+func (w *writer) preface() {
+	w.grow(len(http2.ClientPreface))
+	w.pending = append(w.pending, http2.ClientPreface...)
+}
+
+// Buffers holds the buffers of pending frames of every connection of one
+// owner (a Transport or a Server), so that an idle connection holds none.
+type Buffers struct{ p sync.Pool }
+
+const bufSize = 32 << 10
+
+func (b *Buffers) get() []byte {
+	if v, ok := b.p.Get().(*[]byte); ok {
+		return (*v)[:0]
+	}
+	return make([]byte, 0, bufSize)
+}
+
+// put takes back a buffer of pending frames, unless it grew beyond what
+// is worth keeping.
+func (b *Buffers) put(buf []byte) {
+	if cap(buf) <= 4*bufSize {
+		buf = buf[:0]
+		b.p.Put(&buf)
+	}
+}
