@@ -221,10 +221,26 @@ func (c *conn) writeHeaders(s *stream, fields []string, end bool) error {
 // data the windows allow (END_STREAM on the last frame when end); the
 // rest goes as writeData sends it.
 func (c *conn) writeHeadersData(s *stream, fields []string, data []byte, end bool) error {
+	c.w.batch()
+	n, err := c.appendHeadersData(s, fields, data, end)
+	if err != nil {
+		c.w.mu.Unlock()
+		return err
+	}
+	if err := c.w.flush(); err != nil || n == len(data) && end {
+		return err
+	}
+	return c.writeData(s, data[n:], end)
+}
+
+// appendHeadersData appends s's header block and the DATA frames of what
+// of data the windows allow, and returns how much that was. c.w is
+// batched (the caller flushes), and c.mu is not held.
+func (c *conn) appendHeadersData(s *stream, fields []string, data []byte, end bool) (int, error) {
 	c.mu.Lock()
 	if err := s.writable(); err != nil {
 		c.mu.Unlock()
-		return err
+		return 0, err
 	}
 	n := int(min(int64(len(data)), c.sendWindow, s.sendWindow))
 	c.sendWindow -= int64(n)
@@ -235,17 +251,14 @@ func (c *conn) writeHeadersData(s *stream, fields []string, data []byte, end boo
 		c.forget(s)
 	}
 	c.mu.Unlock()
-	c.w.batch()
 	c.w.headers(s.id, last && n == 0, fields)
+	maxFrame := int(c.w.maxFrame.Load())
 	for p := data[:n]; len(p) > 0; {
-		k := min(len(p), c.w.maxFrame)
+		k := min(len(p), maxFrame)
 		c.w.data(s.id, last && k == len(p), p[:k])
 		p = p[k:]
 	}
-	if err := c.w.flush(); err != nil || last {
-		return err
-	}
-	return c.writeData(s, data[n:], end)
+	return n, nil
 }
 
 // writeData sends p on s in DATA frames as the flow-control windows
@@ -266,9 +279,7 @@ func (c *conn) writeData(s *stream, p []byte, end bool) error {
 			}
 			c.changed.Wait()
 		}
-		c.w.mu.Lock()
-		n = min(n, c.w.maxFrame)
-		c.w.mu.Unlock()
+		n = min(n, int(c.w.maxFrame.Load()))
 		c.sendWindow -= int64(n)
 		s.sendWindow -= int64(n)
 		last := end && n == len(p)

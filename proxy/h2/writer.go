@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"net"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -24,19 +25,22 @@ type writer struct {
 	nc   net.Conn
 	bufs *Buffers
 
-	mu       sync.Mutex
-	drained  sync.Cond // a write finished
-	pending  []byte    // frames not yet written; nil when there are none
-	flushing bool      // a goroutine is writing
-	err      error     // the first write error: every later write fails with it
-	maxFrame int       // the peer's SETTINGS_MAX_FRAME_SIZE
+	mu      sync.Mutex
+	drained sync.Cond // a write finished
+	// maxFrame is the peer's SETTINGS_MAX_FRAME_SIZE; read without w.mu
+	// by writers sizing their DATA.
+	maxFrame atomic.Int64
+	pending  []byte // frames not yet written; nil when there are none
+	flushing bool   // a goroutine is writing
+	err      error  // the first write error: every later write fails with it
 	fr       *http2.Framer
 	hbuf     bytes.Buffer // the header block being encoded
 	enc      *hpack.Encoder
 }
 
 func newWriter(nc net.Conn, bufs *Buffers) *writer {
-	w := &writer{nc: nc, bufs: bufs, maxFrame: http2DefaultMaxFrame}
+	w := &writer{nc: nc, bufs: bufs}
+	w.maxFrame.Store(http2DefaultMaxFrame)
 	w.drained.L = &w.mu
 	w.fr = http2.NewFramer((*pendingWriter)(w), nil)
 	w.enc = hpack.NewEncoder(&w.hbuf)
@@ -116,9 +120,7 @@ func (w *writer) fail(err error) {
 
 // setMaxFrame takes the peer's SETTINGS_MAX_FRAME_SIZE.
 func (w *writer) setMaxFrame(n uint32) {
-	w.mu.Lock()
-	w.maxFrame = int(n)
-	w.mu.Unlock()
+	w.maxFrame.Store(int64(n))
 }
 
 // setHeaderTableSize takes the peer's SETTINGS_HEADER_TABLE_SIZE.
@@ -141,7 +143,7 @@ func (w *writer) headers(id uint32, endStream bool, fields []string) {
 	block := w.hbuf.Bytes()
 	first := true
 	for first || len(block) > 0 {
-		n := min(len(block), w.maxFrame)
+		n := min(len(block), int(w.maxFrame.Load()))
 		frag, end := block[:n], n == len(block)
 		block = block[n:]
 		if first {
