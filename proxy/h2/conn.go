@@ -18,6 +18,8 @@ import (
 	"math"
 	"net"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -56,6 +58,9 @@ type role interface {
 	// closed is told why the connection ended, once, after every stream
 	// was told.
 	closed(err error)
+	// lastPeerStream is the last stream the peer opened, which a GOAWAY
+	// covers.
+	lastPeerStream() uint32
 }
 
 // events is what a stream's owner is told.
@@ -88,7 +93,16 @@ type conn struct {
 	// unacked what was read and not yet given back to it.
 	recvWindow, unacked int64
 	err                 error // why the connection ended; nil while it runs
-	done                chan struct{}
+	// draining: no new streams (a GOAWAY went or came); the connection
+	// closes when its last stream ends.
+	draining bool
+	done     chan struct{}
+	// reset holds the last streams this side reset, whose frames in
+	// flight are ignored (RFC 9113 §5.1, "closed").
+	resetIDs [32]uint32
+	resetAt  int
+	// lastFrame is when the reader loop last read a frame (Unix ns).
+	lastFrame atomic.Int64
 }
 
 func newConn(nc net.Conn, bufs *Buffers, r role) *conn {
@@ -159,13 +173,22 @@ func (c *conn) newStream(id uint32, ev events) *stream {
 	return s
 }
 
-// forget drops s once both sides ended it. c.mu is held.
+// forget drops s once both sides ended it, and closes a draining
+// connection with it the last. c.mu is held.
 func (c *conn) forget(s *stream) {
 	if s.localEnded && s.remoteEnded {
 		delete(c.streams, s.id)
 		c.changed.Broadcast()
+		if c.draining && len(c.streams) == 0 {
+			go c.close(errDrained)
+		}
 	}
 }
+
+var errDrained = errors.New("h2: the connection was drained")
+
+// lastRead is when a frame was last read.
+func (c *conn) lastRead() time.Time { return time.Unix(0, c.lastFrame.Load()) }
 
 // credit gives n bytes the reader took back to the peer: to the
 // connection's window and the stream's, in a WINDOW_UPDATE once half a
@@ -326,12 +349,31 @@ func (c *conn) reset(s *stream, code http2.ErrCode, err error) {
 	s.localEnded, s.remoteEnded = true, true
 	s.resetErr = err
 	c.forget(s)
+	c.noteReset(s.id)
 	c.mu.Unlock()
 	c.w.batch()
 	c.w.rst(s.id, code)
 	_ = c.w.flush()
 	s.body.abort(err)
 	s.ev.ended(err)
+}
+
+// noteReset remembers that this side reset stream id. c.mu is held.
+func (c *conn) noteReset(id uint32) {
+	c.resetIDs[c.resetAt%len(c.resetIDs)] = id
+	c.resetAt++
+}
+
+// wasReset reports whether this side reset stream id lately.
+func (c *conn) wasReset(id uint32) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, r := range c.resetIDs {
+		if r == id {
+			return true
+		}
+	}
+	return false
 }
 
 // count returns how many streams are open.
@@ -348,19 +390,10 @@ func (c *conn) readLoop() {
 	var ce http2.ConnectionError
 	if errors.As(err, &ce) {
 		c.w.batch()
-		c.w.goAway(c.lastPeerStream(), http2.ErrCode(ce), nil)
+		c.w.goAway(c.role.lastPeerStream(), http2.ErrCode(ce), nil)
 		_ = c.w.flush()
 	}
 	c.close(err)
-}
-
-// lastPeerStream is the highest stream the peer opened that a GOAWAY of
-// ours must cover; the role knows (a client opens them all).
-func (c *conn) lastPeerStream() uint32 {
-	if l, ok := c.role.(interface{ lastPeerStream() uint32 }); ok {
-		return l.lastPeerStream()
-	}
-	return 0
 }
 
 // close ends the connection with err (once) and every stream on it.
@@ -397,6 +430,7 @@ func (c *conn) readFrames() error {
 		return http2.ConnectionError(http2.ErrCodeProtocol) // RFC 9113 §3.4
 	}
 	for {
+		c.lastFrame.Store(time.Now().UnixNano())
 		if err := c.handle(f); err != nil {
 			return err
 		}
@@ -431,6 +465,9 @@ func (c *conn) nextAfterStreamError() (http2.Frame, error) {
 func (c *conn) resetID(id uint32, code http2.ErrCode, err error) {
 	c.mu.Lock()
 	s := c.streams[id]
+	if s == nil {
+		c.noteReset(id)
+	}
 	c.mu.Unlock()
 	if s != nil {
 		c.reset(s, code, err)
@@ -478,8 +515,11 @@ func (c *conn) handleHeaders(f *http2.MetaHeadersFrame) error {
 	s := c.streams[f.StreamID]
 	c.mu.Unlock()
 	if s == nil {
-		if c.role.idle(f.StreamID) {
+		switch {
+		case c.role.idle(f.StreamID):
 			return c.role.open(f)
+		case c.wasReset(f.StreamID):
+			return nil
 		}
 		return http2.ConnectionError(http2.ErrCodeStreamClosed)
 	}
@@ -529,7 +569,9 @@ func (c *conn) handleData(f *http2.DataFrame) error {
 			return http2.ConnectionError(http2.ErrCodeProtocol)
 		}
 		c.creditConn(n)
-		c.resetID(f.StreamID, http2.ErrCodeStreamClosed, http2.StreamError{StreamID: f.StreamID, Code: http2.ErrCodeStreamClosed})
+		if !c.wasReset(f.StreamID) {
+			c.resetID(f.StreamID, http2.ErrCodeStreamClosed, http2.StreamError{StreamID: f.StreamID, Code: http2.ErrCodeStreamClosed})
+		}
 		return nil
 	}
 	if n > s.recvWindow {

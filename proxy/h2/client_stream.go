@@ -1,0 +1,386 @@
+package h2
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
+	"strconv"
+	"strings"
+	"sync/atomic"
+
+	"golang.org/x/net/http/httpguts"
+	"golang.org/x/net/http2"
+)
+
+// maxHeldBody is the largest request body (of a known length) read before
+// the request is sent: it then leaves with the HEADERS in one write, and
+// can be sent again if the peer did not process it.
+const maxHeldBody = 64 << 10
+
+// request is a request as it is sent.
+type request struct {
+	req    *http.Request
+	fields []string
+	held   bool   // the whole body is in body (or there is none)
+	body   []byte // the held body
+}
+
+func newRequest(req *http.Request) (*request, error) {
+	fields, err := requestFields(req)
+	if err != nil {
+		return nil, err
+	}
+	rq := &request{req: req, fields: fields}
+	switch {
+	case req.Body == nil || req.Body == http.NoBody:
+		rq.held = true
+	case req.ContentLength > 0 && req.ContentLength <= maxHeldBody:
+		rq.body = make([]byte, req.ContentLength)
+		if _, err := io.ReadFull(req.Body, rq.body); err != nil {
+			req.Body.Close()
+			return nil, err
+		}
+		// Read on to the end, so that the body's reader sees it ends
+		// where its length said.
+		var extra [1]byte
+		if n, err := req.Body.Read(extra[:]); n > 0 || err != io.EOF {
+			req.Body.Close()
+			if err == nil || err == io.EOF {
+				err = fmt.Errorf("h2: request body longer than its content-length %d", req.ContentLength)
+			}
+			return nil, err
+		}
+		req.Body.Close()
+		rq.held = true
+	}
+	return rq, nil
+}
+
+// resendable reports whether rq can be sent again.
+func (rq *request) resendable() bool { return rq.held }
+
+// connectionSpecific are the fields HTTP/2 forbids (RFC 9113 §8.2.2), and
+// the ones the request's own fields say.
+var connectionSpecific = map[string]bool{
+	"connection": true, "proxy-connection": true, "keep-alive": true, "transfer-encoding": true,
+	"upgrade": true, "host": true, "content-length": true, "trailer": true,
+}
+
+// requestFields are req's header fields as HTTP/2 sends them.
+func requestFields(req *http.Request) ([]string, error) {
+	host := req.Host
+	if host == "" {
+		host = req.URL.Host
+	}
+	method := req.Method
+	if method == "" {
+		method = http.MethodGet
+	}
+	if !httpguts.ValidHostHeader(host) {
+		return nil, fmt.Errorf("h2: invalid host %q", host)
+	}
+	fields := make([]string, 0, 8+2*len(req.Header)+4)
+	if method == http.MethodConnect {
+		fields = append(fields, ":method", method, ":authority", host)
+	} else {
+		path := req.URL.RequestURI()
+		if path == "" {
+			path = "/"
+		}
+		scheme := req.URL.Scheme
+		if scheme == "" {
+			scheme = "http"
+		}
+		fields = append(fields, ":method", method, ":scheme", scheme, ":authority", host, ":path", path)
+	}
+	for k, vv := range req.Header {
+		if !httpguts.ValidHeaderFieldName(k) {
+			return nil, fmt.Errorf("h2: invalid header field name %q", k)
+		}
+		name := lower(k)
+		switch {
+		case connectionSpecific[name]:
+			continue
+		case name == "user-agent" && len(vv) == 1 && vv[0] == "":
+			continue // net/http's way of saying none
+		}
+		for _, v := range vv {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return nil, fmt.Errorf("h2: invalid value of header field %q", k)
+			}
+			if name == "te" && !strings.EqualFold(v, "trailers") {
+				continue
+			}
+			fields = append(fields, name, v)
+		}
+	}
+	if len(req.Trailer) > 0 {
+		keys := make([]string, 0, len(req.Trailer))
+		for k := range req.Trailer {
+			keys = append(keys, lower(k))
+		}
+		fields = append(fields, "trailer", strings.Join(keys, ","))
+	}
+	switch {
+	case req.ContentLength > 0:
+		fields = append(fields, "content-length", strconv.FormatInt(req.ContentLength, 10))
+	case req.ContentLength == 0 && (req.Body == nil || req.Body == http.NoBody) &&
+		(method == http.MethodPost || method == http.MethodPut || method == http.MethodPatch):
+		fields = append(fields, "content-length", "0")
+	}
+	return fields, nil
+}
+
+// lower is the field name of a header key; the common ones without an
+// allocation.
+func lower(k string) string {
+	if l, ok := commonLower[k]; ok {
+		return l
+	}
+	return strings.ToLower(k)
+}
+
+var commonLower = func() map[string]string {
+	m := make(map[string]string)
+	for _, k := range []string{
+		"Accept", "Accept-Encoding", "Accept-Language", "Authorization", "Cache-Control", "Content-Encoding",
+		"Content-Length", "Content-Type", "Cookie", "Date", "Etag", "Expect", "Grpc-Accept-Encoding",
+		"Grpc-Encoding", "Grpc-Message", "Grpc-Status", "Grpc-Timeout", "Host", "If-Modified-Since",
+		"If-None-Match", "Last-Modified", "Location", "Origin", "Referer", "Server", "Set-Cookie", "Te",
+		"Traceparent", "Tracestate", "Trailer", "User-Agent", "Vary", "Via", "X-B3-Sampled", "X-B3-Spanid",
+		"X-B3-Traceid", "X-Envoy-Attempt-Count", "X-Envoy-Upstream-Service-Time", "X-Forwarded-For",
+		"X-Forwarded-Proto", "X-Pillion-Orig-Proto", "X-Request-Id",
+	} {
+		m[k] = strings.ToLower(k)
+	}
+	return m
+}()
+
+// clientStream is a request's stream: its response, when it comes.
+type clientStream struct {
+	cc  *clientConn
+	s   *stream
+	rq  *request
+	res *http.Response
+	// result takes the response or the error, once.
+	result    chan error
+	delivered atomic.Bool
+	final     bool // the final response's headers arrived (the reader loop's)
+}
+
+func (cs *clientStream) deliver(err error) {
+	if cs.delivered.CompareAndSwap(false, true) {
+		cs.result <- err
+	}
+}
+
+// roundTrip sends rq on a stream cc reserved for it.
+func (cc *clientConn) roundTrip(rq *request) (*http.Response, error) {
+	cs := &clientStream{cc: cc, rq: rq, result: make(chan error, 1)}
+	cc.w.batch()
+	cc.mu.Lock()
+	cc.reserved--
+	if cc.draining || cc.err != nil {
+		cc.mu.Unlock()
+		cc.w.mu.Unlock()
+		return nil, errNotSent
+	}
+	s := cc.newStream(cc.nextID, cs)
+	cc.nextID += 2
+	cs.s = s
+	cc.mu.Unlock()
+	n, err := cc.appendHeadersData(s, rq.fields, rq.body, rq.held)
+	if err != nil {
+		cc.w.mu.Unlock()
+		return nil, err
+	}
+	if err := cc.w.flush(); err != nil {
+		return nil, err
+	}
+	switch {
+	case !rq.held:
+		go cs.sendBody()
+	case n < len(rq.body):
+		go func() { _ = cc.writeData(s, rq.body[n:], true) }()
+	}
+	ctx := rq.req.Context()
+	select {
+	case err = <-cs.result:
+	case <-ctx.Done():
+		cc.reset(s, http2.ErrCodeCancel, ctx.Err())
+		return nil, ctx.Err()
+	}
+	if err != nil {
+		return nil, err
+	}
+	return cs.res, nil
+}
+
+// sendBody streams the request body, then its trailers or END_STREAM.
+func (cs *clientStream) sendBody() {
+	req, s, c := cs.rq.req, cs.s, cs.cc.conn
+	defer req.Body.Close()
+	buf := cs.cc.t.bufs.get()
+	defer cs.cc.t.bufs.put(buf)
+	buf = buf[:min(cap(buf), http2DefaultMaxFrame)]
+	for {
+		n, err := req.Body.Read(buf)
+		if n > 0 {
+			if c.writeData(s, buf[:n], false) != nil {
+				return // reset, or the connection is gone: the stream says why
+			}
+		}
+		switch {
+		case err == io.EOF:
+			if len(req.Trailer) > 0 {
+				fields := make([]string, 0, 2*len(req.Trailer))
+				for k, vv := range req.Trailer {
+					for _, v := range vv {
+						fields = append(fields, lower(k), v)
+					}
+				}
+				_ = c.writeHeaders(s, fields, true)
+				return
+			}
+			_ = c.writeData(s, nil, true)
+			return
+		case err != nil:
+			cs.deliver(err)
+			c.reset(s, http2.ErrCodeCancel, err)
+			return
+		}
+	}
+}
+
+// headers handles the response's header blocks: informational ones, the
+// final one, and trailers.
+func (cs *clientStream) headers(f *http2.MetaHeadersFrame) error {
+	if cs.final {
+		if !f.StreamEnded() {
+			cs.fail(errors.New("h2: a second header block that does not end the stream"))
+			return nil
+		}
+		for _, hf := range f.RegularFields() {
+			k := textproto.CanonicalMIMEHeaderKey(hf.Name)
+			cs.res.Trailer[k] = append(cs.res.Trailer[k], hf.Value)
+		}
+		return nil
+	}
+	code, err := strconv.Atoi(f.PseudoValue("status"))
+	if err != nil || code < 100 || code > 999 || code == http.StatusSwitchingProtocols {
+		cs.fail(fmt.Errorf("h2: invalid response status %q", f.PseudoValue("status")))
+		return nil
+	}
+	regular := f.RegularFields()
+	header := make(http.Header, len(regular))
+	vals := make([]string, len(regular))
+	for i, hf := range regular {
+		k := textproto.CanonicalMIMEHeaderKey(hf.Name)
+		vals[i] = hf.Value
+		if header[k] == nil {
+			header[k] = vals[i : i+1 : i+1]
+		} else {
+			header[k] = append(header[k], hf.Value)
+		}
+	}
+	if code < 200 {
+		if trace := httptrace.ContextClientTrace(cs.rq.req.Context()); trace != nil {
+			if code == http.StatusContinue && trace.Got100Continue != nil {
+				trace.Got100Continue()
+			}
+			if trace.Got1xxResponse != nil {
+				if err := trace.Got1xxResponse(code, textproto.MIMEHeader(header)); err != nil {
+					cs.fail(err)
+				}
+			}
+		}
+		return nil
+	}
+	cs.final = true
+	res := &http.Response{
+		Status:        strconv.Itoa(code) + " " + http.StatusText(code),
+		StatusCode:    code,
+		Proto:         "HTTP/2.0",
+		ProtoMajor:    2,
+		Header:        header,
+		ContentLength: -1,
+		Request:       cs.rq.req,
+	}
+	if cl := header["Content-Length"]; len(cl) > 0 {
+		n, err := strconv.ParseInt(cl[0], 10, 64)
+		if err != nil || n < 0 || len(cl) > 1 && !allSame(cl) {
+			cs.fail(fmt.Errorf("h2: invalid content-length %q", cl))
+			return nil
+		}
+		res.ContentLength = n
+		if cs.rq.req.Method != http.MethodHead && code != http.StatusNoContent && code != http.StatusNotModified {
+			cs.s.wantLen = n
+		}
+	}
+	if tr := header["Trailer"]; len(tr) > 0 {
+		res.Trailer = make(http.Header)
+		for _, v := range tr {
+			for _, k := range strings.Split(v, ",") {
+				if k = textproto.TrimString(k); k != "" {
+					res.Trailer[textproto.CanonicalMIMEHeaderKey(k)] = nil
+				}
+			}
+		}
+	}
+	if f.StreamEnded() {
+		res.Body = http.NoBody
+		if res.ContentLength < 0 {
+			res.ContentLength = 0
+		}
+	} else {
+		if res.Trailer == nil {
+			res.Trailer = make(http.Header) // trailers may come undeclared
+		}
+		res.Body = clientBody{cs}
+	}
+	cs.res = res
+	cs.deliver(nil)
+	return nil
+}
+
+func allSame(vv []string) bool {
+	for _, v := range vv[1:] {
+		if v != vv[0] {
+			return false
+		}
+	}
+	return true
+}
+
+// fail resets the stream for a malformed response.
+func (cs *clientStream) fail(err error) {
+	err = http2.StreamError{StreamID: cs.s.id, Code: http2.ErrCodeProtocol, Cause: err}
+	cs.deliver(err)
+	cs.cc.conn.reset(cs.s, http2.ErrCodeProtocol, err)
+}
+
+// ended: the stream was reset or the connection lost. A request without
+// its response yet gets the error; errNotSent when the peer says it did
+// not process it.
+func (cs *clientStream) ended(err error) {
+	var se http2.StreamError
+	if errors.As(err, &se) && se.Code == http2.ErrCodeRefusedStream {
+		err = errNotSent
+	}
+	cs.deliver(err)
+}
+
+// clientBody is a response's body: closing it before its end cancels the
+// stream.
+type clientBody struct{ cs *clientStream }
+
+func (b clientBody) Read(p []byte) (int, error) { return b.cs.s.body.Read(p) }
+
+func (b clientBody) Close() error {
+	b.cs.s.body.close()
+	b.cs.cc.conn.reset(b.cs.s, http2.ErrCodeCancel, errClosedBody)
+	return nil
+}
