@@ -42,6 +42,9 @@ type env struct {
 type proxy struct {
 	side string // "client" or "server"
 	pid  int
+	// metrics is the pod whose sidecar serves pillion's Prometheus
+	// metrics on :15090; nil for a proxy without them (HAProxy).
+	metrics *testpod.Pod
 }
 
 // mode puts a pair of proxies (or none) between the pods.
@@ -98,7 +101,12 @@ func (m *pillionMode) diagnose() string {
 }
 
 func (m *pillionMode) proxiesFor(*env, workload) ([]proxy, error) {
-	return []proxy{{"client", m.sidecars[0].Proxy.PID()}, {"server", m.sidecars[1].Proxy.PID()}}, nil
+	var ps []proxy
+	for i, side := range []string{"client", "server"} {
+		sc := m.sidecars[i]
+		ps = append(ps, proxy{side: side, pid: sc.Proxy.PID(), metrics: sc.Pod})
+	}
+	return ps, nil
 }
 
 // issueSVIDs writes an SVID for each pod with `pillion identity issue`

@@ -14,8 +14,6 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/pillionmesh/pillion/internal/testpod"
 )
 
@@ -251,26 +249,4 @@ func runCmd(ctx context.Context, name string, args ...string) error {
 		return fmt.Errorf("%s %v: %w: %s", name, args, err, out)
 	}
 	return nil
-}
-
-// fdLimit is the hard limit on open files the harness and the proxies it
-// starts inherit; without CAP_SYS_RESOURCE it cannot be raised.
-func fdLimit() (int, error) {
-	var lim unix.Rlimit
-	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
-		return 0, err
-	}
-	return int(min(lim.Max, 1<<24)), nil
-}
-
-// idleConns is how many connections the idle figure can hold. Each takes
-// two descriptors in each proxy and in the harness (which holds both
-// ends), and connections still in their handshake take more: the harness
-// stays within a quarter of the open-file limit, and scales the figure.
-func idleConns(want int) (int, error) {
-	limit, err := fdLimit()
-	if err != nil {
-		return 0, err
-	}
-	return min(want, (limit-1024)/4), nil
 }
