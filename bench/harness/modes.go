@@ -100,6 +100,34 @@ func (m *pillionMode) diagnose() string {
 	return b.String()
 }
 
+// warnings counts each sidecar's warnings and errors by message and the
+// cause at the end of their error, for the log when a workload saw
+// connections fail.
+func (m *pillionMode) warnings() string {
+	var b strings.Builder
+	for _, sc := range m.sidecars {
+		counts := map[string]int{}
+		var order []string
+		for _, l := range sc.Logs() {
+			if l.Level != "warn" && l.Level != "error" {
+				continue
+			}
+			key := l.Msg
+			if l.Error != "" {
+				key += ": …" + l.Error[strings.LastIndex(l.Error, ": ")+1:]
+			}
+			if counts[key] == 0 {
+				order = append(order, key)
+			}
+			counts[key]++
+		}
+		for _, k := range order {
+			fmt.Fprintf(&b, "    %s sidecar: %d× %s\n", sc.Pod.Name, counts[k], k)
+		}
+	}
+	return b.String()
+}
+
 func (m *pillionMode) proxiesFor(*env, workload) ([]proxy, error) {
 	var ps []proxy
 	for i, side := range []string{"client", "server"} {

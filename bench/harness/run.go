@@ -154,6 +154,9 @@ func runOnce(cfg Config, name string) (vals []Value, err error) {
 			return nil, err
 		}
 		vals = append(vals, v...)
+		if w, ok := m.(interface{ warnings() string }); ok && anyFailed(v) {
+			logf(cfg.Log, "%s", w.warnings())
+		}
 		// HAProxy restarts between workloads: the peak is the largest of
 		// each process's own.
 		now, err := sampleAll(proxies)
@@ -172,6 +175,16 @@ func runOnce(cfg Config, name string) (vals []Value, err error) {
 		vals = append(vals, Value{"all", "peak rss, " + p.side + " proxy", "MB", "lower", mb(peaks[j])})
 	}
 	return vals, nil
+}
+
+// anyFailed reports whether a workload's figures count failed connections.
+func anyFailed(vals []Value) bool {
+	for _, v := range vals {
+		if v.Metric == "failed" && v.Value > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // newEnv makes the node, the two pods and the server pod's applications.
