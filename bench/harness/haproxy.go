@@ -84,7 +84,7 @@ func (m *haproxyMode) proxiesFor(e *env, w workload) ([]proxy, error) {
 		}
 		m.current = w.name
 	}
-	return []proxy{{"client", m.running[0].PID()}, {"server", m.running[1].PID()}}, nil
+	return []proxy{{side: "client", pid: m.running[0].PID()}, {side: "server", pid: m.running[1].PID()}}, nil
 }
 
 // haproxyGlobal sets HAProxy's connection limit above the idle

@@ -42,6 +42,9 @@ type env struct {
 type proxy struct {
 	side string // "client" or "server"
 	pid  int
+	// metrics is the pod whose sidecar serves pillion's Prometheus
+	// metrics on :15090; nil for a proxy without them (HAProxy).
+	metrics *testpod.Pod
 }
 
 // mode puts a pair of proxies (or none) between the pods.
@@ -97,8 +100,41 @@ func (m *pillionMode) diagnose() string {
 	return b.String()
 }
 
+// warnings counts each sidecar's warnings and errors by message and the
+// cause at the end of their error, for the log when a workload saw
+// connections fail.
+func (m *pillionMode) warnings() string {
+	var b strings.Builder
+	for _, sc := range m.sidecars {
+		counts := map[string]int{}
+		var order []string
+		for _, l := range sc.Logs() {
+			if l.Level != "warn" && l.Level != "error" {
+				continue
+			}
+			key := l.Msg
+			if l.Error != "" {
+				key += ": …" + l.Error[strings.LastIndex(l.Error, ": ")+1:]
+			}
+			if counts[key] == 0 {
+				order = append(order, key)
+			}
+			counts[key]++
+		}
+		for _, k := range order {
+			fmt.Fprintf(&b, "    %s sidecar: %d× %s\n", sc.Pod.Name, counts[k], k)
+		}
+	}
+	return b.String()
+}
+
 func (m *pillionMode) proxiesFor(*env, workload) ([]proxy, error) {
-	return []proxy{{"client", m.sidecars[0].Proxy.PID()}, {"server", m.sidecars[1].Proxy.PID()}}, nil
+	var ps []proxy
+	for i, side := range []string{"client", "server"} {
+		sc := m.sidecars[i]
+		ps = append(ps, proxy{side: side, pid: sc.Proxy.PID(), metrics: sc.Pod})
+	}
+	return ps, nil
 }
 
 // issueSVIDs writes an SVID for each pod with `pillion identity issue`

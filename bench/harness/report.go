@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"text/tabwriter"
+
+	sidecar "github.com/pillionmesh/pillion/proxy"
 )
 
 // Row is one figure's medians across the runs, by mode.
@@ -195,6 +197,30 @@ func Targets(rows []Row) []Target {
 				ts = append(ts, Target{Name: fmt.Sprintf("RSS %s, %s proxy ≤ %s MB", lim.label, side, format(lim.mb)),
 					Met: v <= lim.mb, Detail: fmt.Sprintf("pillion %s MB", format(v))})
 			}
+		}
+	}
+	return append(ts, idleTargets(get)...)
+}
+
+// idleTargets checks the idle connections opened at once: all reach the
+// server, and each sidecar bounds the mTLS handshakes in flight.
+func idleTargets(get func(workload, metric, mode string) (float64, bool)) []Target {
+	var ts []Target
+	if f, ok := get(WorkloadIdle, "failed", Pillion); ok {
+		n, _ := get(WorkloadIdle, "opened at once", Pillion)
+		ts = append(ts, Target{Name: "idle connections opened at once all reach the server", Met: f == 0,
+			Detail: fmt.Sprintf("pillion %s of %s failed", format(f), format(n))})
+	}
+	for _, side := range []string{"client", "server"} {
+		if peak, ok := get(WorkloadIdle, "handshakes in flight, peak, "+side+" proxy", Pillion); ok {
+			queued, _ := get(WorkloadIdle, "handshakes queued, "+side+" proxy", Pillion)
+			timeouts, _ := get(WorkloadIdle, "handshakes timed out queued, "+side+" proxy", Pillion)
+			ts = append(ts, Target{
+				Name: fmt.Sprintf("mTLS handshakes in flight, %s proxy ≤ --max-handshakes (%d)", side, sidecar.DefaultMaxHandshakes),
+				Met:  peak <= sidecar.DefaultMaxHandshakes,
+				Detail: fmt.Sprintf("pillion peak %s; %s queued while the idle connections opened, %s of them timed out",
+					format(peak), format(queued), format(timeouts)),
+			})
 		}
 	}
 	return ts

@@ -14,8 +14,6 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/pillionmesh/pillion/internal/testpod"
 )
 
@@ -156,6 +154,9 @@ func runOnce(cfg Config, name string) (vals []Value, err error) {
 			return nil, err
 		}
 		vals = append(vals, v...)
+		if w, ok := m.(interface{ warnings() string }); ok && anyFailed(v) {
+			logf(cfg.Log, "%s", w.warnings())
+		}
 		// HAProxy restarts between workloads: the peak is the largest of
 		// each process's own.
 		now, err := sampleAll(proxies)
@@ -174,6 +175,16 @@ func runOnce(cfg Config, name string) (vals []Value, err error) {
 		vals = append(vals, Value{"all", "peak rss, " + p.side + " proxy", "MB", "lower", mb(peaks[j])})
 	}
 	return vals, nil
+}
+
+// anyFailed reports whether a workload's figures count failed connections.
+func anyFailed(vals []Value) bool {
+	for _, v := range vals {
+		if v.Metric == "failed" && v.Value > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // newEnv makes the node, the two pods and the server pod's applications.
@@ -251,26 +262,4 @@ func runCmd(ctx context.Context, name string, args ...string) error {
 		return fmt.Errorf("%s %v: %w: %s", name, args, err, out)
 	}
 	return nil
-}
-
-// fdLimit is the hard limit on open files the harness and the proxies it
-// starts inherit; without CAP_SYS_RESOURCE it cannot be raised.
-func fdLimit() (int, error) {
-	var lim unix.Rlimit
-	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
-		return 0, err
-	}
-	return int(min(lim.Max, 1<<24)), nil
-}
-
-// idleConns is how many connections the idle figure can hold. Each takes
-// two descriptors in each proxy and in the harness (which holds both
-// ends), and connections still in their handshake take more: the harness
-// stays within a quarter of the open-file limit, and scales the figure.
-func idleConns(want int) (int, error) {
-	limit, err := fdLimit()
-	if err != nil {
-		return 0, err
-	}
-	return min(want, (limit-1024)/4), nil
 }

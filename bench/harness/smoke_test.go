@@ -13,6 +13,7 @@ import (
 
 	"github.com/pillionmesh/pillion/internal/meshtest"
 	"github.com/pillionmesh/pillion/internal/privileged"
+	sidecar "github.com/pillionmesh/pillion/proxy"
 )
 
 // fortioBin is $FORTIO (make test sets it), else the cached one.
@@ -95,16 +96,19 @@ func TestSmoke(t *testing.T) {
 			}
 		}
 	}
+	checkIdle(t, rows, cfg.IdleConns)
 	for _, w := range []string{WorkloadRate, WorkloadMax, WorkloadGRPC, WorkloadNewConn} {
 		if row, _ := find(rows, w, "errors"); row.Median[Pillion] != 0 || row.Median[HAProxy] != 0 {
 			t.Errorf("%s: errors %v", w, row.Median)
 		}
 	}
-	if ts := Targets(rows); len(ts) != 12 {
-		t.Errorf("%d targets checked, want 12: %+v", len(ts), ts)
+	if ts := Targets(rows); len(ts) != 15 {
+		t.Errorf("%d targets checked, want 15: %+v", len(ts), ts)
 	}
 	var table bytes.Buffer
 	WriteTable(&table, res, rows, Modes())
+	WriteTargets(&table, Targets(rows))
+	t.Logf("%s\n%s", log.String(), table.String())
 	if !strings.Contains(table.String(), "pillion/haproxy") || !strings.Contains(table.String(), res.Machine.CPU) {
 		t.Errorf("table:\n%s", table.String())
 	}
@@ -119,6 +123,31 @@ func TestSmoke(t *testing.T) {
 	defer f.Close()
 	if _, err := png.Decode(f); err != nil {
 		t.Errorf("chart: %v", err)
+	}
+}
+
+// checkIdle checks the idle connections' figures: every mode opened all n
+// at once and none failed; each pillion sidecar reports its handshakes in
+// flight, bounded by --max-handshakes, and HAProxy has no such figure.
+func checkIdle(t *testing.T, rows []Row, n int) {
+	t.Helper()
+	for _, mode := range Modes() {
+		opened, _ := find(rows, WorkloadIdle, "opened at once")
+		failed, ok := find(rows, WorkloadIdle, "failed")
+		if opened.Median[mode] != float64(n) || !ok || failed.Median[mode] != 0 {
+			t.Errorf("%s, %s: opened at once %v, failed %v; want %d and 0", mode, WorkloadIdle,
+				opened.Median[mode], failed.Median[mode], n)
+		}
+		for _, side := range []string{"client", "server"} {
+			peak, _ := find(rows, WorkloadIdle, "handshakes in flight, peak, "+side+" proxy")
+			v, ok := peak.Median[mode]
+			switch {
+			case mode == Pillion && (!ok || v <= 0 || v > sidecar.DefaultMaxHandshakes):
+				t.Errorf("pillion, %s proxy: handshakes in flight, peak %v; want 1 to %d", side, v, sidecar.DefaultMaxHandshakes)
+			case mode != Pillion && ok:
+				t.Errorf("%s, %s proxy: handshakes in flight, peak %v; want none (pillion's metric)", mode, side, v)
+			}
+		}
 	}
 }
 

@@ -8,8 +8,6 @@ import (
 	"io"
 	"net"
 	"strconv"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/pillionmesh/pillion/internal/meshtest"
@@ -191,129 +189,6 @@ func bulk(e *env, cfg Config, proxies []proxy) ([]Value, error) {
 			(after[i].CPU - before[i].CPU).Seconds() / (float64(sent) / 1e9)})
 	}
 	return vals, nil
-}
-
-// idle opens cfg.IdleConns connections (or as many as the open-file limit
-// allows) from the client pod to the server's holder, waits until all
-// reached it, and reports each proxy's RSS, scaled to cfg.IdleConns from
-// the RSS before and with the connections if fewer were held; then it
-// closes them.
-func idle(e *env, cfg Config, proxies []proxy) ([]Value, error) {
-	before, err := sampleAll(proxies)
-	if err != nil {
-		return nil, err
-	}
-	addr := net.JoinHostPort(e.server.IPv4.String(), fmt.Sprint(idlePort))
-	conns := make([]net.Conn, cfg.idleHeld)
-	defer func() {
-		for _, c := range conns {
-			if c != nil {
-				c.Close()
-			}
-		}
-	}()
-	var (
-		wg       sync.WaitGroup
-		firstErr atomic.Pointer[error]
-		next     atomic.Int64
-	)
-	start := time.Now()
-	for range 64 {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= len(conns) || firstErr.Load() != nil {
-					return
-				}
-				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-				c, err := e.client.Dial(ctx, "tcp", addr)
-				cancel()
-				if err != nil {
-					err = fmt.Errorf("%s: connection %d: %w", WorkloadIdle, i, err)
-					firstErr.CompareAndSwap(nil, &err)
-					return
-				}
-				conns[i] = c
-				// Keep at most inFlight connections on their way: opening
-				// them all at once would measure a handshake storm (which
-				// times out), not what idle connections cost.
-				if err := e.holder.waitOpenAtLeast(i+1-inFlight, time.Minute); err != nil {
-					err = fmt.Errorf("%s: %w", WorkloadIdle, err)
-					firstErr.CompareAndSwap(nil, &err)
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	if err := firstErr.Load(); err != nil {
-		return nil, *err
-	}
-	if err := e.holder.waitOpen(len(conns), 3*time.Minute); err != nil {
-		return nil, fmt.Errorf("%s: %w", WorkloadIdle, err)
-	}
-	openRate := float64(len(conns)) / time.Since(start).Seconds()
-	now, err := sampleAll(proxies)
-	if err != nil {
-		return nil, err
-	}
-	vals := []Value{{WorkloadIdle, "opened", "conn/s", "higher", openRate}}
-	for i, p := range proxies {
-		per := float64(now[i].RSS-before[i].RSS) / float64(len(conns))
-		scaled := float64(before[i].RSS) + per*float64(cfg.IdleConns)
-		vals = append(vals,
-			Value{WorkloadIdle, "rss, " + p.side + " proxy", "MB", "lower", scaled / (1 << 20)},
-			Value{WorkloadIdle, "per connection, " + p.side + " proxy", "KB", "lower", per / 1024})
-	}
-	return vals, nil
-}
-
-// holder is the server pod's application that holds connections open and
-// counts them.
-type holder struct {
-	open atomic.Int64
-}
-
-func serveHolder(t testpod.Cleaner, pod *testpod.Pod) (*holder, error) {
-	l, err := pod.Listen("tcp", fmt.Sprintf(":%d", idlePort))
-	if err != nil {
-		return nil, err
-	}
-	h := &holder{}
-	meshtest.Serve(t, l, func(c net.Conn) {
-		h.open.Add(1)
-		defer h.open.Add(-1)
-		_, _ = io.Copy(io.Discard, c)
-	})
-	return h, nil
-}
-
-// inFlight is how many idle connections may be on their way to the
-// server at once.
-const inFlight = 256
-
-// waitOpenAtLeast waits until at least n connections are open.
-func (h *holder) waitOpenAtLeast(n int, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for h.open.Load() < int64(n) {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%d connections reached the server, want at least %d", h.open.Load(), n)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	return nil
-}
-
-// waitOpen waits until exactly n connections are open.
-func (h *holder) waitOpen(n int, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for h.open.Load() != int64(n) {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%d connections reached the server, want %d", h.open.Load(), n)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return nil
 }
 
 // serveSink is the server pod's bulk sink: it reads to EOF and answers
