@@ -2,15 +2,15 @@
 // HTTP/1.1 keep-alive connections (one request at a time each) and one of
 // HTTP/2 connections (many requests multiplexed on each, a new connection
 // opened when one is full), both keyed by endpoint (ip:port). It builds on
-// net/http's Transport and golang.org/x/net/http2's, which already retry a
-// request whose pooled connection closed before any byte was written, and
-// an HTTP/2 stream the peer refused or a GOAWAY did not cover. This package
-// adds the limits, the dialer, the connection counts and the typed errors.
+// net/http's Transport, which retries a request whose pooled connection
+// closed before any byte was written, and pillion's own HTTP/2 client
+// (proxy/h2), which sends again a request the peer did not process when it
+// can. This package adds the limits, the dialer, the connection counts and
+// the typed errors.
 package pool
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -22,6 +22,7 @@ import (
 
 	"golang.org/x/net/http2"
 
+	"github.com/pillionmesh/pillion/proxy/h2"
 	"github.com/pillionmesh/pillion/proxy/upstream"
 )
 
@@ -90,7 +91,7 @@ func (c Config) withDefaults() Config {
 // Pools is the HTTP/1.1 and the HTTP/2 pool. It is safe for concurrent use.
 type Pools struct {
 	h1    *http.Transport
-	h2    *http2.Transport //lint:ignore SA1019 see New
+	h2    *h2.Transport
 	conns *counter
 	// endpoints holds the last Endpoint each address was asked for with,
 	// by Addr.String() (the transports' key): the dial takes it from
@@ -120,16 +121,11 @@ func New(cfg Config) *Pools {
 		WriteBufferSize:       32 << 10,
 	}
 	dial := p.dialer(cfg, upstream.HTTP2)
-	//lint:ignore SA1019 x/net deprecates its Transport for net/http's, but net/http's h2c dials one connection per waiting request on a cold burst (20 concurrent requests made 14 connections); this one shares one dial per endpoint, which is what a pool between sidecars is for.
-	p.h2 = &http2.Transport{
-		AllowHTTP: true, // h2c with prior knowledge
-		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
-			return dial(ctx, network, addr)
-		},
-		DisableCompression: true,
-		IdleConnTimeout:    cfg.HTTP2IdleTimeout,
-		ReadIdleTimeout:    cfg.PingInterval,
-		PingTimeout:        cfg.PingInterval / 2,
+	p.h2 = &h2.Transport{
+		Dial:         func(ctx context.Context, addr string) (net.Conn, error) { return dial(ctx, "tcp", addr) },
+		IdleTimeout:  cfg.HTTP2IdleTimeout,
+		PingInterval: cfg.PingInterval,
+		PingTimeout:  cfg.PingInterval / 2,
 	}
 	return p
 }
@@ -147,10 +143,6 @@ func (p *Pools) RoundTrip(req *http.Request, ep upstream.Endpoint, proto upstrea
 	var rt http.RoundTripper = p.h1
 	if proto == upstream.HTTP2 {
 		rt = p.h2
-		if req.Body != nil && req.Body != http.NoBody && req.GetBody == nil {
-			req = req.WithContext(req.Context()) // a copy: RoundTrip must not change req
-			req.GetBody = notProcessed
-		}
 	}
 	// The endpoint's counts, found once: the entry stays in the map.
 	e := p.conns.start(req.URL.Host, proto)
@@ -199,7 +191,7 @@ func (b *countedBody) done() {
 // CloseIdle closes the idle connections of both pools.
 func (p *Pools) CloseIdle() {
 	p.h1.CloseIdleConnections()
-	p.h2.CloseIdleConnections() //lint:ignore SA1019 see New
+	p.h2.CloseIdleConnections()
 }
 
 // Conns returns the open connections per endpoint and protocol.
@@ -222,16 +214,6 @@ func (p *Pools) dialer(cfg Config, proto upstream.Protocol) func(ctx context.Con
 	}
 }
 
-// errNotProcessed says the HTTP/2 peer did not process the request.
-var errNotProcessed = errors.New("the peer did not process the request, whose streamed body cannot be sent again")
-
-// notProcessed is the GetBody of a streamed request body. x/net/http2
-// calls GetBody only to send again a request the peer did not process (it
-// refused the stream, or a GOAWAY did not cover it); failing then with
-// errNotProcessed lets the caller (the retry filter) know it is safe to
-// retry, where x/net would otherwise return an error that says nothing.
-func notProcessed() (io.ReadCloser, error) { return nil, errNotProcessed }
-
 // dialError marks an error of the dialer, wherever the transports put it.
 type dialError struct{ err error }
 
@@ -246,7 +228,7 @@ func classify(endpoint string, proto upstream.Protocol, err error) *upstream.Err
 	switch {
 	case errors.As(err, &de):
 		e.Kind, e.Err = upstream.ConnectFailure, de.err
-	case errors.Is(err, errNotProcessed), errors.As(err, &se) && se.Code == http2.ErrCodeRefusedStream:
+	case errors.As(err, &se) && se.Code == http2.ErrCodeRefusedStream:
 		e.Kind = upstream.Refused
 	case errors.As(err, &se) && se.Code == http2.ErrCodeProtocol,
 		errors.As(err, &ce) && http2.ErrCode(ce) == http2.ErrCodeProtocol,
