@@ -108,3 +108,37 @@ func TestHandshakeQueueBeforeConnect(t *testing.T) {
 		t.Errorf("B took %d connections over mTLS and %d as plaintext, want %d and none", m, p, n)
 	}
 }
+
+// TestHandshakeQueueOutlastsDialTimeout: the wait for a handshake slot is
+// not the dial's time: a connection queued three dial time-outs behind a
+// handshake in flight still reaches the application once the slot frees
+// (a burst of 10,000 new connections takes about 12 s to clear).
+func TestHandshakeQueueOutlastsDialTimeout(t *testing.T) {
+	reached := make(chan struct{}, 1)
+	app := loopbackServer(t, func(c net.Conn) {
+		reached <- struct{}{}
+		_, _ = io.Copy(io.Discard, c)
+	})
+	cfgA, cfgB := benchConfig(), benchConfig()
+	cfgA.MaxHandshakes = 1
+	cfgA.DialTimeout = 100 * time.Millisecond
+	front, a, _ := meshPair(t, app, cfgA, cfgB)
+	release, err := a.handshakes.acquire(context.Background(), zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.AfterFunc(3*cfgA.DialTimeout, release)
+	c, err := net.Dial("tcp", front.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte{0}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-reached:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("the queued connection never reached the application (handshakes timed out in the queue: %d)", a.handshakes.timeouts.Load())
+	}
+}

@@ -36,6 +36,12 @@ type Identity interface {
 // a ClientHello.
 const handshakeTimeout = 10 * time.Second
 
+// handshakeQueueTimeout bounds the wait for a handshake slot to a peer. A
+// handshake costs about a millisecond of CPU on each side, so a burst of
+// 10,000 new connections clears in about 12 s on two cores (bench/README.md,
+// idle-conns); a dial timeout of seconds would fail a third of them.
+const handshakeQueueTimeout = 30 * time.Second
+
 // meshTLS is the mTLS side of the proxy: the identity and the TLS
 // configurations built from it once.
 type meshTLS struct {
@@ -127,16 +133,21 @@ func (s *Server) dialMesh(ctx context.Context, ep upstream.Endpoint, alpn string
 		st.TLSFailures[mtls.FailureWrongIdentity].Add(1)
 		return nil, fmt.Errorf("mTLS to %s: %w", dst, err)
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
-	defer cancel()
 	// The slot comes before the connect: a peer reads a connection that
 	// stays silent while it waits for one as not a sidecar's. (A connect
-	// that hangs thereby holds a slot, up to DialTimeout.)
-	release, err := s.handshakes.acquire(ctx, s.log)
+	// that hangs thereby holds a slot, up to DialTimeout.) The wait has a
+	// bound of its own: a burst of new connections queues for as long as
+	// the handshakes before it take, and DialTimeout then bounds the
+	// connect and the handshake alone.
+	qctx, cancelQ := context.WithTimeout(ctx, handshakeQueueTimeout)
+	release, err := s.handshakes.acquire(qctx, s.log)
+	cancelQ()
 	if err != nil {
 		return nil, err
 	}
 	defer release()
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
+	defer cancel()
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "tcp", dst.String())
 	if err != nil {
