@@ -112,6 +112,9 @@ func newConn(nc net.Conn, bufs *Buffers, r role) *conn {
 	c.fr = http2.NewFramer(nil, rd)
 	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	c.fr.MaxHeaderListSize = maxHeaderListSize
+	// We advertise no SETTINGS_MAX_FRAME_SIZE: a larger frame is the
+	// peer's FRAME_SIZE_ERROR (RFC 9113 §4.2), not one to read.
+	c.fr.SetMaxReadFrameSize(http2DefaultMaxFrame)
 	c.fr.SetReuseFrames()
 	return c
 }
