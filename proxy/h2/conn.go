@@ -245,7 +245,7 @@ func (c *conn) writeHeadersData(s *stream, fields []string, data []byte, end boo
 		c.w.data(s.id, last && k == len(p), p[:k])
 		p = p[k:]
 	}
-	if err := c.w.flush(); err != nil || last {
+	if err := c.w.flush(); err != nil || last || (n == len(data) && !end) {
 		return err
 	}
 	return c.writeData(s, data[n:], end)
