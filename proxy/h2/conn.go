@@ -18,6 +18,7 @@ import (
 	"math"
 	"net"
 	"sync"
+	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -337,13 +338,34 @@ func (c *conn) count() int {
 // ends every stream and tells the role.
 func (c *conn) readLoop() {
 	err := c.readFrames()
+	if errors.Is(err, http2.ErrFrameTooLarge) {
+		err = http2.ConnectionError(http2.ErrCodeFrameSize)
+	}
 	var ce http2.ConnectionError
 	if errors.As(err, &ce) {
 		c.w.batch()
 		c.w.goAway(c.lastPeerStream(), http2.ErrCode(ce), nil)
 		_ = c.w.flush()
+		c.linger()
 	}
 	c.close(err)
+}
+
+// lingerTimeout bounds linger.
+const lingerTimeout = time.Second
+
+// linger waits for what was flushed to be written, half-closes the
+// connection and reads what the peer still sends until it closes or
+// lingerTimeout passed: closing a TCP connection with unread data resets
+// it, and the peer could lose our last frames (a GOAWAY) to the reset.
+func (c *conn) linger() {
+	_ = c.nc.SetWriteDeadline(time.Now().Add(lingerTimeout))
+	c.w.drain()
+	if cw, ok := c.nc.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
+	_ = c.nc.SetReadDeadline(time.Now().Add(lingerTimeout))
+	_, _ = io.Copy(io.Discard, c.nc)
 }
 
 // lastPeerStream is the highest stream the peer opened that a GOAWAY of
