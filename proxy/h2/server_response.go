@@ -32,6 +32,7 @@ type responseState struct {
 	fieldsBuf [24]string
 	hasType   bool // Content-Type, or Content-Encoding (no sniffing either way)
 	hasDate   bool
+	closeConn bool     // Connection: close
 	trailers  []string // the keys announced in Trailer, canonical
 }
 
@@ -146,9 +147,7 @@ func (w *responseWriter) appendFields(fields []string, code int, final bool) []s
 		}
 	}
 	if final && httpguts.HeaderValuesContainsToken(connection, "close") {
-		// The handler (the proxy's drain) wants the connection closed:
-		// in HTTP/2, a GOAWAY, and the close once no stream is open.
-		w.sc.startGoAway()
+		rs.closeConn = true
 	}
 	return fields
 }
@@ -312,6 +311,12 @@ func (w *responseWriter) send(p []byte, end bool) error {
 		ss.finalSent = true
 		ss.hmu.Unlock()
 		err = c.writeHeadersData(ss.s, fields, data, endData)
+		if rs.closeConn {
+			// The handler (the proxy's drain) wants the connection
+			// closed: in HTTP/2, a GOAWAY after this response's
+			// HEADERS, and the close once no stream is open.
+			w.sc.startGoAway()
+		}
 	case len(data) > 0 || endData:
 		err = c.writeData(ss.s, data, endData)
 	}
