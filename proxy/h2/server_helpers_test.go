@@ -19,6 +19,12 @@ import (
 // by wrap when not nil, until the test ends; it returns the address.
 func serve(t *testing.T, s *Server, wrap func(net.Conn) net.Conn) string {
 	t.Helper()
+	return serveCtx(t, s, context.Background(), wrap)
+}
+
+// serveCtx is serve, with ctx given to ServeConn.
+func serveCtx(t *testing.T, s *Server, ctx context.Context, wrap func(net.Conn) net.Conn) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -38,7 +44,7 @@ func serve(t *testing.T, s *Server, wrap func(net.Conn) net.Conn) string {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				s.ServeConn(context.Background(), nc)
+				s.ServeConn(ctx, nc)
 			}()
 		}
 	}()
