@@ -24,8 +24,12 @@ const prefaceTimeout = 10 * time.Second
 
 // Server serves HTTP/2 on connections already accepted (and, between
 // sidecars, already past their mTLS handshake): pillion's inbound side.
-// What a handler sees is what net/http's HTTP/2 server gives it (server.md
-// in this folder lists the few differences).
+// What a handler sees is what net/http's HTTP/2 server gives it, but for
+// these: the request context has no http.ServerContextKey or
+// LocalAddrContextKey (ServeConn's context carries the proxy's values);
+// there are no read or write timeouts; a response shorter than the
+// content-length its handler set is reset (INTERNAL_ERROR) rather than
+// ended; WriteHeader(101) is ignored (RFC 9113 §8.6).
 //
 // Set the fields before the first ServeConn and leave them; a Server is
 // then safe for concurrent use. The zero value is not usable: Handler is
