@@ -45,6 +45,9 @@ type dial struct {
 	err  error
 }
 
+// settingsTimeout bounds the wait for a new connection's first SETTINGS.
+const settingsTimeout = 10 * time.Second
+
 // maxRetries bounds how often a request the peer did not process is sent
 // again on another connection.
 const maxRetries = 5
@@ -122,10 +125,13 @@ func (t *Transport) conn(ctx context.Context, addr string) (*clientConn, bool, e
 // dial connects to addr for d. The dial outlives the request that started
 // it (others may be waiting for it), though not its values.
 func (t *Transport) dial(ctx context.Context, addr string, d *dial) {
-	nc, err := t.Dial(context.WithoutCancel(ctx), addr)
+	ctx = context.WithoutCancel(ctx)
+	nc, err := t.Dial(ctx, addr)
 	var cc *clientConn
 	if err == nil {
-		cc, err = t.newClientConn(nc, addr)
+		ctx, cancel := context.WithTimeout(ctx, settingsTimeout)
+		cc, err = t.newClientConn(ctx, nc, addr)
+		cancel()
 	}
 	t.mu.Lock()
 	delete(t.dials, addr)
@@ -189,7 +195,7 @@ type clientConn struct {
 	timer *time.Timer // the idle and liveness checks
 }
 
-func (t *Transport) newClientConn(nc net.Conn, addr string) (*clientConn, error) {
+func (t *Transport) newClientConn(ctx context.Context, nc net.Conn, addr string) (*clientConn, error) {
 	cc := &clientConn{t: t, addr: addr, nextID: 1, lastUsed: time.Now()}
 	cc.conn = newConn(nc, &t.bufs, cc)
 	cc.w.batch()
@@ -200,6 +206,17 @@ func (t *Transport) newClientConn(nc net.Conn, addr string) (*clientConn, error)
 		return nil, fmt.Errorf("h2: connection preface to %s: %w", addr, err)
 	}
 	go cc.readLoop()
+	// The server's limits come in its first SETTINGS, which it sends at
+	// once: until they are known, a burst of requests could open more
+	// streams than it takes.
+	select {
+	case <-cc.settled:
+	case <-cc.done:
+		return nil, fmt.Errorf("h2: connection to %s: %w", addr, cc.err)
+	case <-ctx.Done():
+		cc.close(ctx.Err())
+		return nil, fmt.Errorf("h2: connection to %s: no SETTINGS: %w", addr, ctx.Err())
+	}
 	if d := cc.checkEvery(); d > 0 {
 		cc.timer = time.AfterFunc(d, cc.check)
 	}

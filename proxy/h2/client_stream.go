@@ -134,31 +134,6 @@ func requestFields(req *http.Request) ([]string, error) {
 	return fields, nil
 }
 
-// lower is the field name of a header key; the common ones without an
-// allocation.
-func lower(k string) string {
-	if l, ok := commonLower[k]; ok {
-		return l
-	}
-	return strings.ToLower(k)
-}
-
-var commonLower = func() map[string]string {
-	m := make(map[string]string)
-	for _, k := range []string{
-		"Accept", "Accept-Encoding", "Accept-Language", "Authorization", "Cache-Control", "Content-Encoding",
-		"Content-Length", "Content-Type", "Cookie", "Date", "Etag", "Expect", "Grpc-Accept-Encoding",
-		"Grpc-Encoding", "Grpc-Message", "Grpc-Status", "Grpc-Timeout", "Host", "If-Modified-Since",
-		"If-None-Match", "Last-Modified", "Location", "Origin", "Referer", "Server", "Set-Cookie", "Te",
-		"Traceparent", "Tracestate", "Trailer", "User-Agent", "Vary", "Via", "X-B3-Sampled", "X-B3-Spanid",
-		"X-B3-Traceid", "X-Envoy-Attempt-Count", "X-Envoy-Upstream-Service-Time", "X-Forwarded-For",
-		"X-Forwarded-Proto", "X-Pillion-Orig-Proto", "X-Request-Id",
-	} {
-		m[k] = strings.ToLower(k)
-	}
-	return m
-}()
-
 // clientStream is a request's stream: its response, when it comes.
 type clientStream struct {
 	cc  *clientConn
@@ -264,7 +239,7 @@ func (cs *clientStream) headers(f *http2.MetaHeadersFrame) error {
 			return nil
 		}
 		for _, hf := range f.RegularFields() {
-			k := textproto.CanonicalMIMEHeaderKey(hf.Name)
+			k := canonical(hf.Name)
 			cs.res.Trailer[k] = append(cs.res.Trailer[k], hf.Value)
 		}
 		return nil
@@ -278,7 +253,7 @@ func (cs *clientStream) headers(f *http2.MetaHeadersFrame) error {
 	header := make(http.Header, len(regular))
 	vals := make([]string, len(regular))
 	for i, hf := range regular {
-		k := textproto.CanonicalMIMEHeaderKey(hf.Name)
+		k := canonical(hf.Name)
 		vals[i] = hf.Value
 		if header[k] == nil {
 			header[k] = vals[i : i+1 : i+1]

@@ -62,7 +62,7 @@ func newTestTransport(writes *atomic.Int64, dials *atomic.Int64) *Transport {
 	}}
 }
 
-func echo(w http.ResponseWriter, r *http.Request) {
+func echoBack(w http.ResponseWriter, r *http.Request) {
 	for k, vv := range r.Trailer {
 		w.Header()[http.TrailerPrefix+k] = nil
 		_ = vv
@@ -77,11 +77,11 @@ func echo(w http.ResponseWriter, r *http.Request) {
 }
 
 func TestClientEcho(t *testing.T) {
-	addr := h2cServer(t, http.HandlerFunc(echo), 250)
+	addr := h2cServer(t, http.HandlerFunc(echoBack), 250)
 	tr := newTestTransport(nil, nil)
 	for _, size := range []int{0, 1, 1024, maxHeldBody, maxHeldBody + 1, 32 << 20} {
 		body := bytes.Repeat([]byte("pillion!"), size/8+1)[:size]
-		req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/echo?q=1", bytes.NewReader(body))
+		req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/echoBack?q=1", bytes.NewReader(body))
 		req.Host = "svc.example"
 		res, err := tr.RoundTrip(req)
 		if err != nil {
@@ -105,7 +105,7 @@ func TestClientEcho(t *testing.T) {
 // A streamed body (no length) with trailers, as gRPC sends: the trailers
 // arrive, and the response's trailers come back.
 func TestClientStreamedTrailers(t *testing.T) {
-	addr := h2cServer(t, http.HandlerFunc(echo), 250)
+	addr := h2cServer(t, http.HandlerFunc(echoBack), 250)
 	tr := newTestTransport(nil, nil)
 	pr, pw := io.Pipe()
 	req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/", pr)
@@ -130,7 +130,7 @@ func TestClientStreamedTrailers(t *testing.T) {
 // A small request goes out in one write: HEADERS and DATA with
 // END_STREAM together.
 func TestClientCoalesces(t *testing.T) {
-	addr := h2cServer(t, http.HandlerFunc(echo), 250)
+	addr := h2cServer(t, http.HandlerFunc(echoBack), 250)
 	var writes atomic.Int64
 	tr := newTestTransport(&writes, nil)
 	send := func() {
@@ -199,7 +199,7 @@ func TestClientStreamLimit(t *testing.T) {
 
 // Cold burst: 20 concurrent requests share one dial.
 func TestClientOneDial(t *testing.T) {
-	addr := h2cServer(t, http.HandlerFunc(echo), 250)
+	addr := h2cServer(t, http.HandlerFunc(echoBack), 250)
 	var dials atomic.Int64
 	tr := newTestTransport(nil, &dials)
 	var wg sync.WaitGroup
@@ -325,7 +325,7 @@ func TestClientBackPressure(t *testing.T) {
 
 // GotConn says whether the connection was reused.
 func TestClientGotConn(t *testing.T) {
-	addr := h2cServer(t, http.HandlerFunc(echo), 250)
+	addr := h2cServer(t, http.HandlerFunc(echoBack), 250)
 	tr := newTestTransport(nil, nil)
 	var reused []bool
 	for range 2 {

@@ -97,6 +97,9 @@ type conn struct {
 	// closes when its last stream ends.
 	draining bool
 	done     chan struct{}
+	// settled is closed once the peer's first SETTINGS were applied.
+	settled     chan struct{}
+	settledOnce sync.Once
 	// reset holds the last streams this side reset, whose frames in
 	// flight are ignored (RFC 9113 §5.1, "closed").
 	resetIDs [32]uint32
@@ -116,6 +119,7 @@ func newConn(nc net.Conn, bufs *Buffers, r role) *conn {
 		peerMaxStreams:   math.MaxUint32,
 		recvWindow:       initialWindow,
 		done:             make(chan struct{}),
+		settled:          make(chan struct{}),
 	}
 	c.changed.L = &c.mu
 	var rd io.Reader = nc
@@ -126,6 +130,9 @@ func newConn(nc net.Conn, bufs *Buffers, r role) *conn {
 	c.fr = http2.NewFramer(nil, rd)
 	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	c.fr.MaxHeaderListSize = maxHeaderListSize
+	// We advertise no SETTINGS_MAX_FRAME_SIZE: a larger frame is the
+	// peer's FRAME_SIZE_ERROR (RFC 9113 §4.2), not one to read.
+	c.fr.SetMaxReadFrameSize(http2DefaultMaxFrame)
 	c.fr.SetReuseFrames()
 	return c
 }
@@ -250,8 +257,8 @@ func (c *conn) writeHeadersData(s *stream, fields []string, data []byte, end boo
 		c.w.mu.Unlock()
 		return err
 	}
-	if err := c.w.flush(); err != nil || n == len(data) && end {
-		return err
+	if err := c.w.flush(); err != nil || n == len(data) {
+		return err // all of it went, and the END_STREAM if end
 	}
 	return c.writeData(s, data[n:], end)
 }
@@ -387,13 +394,34 @@ func (c *conn) count() int {
 // ends every stream and tells the role.
 func (c *conn) readLoop() {
 	err := c.readFrames()
+	if errors.Is(err, http2.ErrFrameTooLarge) {
+		err = http2.ConnectionError(http2.ErrCodeFrameSize)
+	}
 	var ce http2.ConnectionError
 	if errors.As(err, &ce) {
 		c.w.batch()
 		c.w.goAway(c.role.lastPeerStream(), http2.ErrCode(ce), nil)
 		_ = c.w.flush()
+		c.linger()
 	}
 	c.close(err)
+}
+
+// lingerTimeout bounds linger.
+const lingerTimeout = time.Second
+
+// linger waits for what was flushed to be written, half-closes the
+// connection and reads what the peer still sends until it closes or
+// lingerTimeout passed: closing a TCP connection with unread data resets
+// it, and the peer could lose our last frames (a GOAWAY) to the reset.
+func (c *conn) linger() {
+	_ = c.nc.SetWriteDeadline(time.Now().Add(lingerTimeout))
+	c.w.drain()
+	if cw, ok := c.nc.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
+	_ = c.nc.SetReadDeadline(time.Now().Add(lingerTimeout))
+	_, _ = io.Copy(io.Discard, c.nc)
 }
 
 // close ends the connection with err (once) and every stream on it.
@@ -715,6 +743,7 @@ func (c *conn) handleSettings(f *http2.SettingsFrame) error {
 	if err != nil {
 		return err
 	}
+	c.settledOnce.Do(func() { close(c.settled) })
 	c.w.batch()
 	c.w.settingsAck()
 	return c.w.flush()

@@ -108,6 +108,16 @@ func (w *writer) flush() error {
 	return err
 }
 
+// drain waits until no frame is pending or being written, or writing
+// failed: what was flushed before is on the wire (a graceful close).
+func (w *writer) drain() {
+	w.mu.Lock()
+	for (w.flushing || len(w.pending) > 0) && w.err == nil {
+		w.drained.Wait()
+	}
+	w.mu.Unlock()
+}
+
 // fail makes every later write fail with err (the connection is closing).
 func (w *writer) fail(err error) {
 	w.mu.Lock()

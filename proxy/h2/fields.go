@@ -1,0 +1,50 @@
+package h2
+
+import (
+	"net/textproto"
+	"strings"
+)
+
+// canonical is the canonical form of a lower-case field name, without an
+// allocation for the common ones.
+func canonical(name string) string {
+	if c, ok := commonCanonical[name]; ok {
+		return c
+	}
+	return textproto.CanonicalMIMEHeaderKey(name)
+}
+
+// commonCanonical and commonLower map the common field names between
+// their canonical and their lower-case (HTTP/2) forms. Read-only.
+var commonCanonical, commonLower = func() (map[string]string, map[string]string) {
+	names := []string{
+		"Accept", "Accept-Charset", "Accept-Encoding", "Accept-Language", "Accept-Ranges",
+		"Access-Control-Allow-Origin", "Age", "Allow", "Authorization", "B3", "Baggage",
+		"Cache-Control", "Content-Disposition", "Content-Encoding", "Content-Language",
+		"Content-Length", "Content-Location", "Content-Range", "Content-Type", "Cookie",
+		"Date", "Etag", "Expect", "Expires", "Forwarded", "From", "Grpc-Encoding",
+		"Grpc-Accept-Encoding", "Grpc-Message", "Grpc-Status", "Grpc-Timeout", "Host",
+		"If-Match", "If-Modified-Since", "If-None-Match", "If-Range", "If-Unmodified-Since",
+		"Last-Modified", "Link", "Location", "Max-Forwards", "Origin", "Proxy-Authenticate",
+		"Proxy-Authorization", "Range", "Referer", "Refresh", "Retry-After", "Server",
+		"Set-Cookie", "Strict-Transport-Security", "Te", "Trailer", "Traceparent", "Tracestate",
+		"Transfer-Encoding", "User-Agent", "Vary", "Via", "Www-Authenticate",
+		"X-B3-Parentspanid", "X-B3-Sampled", "X-B3-Spanid", "X-B3-Traceid",
+		"X-Content-Type-Options", "X-Envoy-Attempt-Count", "X-Envoy-Upstream-Service-Time",
+		"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Pillion-Orig-Proto", "X-Request-Id",
+	}
+	canon, lower := make(map[string]string, len(names)), make(map[string]string, len(names))
+	for _, n := range names {
+		l := strings.ToLower(n)
+		canon[l], lower[n] = n, l
+	}
+	return canon, lower
+}()
+
+// lower is a canonical field name's HTTP/2 form.
+func lower(k string) string {
+	if l, ok := commonLower[k]; ok {
+		return l
+	}
+	return strings.ToLower(k)
+}
