@@ -165,7 +165,11 @@ func (s *Server) handleHTTP(cn *conn, down net.Conn) {
 	}
 	hc := newHTTPConn(down, meta, s.cfg.HeaderTimeout)
 	st.Active.Add(1)
-	s.http[cn.dir].serve(hc)
+	if cn.alpn == mtls.ProtoHTTP2 {
+		s.http[cn.dir].serveMesh(hc)
+	} else {
+		s.http[cn.dir].serve(hc)
+	}
 	st.Active.Add(-1)
 	st.Completed.Add(1)
 	sent, recv := hc.read.Load(), hc.written.Load()
