@@ -170,10 +170,13 @@ func (cc *clientConn) roundTrip(rq *request) (*http.Response, error) {
 	n, err := cc.appendHeadersData(s, rq.fields, rq.body, rq.held)
 	if err != nil {
 		cc.w.mu.Unlock()
-		return nil, err
+		return nil, errNotSent // the stream ended before anything was written
 	}
-	if err := cc.w.flush(); err != nil {
-		return nil, err
+	if cc.w.flush() != nil {
+		// The connection failed before the frames were written: the peer
+		// never saw the request.
+		cc.reset(s, http2.ErrCodeCancel, errNotSent)
+		return nil, errNotSent
 	}
 	switch {
 	case !rq.held:

@@ -343,3 +343,42 @@ func TestClientGotConn(t *testing.T) {
 		t.Fatalf("reused %v, want [false true]", reused)
 	}
 }
+
+// A server that says Connection: close on every answer (a draining
+// sidecar): GOAWAY after each, while other requests keep coming on the
+// same connection. Every request is answered: those the GOAWAY did not
+// cover go again on a new connection.
+func TestClientGoAwayStorm(t *testing.T) {
+	addr := serve(t, &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Connection", "close")
+		_, _ = io.Copy(w, r.Body)
+	})}, nil)
+	tr := newTestTransport(nil, nil)
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for range 8 {
+		wg.Go(func() {
+			for range 200 {
+				req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/", strings.NewReader("ping"))
+				res, err := tr.RoundTrip(req)
+				if err != nil {
+					if failed.Add(1) < 5 {
+						t.Error(err)
+					}
+					continue
+				}
+				b, err := io.ReadAll(res.Body)
+				res.Body.Close()
+				if err != nil || string(b) != "ping" {
+					if failed.Add(1) < 5 {
+						t.Errorf("body %q, %v", b, err)
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if n := failed.Load(); n > 0 {
+		t.Fatalf("%d of 1600 requests failed", n)
+	}
+}

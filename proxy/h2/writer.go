@@ -79,8 +79,15 @@ func (w *writer) batch() { w.mu.Lock() }
 
 // flush ends a batch: it writes what is pending unless another goroutine
 // is writing (which will write it next), and waits while too much is
-// pending. It returns the connection's write error, if any.
+// pending. It fails when the batch's frames will not be written: the
+// connection failed before (or in) their write. Frames handed to another
+// goroutine's write are as good as sent, as with a buffered writer: a
+// failure there ends the connection, which its streams are told.
 func (w *writer) flush() error {
+	if err := w.err; err != nil {
+		w.mu.Unlock()
+		return err
+	}
 	if w.flushing {
 		for len(w.pending) > maxPending && w.err == nil {
 			w.drained.Wait()
@@ -90,20 +97,23 @@ func (w *writer) flush() error {
 		return err
 	}
 	w.flushing = true
-	for len(w.pending) > 0 && w.err == nil {
+	var err error // of the first write, which holds this batch
+	for first := true; len(w.pending) > 0 && w.err == nil; first = false {
 		out := w.pending
 		w.pending = nil
 		w.mu.Unlock()
-		_, err := w.nc.Write(out)
+		_, werr := w.nc.Write(out)
 		w.bufs.put(out)
 		w.mu.Lock()
-		if err != nil {
-			w.err = err
+		if werr != nil {
+			w.err = werr
+			if first {
+				err = werr
+			}
 		}
 		w.drained.Broadcast()
 	}
 	w.flushing = false
-	err := w.err
 	w.mu.Unlock()
 	return err
 }
