@@ -346,8 +346,10 @@ func TestClientGotConn(t *testing.T) {
 
 // A server that says Connection: close on every answer (a draining
 // sidecar): GOAWAY after each, while other requests keep coming on the
-// same connection. Every request is answered: those the GOAWAY did not
-// cover go again on a new connection.
+// same connection. Those the GOAWAY did not cover go again on a new
+// connection; a request refused more often than maxRetries fails with
+// REFUSED_STREAM, which says it is safe to retry: never with an error that
+// leaves it unknown whether the peer processed it (EOF, a reset).
 func TestClientGoAwayStorm(t *testing.T) {
 	addr := serve(t, &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Connection", "close")
@@ -355,13 +357,19 @@ func TestClientGoAwayStorm(t *testing.T) {
 	})}, nil)
 	tr := newTestTransport(nil, nil)
 	var wg sync.WaitGroup
-	var failed atomic.Int64
-	for range 8 {
+	var refused, failed atomic.Int64
+	const clients, each = 8, 200
+	for range clients {
 		wg.Go(func() {
-			for range 200 {
+			for range each {
 				req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/", strings.NewReader("ping"))
 				res, err := tr.RoundTrip(req)
-				if err != nil {
+				var se http2.StreamError
+				switch {
+				case errors.As(err, &se) && se.Code == http2.ErrCodeRefusedStream:
+					refused.Add(1)
+					continue
+				case err != nil:
 					if failed.Add(1) < 5 {
 						t.Error(err)
 					}
@@ -379,6 +387,9 @@ func TestClientGoAwayStorm(t *testing.T) {
 	}
 	wg.Wait()
 	if n := failed.Load(); n > 0 {
-		t.Fatalf("%d of 1600 requests failed", n)
+		t.Errorf("%d of %d requests failed otherwise than refused", n, clients*each)
+	}
+	if n := refused.Load(); n > clients*each/100 {
+		t.Errorf("%d of %d requests refused more than %d times", n, clients*each, maxRetries)
 	}
 }

@@ -50,13 +50,18 @@ func (sc *serverConn) open(f *http2.MetaHeadersFrame) error {
 	if id%2 == 0 {
 		return http2.ConnectionError(http2.ErrCodeProtocol) // clients open odd streams
 	}
-	sc.lastID.Store(id)
 	if f.HasPriority() && f.Priority.StreamDep == id {
+		sc.lastID.Store(id)
 		sc.c.resetID(id, http2.ErrCodeProtocol, nil) // RFC 9113 §5.3.1
 		return nil
 	}
 	open := sc.c.count()
 	sc.mu.Lock()
+	// lastID and goingAway change together (startGoAway): a stream the
+	// GOAWAY covers is served, one it does not is refused, and the client
+	// can tell which from the GOAWAY alone even when the refusal cannot
+	// reach it (the connection closing).
+	sc.lastID.Store(id)
 	goingAway := sc.goingAway
 	busy := uint32(open+sc.zombies) >= sc.maxStreams
 	if !goingAway && !busy {
@@ -152,12 +157,11 @@ func (sc *serverConn) startGoAway() {
 		return
 	}
 	sc.goingAway = true
+	last := sc.lastID.Load() // the streams open took before goingAway, which are served
 	sc.mu.Unlock()
-	// The reader loop takes a new stream (lastID) before it checks
-	// goingAway; a stream it took before is in lastID and is served.
 	c := sc.c
 	c.w.batch()
-	c.w.goAway(sc.lastID.Load(), http2.ErrCodeNo, nil)
+	c.w.goAway(last, http2.ErrCodeNo, nil)
 	_ = c.w.flush()
 	sc.closeIfDone()
 }
