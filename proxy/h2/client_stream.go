@@ -144,6 +144,9 @@ type clientStream struct {
 	result    chan error
 	delivered atomic.Bool
 	final     bool // the final response's headers arrived (the reader loop's)
+	// trailer holds the trailers the reader loop received, which the
+	// body's reader moves to res.Trailer at the body's end.
+	trailer http.Header
 }
 
 func (cs *clientStream) deliver(err error) {
@@ -241,9 +244,13 @@ func (cs *clientStream) headers(f *http2.MetaHeadersFrame) error {
 			cs.fail(errors.New("h2: a second header block that does not end the stream"))
 			return nil
 		}
+		// Kept apart until the body's reader reaches its end: the
+		// response's Trailer map is the reader's (ReverseProxy reads it
+		// before the body, and after).
+		cs.trailer = make(http.Header, len(f.RegularFields()))
 		for _, hf := range f.RegularFields() {
 			k := canonical(hf.Name)
-			cs.res.Trailer[k] = append(cs.res.Trailer[k], hf.Value)
+			cs.trailer[k] = append(cs.trailer[k], hf.Value)
 		}
 		return nil
 	}
@@ -355,7 +362,17 @@ func (cs *clientStream) ended(err error) {
 // stream.
 type clientBody struct{ cs *clientStream }
 
-func (b clientBody) Read(p []byte) (int, error) { return b.cs.s.body.Read(p) }
+func (b clientBody) Read(p []byte) (int, error) {
+	n, err := b.cs.s.body.Read(p)
+	if err == io.EOF && b.cs.trailer != nil {
+		// The pipe's end orders this after the reader loop's write.
+		for k, vv := range b.cs.trailer {
+			b.cs.res.Trailer[k] = vv
+		}
+		b.cs.trailer = nil
+	}
+	return n, err
+}
 
 func (b clientBody) Close() error {
 	b.cs.s.body.close()

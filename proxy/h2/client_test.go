@@ -393,3 +393,32 @@ func TestClientGoAwayStorm(t *testing.T) {
 		t.Errorf("%d of %d requests refused more than %d times", n, clients*each, maxRetries)
 	}
 }
+
+// The response's Trailer map is its reader's until the body ends: the
+// reader loop, which receives the trailers, does not write it. (A gRPC
+// answer's trailers arrive with its headers; ReverseProxy reads the map
+// before the body: a write then crashed the sidecar with "concurrent map
+// iteration and map write". Run with -race.)
+func TestClientTrailersOwnedByReader(t *testing.T) {
+	addr := h2cServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set(http.TrailerPrefix+"Grpc-Status", "0")
+		_, _ = w.Write([]byte("answer"))
+	}), 250)
+	tr := newTestTransport(nil, nil)
+	for range 200 {
+		req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/", strings.NewReader("q"))
+		res, err := tr.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Microsecond) // the trailers have arrived
+		for k := range res.Trailer {
+			t.Fatalf("trailer %s before the body's end", k)
+		}
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		if res.Trailer.Get("Grpc-Status") != "0" {
+			t.Fatalf("trailers %v after the body's end", res.Trailer)
+		}
+	}
+}
