@@ -165,8 +165,8 @@ func (s *Server) handleHTTP(cn *conn, down net.Conn) {
 	}
 	hc := newHTTPConn(down, meta, s.cfg.HeaderTimeout)
 	st.Active.Add(1)
-	if cn.alpn == mtls.ProtoHTTP2 {
-		s.http[cn.dir].serveMesh(hc)
+	if cn.alpn == mtls.ProtoHTTP2 || (cn.alpn == "" && cn.det.Protocol == sniff.HTTP2) {
+		s.http[cn.dir].serveH2(hc)
 	} else {
 		s.http[cn.dir].serve(hc)
 	}

@@ -35,15 +35,15 @@ const (
 	maxConcurrentStreams = 250
 )
 
-// httpServer serves the HTTP connections of one direction: those detected
-// as HTTP/1.x or h2c with an http.Server speaking both, fed by a listener
-// of handed-over connections; HTTP/2 from peer sidecars (mTLS, ALPN
-// pillion's h2) with pillion's own HTTP/2 server, which costs a third less
-// per request (bench/README.md).
+// httpServer serves the HTTP connections of one direction: HTTP/1.x with
+// an http.Server, fed by a listener of handed-over connections; HTTP/2
+// (h2c with prior knowledge, and mTLS from peer sidecars) with pillion's
+// own server, proxy/h2, which costs less per request than net/http's
+// (bench/README.md).
 type httpServer struct {
 	srv  *http.Server
 	lis  *handoff
-	mesh *h2.Server
+	h2   *h2.Server
 	base context.Context // every request's context derives from it
 	done chan struct{}   // closed when srv.Serve returned
 }
@@ -51,7 +51,7 @@ type httpServer struct {
 func (s *Server) newHTTPServer(dir Direction) *httpServer {
 	hs := &httpServer{lis: newHandoff(), base: s.hardStop, done: make(chan struct{})}
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.serveRequest(dir, w, r) })
-	hs.mesh = &h2.Server{
+	hs.h2 = &h2.Server{
 		Handler:              handler,
 		MaxConcurrentStreams: maxConcurrentStreams,
 		IdleTimeout:          downstreamIdleTimeout,
@@ -75,9 +75,7 @@ func (s *Server) newHTTPServer(dir Direction) *httpServer {
 	}
 	var protos http.Protocols
 	protos.SetHTTP1(true)
-	protos.SetUnencryptedHTTP2(true) // h2c with prior knowledge
 	hs.srv.Protocols = &protos
-	hs.srv.HTTP2 = &http.HTTP2Config{MaxConcurrentStreams: maxConcurrentStreams}
 	go func() {
 		defer close(hs.done)
 		_ = hs.srv.Serve(hs.lis)
@@ -95,7 +93,7 @@ func mustStdLogAt(l *zap.Logger, level zapcore.Level) *log.Logger {
 	return std
 }
 
-// serve serves c, detected as HTTP/1.x or h2c, until it is closed.
+// serve serves c, detected as HTTP/1.x, until it is closed.
 func (hs *httpServer) serve(c *httpConn) {
 	if !hs.lis.push(c) {
 		relay.Reset(c.Conn) // shutting down
@@ -104,9 +102,9 @@ func (hs *httpServer) serve(c *httpConn) {
 	<-c.closed
 }
 
-// serveMesh serves c, HTTP/2 from a peer sidecar, until it is closed.
-func (hs *httpServer) serveMesh(c *httpConn) {
-	hs.mesh.ServeConn(context.WithValue(hs.base, connKey{}, c.meta), c)
+// serveH2 serves c, HTTP/2, until it is closed.
+func (hs *httpServer) serveH2(c *httpConn) {
+	hs.h2.ServeConn(context.WithValue(hs.base, connKey{}, c.meta), c)
 }
 
 // shutdown stops accepting handed-over connections, closes idle ones,
@@ -114,7 +112,7 @@ func (hs *httpServer) serveMesh(c *httpConn) {
 // ends.
 func (hs *httpServer) shutdown(ctx context.Context) {
 	var wg sync.WaitGroup
-	wg.Go(func() { _ = hs.mesh.Shutdown(ctx) })
+	wg.Go(func() { _ = hs.h2.Shutdown(ctx) })
 	_ = hs.srv.Shutdown(ctx)
 	<-hs.done
 	wg.Wait()
