@@ -68,7 +68,9 @@ type Config struct {
 	// OutboundPort and InboundPort are the ports iptables redirects captured
 	// traffic to. The proxy listens on both, IPv4 and IPv6.
 	OutboundPort, InboundPort uint16
-	// DialTimeout bounds how long connecting upstream may take.
+	// DialTimeout bounds how long connecting upstream may take (the TCP
+	// connect; an mTLS handshake to a peer sidecar has its own bound, as
+	// has the wait for a handshake slot: mesh.go).
 	DialTimeout time.Duration
 	// MaxHandshakes bounds the mTLS handshakes in flight at once, both
 	// directions; more wait in order. See DefaultMaxHandshakes.

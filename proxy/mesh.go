@@ -137,8 +137,8 @@ func (s *Server) dialMesh(ctx context.Context, ep upstream.Endpoint, alpn string
 	// stays silent while it waits for one as not a sidecar's. (A connect
 	// that hangs thereby holds a slot, up to DialTimeout.) The wait has a
 	// bound of its own: a burst of new connections queues for as long as
-	// the handshakes before it take, and DialTimeout then bounds the
-	// connect and the handshake alone.
+	// the handshakes before it take; DialTimeout then bounds the connect,
+	// and handshakeTimeout the handshake.
 	qctx, cancelQ := context.WithTimeout(ctx, handshakeQueueTimeout)
 	release, err := s.handshakes.acquire(qctx, s.log)
 	cancelQ()
@@ -146,15 +146,20 @@ func (s *Server) dialMesh(ctx context.Context, ep upstream.Endpoint, alpn string
 		return nil, err
 	}
 	defer release()
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
-	defer cancel()
+	dctx, cancelD := context.WithTimeout(ctx, s.cfg.DialTimeout)
 	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", dst.String())
+	c, err := d.DialContext(dctx, "tcp", dst.String())
+	cancelD()
 	if err != nil {
 		return nil, err
 	}
+	// The handshake has the peer's bound (it may wait in the peer's own
+	// queue of handshakes), as Envoy's transport socket time-out is
+	// apart from its connect time-out.
+	hctx, cancelH := context.WithTimeout(ctx, handshakeTimeout)
+	defer cancelH()
 	tc := tls.Client(c, cfg)
-	if err := handshake(ctx, tc); err != nil {
+	if err := handshake(hctx, tc); err != nil {
 		f := mtls.Classify(err)
 		st.TLSFailures[f].Add(1)
 		relay.Reset(c)

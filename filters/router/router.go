@@ -373,6 +373,16 @@ type timedBody struct {
 	now func() time.Time
 }
 
+// Complete passes on what the client's body says of its end (proxy/h2's
+// CompleteBody): a body that has all arrived goes upstream with the
+// request's headers, in one write.
+func (b *timedBody) Complete() (int, bool) {
+	if cb, ok := b.ReadCloser.(interface{ Complete() (int, bool) }); ok {
+		return cb.Complete()
+	}
+	return 0, false
+}
+
 func (b *timedBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	switch {

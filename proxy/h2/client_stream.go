@@ -24,8 +24,18 @@ const maxHeldBody = 64 << 10
 type request struct {
 	req    *http.Request
 	fields []string
-	held   bool   // the whole body is in body (or there is none)
-	body   []byte // the held body
+	held   bool     // the whole body is in body (or there is none)
+	body   []byte   // the held body
+	trail  []string // the held body's trailers, as fields
+}
+
+// CompleteBody is a request body that can tell it has all arrived: the
+// body of a request pillion's Server received with its END_STREAM. A
+// wrapper of one passes Complete on.
+type CompleteBody interface {
+	// Complete reports whether the body's end has arrived, and how many
+	// bytes are left to read before it.
+	Complete() (size int, ok bool)
 }
 
 func newRequest(req *http.Request) (*request, error) {
@@ -34,29 +44,49 @@ func newRequest(req *http.Request) (*request, error) {
 		return nil, err
 	}
 	rq := &request{req: req, fields: fields}
-	switch {
-	case req.Body == nil || req.Body == http.NoBody:
+	if req.Body == nil || req.Body == http.NoBody {
 		rq.held = true
-	case req.ContentLength > 0 && req.ContentLength <= maxHeldBody:
-		rq.body = make([]byte, req.ContentLength)
-		if _, err := io.ReadFull(req.Body, rq.body); err != nil {
-			req.Body.Close()
-			return nil, err
-		}
-		// Read on to the end, so that the body's reader sees it ends
-		// where its length said.
-		var extra [1]byte
-		if n, err := req.Body.Read(extra[:]); n > 0 || err != io.EOF {
-			req.Body.Close()
-			if err == nil || err == io.EOF {
-				err = fmt.Errorf("h2: request body longer than its content-length %d", req.ContentLength)
-			}
-			return nil, err
-		}
-		req.Body.Close()
-		rq.held = true
+		return rq, nil
 	}
+	size := -1
+	if req.ContentLength > 0 && req.ContentLength <= maxHeldBody {
+		size = int(req.ContentLength)
+	} else if cb, ok := req.Body.(CompleteBody); ok {
+		if n, done := cb.Complete(); done && n <= maxHeldBody && (req.ContentLength < 0 || int64(n) == req.ContentLength) {
+			size = n
+		}
+	}
+	if size < 0 {
+		return rq, nil // streamed as it is read
+	}
+	defer req.Body.Close()
+	rq.body = make([]byte, size)
+	if _, err := io.ReadFull(req.Body, rq.body); err != nil {
+		return nil, err
+	}
+	// Read on to the end, so that the body's reader sees it ends where
+	// its length said (and its trailers arrive).
+	var extra [1]byte
+	if n, err := req.Body.Read(extra[:]); n > 0 || err != io.EOF {
+		if err == nil || err == io.EOF {
+			err = fmt.Errorf("h2: request body longer than its content-length %d", size)
+		}
+		return nil, err
+	}
+	rq.held = true
+	rq.trail = trailerFields(req.Trailer)
 	return rq, nil
+}
+
+// trailerFields are the trailers that have values, as HTTP/2 fields.
+func trailerFields(t http.Header) []string {
+	var fields []string
+	for k, vv := range t {
+		for _, v := range vv {
+			fields = append(fields, lower(k), v)
+		}
+	}
+	return fields
 }
 
 // resendable reports whether rq can be sent again.
@@ -170,7 +200,11 @@ func (cc *clientConn) roundTrip(rq *request) (*http.Response, error) {
 	cc.nextID += 2
 	cs.s = s
 	cc.mu.Unlock()
-	n, err := cc.appendHeadersData(s, rq.fields, rq.body, rq.held)
+	end := rq.held && rq.trail == nil
+	n, err := cc.appendHeadersData(s, rq.fields, rq.body, end)
+	if err == nil && rq.held && !end && n == len(rq.body) {
+		err = cc.appendTrailers(s, rq.trail)
+	}
 	if err != nil {
 		cc.w.mu.Unlock()
 		return nil, errNotSent // the stream ended before anything was written
@@ -185,7 +219,11 @@ func (cc *clientConn) roundTrip(rq *request) (*http.Response, error) {
 	case !rq.held:
 		go cs.sendBody()
 	case n < len(rq.body):
-		go func() { _ = cc.writeData(s, rq.body[n:], true) }()
+		go func() {
+			if cc.writeData(s, rq.body[n:], rq.trail == nil) == nil && rq.trail != nil {
+				_ = cc.writeHeaders(s, rq.trail, true)
+			}
+		}()
 	}
 	ctx := rq.req.Context()
 	select {
@@ -216,13 +254,7 @@ func (cs *clientStream) sendBody() {
 		}
 		switch {
 		case err == io.EOF:
-			if len(req.Trailer) > 0 {
-				fields := make([]string, 0, 2*len(req.Trailer))
-				for k, vv := range req.Trailer {
-					for _, v := range vv {
-						fields = append(fields, lower(k), v)
-					}
-				}
+			if fields := trailerFields(req.Trailer); fields != nil {
 				_ = c.writeHeaders(s, fields, true)
 				return
 			}

@@ -422,3 +422,43 @@ func TestClientTrailersOwnedByReader(t *testing.T) {
 		}
 	}
 }
+
+// completeBody is a body of unknown length that says it has all arrived,
+// as the body of a request pillion's Server received whole does.
+type completeBody struct{ *strings.Reader }
+
+func (b completeBody) Close() error          { return nil }
+func (b completeBody) Complete() (int, bool) { return b.Len(), true }
+
+// A body known complete goes with its headers, and its trailers, in one
+// write, as a held body does: a gRPC unary call forwarded.
+func TestClientHoldsCompleteBody(t *testing.T) {
+	addr := h2cServer(t, http.HandlerFunc(echoBack), 250)
+	var writes atomic.Int64
+	tr := newTestTransport(&writes, nil)
+	send := func() {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/", nil)
+		req.Body, req.ContentLength = completeBody{strings.NewReader("grpc message")}, -1
+		req.Trailer = http.Header{"Grpc-Foo": {"bar"}}
+		res, err := tr.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if string(b) != "grpc message" || res.Trailer.Get("Grpc-Foo") != "bar" {
+			t.Fatalf("echoed %q, trailers %v", b, res.Trailer)
+		}
+	}
+	send()
+	time.Sleep(50 * time.Millisecond)
+	before := writes.Load()
+	const n = 20
+	for range n {
+		send()
+	}
+	if got := writes.Load() - before; got != n {
+		t.Fatalf("%d requests took %d writes", n, got)
+	}
+}

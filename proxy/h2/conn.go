@@ -180,15 +180,24 @@ func (c *conn) newStream(id uint32, ev events) *stream {
 	return s
 }
 
-// forget drops s once both sides ended it, and closes a draining
-// connection with it the last. c.mu is held.
+// forget drops s once both sides ended it. c.mu is held.
 func (c *conn) forget(s *stream) {
 	if s.localEnded && s.remoteEnded {
 		delete(c.streams, s.id)
 		c.changed.Broadcast()
-		if c.draining && len(c.streams) == 0 {
-			go c.close(errDrained)
-		}
+	}
+}
+
+// closeIfDrained closes a draining connection whose last stream ended,
+// once what was written is on the wire. Whoever ends a stream calls it
+// after its last frame's flush.
+func (c *conn) closeIfDrained() {
+	c.mu.Lock()
+	done := c.draining && len(c.streams) == 0 && c.err == nil
+	c.mu.Unlock()
+	if done {
+		c.w.drain()
+		c.close(errDrained)
 	}
 }
 
@@ -244,7 +253,22 @@ func (c *conn) writeHeaders(s *stream, fields []string, end bool) error {
 	c.mu.Unlock()
 	c.w.batch()
 	c.w.headers(s.id, end, fields)
-	return c.w.flush()
+	err := c.w.flush()
+	c.closeIfDrained()
+	return err
+}
+
+// appendTrailers appends s's trailers, which end it. c.w is batched.
+func (c *conn) appendTrailers(s *stream, fields []string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := s.writable(); err != nil {
+		return err
+	}
+	s.localEnded = true
+	c.forget(s)
+	c.w.headers(s.id, true, fields)
+	return nil
 }
 
 // writeHeadersData sends a header block and, in the same write, what of
@@ -258,6 +282,7 @@ func (c *conn) writeHeadersData(s *stream, fields []string, data []byte, end boo
 		return err
 	}
 	if err := c.w.flush(); err != nil || n == len(data) {
+		c.closeIfDrained()
 		return err // all of it went, and the END_STREAM if end
 	}
 	return c.writeData(s, data[n:], end)
@@ -320,11 +345,13 @@ func (c *conn) writeData(s *stream, p []byte, end bool) error {
 		c.mu.Unlock()
 		c.w.batch()
 		c.w.data(s.id, last, p[:n])
-		if err := c.w.flush(); err != nil {
+		err := c.w.flush()
+		if last || err != nil {
+			c.closeIfDrained()
 			return err
 		}
 		p = p[n:]
-		if last || (len(p) == 0 && !end) {
+		if len(p) == 0 && !end {
 			return nil
 		}
 	}
@@ -357,12 +384,16 @@ func (c *conn) reset(s *stream, code http2.ErrCode, err error) {
 	s.resetErr = err
 	c.forget(s)
 	c.noteReset(s.id)
+	last := c.draining && len(c.streams) == 0
 	c.mu.Unlock()
 	c.w.batch()
 	c.w.rst(s.id, code)
 	_ = c.w.flush()
 	s.body.abort(err)
 	s.ev.ended(err)
+	if last {
+		go c.closeIfDrained() // reset runs in the reader loop too, which must not wait for writes
+	}
 }
 
 // noteReset remembers that this side reset stream id. c.mu is held.
@@ -579,7 +610,11 @@ func (c *conn) remoteEnd(s *stream) {
 	s.body.end(io.EOF)
 	c.mu.Lock()
 	c.forget(s)
+	last := c.draining && len(c.streams) == 0
 	c.mu.Unlock()
+	if last {
+		go c.closeIfDrained() // not in the reader loop: it waits for writes
+	}
 }
 
 func (c *conn) handleData(f *http2.DataFrame) error {
@@ -665,11 +700,15 @@ func (c *conn) handleRST(f *http2.RSTStreamFrame) error {
 	s.localEnded, s.remoteEnded = true, true
 	s.resetErr = err
 	c.forget(s)
+	last := c.draining && len(c.streams) == 0
 	c.mu.Unlock()
 	if !complete {
 		s.body.abort(err)
 	}
 	s.ev.ended(err)
+	if last {
+		go c.closeIfDrained()
+	}
 	return nil
 }
 

@@ -126,3 +126,14 @@ func (p *pipe) abort(err error) {
 		p.credit(dropped)
 	}
 }
+
+// complete reports whether the pipe's end arrived cleanly (END_STREAM),
+// and how many bytes are left to read before it.
+func (p *pipe) complete() (int, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.err != io.EOF || p.closed {
+		return 0, false
+	}
+	return len(p.buf) - p.off, true
+}

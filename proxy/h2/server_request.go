@@ -328,6 +328,13 @@ func (b *requestBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// Complete reports whether the request's END_STREAM arrived, and how much
+// of the body is left to read: a client forwarding it (the proxy's) can
+// send it whole, with its headers.
+func (b *requestBody) Complete() (int, bool) { return b.s.body.complete() }
+
+var _ CompleteBody = (*requestBody)(nil)
+
 // Close drops what the body has not read and what the client still
 // sends (its flow-control credit given back).
 func (b *requestBody) Close() error {
