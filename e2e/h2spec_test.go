@@ -19,15 +19,6 @@ import (
 var h2specKnown = map[string]string{
 	"http2/3.5: Sends invalid connection preface": "a connection that does not start with the HTTP/2 preface is not " +
 		"HTTP/2 to a transparent proxy: it is forwarded as opaque TCP, and the application answers it",
-	"http2/4.2: Sends a large size HEADERS frame that exceeds the SETTINGS_MAX_FRAME_SIZE": "h2spec sends a 20 KB " +
-		"HEADERS frame assuming the 16 KiB default, but the server advertised SETTINGS_MAX_FRAME_SIZE = 1 MiB, " +
-		"so the frame is legal (the DATA variant of this case honours the setting and passes)",
-	"http2/6.5.3: Sends multiple values of SETTINGS_INITIAL_WINDOW_SIZE": "Go's HTTP/2 framer refuses a SETTINGS frame " +
-		"naming one setting twice with PROTOCOL_ERROR; RFC 9113 says to apply them in order. Upstream Go behaviour",
-	"http2/8.1.2.2: Sends a HEADERS frame that contains the connection-specific header field": "Go answers a " +
-		"malformed request with 400 instead of RST_STREAM, which RFC 9113 section 8.1.1 permits; it is never forwarded",
-	`http2/8.1.2.2: Sends a HEADERS frame that contains the TE header field with any value other than "trailers"`: "as above: " +
-		"400, not forwarded",
 }
 
 // h2specPath is the h2spec binary: $H2SPEC, which `make test` sets, or
