@@ -145,7 +145,7 @@ func (s *Server) relayOpaque(cn *conn, down relay.Conn) {
 	cn.det.Peeked = nil
 
 	st.Active.Add(1)
-	res := relay.TCP(down, up, s.cfg.IdleTimeout)
+	res := relay.TCP(down, up, s.cfg.IdleTimeout, &s.bufs)
 	st.Active.Add(-1)
 	st.Completed.Add(1)
 	sent := res.Sent + peeked

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pillionmesh/pillion/filters/builtin"
+	"github.com/pillionmesh/pillion/proxy/bufpool"
 	"github.com/pillionmesh/pillion/proxy/configfile"
 	"github.com/pillionmesh/pillion/proxy/pool"
 	"github.com/pillionmesh/pillion/proxy/relay"
@@ -66,8 +67,9 @@ type Server struct {
 	// 127.0.0.6) is also an outbound destination when the application
 	// calls its own pod IP, and pools are keyed by address.
 	pools  [2]*pool.Pools
-	routes routes   // the balancers of discovered destinations
-	mesh   *meshTLS // nil without an identity
+	bufs   bufpool.Pool // the copy buffers of relays and of the pools' request bodies
+	routes routes       // the balancers of discovered destinations
+	mesh   *meshTLS     // nil without an identity
 	config atomic.Pointer[running]
 	http   [2]*httpServer // by Direction; set by Run
 
@@ -101,7 +103,7 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 		s.mesh = newMeshTLS(cfg.Identity)
 	}
 	pc := cfg.Pool
-	pc.DialTimeout, pc.Dial = cfg.DialTimeout, s.poolDial
+	pc.DialTimeout, pc.Dial, pc.Buffers = cfg.DialTimeout, s.poolDial, &s.bufs
 	s.pools[Outbound] = pool.New(pc)
 	pc.Dial = s.appPoolDial
 	s.pools[Inbound] = pool.New(pc)

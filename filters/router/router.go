@@ -28,7 +28,6 @@ import (
 	"net/http/httputil"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -36,6 +35,7 @@ import (
 	"golang.org/x/net/http/httpguts"
 
 	"github.com/pillionmesh/pillion/filters"
+	"github.com/pillionmesh/pillion/proxy/bufpool"
 	"github.com/pillionmesh/pillion/proxy/upstream"
 )
 
@@ -117,7 +117,7 @@ func New(c Config, env filters.Env) (*Router, error) {
 		Transport:      transport{env.Upstream},
 		ModifyResponse: rt.modifyResponse,
 		ErrorHandler:   rt.errorHandler,
-		BufferPool:     newBufferPool(),
+		BufferPool:     new(bufferPool),
 		ErrorLog:       zap.NewStdLog(env.Log.Named("router")),
 	}
 	return rt, nil
@@ -399,24 +399,16 @@ func (b *timedBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// copyBufSize is the size of the copy buffers of response bodies.
-const copyBufSize = 32 << 10
+// bufferPool is a bufpool.Pool as httputil.ReverseProxy takes one: the
+// router's own, for response bodies.
+type bufferPool struct{ p bufpool.Pool }
 
-// bufferPool reuses the 32 KiB copy buffers of response bodies. It holds
-// pointers to arrays, which go into the pool's interface without an
-// allocation, where a slice's header would be boxed on every Put.
-type bufferPool struct{ p sync.Pool }
-
-func newBufferPool() *bufferPool {
-	return &bufferPool{p: sync.Pool{New: func() any { return new([copyBufSize]byte) }}}
-}
-
-func (b *bufferPool) Get() []byte { return b.p.Get().(*[copyBufSize]byte)[:] }
+func (b *bufferPool) Get() []byte { return b.p.Get()[:] }
 
 // Put takes back a buffer Get returned (ReverseProxy gives back the slice
 // it got); anything else is left to the garbage collector.
 func (b *bufferPool) Put(buf []byte) {
-	if len(buf) == copyBufSize {
-		b.p.Put((*[copyBufSize]byte)(buf))
+	if len(buf) == bufpool.Size {
+		b.p.Put((*[bufpool.Size]byte)(buf))
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/pillionmesh/pillion/proxy/bufpool"
 	"github.com/pillionmesh/pillion/proxy/upstream"
 )
 
@@ -72,9 +73,9 @@ func (n *counter) end(e *EndpointConns) {
 }
 
 // track counts c until it is closed.
-func (n *counter) track(c net.Conn, endpoint string, proto upstream.Protocol) net.Conn {
+func (n *counter) track(c net.Conn, endpoint string, proto upstream.Protocol, bufs *bufpool.Pool) net.Conn {
 	n.update(endpoint, proto, func(e *EndpointConns) { e.Open++; e.Total++ })
-	return &countedConn{Conn: c, release: func() {
+	return &countedConn{Conn: c, bufs: bufs, release: func() {
 		n.update(endpoint, proto, func(e *EndpointConns) { e.Open-- })
 	}}
 }
@@ -97,6 +98,7 @@ type countedConn struct {
 	net.Conn
 	once    sync.Once
 	release func()
+	bufs    *bufpool.Pool
 }
 
 func (c *countedConn) Close() error {
@@ -104,22 +106,15 @@ func (c *countedConn) Close() error {
 	return c.Conn.Close()
 }
 
-// copyBufSize is io.Copy's buffer size, which ReadFrom's pooled buffers
-// keep.
-const copyBufSize = 32 << 10
-
-// copyBufs holds ReadFrom's buffers.
-var copyBufs = sync.Pool{New: func() any { return new([copyBufSize]byte) }}
-
-// ReadFrom copies r to the connection through a pooled buffer. net/http's
-// HTTP/1 transport sends request bodies this way (io.Copy to the
-// connection); without it io.Copy would allocate a buffer of up to 32 KiB
-// per request body, the wrapper hiding the wrapped connection's own
+// ReadFrom copies r to the connection through a buffer of the pools'.
+// net/http's HTTP/1 transport sends request bodies this way (io.Copy to
+// the connection); without it io.Copy would allocate a buffer of up to
+// 32 KiB per request body, the wrapper hiding the wrapped connection's own
 // ReadFrom (which would allocate one too: a request body is not a file or
 // a socket the kernel could splice from).
 func (c *countedConn) ReadFrom(r io.Reader) (int64, error) {
-	buf := copyBufs.Get().(*[copyBufSize]byte)
-	defer copyBufs.Put(buf)
+	buf := c.bufs.Get()
+	defer c.bufs.Put(buf)
 	return io.CopyBuffer((*plainConn)(c), r, buf[:])
 }
 

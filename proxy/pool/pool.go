@@ -22,6 +22,7 @@ import (
 
 	"golang.org/x/net/http2"
 
+	"github.com/pillionmesh/pillion/proxy/bufpool"
 	"github.com/pillionmesh/pillion/proxy/h2"
 	"github.com/pillionmesh/pillion/proxy/upstream"
 )
@@ -64,6 +65,9 @@ type Config struct {
 	// protocol as is: the proxy wraps connections to peer sidecars
 	// (ep.Meshed) in mTLS here, verifying ep.Identity.
 	Dial func(ctx context.Context, ep upstream.Endpoint, proto upstream.Protocol) (net.Conn, error)
+	// Buffers holds the buffers request bodies are copied through; nil
+	// means the pools' own.
+	Buffers *bufpool.Pool
 }
 
 func (c Config) withDefaults() Config {
@@ -93,6 +97,7 @@ type Pools struct {
 	h1    *http.Transport
 	h2    *h2.Transport
 	conns *counter
+	bufs  *bufpool.Pool // request bodies' copy buffers
 	// endpoints holds the last Endpoint each address was asked for with,
 	// by Addr.String() (the transports' key): the dial takes it from
 	// here, so that what was decided for the request is what is dialled.
@@ -102,7 +107,10 @@ type Pools struct {
 // New returns empty pools; connections are made on demand.
 func New(cfg Config) *Pools {
 	cfg = cfg.withDefaults()
-	p := &Pools{conns: newCounter()}
+	p := &Pools{conns: newCounter(), bufs: cfg.Buffers}
+	if p.bufs == nil {
+		p.bufs = new(bufpool.Pool)
+	}
 	var h1 http.Protocols
 	h1.SetHTTP1(true)
 	p.h1 = &http.Transport{
@@ -210,7 +218,7 @@ func (p *Pools) dialer(cfg Config, proto upstream.Protocol) func(ctx context.Con
 			p.conns.update(addr, proto, func(e *EndpointConns) { e.ConnectFailures++ })
 			return nil, &dialError{err}
 		}
-		return p.conns.track(c, addr, proto), nil
+		return p.conns.track(c, addr, proto, p.bufs), nil
 	}
 }
 

@@ -22,6 +22,7 @@ import (
 	"golang.org/x/net/http2"
 
 	"github.com/pillionmesh/pillion/internal/meshtest"
+	"github.com/pillionmesh/pillion/proxy/bufpool"
 	"github.com/pillionmesh/pillion/proxy/upstream"
 )
 
@@ -331,7 +332,7 @@ func TestStreamedRequestBodyArrivesWhole(t *testing.T) {
 		}
 		fmt.Fprintf(w, "%d %x", n, h.Sum(nil))
 	})
-	body := make([]byte, 3*copyBufSize+17)
+	body := make([]byte, 3*bufpool.Size+17)
 	for i := range body {
 		body[i] = byte(i * 7)
 	}

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/pillionmesh/pillion/proxy/bufpool"
 )
 
 // Conn is one end of a relay: a *net.TCPConn, or a *tls.Conn over one.
@@ -65,14 +67,17 @@ type Result struct {
 // fails (a reset, or writing to a peer that has gone), both connections are
 // closed at once, and the side that did not fail is reset rather than
 // closed gracefully, so it sees the failure instead of a clean end.
-func TCP(down, up Conn, idle time.Duration) Result {
+//
+// A direction with a TLS end copies through a buffer of bufs while bytes
+// stream (between two TCP ends the kernel splices, with no buffer).
+func TCP(down, up Conn, idle time.Duration, bufs *bufpool.Pool) Result {
 	// One allocation for the relay's shared state, and one goroutine: the
 	// caller's carries the upstream's bytes down.
-	r := &tcpRelay{down: down, up: up, idle: idle}
+	r := &tcpRelay{down: down, up: up, idle: idle, bufs: bufs}
 	r.last.Store(time.Now().UnixNano())
 	r.wg.Add(1)
 	go r.sendUp()
-	recv, errDown := copyHalf(down, up, idle, &r.last)
+	recv, errDown := copyHalf(down, up, idle, &r.last, bufs)
 	if errDown != nil {
 		r.abort()
 	}
@@ -86,6 +91,7 @@ func TCP(down, up Conn, idle time.Duration) Result {
 type tcpRelay struct {
 	down, up  Conn
 	idle      time.Duration
+	bufs      *bufpool.Pool
 	last      atomic.Int64 // when a byte last moved, either way (UnixNano)
 	abortOnce sync.Once
 	wg        sync.WaitGroup
@@ -96,7 +102,7 @@ type tcpRelay struct {
 // sendUp copies down → up.
 func (r *tcpRelay) sendUp() {
 	defer r.wg.Done()
-	r.sent, r.errUp = copyHalf(r.up, r.down, r.idle, &r.last)
+	r.sent, r.errUp = copyHalf(r.up, r.down, r.idle, &r.last, r.bufs)
 	if r.errUp != nil {
 		r.abort()
 	}
@@ -110,24 +116,16 @@ func (r *tcpRelay) abort() {
 	})
 }
 
-// copyBufSize is io.Copy's buffer size, which the relay's pooled buffers
-// keep.
-const copyBufSize = 32 << 10
-
-// copyBufs holds the copy buffers of relays with a TLS end (the kernel
-// splices between two TCP ends, with no buffer in the process).
-var copyBufs = sync.Pool{New: func() any { return new([copyBufSize]byte) }}
-
 // copyHalf copies src to dst until src's EOF, then shuts dst's write half.
 // With an idle limit, it reads with a deadline of idle/2 and, each time the
 // deadline passes, records whether bytes moved and gives up once last (shared
 // with the other direction) is idle old.
-func copyHalf(dst, src Conn, idle time.Duration, last *atomic.Int64) (int64, error) {
+func copyHalf(dst, src Conn, idle time.Duration, last *atomic.Int64, bufs *bufpool.Pool) (int64, error) {
 	copyOnce := func() (int64, error) { return io.Copy(dst, src) }
 	if !isTCP(dst) || !isTCP(src) {
 		// With a TLS end there is no splice: copy through a buffer of our
 		// own, small while the connection is quiet.
-		c := &bufferedCopy{dst: dst, src: src}
+		c := &bufferedCopy{dst: dst, src: src, bufs: bufs}
 		defer c.release()
 		copyOnce = c.copy
 	}
@@ -171,7 +169,8 @@ const smallBufSize = 2 << 10
 // stream), returning it when the stream quiets down.
 type bufferedCopy struct {
 	dst, src Conn
-	big      *[copyBufSize]byte
+	bufs     *bufpool.Pool
+	big      *[bufpool.Size]byte
 	small    [smallBufSize]byte
 }
 
@@ -196,7 +195,7 @@ func (c *bufferedCopy) copy() (int64, error) {
 		}
 		switch {
 		case c.big == nil && n == len(buf):
-			c.big = copyBufs.Get().(*[copyBufSize]byte)
+			c.big = c.bufs.Get()
 		case c.big != nil && n < smallBufSize:
 			c.release()
 		}
@@ -212,7 +211,7 @@ func (c *bufferedCopy) copy() (int64, error) {
 // release returns the big buffer to the pool, if held.
 func (c *bufferedCopy) release() {
 	if c.big != nil {
-		copyBufs.Put(c.big)
+		c.bufs.Put(c.big)
 		c.big = nil
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pillionmesh/pillion/proxy/bufpool"
 )
 
 // setup returns the client's end and the server's end of a connection that
@@ -49,7 +51,7 @@ func setupRelay(t *testing.T, idle time.Duration, buffered bool) (client, server
 		if buffered {
 			d = notTCP{down}
 		}
-		res <- TCP(d, up, idle)
+		res <- TCP(d, up, idle, new(bufpool.Pool))
 	}()
 	c, err := net.DialTCP("tcp", nil, front.Addr().(*net.TCPAddr))
 	if err != nil {
@@ -302,7 +304,7 @@ func (c *scriptedConn) CloseWrite() error { return nil }
 // one, which goes back once a read is small again; every byte arrives in
 // order.
 func TestBufferedCopyHoldsABigBufferOnlyWhileStreaming(t *testing.T) {
-	stream := bytes.Repeat([]byte("0123456789abcdef"), 3*copyBufSize/16)
+	stream := bytes.Repeat([]byte("0123456789abcdef"), 3*bufpool.Size/16)
 	src := &scriptedConn{chunks: [][]byte{[]byte("hello"), stream, []byte("bye")}}
 	dst := &scriptedConn{}
 	c := &bufferedCopy{dst: dst, src: src}
@@ -312,7 +314,7 @@ func TestBufferedCopyHoldsABigBufferOnlyWhileStreaming(t *testing.T) {
 	}
 	// hello (small), the stream's first 2 KiB (small: fills it), then
 	// 32 KiB reads, "bye" (big: too small, released), EOF (small).
-	small, big := smallBufSize, copyBufSize
+	small, big := smallBufSize, bufpool.Size
 	if r := src.reads; len(r) < 5 || r[0] != small || r[1] != small || r[2] != big || r[len(r)-2] != big || r[len(r)-1] != small {
 		t.Errorf("read buffer sizes %v", r)
 	}
