@@ -132,10 +132,13 @@ func (t *Transport) dial(ctx context.Context, addr string, d *dial) {
 		ctx, cancel := context.WithTimeout(ctx, settingsTimeout)
 		cc, err = t.newClientConn(ctx, nc, addr)
 		cancel()
+		if err != nil {
+			err = fmt.Errorf("%w: %w", errNotSent, err) // it carried no request
+		}
 	}
 	t.mu.Lock()
 	delete(t.dials, addr)
-	if err == nil {
+	if err == nil && cc.alive() {
 		t.conns[addr] = append(t.conns[addr], cc)
 	}
 	d.cc, d.err = cc, err
@@ -167,9 +170,12 @@ func (t *Transport) CloseIdleConnections() {
 	var idle []*clientConn
 	for _, conns := range t.conns {
 		for _, cc := range conns {
-			if cc.count() == 0 {
+			cc.mu.Lock()
+			if len(cc.streams) == 0 && cc.reserved == 0 {
+				cc.draining = true
 				idle = append(idle, cc)
 			}
+			cc.mu.Unlock()
 		}
 	}
 	t.mu.Unlock()
@@ -198,6 +204,7 @@ type clientConn struct {
 func (t *Transport) newClientConn(ctx context.Context, nc net.Conn, addr string) (*clientConn, error) {
 	cc := &clientConn{t: t, addr: addr, nextID: 1, lastUsed: time.Now()}
 	cc.conn = newConn(nc, &t.bufs, cc)
+	cc.lenient = true
 	cc.w.batch()
 	cc.w.preface()
 	cc.start(0) // a client takes no streams the server would open
@@ -218,9 +225,18 @@ func (t *Transport) newClientConn(ctx context.Context, nc net.Conn, addr string)
 		return nil, fmt.Errorf("h2: connection to %s: no SETTINGS: %w", addr, ctx.Err())
 	}
 	if d := cc.checkEvery(); d > 0 {
+		cc.mu.Lock()
 		cc.timer = time.AfterFunc(d, cc.check)
+		cc.mu.Unlock()
 	}
 	return cc, nil
+}
+
+// alive reports whether cc has not ended (and may go in the pool).
+func (cc *clientConn) alive() bool {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	return cc.err == nil
 }
 
 // reserve takes a stream on cc for a request to come, if cc has one free.
@@ -254,6 +270,9 @@ func (cc *clientConn) check() {
 	now := time.Now()
 	cc.mu.Lock()
 	idle := len(cc.streams) == 0 && cc.reserved == 0 && cc.t.IdleTimeout > 0 && now.Sub(cc.lastUsed) >= cc.t.IdleTimeout
+	if idle {
+		cc.draining = true // decided under the lock reserve takes: no request comes between
+	}
 	late := !cc.pingSent.IsZero() && now.Sub(cc.pingSent) >= cc.t.PingTimeout
 	silent := cc.t.PingInterval > 0 && cc.pingSent.IsZero() && now.Sub(cc.lastRead()) >= cc.t.PingInterval
 	if silent {
@@ -273,7 +292,7 @@ func (cc *clientConn) check() {
 	case silent:
 		cc.w.batch()
 		cc.w.ping(false, [8]byte{'p', 'i', 'l', 'l', 'i', 'o', 'n'})
-		_ = cc.w.flush()
+		cc.w.flushAsync() // the check must come back even if the peer stopped reading
 	}
 	cc.timer.Reset(cc.checkEvery())
 }
@@ -331,7 +350,9 @@ func (cc *clientConn) pingAck([8]byte) {
 
 func (cc *clientConn) closed(error) {
 	cc.t.remove(cc)
+	cc.mu.Lock()
 	if cc.timer != nil {
 		cc.timer.Stop()
 	}
+	cc.mu.Unlock()
 }

@@ -1,6 +1,7 @@
 package h2
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -92,12 +93,9 @@ func trailerFields(t http.Header) []string {
 // resendable reports whether rq can be sent again.
 func (rq *request) resendable() bool { return rq.held }
 
-// connectionSpecific are the fields HTTP/2 forbids (RFC 9113 §8.2.2), and
-// the ones the request's own fields say.
-var connectionSpecific = map[string]bool{
-	"connection": true, "proxy-connection": true, "keep-alive": true, "transfer-encoding": true,
-	"upgrade": true, "host": true, "content-length": true, "trailer": true,
-}
+// ownFields are the header keys requestFields sends from the request's
+// own fields instead (its host, length and trailers).
+var ownFields = map[string]bool{"Host": true, "Content-Length": true, "Trailer": true}
 
 // requestFields are req's header fields as HTTP/2 sends them.
 func requestFields(req *http.Request) ([]string, error) {
@@ -130,13 +128,13 @@ func requestFields(req *http.Request) ([]string, error) {
 		if !httpguts.ValidHeaderFieldName(k) {
 			return nil, fmt.Errorf("h2: invalid header field name %q", k)
 		}
-		name := lower(k)
-		switch {
-		case connectionSpecific[name]:
+		if connectionSpecific[k] || ownFields[k] {
 			continue
-		case name == "user-agent" && len(vv) == 1 && vv[0] == "":
+		}
+		if k == "User-Agent" && len(vv) == 1 && vv[0] == "" {
 			continue // net/http's way of saying none
 		}
+		name := lower(k)
 		for _, v := range vv {
 			if !httpguts.ValidHeaderFieldValue(v) {
 				return nil, fmt.Errorf("h2: invalid value of header field %q", k)
@@ -177,6 +175,9 @@ type clientStream struct {
 	// trailer holds the trailers the reader loop received, which the
 	// body's reader moves to res.Trailer at the body's end.
 	trailer http.Header
+	// stop ends the watch on the request's context once the body ended;
+	// nil without a body.
+	stop func() bool
 }
 
 func (cs *clientStream) deliver(err error) {
@@ -209,7 +210,13 @@ func (cc *clientConn) roundTrip(rq *request) (*http.Response, error) {
 		cc.w.mu.Unlock()
 		return nil, errNotSent // the stream ended before anything was written
 	}
-	if cc.w.flush() != nil {
+	if err := cc.w.flush(); err != nil {
+		var we *writeError
+		if errors.As(err, &we) && we.maybeSent {
+			// Some of it may have reached the peer: never sent twice.
+			cc.reset(s, http2.ErrCodeCancel, err)
+			return nil, err
+		}
 		// The connection failed before the frames were written: the peer
 		// never saw the request.
 		cc.reset(s, http2.ErrCodeCancel, errNotSent)
@@ -234,6 +241,11 @@ func (cc *clientConn) roundTrip(rq *request) (*http.Response, error) {
 	}
 	if err != nil {
 		return nil, err
+	}
+	if cs.res.Body != http.NoBody {
+		// The request's context bounds the response's body too, as in
+		// net/http: a caller that leaves ends the stream.
+		cs.stop = context.AfterFunc(ctx, func() { cc.reset(s, http2.ErrCodeCancel, ctx.Err()) })
 	}
 	return cs.res, nil
 }
@@ -396,6 +408,9 @@ type clientBody struct{ cs *clientStream }
 
 func (b clientBody) Read(p []byte) (int, error) {
 	n, err := b.cs.s.body.Read(p)
+	if err != nil {
+		b.cs.stop()
+	}
 	if err == io.EOF && b.cs.trailer != nil {
 		// The pipe's end orders this after the reader loop's write.
 		for k, vv := range b.cs.trailer {
@@ -407,6 +422,7 @@ func (b clientBody) Read(p []byte) (int, error) {
 }
 
 func (b clientBody) Close() error {
+	b.cs.stop()
 	b.cs.s.body.close()
 	b.cs.cc.conn.reset(b.cs.s, http2.ErrCodeCancel, errClosedBody)
 	return nil

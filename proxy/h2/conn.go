@@ -96,7 +96,9 @@ type conn struct {
 	// draining: no new streams (a GOAWAY went or came); the connection
 	// closes when its last stream ends.
 	draining bool
-	done     chan struct{}
+	// lenient: frames on closed streams are ignored (a client's).
+	lenient bool
+	done    chan struct{}
 	// settled is closed once the peer's first SETTINGS were applied.
 	settled     chan struct{}
 	settledOnce sync.Once
@@ -175,7 +177,7 @@ type stream struct {
 // newStream registers stream id. c.mu is held.
 func (c *conn) newStream(id uint32, ev events) *stream {
 	s := &stream{id: id, c: c, ev: ev, sendWindow: c.peerStreamWindow, recvWindow: streamWindow, wantLen: -1}
-	s.body.init(s.credit)
+	s.body.init(s)
 	c.streams[id] = s
 	return s
 }
@@ -205,6 +207,9 @@ var errDrained = errors.New("h2: the connection was drained")
 
 // lastRead is when a frame was last read.
 func (c *conn) lastRead() time.Time { return time.Unix(0, c.lastFrame.Load()) }
+
+// drop gives n bytes nobody will read back to the connection's window.
+func (s *stream) drop(n int) { s.c.creditConn(int64(n)) }
 
 // credit gives n bytes the reader took back to the peer: to the
 // connection's window and the stream's, in a WINDOW_UPDATE once half a
@@ -297,7 +302,7 @@ func (c *conn) appendHeadersData(s *stream, fields []string, data []byte, end bo
 		c.mu.Unlock()
 		return 0, err
 	}
-	n := int(min(int64(len(data)), c.sendWindow, s.sendWindow))
+	n := int(min(int64(len(data)), c.window(s)))
 	c.sendWindow -= int64(n)
 	s.sendWindow -= int64(n)
 	last := end && n == len(data)
@@ -328,7 +333,7 @@ func (c *conn) writeData(s *stream, p []byte, end bool) error {
 				c.mu.Unlock()
 				return err
 			}
-			n = int(min(int64(len(p)), c.sendWindow, s.sendWindow))
+			n = int(min(int64(len(p)), c.window(s)))
 			if n > 0 || len(p) == 0 {
 				break
 			}
@@ -355,6 +360,14 @@ func (c *conn) writeData(s *stream, p []byte, end bool) error {
 			return nil
 		}
 	}
+}
+
+// window is what may be sent on s now: the smaller of its window and the
+// connection's, never below zero (a peer lowering
+// SETTINGS_INITIAL_WINDOW_SIZE makes a stream's negative, RFC 9113
+// §6.9.2). c.mu is held.
+func (c *conn) window(s *stream) int64 {
+	return max(min(c.sendWindow, s.sendWindow), 0)
 }
 
 // writable returns why nothing more can be sent on s, if so. c.mu is held.
@@ -388,7 +401,7 @@ func (c *conn) reset(s *stream, code http2.ErrCode, err error) {
 	c.mu.Unlock()
 	c.w.batch()
 	c.w.rst(s.id, code)
-	_ = c.w.flush()
+	c.w.flushAsync() // the reader loop calls it
 	s.body.abort(err)
 	s.ev.ended(err)
 	if last {
@@ -430,6 +443,9 @@ func (c *conn) readLoop() {
 	}
 	var ce http2.ConnectionError
 	if errors.As(err, &ce) {
+		c.mu.Lock()
+		c.draining = true // no new stream behind the GOAWAY
+		c.mu.Unlock()
 		c.w.batch()
 		c.w.goAway(c.role.lastPeerStream(), http2.ErrCode(ce), nil)
 		_ = c.w.flush()
@@ -446,12 +462,13 @@ const lingerTimeout = time.Second
 // lingerTimeout passed: closing a TCP connection with unread data resets
 // it, and the peer could lose our last frames (a GOAWAY) to the reset.
 func (c *conn) linger() {
-	_ = c.nc.SetWriteDeadline(time.Now().Add(lingerTimeout))
+	// One deadline for both ways (a read deadline alone would read as a
+	// header time-out to the proxy's connection).
+	_ = c.nc.SetDeadline(time.Now().Add(lingerTimeout))
 	c.w.drain()
 	if cw, ok := c.nc.(interface{ CloseWrite() error }); ok {
 		_ = cw.CloseWrite()
 	}
-	_ = c.nc.SetReadDeadline(time.Now().Add(lingerTimeout))
 	_, _ = io.Copy(io.Discard, c.nc)
 }
 
@@ -534,7 +551,7 @@ func (c *conn) resetID(id uint32, code http2.ErrCode, err error) {
 	}
 	c.w.batch()
 	c.w.rst(id, code)
-	_ = c.w.flush()
+	c.w.flushAsync() // the reader loop calls it
 }
 
 func (c *conn) handle(f http2.Frame) error {
@@ -556,7 +573,7 @@ func (c *conn) handle(f http2.Frame) error {
 		}
 		c.w.batch()
 		c.w.ping(true, f.Data)
-		_ = c.w.flush()
+		c.w.flushAsync() // the reader loop calls it
 	case *http2.GoAwayFrame:
 		c.role.goAway(f)
 	case *http2.PushPromiseFrame:
@@ -577,16 +594,13 @@ func (c *conn) handleHeaders(f *http2.MetaHeadersFrame) error {
 		switch {
 		case c.role.idle(f.StreamID):
 			return c.role.open(f)
-		case c.wasReset(f.StreamID):
+		case c.closedQuietly(f.StreamID):
 			return nil
 		}
 		return http2.ConnectionError(http2.ErrCodeStreamClosed)
 	}
 	c.mu.Lock()
 	ended := s.remoteEnded
-	if !ended && f.StreamEnded() {
-		s.remoteEnded = true
-	}
 	c.mu.Unlock()
 	if ended {
 		c.resetID(f.StreamID, http2.ErrCodeStreamClosed, http2.StreamError{StreamID: f.StreamID, Code: http2.ErrCodeStreamClosed})
@@ -601,17 +615,25 @@ func (c *conn) handleHeaders(f *http2.MetaHeadersFrame) error {
 	return nil
 }
 
-// remoteEnd ends s's body after END_STREAM.
+// closedQuietly reports whether frames on stream id, which is closed, are
+// to be ignored: on a client, always (it cannot know which of the streams
+// it cancelled the server still answers), on a server when it reset the
+// stream lately.
+func (c *conn) closedQuietly(id uint32) bool { return c.lenient || c.wasReset(id) }
+
+// remoteEnd ends s's body after END_STREAM, or resets s when the DATA did
+// not add up to its content-length. The reader loop's.
 func (c *conn) remoteEnd(s *stream) {
 	if s.wantLen >= 0 && s.gotLen != s.wantLen {
 		c.reset(s, http2.ErrCodeProtocol, fmt.Errorf("h2: stream %d: content-length %d, %d bytes of DATA", s.id, s.wantLen, s.gotLen))
 		return
 	}
-	s.body.end(io.EOF)
 	c.mu.Lock()
+	s.remoteEnded = true
 	c.forget(s)
 	last := c.draining && len(c.streams) == 0
 	c.mu.Unlock()
+	s.body.end(io.EOF)
 	if last {
 		go c.closeIfDrained() // not in the reader loop: it waits for writes
 	}
@@ -632,31 +654,28 @@ func (c *conn) handleData(f *http2.DataFrame) error {
 			return http2.ConnectionError(http2.ErrCodeProtocol)
 		}
 		c.creditConn(n)
-		if !c.wasReset(f.StreamID) {
+		if !c.closedQuietly(f.StreamID) {
 			c.resetID(f.StreamID, http2.ErrCodeStreamClosed, http2.StreamError{StreamID: f.StreamID, Code: http2.ErrCodeStreamClosed})
 		}
 		return nil
 	}
-	if n > s.recvWindow {
+	data := f.Data()
+	if n > s.recvWindow || s.wantLen >= 0 && s.gotLen+int64(len(data)) > s.wantLen {
 		c.mu.Unlock()
 		c.creditConn(n)
-		c.reset(s, http2.ErrCodeFlowControl, http2.StreamError{StreamID: s.id, Code: http2.ErrCodeFlowControl})
+		if n > s.recvWindow {
+			c.reset(s, http2.ErrCodeFlowControl, http2.StreamError{StreamID: s.id, Code: http2.ErrCodeFlowControl})
+		} else {
+			c.reset(s, http2.ErrCodeProtocol, fmt.Errorf("h2: stream %d: more DATA than its content-length %d", s.id, s.wantLen))
+		}
 		return nil
 	}
 	s.recvWindow -= n
-	if f.StreamEnded() {
-		s.remoteEnded = true
-	}
 	c.mu.Unlock()
-	data := f.Data()
 	if pad := n - int64(len(data)); pad > 0 {
 		c.creditConn(pad)
 	}
 	s.gotLen += int64(len(data))
-	if s.wantLen >= 0 && s.gotLen > s.wantLen {
-		c.reset(s, http2.ErrCodeProtocol, fmt.Errorf("h2: stream %d: more DATA than its content-length %d", s.id, s.wantLen))
-		return nil
-	}
 	if len(data) > 0 {
 		s.body.write(data)
 	}
@@ -680,7 +699,7 @@ func (c *conn) creditConn(n int64) {
 	if inc > 0 {
 		c.w.batch()
 		c.w.windowUpdate(0, uint32(inc))
-		_ = c.w.flush()
+		c.w.flushAsync() // the reader loop calls it
 	}
 }
 
@@ -785,5 +804,6 @@ func (c *conn) handleSettings(f *http2.SettingsFrame) error {
 	c.settledOnce.Do(func() { close(c.settled) })
 	c.w.batch()
 	c.w.settingsAck()
-	return c.w.flush()
+	c.w.flushAsync()
+	return nil
 }

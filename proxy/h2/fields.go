@@ -48,3 +48,10 @@ func lower(k string) string {
 	}
 	return strings.ToLower(k)
 }
+
+// connectionSpecific are the fields RFC 9113 §8.2.2 forbids in HTTP/2,
+// by canonical name: a request carrying one is malformed, and neither
+// side sends them.
+var connectionSpecific = map[string]bool{
+	"Connection": true, "Keep-Alive": true, "Proxy-Connection": true, "Transfer-Encoding": true, "Upgrade": true,
+}

@@ -15,14 +15,23 @@ type pipe struct {
 	off    int   // buf[off:] is unread
 	err    error // after the unread data: io.EOF at END_STREAM, or why the stream broke
 	closed bool  // the reader closed it: what arrives is dropped
-	// credit is told how many bytes the reader took (or a closed pipe
-	// dropped), outside the lock: flow control gives them back to the peer.
-	credit func(n int)
+	// flow is told, outside the lock, how many bytes the reader took
+	// (credit) and how many nobody will read (drop: a closed or aborted
+	// pipe). Flow control gives the first back to the stream and the
+	// connection, the second to the connection alone: a body nobody reads
+	// gets no more.
+	flow interface {
+		credit(n int)
+		drop(n int)
+	}
 }
 
-func (p *pipe) init(credit func(int)) {
+func (p *pipe) init(flow interface {
+	credit(int)
+	drop(int)
+}) {
 	p.ready.L = &p.mu
-	p.credit = credit
+	p.flow = flow
 }
 
 // write appends b (the reader loop's frame, copied). It reports false when
@@ -31,11 +40,15 @@ func (p *pipe) write(b []byte) bool {
 	p.mu.Lock()
 	if p.closed || p.err != nil {
 		p.mu.Unlock()
-		p.credit(len(b))
+		p.flow.drop(len(b))
 		return false
 	}
-	if p.off > 0 && p.off == len(p.buf) {
-		p.buf, p.off = p.buf[:0], 0
+	if p.off > 0 && len(p.buf)+len(b) > cap(p.buf) {
+		// Move the unread part to the front rather than grow: a reader
+		// that lags keeps a buffer of what the window lets in, not of
+		// everything that passed.
+		p.buf = p.buf[:copy(p.buf, p.buf[p.off:])]
+		p.off = 0
 	}
 	p.buf = append(p.buf, b...)
 	p.mu.Unlock()
@@ -78,7 +91,7 @@ func (p *pipe) Read(b []byte) (int, error) {
 		p.release()
 	}
 	p.mu.Unlock()
-	p.credit(n)
+	p.flow.credit(n)
 	return n, nil
 }
 
@@ -104,7 +117,7 @@ func (p *pipe) close() (ended bool) {
 	p.mu.Unlock()
 	p.ready.Broadcast()
 	if dropped > 0 {
-		p.credit(dropped)
+		p.flow.drop(dropped)
 	}
 	return ended
 }
@@ -123,7 +136,7 @@ func (p *pipe) abort(err error) {
 	p.mu.Unlock()
 	p.ready.Broadcast()
 	if dropped > 0 {
-		p.credit(dropped)
+		p.flow.drop(dropped)
 	}
 }
 

@@ -162,7 +162,7 @@ func (sc *serverConn) startGoAway() {
 	c := sc.c
 	c.w.batch()
 	c.w.goAway(last, http2.ErrCodeNo, nil)
-	_ = c.w.flush()
+	c.w.flushAsync() // the reader loop may be the caller (the client's GOAWAY)
 	sc.closeIfDone()
 }
 

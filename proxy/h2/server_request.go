@@ -53,9 +53,6 @@ var errMalformed = errors.New("h2: malformed request")
 
 func malformed(why string) error { return fmt.Errorf("%w: %s", errMalformed, why) }
 
-// connectionHeaders are the fields RFC 9113 §8.2.2 forbids, canonical.
-var connectionHeaders = [...]string{"Connection", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding", "Upgrade"}
-
 // newRequest builds the request from its header block as net/http's
 // HTTP/2 server does, or returns why it is malformed (RFC 9113 §8.3).
 func (ss *serverStream) newRequest(f *http2.MetaHeadersFrame) (*http.Request, error) {
@@ -77,8 +74,8 @@ func (ss *serverStream) newRequest(f *http2.MetaHeadersFrame) (*http.Request, er
 	for _, hf := range f.RegularFields() {
 		header[canonical(hf.Name)] = append(header[canonical(hf.Name)], hf.Value)
 	}
-	for _, k := range connectionHeaders {
-		if _, ok := header[k]; ok {
+	for k := range header {
+		if connectionSpecific[k] {
 			return nil, malformed("connection-specific field " + k)
 		}
 	}

@@ -112,8 +112,11 @@ func (w *responseWriter) appendFields(fields []string, code int, final bool) []s
 	fields = append(fields, ":status", statusString(code))
 	connection := rs.header["Connection"]
 	for k, vv := range rs.header {
+		if connectionSpecific[k] {
+			continue
+		}
 		switch k {
-		case "Connection", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding", "Upgrade", "Te":
+		case "Te":
 			continue
 		case "Content-Length":
 			if final && len(vv) > 0 {

@@ -31,6 +31,7 @@ type writer struct {
 	// by writers sizing their DATA.
 	maxFrame atomic.Int64
 	pending  []byte // frames not yet written; nil when there are none
+	mark     int    // where the frames of the batch under way begin in pending
 	flushing bool   // a goroutine is writing
 	err      error  // the first write error: every later write fails with it
 	fr       *http2.Framer
@@ -72,21 +73,25 @@ func (w *writer) grow(n int) {
 	}
 }
 
-// batch locks the writer for a caller that adds frames; flush ends it.
-// Between the two the caller uses the frame methods below, which only
-// append.
-func (w *writer) batch() { w.mu.Lock() }
+// batch locks the writer for a caller that adds frames; flush or
+// flushAsync ends it. Between the two the caller uses the frame methods
+// below, which only append.
+func (w *writer) batch() {
+	w.mu.Lock()
+	w.mark = len(w.pending)
+}
 
 // flush ends a batch: it writes what is pending unless another goroutine
 // is writing (which will write it next), and waits while too much is
-// pending. It fails when the batch's frames will not be written: the
-// connection failed before (or in) their write. Frames handed to another
-// goroutine's write are as good as sent, as with a buffered writer: a
-// failure there ends the connection, which its streams are told.
+// pending. It fails when the batch's frames were not written: the
+// connection failed before their write began (a *writeError that says
+// so), or in it (one that says some may have gone). Frames handed to
+// another goroutine's write are as good as sent, as with a buffered
+// writer: a failure there ends the connection, which its streams are told.
 func (w *writer) flush() error {
 	if err := w.err; err != nil {
 		w.mu.Unlock()
-		return err
+		return &writeError{err: err}
 	}
 	if w.flushing {
 		for len(w.pending) > maxPending && w.err == nil {
@@ -94,29 +99,69 @@ func (w *writer) flush() error {
 		}
 		err := w.err
 		w.mu.Unlock()
-		return err
+		if err != nil {
+			return &writeError{err: err, maybeSent: true}
+		}
+		return nil
 	}
 	w.flushing = true
-	var err error // of the first write, which holds this batch
+	return w.writePending(w.mark)
+}
+
+// flushAsync ends a batch without waiting on the connection: when no
+// write is under way it starts one on a goroutine of its own. The reader
+// loop ends its batches so (an acknowledgement, a reset, a window): were
+// it to write, or wait for a write, while the peer's reader loop does the
+// same, neither would read again.
+func (w *writer) flushAsync() {
+	if w.err != nil || w.flushing || len(w.pending) == 0 {
+		w.mu.Unlock()
+		return
+	}
+	w.flushing = true
+	w.mu.Unlock()
+	go func() {
+		w.mu.Lock()
+		_ = w.writePending(0)
+	}()
+}
+
+// writePending writes what is pending until nothing is, as the goroutine
+// that set w.flushing, then unlocks. Its error is the first write's when
+// that write failed past mark (where the caller's frames began).
+func (w *writer) writePending(mark int) error {
+	var err error
 	for first := true; len(w.pending) > 0 && w.err == nil; first = false {
 		out := w.pending
 		w.pending = nil
 		w.mu.Unlock()
-		_, werr := w.nc.Write(out)
+		n, werr := w.nc.Write(out)
 		w.bufs.put(out)
 		w.mu.Lock()
 		if werr != nil {
 			w.err = werr
 			if first {
-				err = werr
+				err = &writeError{err: werr, maybeSent: n > mark}
 			}
 		}
 		w.drained.Broadcast()
 	}
 	w.flushing = false
+	w.drained.Broadcast()
 	w.mu.Unlock()
 	return err
 }
+
+// writeError is a flush that failed: whether the frames may have reached
+// the peer (a write that failed part way through them, or another
+// goroutine's write of them) or surely did not.
+type writeError struct {
+	err       error
+	maybeSent bool
+}
+
+func (e *writeError) Error() string { return "h2: writing frames: " + e.err.Error() }
+func (e *writeError) Unwrap() error { return e.err }
 
 // drain waits until no frame is pending or being written, or writing
 // failed: what was flushed before is on the wire (a graceful close).

@@ -307,7 +307,7 @@ func TestBufferedCopyHoldsABigBufferOnlyWhileStreaming(t *testing.T) {
 	stream := bytes.Repeat([]byte("0123456789abcdef"), 3*bufpool.Size/16)
 	src := &scriptedConn{chunks: [][]byte{[]byte("hello"), stream, []byte("bye")}}
 	dst := &scriptedConn{}
-	c := &bufferedCopy{dst: dst, src: src}
+	c := &bufferedCopy{dst: dst, src: src, bufs: new(bufpool.Pool)}
 	n, err := c.copy()
 	if want := "hello" + string(stream) + "bye"; err != nil || n != int64(len(want)) || string(dst.wrote) != want {
 		t.Fatalf("copied %d (want %d), %v; the bytes written differ: %v", n, len(want), err, string(dst.wrote) != want)
