@@ -65,11 +65,22 @@ func TestWorkloadAPIFollowsRotation(t *testing.T) {
 	go func() { _ = client.WatchX509Bundles(ctx, w) }()
 
 	n := names{}
-	// update checks an X509Context: its SVID verifies against its bundle,
-	// and returns the SVID's CA and the bundle, in letters.
+	// update checks the latest X509Context: its SVID verifies against its
+	// bundle, and returns the SVID's CA and the bundle, in letters. A step
+	// may send the same state twice (the stream's resend is no news): the
+	// state after the step is the last update before the stream goes
+	// quiet, not the first (which, once in twenty runs, was the previous
+	// step's repeated).
 	update := func() (string, []string, *x509svid.SVID) {
 		t.Helper()
 		c := recv(t, w.svids, "X.509-SVID update")
+		for quiet := false; !quiet; {
+			select {
+			case c = <-w.svids:
+			case <-time.After(200 * time.Millisecond):
+				quiet = true
+			}
+		}
 		svid := c.DefaultSVID()
 		_, chains, err := x509svid.Verify(svid.Certificates, c.Bundles, x509svid.WithTime(clk.now()))
 		if err != nil {
