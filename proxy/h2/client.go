@@ -66,6 +66,13 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	trace := httptrace.ContextClientTrace(req.Context())
 	for attempt := 0; ; attempt++ {
 		cc, reused, err := t.conn(req.Context(), req.URL.Host)
+		if errors.Is(err, errNotSent) {
+			// A connection that failed in its setup carried nothing.
+			if rq.resendable() && attempt < maxRetries {
+				continue
+			}
+			return nil, http2.StreamError{Code: http2.ErrCodeRefusedStream, Cause: err}
+		}
 		if err != nil {
 			return nil, err
 		}

@@ -203,12 +203,13 @@ func (cc *clientConn) roundTrip(rq *request) (*http.Response, error) {
 	cc.mu.Unlock()
 	end := rq.held && rq.trail == nil
 	n, err := cc.appendHeadersData(s, rq.fields, rq.body, end)
-	if err == nil && rq.held && !end && n == len(rq.body) {
-		err = cc.appendTrailers(s, rq.trail)
-	}
 	if err != nil {
 		cc.w.mu.Unlock()
-		return nil, errNotSent // the stream ended before anything was written
+		return nil, errNotSent // the stream ended before anything was appended
+	}
+	var trailErr error
+	if rq.held && !end && n == len(rq.body) {
+		trailErr = cc.appendTrailers(s, rq.trail)
 	}
 	if err := cc.w.flush(); err != nil {
 		var we *writeError
@@ -221,6 +222,12 @@ func (cc *clientConn) roundTrip(rq *request) (*http.Response, error) {
 		// never saw the request.
 		cc.reset(s, http2.ErrCodeCancel, errNotSent)
 		return nil, errNotSent
+	}
+	if trailErr != nil {
+		// The stream ended between its HEADERS and its trailers: refused
+		// by a GOAWAY (errNotSent: the peer will not process it), or its
+		// connection closing, when the HEADERS may have gone.
+		return nil, trailErr
 	}
 	switch {
 	case !rq.held:
@@ -339,6 +346,11 @@ func (cs *clientStream) headers(f *http2.MetaHeadersFrame) error {
 		Request:       cs.rq.req,
 	}
 	if cl := header["Content-Length"]; len(cl) > 0 {
+		if f.StreamEnded() && cl[0] != "0" && cs.rq.req.Method != http.MethodHead &&
+			code != http.StatusNoContent && code != http.StatusNotModified {
+			cs.fail(fmt.Errorf("h2: content-length %q on a response with no body", cl[0]))
+			return nil
+		}
 		n, err := strconv.ParseInt(cl[0], 10, 64)
 		if err != nil || n < 0 || len(cl) > 1 && !allSame(cl) {
 			cs.fail(fmt.Errorf("h2: invalid content-length %q", cl))

@@ -446,9 +446,11 @@ func (c *conn) readLoop() {
 		c.mu.Lock()
 		c.draining = true // no new stream behind the GOAWAY
 		c.mu.Unlock()
+		// Bounded, like everything after it: the peer may not be reading.
+		_ = c.nc.SetDeadline(time.Now().Add(lingerTimeout))
 		c.w.batch()
 		c.w.goAway(c.role.lastPeerStream(), http2.ErrCode(ce), nil)
-		_ = c.w.flush()
+		c.w.flushAsync()
 		c.linger()
 	}
 	c.close(err)

@@ -2,6 +2,7 @@ package h2
 
 import (
 	"bytes"
+	"errors"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -9,6 +10,15 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 )
+
+// maxQueuedControl bounds the batches the reader loop may add while a
+// write is under way (its acknowledgements and resets), as x/net's
+// maxQueuedControlFrames.
+const maxQueuedControl = 10000
+
+// errControlFlood ends a connection whose peer sent more frames that need
+// an answer than it read answers.
+var errControlFlood = errors.New("h2: the peer sends frames that need an answer faster than it reads the answers")
 
 // maxPending is how many bytes of frames may wait for the connection
 // before a writer waits for them to drain: the back-pressure of a peer that
@@ -32,6 +42,7 @@ type writer struct {
 	maxFrame atomic.Int64
 	pending  []byte // frames not yet written; nil when there are none
 	mark     int    // where the frames of the batch under way begin in pending
+	queued   int    // flushAsync batches added while a write was under way
 	flushing bool   // a goroutine is writing
 	err      error  // the first write error: every later write fails with it
 	fr       *http2.Framer
@@ -114,6 +125,18 @@ func (w *writer) flush() error {
 // it to write, or wait for a write, while the peer's reader loop does the
 // same, neither would read again.
 func (w *writer) flushAsync() {
+	if w.err == nil && w.flushing {
+		// The peer is not taking what is written: it may not make the
+		// reader loop queue its answers (PING and SETTINGS
+		// acknowledgements, resets) without bound (CVE-2019-9512,
+		// -9514, -9515). x/net's limit.
+		if w.queued++; w.queued > maxQueuedControl {
+			w.err = errControlFlood
+			w.mu.Unlock()
+			_ = w.nc.Close()
+			return
+		}
+	}
 	if w.err != nil || w.flushing || len(w.pending) == 0 {
 		w.mu.Unlock()
 		return
@@ -133,7 +156,7 @@ func (w *writer) writePending(mark int) error {
 	var err error
 	for first := true; len(w.pending) > 0 && w.err == nil; first = false {
 		out := w.pending
-		w.pending = nil
+		w.pending, w.queued = nil, 0
 		w.mu.Unlock()
 		n, werr := w.nc.Write(out)
 		w.bufs.put(out)
