@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
@@ -90,6 +91,17 @@ func (a *app) Accept() (net.Conn, error) {
 	return c, err
 }
 
+// seenOne returns the peers and HTTP hosts once the app has seen a
+// connection, or after a second: a TCP probe's connect completes in the
+// kernel, before the app's Accept returns.
+func (a *app) seenOne() (peers, hosts []string) {
+	for deadline := time.Now().Add(time.Second); ; time.Sleep(time.Millisecond) {
+		if peers, hosts = a.seen(); len(peers) > 0 || time.Now().After(deadline) {
+			return peers, hosts
+		}
+	}
+}
+
 // seen returns the peers and HTTP hosts the app has seen so far.
 func (a *app) seen() (peers, hosts []string) {
 	a.mu.Lock()
@@ -128,7 +140,7 @@ func TestPodIP(t *testing.T) {
 			if code != http.StatusOK {
 				t.Errorf("app on the pod IP only: %d %q, want 200", code, body)
 			}
-			peers, hosts := podOnly.seen()
+			peers, hosts := podOnly.seenOne()
 			if len(peers) != 1 || peers[0] != source.String() {
 				t.Errorf("app on the pod IP only saw connections from %q, want one from %s", peers, source)
 			}
@@ -167,7 +179,7 @@ func TestHostNamed(t *testing.T) {
 			if code, body := run(probe(kind, port(t, other), "127.0.0.3"), inPod); code != http.StatusOK {
 				t.Errorf("host 127.0.0.3: %d %q, want 200", code, body)
 			}
-			if peers, _ := other.seen(); len(peers) != 1 || peers[0] == source.String() {
+			if peers, _ := other.seenOne(); len(peers) != 1 || peers[0] == source.String() {
 				t.Errorf("host 127.0.0.3 saw connections from %q, want one from the kernel's choice, not %s", peers, source)
 			}
 
@@ -175,7 +187,7 @@ func TestHostNamed(t *testing.T) {
 			if code, body := run(probe(kind, port(t, pod), podIP.String()), inPod); code != http.StatusOK {
 				t.Errorf("host %s, the pod IP: %d %q, want 200", podIP, code, body)
 			}
-			if peers, _ := pod.seen(); len(peers) != 1 || peers[0] != source.String() {
+			if peers, _ := pod.seenOne(); len(peers) != 1 || peers[0] != source.String() {
 				t.Errorf("host %s, the pod IP, saw connections from %q, want one from %s", podIP, peers, source)
 			}
 		})

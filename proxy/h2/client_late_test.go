@@ -1,17 +1,14 @@
 package h2
 
 import (
-	"bytes"
 	"context"
 	"io"
-	"net"
 	"net/http"
 	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
 )
 
 // nopFlow takes a pipe's credits and drops.
@@ -41,50 +38,20 @@ func TestPipeBoundedByUnread(t *testing.T) {
 // than the server side remembers resets of, are ignored: the connection
 // and the request in flight on it carry on.
 func TestClientLateAnswers(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	var mu sync.Mutex
-	var pending []uint32
-	go func() {
-		c, err := l.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		preface := make([]byte, len(http2.ClientPreface))
-		io.ReadFull(c, preface)
-		fr := http2.NewFramer(c, c)
-		fr.WriteSettings()
-		var hb bytes.Buffer
-		enc := hpack.NewEncoder(&hb)
-		enc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
-		for {
-			f, err := fr.ReadFrame()
-			if err != nil {
-				return
-			}
-			switch f := f.(type) {
-			case *http2.SettingsFrame:
-				if !f.IsAck() {
-					fr.WriteSettingsAck()
+	var pending []uint32 // the connection's goroutine's
+	addr := rawH2(t, func(fr *http2.Framer, f http2.Frame) {
+		switch f := f.(type) {
+		case *http2.HeadersFrame:
+			pending = append(pending, f.StreamID)
+			if len(pending) == 41 { // answer all at once, late
+				for _, id := range pending {
+					_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: headerBlock(":status", "200"), EndStream: true, EndHeaders: true})
 				}
-			case *http2.HeadersFrame:
-				mu.Lock()
-				pending = append(pending, f.StreamID)
-				if len(pending) == 41 { // answer all at once, late
-					for _, id := range pending {
-						fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true})
-					}
-				}
-				mu.Unlock()
-			case *http2.GoAwayFrame:
-				t.Errorf("the client sent GOAWAY %v", f.ErrCode)
 			}
+		case *http2.GoAwayFrame:
+			t.Errorf("the client sent GOAWAY %v", f.ErrCode)
 		}
-	}()
+	})
 	tr := newTestTransport(nil, nil)
 	var wg sync.WaitGroup
 	for i := 0; i < 40; i++ {
@@ -93,13 +60,13 @@ func TestClientLateAnswers(t *testing.T) {
 			defer wg.Done()
 			ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 			defer cancel()
-			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+l.Addr().String()+"/", nil)
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/", nil)
 			tr.RoundTrip(req)
 		}()
 	}
 	wg.Wait()
 	// One request that is not cancelled, in flight while the late answers arrive.
-	req, _ := http.NewRequest(http.MethodGet, "http://"+l.Addr().String()+"/", nil)
+	req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/", nil)
 	res, err := tr.RoundTrip(req)
 	if err != nil {
 		t.Fatalf("a live request failed after late answers to cancelled ones: %v", err)

@@ -1,65 +1,24 @@
 package h2
 
 import (
-	"bytes"
 	"context"
 	"io"
-	"net"
 	"net/http"
 	"testing"
 	"time"
 
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
 )
 
 // rawRespServer answers each request with HEADERS (fields), then DATA
 // (body) with END_STREAM.
 func rawRespServer(t *testing.T, fields []string, body []byte) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				preface := make([]byte, len(http2.ClientPreface))
-				if _, err := io.ReadFull(c, preface); err != nil {
-					return
-				}
-				fr := http2.NewFramer(c, c)
-				fr.WriteSettings()
-				var hb bytes.Buffer
-				enc := hpack.NewEncoder(&hb)
-				for {
-					f, err := fr.ReadFrame()
-					if err != nil {
-						return
-					}
-					switch f := f.(type) {
-					case *http2.SettingsFrame:
-						if !f.IsAck() {
-							fr.WriteSettingsAck()
-						}
-					case *http2.HeadersFrame:
-						hb.Reset()
-						for i := 0; i < len(fields); i += 2 {
-							enc.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1]})
-						}
-						fr.WriteHeaders(http2.HeadersFrameParam{StreamID: f.StreamID, BlockFragment: hb.Bytes(), EndHeaders: true})
-						fr.WriteData(f.StreamID, true, body)
-					}
-				}
-			}()
+	return rawH2(t, func(fr *http2.Framer, f http2.Frame) {
+		if f, ok := f.(*http2.HeadersFrame); ok {
+			_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: f.StreamID, BlockFragment: headerBlock(fields...), EndHeaders: true})
+			_ = fr.WriteData(f.StreamID, true, body)
 		}
-	}()
-	return l.Addr().String()
+	})
 }
 
 // A response whose DATA does not add up to its content-length ends its

@@ -223,63 +223,30 @@ func TestClientOneDial(t *testing.T) {
 // A request the peer refuses comes back as REFUSED_STREAM when its body
 // cannot be sent again, and is sent again when it can.
 func TestClientRefused(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	// Answers 204 to each request, refusing the first refuse ones.
 	var refuse atomic.Int64
 	refuse.Store(1)
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
+	addr := rawH2(t, func(fr *http2.Framer, f http2.Frame) {
+		if f, ok := f.(*http2.HeadersFrame); ok {
+			if refuse.Add(-1) >= 0 {
+				_ = fr.WriteRSTStream(f.StreamID, http2.ErrCodeRefusedStream)
 				return
 			}
-			go rawServer(c, &refuse)
+			_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: f.StreamID, BlockFragment: headerBlock(":status", "204"), EndStream: true, EndHeaders: true})
 		}
-	}()
+	})
 	tr := newTestTransport(nil, nil)
-	req, _ := http.NewRequest(http.MethodGet, "http://"+l.Addr().String()+"/", nil)
+	req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/", nil)
 	res, err := tr.RoundTrip(req)
 	if err != nil || res.StatusCode != 204 {
 		t.Fatalf("a held request refused once: %v %v", res, err)
 	}
 	refuse.Store(1)
-	req, _ = http.NewRequest(http.MethodPost, "http://"+l.Addr().String()+"/", io.NopCloser(strings.NewReader("streamed")))
+	req, _ = http.NewRequest(http.MethodPost, "http://"+addr+"/", io.NopCloser(strings.NewReader("streamed")))
 	_, err = tr.RoundTrip(req)
 	var se http2.StreamError
 	if !errors.As(err, &se) || se.Code != http2.ErrCodeRefusedStream {
 		t.Fatalf("a streamed request refused: %v, want REFUSED_STREAM", err)
-	}
-}
-
-// rawServer answers 204 to each request, refusing the first *refuse ones.
-func rawServer(c net.Conn, refuse *atomic.Int64) {
-	defer c.Close()
-	preface := make([]byte, len(http2.ClientPreface))
-	if _, err := io.ReadFull(c, preface); err != nil {
-		return
-	}
-	fr := http2.NewFramer(c, c)
-	fr.WriteSettings()
-	for {
-		f, err := fr.ReadFrame()
-		if err != nil {
-			return
-		}
-		switch f := f.(type) {
-		case *http2.SettingsFrame:
-			if !f.IsAck() {
-				fr.WriteSettingsAck()
-			}
-		case *http2.HeadersFrame:
-			if refuse.Add(-1) >= 0 {
-				fr.WriteRSTStream(f.StreamID, http2.ErrCodeRefusedStream)
-				continue
-			}
-			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: f.StreamID, BlockFragment: []byte{0x88 - 8 + 9}, EndStream: true, EndHeaders: true})
-		}
 	}
 }
 
