@@ -8,6 +8,8 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/pillionmesh/pillion/internal/meshtest"
 )
 
 // rawH2 serves HTTP/2 with raw frames on a local listener, for the
@@ -21,37 +23,27 @@ func rawH2(t *testing.T, handle func(fr *http2.Framer, f http2.Frame)) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
+	meshtest.Serve(t, l, func(c net.Conn) {
+		preface := make([]byte, len(http2.ClientPreface))
+		if _, err := io.ReadFull(c, preface); err != nil {
+			return
+		}
+		fr := http2.NewFramer(c, c)
+		_ = fr.WriteSettings()
 		for {
-			c, err := l.Accept()
+			f, err := fr.ReadFrame()
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				preface := make([]byte, len(http2.ClientPreface))
-				if _, err := io.ReadFull(c, preface); err != nil {
-					return
+			if sf, ok := f.(*http2.SettingsFrame); ok {
+				if !sf.IsAck() {
+					_ = fr.WriteSettingsAck()
 				}
-				fr := http2.NewFramer(c, c)
-				_ = fr.WriteSettings()
-				for {
-					f, err := fr.ReadFrame()
-					if err != nil {
-						return
-					}
-					if sf, ok := f.(*http2.SettingsFrame); ok {
-						if !sf.IsAck() {
-							_ = fr.WriteSettingsAck()
-						}
-						continue
-					}
-					handle(fr, f)
-				}
-			}()
+				continue
+			}
+			handle(fr, f)
 		}
-	}()
+	})
 	return l.Addr().String()
 }
 

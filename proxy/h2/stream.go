@@ -141,13 +141,7 @@ func (c *conn) appendHeadersData(s *stream, fields []string, data []byte, end bo
 		return 0, err
 	}
 	n := int(min(int64(len(data)), c.window(s)))
-	c.sendWindow -= int64(n)
-	s.sendWindow -= int64(n)
-	last := end && n == len(data)
-	if last {
-		s.localEnded = true
-		c.forget(s)
-	}
+	last := c.take(s, n, len(data), end)
 	c.mu.Unlock()
 	c.w.headers(s.id, last && n == 0, fields)
 	maxFrame := int(c.w.maxFrame.Load())
@@ -178,13 +172,7 @@ func (c *conn) writeData(s *stream, p []byte, end bool) error {
 			c.changed.Wait()
 		}
 		n = min(n, int(c.w.maxFrame.Load()))
-		c.sendWindow -= int64(n)
-		s.sendWindow -= int64(n)
-		last := end && n == len(p)
-		if last {
-			s.localEnded = true
-			c.forget(s)
-		}
+		last := c.take(s, n, len(p), end)
 		c.mu.Unlock()
 		c.w.batch()
 		c.w.data(s.id, last, p[:n])
@@ -198,6 +186,19 @@ func (c *conn) writeData(s *stream, p []byte, end bool) error {
 			return nil
 		}
 	}
+}
+
+// take spends n bytes of s's window and the connection's on the first n
+// of left bytes to send, and ends s when they are all of them and end
+// says so; it reports whether it did. c.mu is held.
+func (c *conn) take(s *stream, n, left int, end bool) (last bool) {
+	c.sendWindow -= int64(n)
+	s.sendWindow -= int64(n)
+	if last = end && n == left; last {
+		s.localEnded = true
+		c.forget(s)
+	}
+	return last
 }
 
 // window is what may be sent on s now: the smaller of its window and the
