@@ -44,6 +44,16 @@ func RemoveHopByHop(h http.Header) (upgrade string) {
 		}
 	}
 	trailers := httpguts.HeaderValuesContainsToken(h["Te"], "trailers")
+	RemoveHopByHopResponse(h)
+	if trailers {
+		h.Set("Te", "trailers")
+	}
+	return upgrade
+}
+
+// RemoveHopByHopResponse deletes from h, a response's header, the
+// hop-by-hop headers and those the Connection header names.
+func RemoveHopByHopResponse(h http.Header) {
 	for _, v := range h["Connection"] {
 		for sf := range strings.SplitSeq(v, ",") {
 			if sf = textproto.TrimString(sf); sf != "" {
@@ -52,12 +62,8 @@ func RemoveHopByHop(h http.Header) (upgrade string) {
 		}
 	}
 	for _, k := range hopByHop {
-		h.Del(k)
+		delete(h, k)
 	}
-	if trailers {
-		h.Set("Te", "trailers")
-	}
-	return upgrade
 }
 
 // InternalPrefix starts the names of the headers sidecars send each other

@@ -25,9 +25,10 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptrace"
-	"net/http/httputil"
+	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -94,7 +95,8 @@ type Router struct {
 	env          filters.Env
 	header       string
 	serverTiming bool
-	rp           *httputil.ReverseProxy
+	log          *zap.Logger
+	bufs         bufpool.Pool // response bodies' copy buffers
 }
 
 var _ filters.Filter = (*Router)(nil)
@@ -111,16 +113,7 @@ func New(c Config, env filters.Env) (*Router, error) {
 	if env.Upstream == nil {
 		return nil, errors.New("router: no upstream pools")
 	}
-	rt := &Router{env: env, header: http.CanonicalHeaderKey(header), serverTiming: c.ServerTiming}
-	rt.rp = &httputil.ReverseProxy{
-		Rewrite:        rt.rewrite,
-		Transport:      transport{env.Upstream},
-		ModifyResponse: rt.modifyResponse,
-		ErrorHandler:   rt.errorHandler,
-		BufferPool:     new(bufferPool),
-		ErrorLog:       zap.NewStdLog(env.Log.Named("router")),
-	}
-	return rt, nil
+	return &Router{env: env, header: http.CanonicalHeaderKey(header), serverTiming: c.ServerTiming, log: env.Log.Named("router")}, nil
 }
 
 // ServeHTTP makes Router usable as a filter; it never calls next.
@@ -139,25 +132,16 @@ func (rt *Router) Forward(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	info.SetEndpoint(ep)
-	st := &attempt{info: info, ep: ep, upstream: ep.Addr.String(), done: done, start: rt.env.Now(), now: rt.env.Now}
-	st.proto, st.origProto = rt.protocol(r, info, ep)
-	if info.Upgrade != "" {
-		// The reverse proxy reads these to set up the upgrade.
-		r.Header.Set("Connection", "Upgrade")
-		r.Header.Set("Upgrade", info.Upgrade)
-	}
-	st.number = info.StartAttempt()
+	a := &attempt{w: w, info: info, ep: ep, upstream: ep.Addr.String(), done: done, start: rt.env.Now(), now: rt.env.Now}
+	a.proto, a.origProto = rt.protocol(r, info, ep)
+	a.number = info.StartAttempt()
 	defer flagAbort(r, info)
-	ctx := context.WithValue(r.Context(), attemptKey{}, st)
-	// The endpoint's latency is counted from the moment the request has a
-	// connection: a dial and handshake are not the endpoint being slow.
-	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: st.gotConn})
-	rt.rp.ServeHTTP(w, r.WithContext(ctx))
+	rt.forward(w, rt.outgoing(r, a), a)
 }
 
 // flagAbort, deferred, records why a response was cut off after its
-// headers were sent (ReverseProxy then panics with http.ErrAbortHandler,
-// which carries on up to net/http, which resets the stream).
+// headers were sent (forward then panics with http.ErrAbortHandler, which
+// carries on up to the server, which resets the stream).
 func flagAbort(r *http.Request, info *filters.Info) {
 	p := recover()
 	if p == nil {
@@ -194,9 +178,9 @@ func (rt *Router) protocol(r *http.Request, info *filters.Info, ep upstream.Endp
 	return upstream.HTTP1, ""
 }
 
-// attempt is one trip upstream, carried in the outgoing request's context
-// from Forward to the transport and the response hooks.
+// attempt is one trip upstream.
 type attempt struct {
+	w         http.ResponseWriter // the client's
 	info      *filters.Info
 	ep        upstream.Endpoint
 	upstream  string // ep.Addr, as the request's URL host
@@ -212,11 +196,14 @@ type attempt struct {
 	sent      atomic.Int64          // unix nanoseconds when the request was fully sent; 0 until then
 	body      timedBody             // the outgoing request's body, when it has one
 	bodyErr   atomic.Pointer[error] // reading the client's body failed (not at its end)
+	url       url.URL               // the outgoing request's
+	trace     httptrace.ClientTrace // the outgoing request's
+	// respMu orders the informational responses the transport passes on
+	// (from its own goroutine) before the final one; headersDone is set
+	// under it once the final response is in.
+	respMu      sync.Mutex
+	headersDone bool
 }
-
-type attemptKey struct{}
-
-func attemptOf(ctx context.Context) *attempt { return ctx.Value(attemptKey{}).(*attempt) }
 
 func (a *attempt) markSent(now time.Time) { a.sent.CompareAndSwap(0, now.UnixNano()) }
 
@@ -245,53 +232,55 @@ func (a *attempt) report(now time.Time, failed bool) {
 	}
 }
 
-// forwarded are the headers an upstream proxy or ingress set and the
-// application may rely on; ReverseProxy's Rewrite mode drops them, a
-// transparent sidecar must not.
-var forwarded = []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"}
-
-func (rt *Router) rewrite(pr *httputil.ProxyRequest) {
-	a := attemptOf(pr.Out.Context())
-	pr.Out.URL.Scheme = "http"
-	pr.Out.URL.Host = a.upstream
-	pr.Out.Host = pr.In.Host
-	// ReverseProxy re-encodes a query it cannot parse (";", a bad %xx);
-	// a proxy must send it as it came (signed URLs, for one).
-	pr.Out.URL.RawQuery = pr.In.URL.RawQuery
-	// ReverseProxy cloned the request trailers before the body was read,
-	// when they were still empty: the server fills in the inbound map when
-	// the body ends, and the transport reads the outbound one only then.
-	pr.Out.Trailer = pr.In.Trailer
-	for _, h := range forwarded {
-		if v, ok := pr.In.Header[h]; ok {
-			pr.Out.Header[h] = v
-		}
+// outgoing makes the request of attempt a from r: a shallow copy to the
+// endpoint a picked, sharing r's header, which it changes in place (the
+// proxy removed the hop-by-hop headers from it on arrival, and each
+// attempt of the retry filter has its own copy). The body's close is not
+// passed on: r's body belongs to the server.
+func (rt *Router) outgoing(r *http.Request, a *attempt) *http.Request {
+	a.trace = httptrace.ClientTrace{GotConn: a.gotConn, Got1xxResponse: a.got1xx}
+	out := r.WithContext(httptrace.WithClientTrace(r.Context(), &a.trace))
+	a.url = *r.URL
+	a.url.Scheme, a.url.Host = "http", a.upstream
+	out.URL, out.RequestURI, out.Close = &a.url, "", false
+	h := out.Header
+	if a.info.Upgrade != "" {
+		h.Set("Connection", "Upgrade")
+		h.Set("Upgrade", a.info.Upgrade)
 	}
-	pr.Out.Header.Del(origProtoKey)
+	if _, ok := h["User-Agent"]; !ok {
+		h["User-Agent"] = []string{""} // none, rather than the transport's own
+	}
+	delete(h, origProtoKey)
 	if a.origProto != "" {
-		pr.Out.Header.Set(origProtoKey, a.origProto)
+		h.Set(origProtoKey, a.origProto)
 	}
 	// The sidecar that retries says which attempt this is: outbound, or
 	// inbound when the peer did not say (a caller outside the mesh).
-	if a.info.Direction == filters.Outbound || pr.Out.Header.Get(attemptCountKey) == "" || a.number > 1 {
-		pr.Out.Header.Set(attemptCountKey, strconv.Itoa(a.number))
+	if a.info.Direction == filters.Outbound || h.Get(attemptCountKey) == "" || a.number > 1 {
+		h.Set(attemptCountKey, strconv.Itoa(a.number))
 	}
-	if pr.Out.Body == nil || pr.Out.Body == http.NoBody {
+	if r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody {
+		// No body: net/http's transport may then send the request again
+		// on a new connection when a pooled one was closed under it.
+		out.Body = nil
 		a.markSent(rt.env.Now())
-		return
+		return out
 	}
 	// The attempt's own: one trip upstream has one request body.
-	a.body = timedBody{ReadCloser: pr.Out.Body, a: a, now: rt.env.Now}
-	pr.Out.Body = &a.body
+	a.body = timedBody{r: r.Body, a: a, now: rt.env.Now}
+	out.Body = &a.body
+	return out
 }
 
-func (rt *Router) modifyResponse(res *http.Response) error {
-	a := attemptOf(res.Request.Context())
+// upstreamTime reports the attempt's outcome and puts the upstream service
+// time on the response's header.
+func (rt *Router) upstreamTime(res *http.Response, a *attempt) {
 	now := rt.env.Now()
 	a.report(now, res.StatusCode >= 500)
 	sent := a.sent.Load()
 	if sent == 0 {
-		return nil // the request was still being sent: no service time, as in Envoy
+		return // the request was still being sent: no service time, as in Envoy
 	}
 	d := max(now.Sub(time.Unix(0, sent)), 0)
 	a.info.SetUpstreamTime(d)
@@ -301,12 +290,12 @@ func (rt *Router) modifyResponse(res *http.Response) error {
 	if rt.serverTiming {
 		res.Header.Add("Server-Timing", fmt.Sprintf("upstream;dur=%.3f", float64(d.Microseconds())/1000))
 	}
-	return nil
 }
 
-func (rt *Router) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
-	info := filters.FromContext(r.Context())
-	a := attemptOf(r.Context())
+// fail answers the request of attempt a, which failed with err before a
+// response came.
+func (rt *Router) fail(w http.ResponseWriter, r *http.Request, a *attempt, err error) {
+	info := a.info
 	if bodyErr := a.bodyErr.Load(); bodyErr != nil && r.Context().Err() == nil {
 		// The client's body broke its own framing (a bad chunk): the
 		// client's fault, not the endpoint's. What follows on the
@@ -331,7 +320,7 @@ func (rt *Router) errorHandler(w http.ResponseWriter, r *http.Request, err error
 	}
 	var pe *upstream.Error
 	if !errors.As(err, &pe) {
-		// Not the pools': ReverseProxy refused the upstream's answer (a bad
+		// Not the pools': forward refused the upstream's answer (a bad
 		// upgrade response and the like).
 		filters.Reply(w, r, http.StatusBadGateway, filters.UpstreamProtocolError, "upstream protocol error: "+oneLine(err))
 		return
@@ -357,34 +346,29 @@ func oneLine(err error) string {
 	}, err.Error())
 }
 
-// transport hands each request to the pool its attempt chose.
-type transport struct{ up filters.Upstream }
-
-func (t transport) RoundTrip(req *http.Request) (*http.Response, error) {
-	a := attemptOf(req.Context())
-	return t.up.RoundTrip(req, a.ep, a.proto)
-}
-
 // timedBody notes when the request body was read to its end: the request
 // was then fully handed to the connection.
 type timedBody struct {
-	io.ReadCloser
+	r   io.ReadCloser // the client's
 	a   *attempt
 	now func() time.Time
 }
+
+// Close leaves the client's body to the server that gave it.
+func (b *timedBody) Close() error { return nil }
 
 // Complete passes on what the client's body says of its end (proxy/h2's
 // CompleteBody): a body that has all arrived goes upstream with the
 // request's headers, in one write.
 func (b *timedBody) Complete() (int, bool) {
-	if cb, ok := b.ReadCloser.(interface{ Complete() (int, bool) }); ok {
+	if cb, ok := b.r.(interface{ Complete() (int, bool) }); ok {
 		return cb.Complete()
 	}
 	return 0, false
 }
 
 func (b *timedBody) Read(p []byte) (int, error) {
-	n, err := b.ReadCloser.Read(p)
+	n, err := b.r.Read(p)
 	switch {
 	case err == io.EOF:
 		b.a.markSent(b.now())
@@ -397,18 +381,4 @@ func (b *timedBody) Read(p []byte) (int, error) {
 		b.a.bodyErr.CompareAndSwap(nil, &failed)
 	}
 	return n, err
-}
-
-// bufferPool is a bufpool.Pool as httputil.ReverseProxy takes one: the
-// router's own, for response bodies.
-type bufferPool struct{ p bufpool.Pool }
-
-func (b *bufferPool) Get() []byte { return b.p.Get()[:] }
-
-// Put takes back a buffer Get returned (ReverseProxy gives back the slice
-// it got); anything else is left to the garbage collector.
-func (b *bufferPool) Put(buf []byte) {
-	if len(buf) == bufpool.Size {
-		b.p.Put((*[bufpool.Size]byte)(buf))
-	}
 }

@@ -296,7 +296,7 @@ func (cs *clientStream) headers(f *http2.MetaHeadersFrame) error {
 			return nil
 		}
 		// Kept apart until the body's reader reaches its end: the
-		// response's Trailer map is the reader's (ReverseProxy reads it
+		// response's Trailer map is the reader's (the router reads it
 		// before the body, and after).
 		cs.trailer = make(http.Header, len(f.RegularFields()))
 		for _, hf := range f.RegularFields() {

@@ -363,7 +363,7 @@ func TestClientGoAwayStorm(t *testing.T) {
 
 // The response's Trailer map is its reader's until the body ends: the
 // reader loop, which receives the trailers, does not write it. (A gRPC
-// answer's trailers arrive with its headers; ReverseProxy reads the map
+// answer's trailers arrive with its headers; the router reads the map
 // before the body: a write then crashed the sidecar with "concurrent map
 // iteration and map write". Run with -race.)
 func TestClientTrailersOwnedByReader(t *testing.T) {
