@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"mime"
 	"net/http"
 	"net/textproto"
 	"strings"
@@ -127,13 +126,16 @@ func (rt *Router) copyBody(w http.ResponseWriter, res *http.Response) error {
 	}
 }
 
+// isEventStream tells a Content-Type of text/event-stream, with or
+// without parameters.
 func isEventStream(h http.Header) bool {
-	ct, ok := h["Content-Type"]
-	if !ok || len(ct) == 0 {
+	const es = "text/event-stream"
+	ct := h["Content-Type"]
+	if len(ct) == 0 || len(ct[0]) < len(es) || !strings.EqualFold(ct[0][:len(es)], es) {
 		return false
 	}
-	base, _, _ := mime.ParseMediaType(ct[0])
-	return base == "text/event-stream"
+	rest := strings.TrimLeft(ct[0][len(es):], " \t")
+	return rest == "" || rest[0] == ';'
 }
 
 // switchProtocols completes an upgrade (WebSocket…) the upstream accepted:

@@ -217,3 +217,14 @@ func TestClientBodyLeftToItsServer(t *testing.T) {
 		return respond(out, 200, nil, strings.NewReader(""), 0), nil
 	}, newHeaderLog(), r)
 }
+
+func TestIsEventStream(t *testing.T) {
+	for ct, want := range map[string]bool{
+		"text/event-stream": true, "Text/Event-Stream; charset=utf-8": true, "text/event-stream ;x=y": true,
+		"text/event-streams": false, "text/plain": false, "": false, "text/event": false,
+	} {
+		if got := isEventStream(http.Header{"Content-Type": {ct}}); got != want {
+			t.Errorf("isEventStream(%q) = %v, want %v", ct, got, want)
+		}
+	}
+}

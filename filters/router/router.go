@@ -203,6 +203,16 @@ type attempt struct {
 	// under it once the final response is in.
 	respMu      sync.Mutex
 	headersDone bool
+	// vals holds the values outgoing sets, saving an allocation each.
+	vals  [4]string
+	nvals int
+}
+
+// set sets h's canonical key k to v, in a.vals.
+func (a *attempt) set(h http.Header, k, v string) {
+	i := a.nvals
+	a.vals[i], a.nvals = v, i+1
+	h[k] = a.vals[i : i+1 : i+1]
 }
 
 func (a *attempt) markSent(now time.Time) { a.sent.CompareAndSwap(0, now.UnixNano()) }
@@ -249,16 +259,16 @@ func (rt *Router) outgoing(r *http.Request, a *attempt) *http.Request {
 		h.Set("Upgrade", a.info.Upgrade)
 	}
 	if _, ok := h["User-Agent"]; !ok {
-		h["User-Agent"] = []string{""} // none, rather than the transport's own
+		a.set(h, "User-Agent", "") // none, rather than the transport's own
 	}
 	delete(h, origProtoKey)
 	if a.origProto != "" {
-		h.Set(origProtoKey, a.origProto)
+		a.set(h, origProtoKey, a.origProto)
 	}
 	// The sidecar that retries says which attempt this is: outbound, or
 	// inbound when the peer did not say (a caller outside the mesh).
 	if a.info.Direction == filters.Outbound || h.Get(attemptCountKey) == "" || a.number > 1 {
-		h.Set(attemptCountKey, strconv.Itoa(a.number))
+		a.set(h, attemptCountKey, strconv.Itoa(a.number))
 	}
 	if r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody {
 		// No body: net/http's transport may then send the request again

@@ -310,18 +310,7 @@ func (cs *clientStream) headers(f *http2.MetaHeadersFrame) error {
 		cs.fail(fmt.Errorf("h2: invalid response status %q", f.PseudoValue("status")))
 		return nil
 	}
-	regular := f.RegularFields()
-	header := make(http.Header, len(regular))
-	vals := make([]string, len(regular))
-	for i, hf := range regular {
-		k := canonical(hf.Name)
-		vals[i] = hf.Value
-		if header[k] == nil {
-			header[k] = vals[i : i+1 : i+1]
-		} else {
-			header[k] = append(header[k], hf.Value)
-		}
-	}
+	header := fieldsHeader(f.RegularFields())
 	if code < 200 {
 		if trace := httptrace.ContextClientTrace(cs.rq.req.Context()); trace != nil {
 			if code == http.StatusContinue && trace.Got100Continue != nil {

@@ -1,8 +1,11 @@
 package h2
 
 import (
+	"net/http"
 	"net/textproto"
 	"strings"
+
+	"golang.org/x/net/http2/hpack"
 )
 
 // canonical is the canonical form of a lower-case field name, without an
@@ -40,6 +43,24 @@ var commonCanonical, commonLower = func() (map[string]string, map[string]string)
 	}
 	return canon, lower
 }()
+
+// fieldsHeader is the header of the regular fields of a HEADERS frame, by
+// canonical name. Their values share one allocation: a name that comes
+// again gets a slice of its own, as append copies past the capacity.
+func fieldsHeader(regular []hpack.HeaderField) http.Header {
+	header := make(http.Header, len(regular))
+	vals := make([]string, len(regular))
+	for i, hf := range regular {
+		k := canonical(hf.Name)
+		vals[i] = hf.Value
+		if old, ok := header[k]; ok {
+			header[k] = append(old, hf.Value)
+		} else {
+			header[k] = vals[i : i+1 : i+1]
+		}
+	}
+	return header
+}
 
 // lower is a canonical field name's HTTP/2 form.
 func lower(k string) string {

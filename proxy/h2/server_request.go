@@ -70,10 +70,7 @@ func (ss *serverStream) newRequest(f *http2.MetaHeadersFrame) (*http.Request, er
 	case !validMethod(method):
 		return nil, malformed("invalid :method")
 	}
-	header := make(http.Header, len(f.Fields))
-	for _, hf := range f.RegularFields() {
-		header[canonical(hf.Name)] = append(header[canonical(hf.Name)], hf.Value)
-	}
+	header := fieldsHeader(f.RegularFields())
 	for k := range header {
 		if connectionSpecific[k] {
 			return nil, malformed("connection-specific field " + k)
