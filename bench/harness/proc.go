@@ -19,6 +19,10 @@ type usage struct {
 	CPU time.Duration // user + system, since the process started
 	RSS int64         // resident now, bytes (VmRSS)
 	HWM int64         // resident at most so far, bytes (VmHWM)
+	// Anon is the part of RSS that is the process's own (RssAnon): the
+	// rest is files mapped, the binary's pages first, which the page
+	// cache shares with every process running the same binary.
+	Anon int64
 }
 
 // sample reads pid's usage from /proc.
@@ -40,10 +44,10 @@ func sample(pid int) (usage, error) {
 		return usage{}, fmt.Errorf("/proc/%d/stat: utime %q, stime %q", pid, fields[11], fields[12])
 	}
 	u := usage{CPU: time.Duration(utime+stime) * clockTick}
-	mem, err := meshtest.StatusBytes(pid, "VmRSS", "VmHWM")
+	mem, err := meshtest.StatusBytes(pid, "VmRSS", "VmHWM", "RssAnon")
 	if err != nil {
 		return usage{}, err
 	}
-	u.RSS, u.HWM = mem[0], mem[1]
+	u.RSS, u.HWM, u.Anon = mem[0], mem[1], mem[2]
 	return u, nil
 }

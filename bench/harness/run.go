@@ -142,7 +142,8 @@ func runOnce(cfg Config, name string) (vals []Value, err error) {
 				return nil, err
 			}
 			for j, p := range proxies {
-				vals = append(vals, Value{"idle", "rss, " + p.side + " proxy", "MB", "lower", mb(now[j].RSS)})
+				vals = append(vals, Value{"idle", "rss, " + p.side + " proxy", "MB", "lower", mb(now[j].RSS)},
+					Value{"idle", "anonymous rss, " + p.side + " proxy", "MB", "lower", mb(now[j].Anon)})
 			}
 		}
 		logf(cfg.Log, "  %s\n", w.name)

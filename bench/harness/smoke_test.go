@@ -88,6 +88,7 @@ func TestSmoke(t *testing.T) {
 			for _, m := range []struct{ workload, metric string }{
 				{WorkloadRate, "cpu per 1000 req, " + side + " proxy"},
 				{"idle", "rss, " + side + " proxy"},
+				{"idle", "anonymous rss, " + side + " proxy"},
 				{"all", "peak rss, " + side + " proxy"},
 			} {
 				if row, ok := find(rows, m.workload, m.metric); !ok || row.Median[mode] <= 0 {
