@@ -106,7 +106,7 @@ var errContinueRefused = errors.New("h1: server answered before 100 Continue; bo
 
 // roundTrip sends req on c and reads its response's head. On a failure c
 // is closed.
-func (c *conn) roundTrip(req *http.Request) (*http.Response, *failure) {
+func (c *conn) roundTrip(req *http.Request, trace *httptrace.ClientTrace) (*http.Response, *failure) {
 	ctx := req.Context()
 	c.written, c.werr = 0, nil
 	var stop func() bool
@@ -117,6 +117,9 @@ func (c *conn) roundTrip(req *http.Request) (*http.Response, *failure) {
 	if writeNow(req) {
 		if err := c.writeRequest(req); err != nil {
 			c.close()
+			if stop != nil {
+				stop()
+			}
 			if c.canceled.Load() {
 				return nil, &failure{err: ctx.Err()}
 			}
@@ -127,7 +130,7 @@ func (c *conn) roundTrip(req *http.Request) (*http.Response, *failure) {
 	} else {
 		w = c.startWrite(req)
 	}
-	res, f := c.readResponse(req, w)
+	res, f := c.readResponse(req, w, trace)
 	if f != nil {
 		c.close()
 		if stop != nil {
@@ -214,11 +217,10 @@ func (c *conn) startWrite(req *http.Request) *bodyWrite {
 
 // readResponse reads the final response's head, passing informational
 // ones to the request's trace.
-func (c *conn) readResponse(req *http.Request, w *bodyWrite) (*http.Response, *failure) {
+func (c *conn) readResponse(req *http.Request, w *bodyWrite, trace *httptrace.ClientTrace) (*http.Response, *failure) {
 	if _, err := c.br.Peek(1); err != nil {
 		return nil, c.readFailure(req, w, err, true)
 	}
-	var trace *httptrace.ClientTrace
 	for n := 0; ; n++ {
 		res, err := http.ReadResponse(c.br, req)
 		if err != nil {
@@ -242,9 +244,6 @@ func (c *conn) readResponse(req *http.Request, w *bodyWrite) (*http.Response, *f
 			case w.cont <- true:
 			default:
 			}
-		}
-		if trace == nil {
-			trace = httptrace.ContextClientTrace(req.Context())
 		}
 		if trace != nil && trace.Got1xxResponse != nil {
 			if err := trace.Got1xxResponse(code, textproto.MIMEHeader(res.Header)); err != nil {

@@ -28,6 +28,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"sync"
 	"syscall"
 	"time"
@@ -89,9 +90,12 @@ type Transport struct {
 // one, and returns its response, or an error. The response's body must be
 // read to its end or closed: at its end the connection goes back to the
 // pool. A 101 Switching Protocols response's body is the connection
-// itself, an io.ReadWriteCloser that has left the pool. Informational
-// (1xx) responses go to the request's httptrace.ClientTrace
-// Got1xxResponse. The request's body is closed, even on an error.
+// itself, an io.ReadWriteCloser that has left the pool. The request's body
+// is closed, even on an error.
+//
+// Of the request's httptrace.ClientTrace, GotConn is called with each
+// connection the request goes on, Got1xxResponse with each informational
+// (1xx) response, and (*http.Request).Write calls those of writing.
 //
 // The request's context bounds the wait for a connection, the exchange
 // and the response's body: when it ends, the connection closes and the
@@ -102,6 +106,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		closeBody(req)
 		return nil, errors.New("h1: request has no host to send it to")
 	}
+	trace := httptrace.ContextClientTrace(ctx)
 	for attempt := 0; ; attempt++ {
 		if err := ctx.Err(); err != nil {
 			closeBody(req)
@@ -115,7 +120,10 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			return nil, err
 		}
 		reused := c.reused
-		res, f := c.roundTrip(req)
+		if trace != nil && trace.GotConn != nil {
+			trace.GotConn(httptrace.GotConnInfo{Conn: c.nc, Reused: reused, WasIdle: reused})
+		}
+		res, f := c.roundTrip(req, trace)
 		if f == nil {
 			return res, nil
 		}

@@ -3,9 +3,11 @@ package h1
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -190,5 +192,22 @@ func TestDialErrorIsWrapped(t *testing.T) {
 	}
 	if want := "h1: dial 10.0.0.7:8080: no route"; err.Error() != want {
 		t.Errorf("error %q, want %q", err, want)
+	}
+}
+
+// GotConn tells the router a request has its connection, and whether it
+// was reused (its latency is measured from there).
+func TestTraceGotConn(t *testing.T) {
+	addr, _ := httpServer(t, echoHandler)
+	tr := newTransport(t)
+	var got []bool
+	ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{
+		GotConn: func(info httptrace.GotConnInfo) { got = append(got, info.Reused) },
+	})
+	for range 2 {
+		do(t, tr, newRequest(t, ctx, "GET", addr, nil))
+	}
+	if fmt.Sprint(got) != "[false true]" {
+		t.Errorf("GotConn saw reused %v, want [false true]", got)
 	}
 }
