@@ -106,12 +106,16 @@ func (c *countedConn) Close() error {
 	return c.Conn.Close()
 }
 
-// ReadFrom copies r to the connection through a buffer of the pools'.
-// net/http's HTTP/1 transport sends request bodies this way (io.Copy to
-// the connection); without it io.Copy would allocate a buffer of up to
-// 32 KiB per request body, the wrapper hiding the wrapped connection's own
-// ReadFrom (which would allocate one too: a request body is not a file or
-// a socket the kernel could splice from).
+// NetConn returns the connection counted, as tls.Conn's NetConn does: the
+// HTTP/1.1 client peeks at its socket before it reuses it.
+func (c *countedConn) NetConn() net.Conn { return c.Conn }
+
+// ReadFrom copies r to the connection through a buffer of the pools',
+// for an io.Copy onto the connection: without it io.Copy would allocate a
+// buffer of up to 32 KiB per copy, the wrapper hiding the wrapped
+// connection's own ReadFrom (which would allocate one too: a body is not a
+// file or a socket the kernel could splice from). proxy/h1 does not copy
+// this way: it writes requests through buffers of its own.
 func (c *countedConn) ReadFrom(r io.Reader) (int64, error) {
 	buf := c.bufs.Get()
 	defer c.bufs.Put(buf)

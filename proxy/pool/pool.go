@@ -2,11 +2,11 @@
 // HTTP/1.1 keep-alive connections (one request at a time each) and one of
 // HTTP/2 connections (many requests multiplexed on each, a new connection
 // opened when one is full), both keyed by endpoint (ip:port). It builds on
-// net/http's Transport, which retries a request whose pooled connection
-// closed before any byte was written, and pillion's own HTTP/2 client
-// (proxy/h2), which sends again a request the peer did not process when it
-// can. This package adds the limits, the dialer, the connection counts and
-// the typed errors.
+// pillion's own clients: proxy/h1, which writes a request and reads its
+// answer on the caller's goroutine and sends again a request whose reused
+// connection the application had closed, when it can; and proxy/h2, which
+// sends again a request the peer did not process when it can. This package
+// adds the limits, the dialer, the connection counts and the typed errors.
 package pool
 
 import (
@@ -23,6 +23,7 @@ import (
 	"golang.org/x/net/http2"
 
 	"github.com/pillionmesh/pillion/proxy/bufpool"
+	"github.com/pillionmesh/pillion/proxy/h1"
 	"github.com/pillionmesh/pillion/proxy/h2"
 	"github.com/pillionmesh/pillion/proxy/upstream"
 )
@@ -94,7 +95,7 @@ func (c Config) withDefaults() Config {
 
 // Pools is the HTTP/1.1 and the HTTP/2 pool. It is safe for concurrent use.
 type Pools struct {
-	h1    *http.Transport
+	h1    *h1.Transport
 	h2    *h2.Transport
 	conns *counter
 	bufs  *bufpool.Pool // request bodies' copy buffers
@@ -111,20 +112,13 @@ func New(cfg Config) *Pools {
 	if p.bufs == nil {
 		p.bufs = new(bufpool.Pool)
 	}
-	var h1 http.Protocols
-	h1.SetHTTP1(true)
-	p.h1 = &http.Transport{
-		Proxy:               nil, // never an HTTP proxy from the environment
-		DialContext:         p.dialer(cfg, upstream.HTTP1),
-		MaxConnsPerHost:     cfg.MaxConnsPerEndpoint,
-		MaxIdleConns:        0, // the per-endpoint cap is the one that matters
-		MaxIdleConnsPerHost: cfg.MaxIdlePerEndpoint,
-		IdleConnTimeout:     cfg.HTTP1IdleTimeout,
-		// The proxy forwards bodies as they are: no Accept-Encoding of its
-		// own, no transparent decompression.
-		DisableCompression:    true,
+	dial1 := p.dialer(cfg, upstream.HTTP1)
+	p.h1 = &h1.Transport{
+		Dial:                  func(ctx context.Context, addr string) (net.Conn, error) { return dial1(ctx, "tcp", addr) },
+		MaxConnsPerHost:       cfg.MaxConnsPerEndpoint,
+		MaxIdlePerHost:        cfg.MaxIdlePerEndpoint,
+		IdleTimeout:           cfg.HTTP1IdleTimeout,
 		ExpectContinueTimeout: time.Second,
-		Protocols:             &h1, // never HTTP/2 on this pool, whatever GODEBUG says
 		ReadBufferSize:        32 << 10,
 		WriteBufferSize:       32 << 10,
 	}
