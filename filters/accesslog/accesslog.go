@@ -170,6 +170,16 @@ type countingBody struct {
 	n *atomic.Int64
 }
 
+// Complete passes on what the client's body says of its end (proxy/h2's
+// CompleteBody), so that the transports can send a body that has all
+// arrived with the request's head.
+func (b *countingBody) Complete() (int, bool) {
+	if cb, ok := b.ReadCloser.(interface{ Complete() (int, bool) }); ok {
+		return cb.Complete()
+	}
+	return 0, false
+}
+
 func (b *countingBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	b.n.Add(int64(n))

@@ -13,6 +13,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -307,5 +308,23 @@ func TestHijackUnsupported(t *testing.T) {
 	}))
 	if m := logs.All()[0].ContextMap(); m["code"] != int64(0) {
 		t.Errorf("code %v, want 0", m["code"])
+	}
+}
+
+// completeBody has all arrived, as proxy/h2's server says of a body.
+type completeBody struct{ *strings.Reader }
+
+func (b completeBody) Close() error          { return nil }
+func (b completeBody) Complete() (int, bool) { return b.Len(), true }
+
+// The counting wrapper passes on what the body says of its end.
+func TestCountingBodyPassesComplete(t *testing.T) {
+	var b io.ReadCloser = &countingBody{ReadCloser: completeBody{strings.NewReader("held")}, n: new(atomic.Int64)}
+	cb, ok := b.(interface{ Complete() (int, bool) })
+	if !ok {
+		t.Fatal("countingBody hides Complete")
+	}
+	if n, done := cb.Complete(); n != 4 || !done {
+		t.Errorf("Complete() = %d, %v; want 4, true", n, done)
 	}
 }

@@ -36,10 +36,16 @@ type fakeUpstream struct {
 	// much first.
 	conn  *httptrace.GotConnInfo
 	setup time.Duration
+	// complete is what the body sent said of its end, before it was read.
+	complete string
 }
 
 func (u *fakeUpstream) RoundTrip(r *http.Request, _ upstream.Endpoint, p upstream.Protocol) (*http.Response, error) {
 	u.got, u.proto = r, p
+	if cb, ok := r.Body.(interface{ Complete() (int, bool) }); ok {
+		n, done := cb.Complete()
+		u.complete = fmt.Sprint(n, done)
+	}
 	if r.Body != nil {
 		b, _ := io.ReadAll(r.Body)
 		u.body = string(b)
@@ -296,6 +302,26 @@ func TestQueryForwardedAsItCame(t *testing.T) {
 		if up.got.URL.RawQuery != q {
 			t.Errorf("query %q forwarded as %q", q, up.got.URL.RawQuery)
 		}
+	}
+}
+
+// completeBody has all arrived, as proxy/h2's server says of a body.
+type completeBody struct{ *strings.Reader }
+
+func (b completeBody) Close() error          { return nil }
+func (b completeBody) Complete() (int, bool) { return b.Len(), true }
+
+// A body that has all arrived says so to the transport, through
+// so that it goes with the request's head (ReverseProxy's wrapper of the
+// body hid it).
+func TestCompleteBodyReachesTheTransport(t *testing.T) {
+	up := &fakeUpstream{}
+	rt := newRouter(t, Config{}, up)
+	r := httptest.NewRequest("POST", "http://b/s", nil)
+	r.Body, r.ContentLength = completeBody{strings.NewReader("held")}, 4
+	serve(rt, r, &filters.Info{})
+	if up.complete != "4 true" || up.body != "held" {
+		t.Errorf("transport saw Complete() = %q and body %q, want 4 true and held", up.complete, up.body)
 	}
 }
 
