@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptrace"
@@ -29,6 +30,7 @@ type conn struct {
 	h  *host
 	nc net.Conn
 	br *bufio.Reader // the connection's: it may hold the next response's first bytes
+	lr limitReader   // under br: bounds the bytes of a response's heads
 
 	// Of the request on the connection, written by the goroutine that
 	// writes it: the bytes written and the connection's write error.
@@ -218,6 +220,12 @@ func (c *conn) startWrite(req *http.Request) *bodyWrite {
 // readResponse reads the final response's head, passing informational
 // ones to the request's trace.
 func (c *conn) readResponse(req *http.Request, w *bodyWrite, trace *httptrace.ClientTrace) (*http.Response, *failure) {
+	limit := c.t.MaxResponseHeaderBytes
+	if limit <= 0 {
+		limit = DefaultMaxResponseHeaderBytes
+	}
+	c.lr.n = limit
+	defer func() { c.lr.n = unlimited }()
 	if _, err := c.br.Peek(1); err != nil {
 		return nil, c.readFailure(req, w, err, true)
 	}
@@ -336,3 +344,27 @@ func asciiEqualFold(s, t string) bool {
 	}
 	return true
 }
+
+// unlimited is a limitReader's budget outside a response's heads.
+const unlimited = 1<<63 - 1
+
+// limitReader reads r, failing once n bytes were read: net/http's
+// Transport's bound on response heads, which http.ReadResponse lacks.
+type limitReader struct {
+	r io.Reader
+	n int64
+}
+
+func (l *limitReader) Read(p []byte) (int, error) {
+	if l.n <= 0 {
+		return 0, errHeadTooLarge
+	}
+	if int64(len(p)) > l.n {
+		p = p[:l.n]
+	}
+	n, err := l.r.Read(p)
+	l.n -= int64(n)
+	return n, err
+}
+
+var errHeadTooLarge = errors.New("h1: response headers exceed MaxResponseHeaderBytes")

@@ -169,6 +169,34 @@ func TestMalformedResponse(t *testing.T) {
 	}
 }
 
+// Response heads are bounded, as net/http's Transport bounds them; the
+// body is not.
+func TestResponseHeadLimit(t *testing.T) {
+	big := strings.Repeat("v", 64<<10)
+	addr, _ := rawServer(t, func(c net.Conn) {
+		for {
+			head, err := readHead(c)
+			if err != nil {
+				return
+			}
+			if strings.Contains(head, "/big-head") {
+				_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nX-Big: "+big+"\r\nContent-Length: 0\r\n\r\n")
+				continue
+			}
+			_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 65536\r\n\r\n"+big)
+		}
+	})
+	tr := newTransport(t)
+	tr.MaxResponseHeaderBytes = 16 << 10
+	if _, got := do(t, tr, newRequest(t, context.Background(), "GET", addr, nil)); got != big {
+		t.Errorf("a 64 KiB body under a 16 KiB head limit: %d bytes", len(got))
+	}
+	req, _ := http.NewRequest("GET", "http://"+addr+"/big-head", nil)
+	if _, err := tr.RoundTrip(req); err == nil || !strings.Contains(err.Error(), "exceed") {
+		t.Errorf("a 64 KiB head: %v, want the limit's error", err)
+	}
+}
+
 // The context's end closes the connection: before the answer, RoundTrip
 // returns its error at once; in the body, Read does.
 func TestContextEnds(t *testing.T) {

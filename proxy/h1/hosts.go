@@ -92,7 +92,10 @@ func (t *Transport) dial(ctx context.Context, h *host) (*conn, error) {
 		t.release(h)
 		return nil, fmt.Errorf("h1: dial %s: %w", h.addr, err)
 	}
-	return &conn{t: t, h: h, nc: nc, br: bufio.NewReaderSize(nc, orDefault(t.ReadBufferSize, DefaultBufferSize))}, nil
+	c := &conn{t: t, h: h, nc: nc}
+	c.lr = limitReader{r: nc, n: unlimited}
+	c.br = bufio.NewReaderSize(&c.lr, orDefault(t.ReadBufferSize, DefaultBufferSize))
+	return c, nil
 }
 
 // release counts one connection of h less, closed or gone from the pool,

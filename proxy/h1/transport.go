@@ -41,6 +41,8 @@ const (
 	// DefaultBufferSize is the size of a connection's read buffer and of
 	// the buffers requests are written through.
 	DefaultBufferSize = 4 << 10
+	// DefaultMaxResponseHeaderBytes is net/http's Transport's limit.
+	DefaultMaxResponseHeaderBytes = 10 << 20
 )
 
 // maxHeldBody is the largest complete request body written by the caller's
@@ -79,6 +81,10 @@ type Transport struct {
 	// ReadBufferSize and WriteBufferSize size the buffers; zero means
 	// DefaultBufferSize.
 	ReadBufferSize, WriteBufferSize int
+	// MaxResponseHeaderBytes bounds the bytes read for a request's
+	// response heads, informational ones included; zero means
+	// DefaultMaxResponseHeaderBytes.
+	MaxResponseHeaderBytes int64
 
 	mu    sync.Mutex
 	hosts map[string]*host // by address; an entry lives while it has connections or waiters
