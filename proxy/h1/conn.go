@@ -205,12 +205,14 @@ func (c *conn) startWrite(req *http.Request) *bodyWrite {
 			err = bw.Flush()
 		}
 		c.t.putWriter(bw)
+		// The body failed: the server would wait for the rest of it. A
+		// write error leaves the connection to the reader, which may
+		// still find the server's answer. Decided before done: after it,
+		// the connection may be the next request's.
+		bodyFailed := err != nil && c.werr == nil && err != errContinueRefused
 		w.err = err
 		close(w.done)
-		if err != nil && c.werr == nil && err != errContinueRefused {
-			// The body failed: the server would wait for the rest of it.
-			// A write error leaves the connection to the reader, which
-			// may still find the server's answer.
+		if bodyFailed {
 			c.close()
 		}
 	}()

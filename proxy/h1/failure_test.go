@@ -273,3 +273,41 @@ func TestNoGoroutinesLeft(t *testing.T) {
 		cancel()
 	}
 }
+
+// failingBody yields some bytes, then fails: a client gone mid-upload.
+type failingBody struct{ sent bool }
+
+func (b *failingBody) Read(p []byte) (int, error) {
+	if !b.sent {
+		b.sent = true
+		return copy(p, "part"), nil
+	}
+	return 0, errors.New("client went away")
+}
+
+func (b *failingBody) Close() error { return nil }
+
+// A request body that fails while the server waits for the rest of it
+// ends the request with the body's error, not a hang.
+func TestRequestBodyFails(t *testing.T) {
+	noLeaks(t)
+	addr, _ := rawServer(t, func(c net.Conn) {
+		_, _ = io.Copy(io.Discard, c) // never answers
+	})
+	tr := newTransport(t)
+	req := newRequest(t, context.Background(), "POST", addr, nil)
+	req.Body, req.ContentLength = &failingBody{}, 100
+	done := make(chan error, 1)
+	go func() {
+		_, err := tr.RoundTrip(req)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "client went away") {
+			t.Errorf("error %v, want the body's", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("hung waiting for an answer to a request whose body failed")
+	}
+}
