@@ -311,9 +311,8 @@ type completeBody struct{ *strings.Reader }
 func (b completeBody) Close() error          { return nil }
 func (b completeBody) Complete() (int, bool) { return b.Len(), true }
 
-// A body that has all arrived says so to the transport, through
-// so that it goes with the request's head (ReverseProxy's wrapper of the
-// body hid it).
+// A body that has all arrived says so to the transport, so that it goes
+// with the request's head (ReverseProxy's wrapper of the body hid it).
 func TestCompleteBodyReachesTheTransport(t *testing.T) {
 	up := &fakeUpstream{}
 	rt := newRouter(t, Config{}, up)
