@@ -1,0 +1,93 @@
+package h1
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// An "Expect: 100-continue" request the server answers at once, with a
+// body, without a 100 (401, 413, 417 with an error page): the writer's
+// goroutine ends with errContinueRefused wrapped by (*http.Request).Write
+// and closes the connection under the response body being read.
+func TestReviewExpectContinueRefusedKeepsResponseBody(t *testing.T) {
+	page := strings.Repeat("x", 256<<10)
+	addr, _ := rawServer(t, func(c net.Conn) {
+		if _, err := readHead(c); err != nil {
+			return
+		}
+		_, _ = io.WriteString(c, fmt.Sprintf("HTTP/1.1 413 Payload Too Large\r\nContent-Length: %d\r\n\r\n", len(page)))
+		time.Sleep(50 * time.Millisecond) // the head alone first
+		_, _ = io.WriteString(c, page)
+		_, _ = io.Copy(io.Discard, c)
+	})
+	tr := newTransport(t)
+	req := newRequest(t, context.Background(), "PUT", addr, stringsBody("payload"))
+	req.ContentLength = 7
+	req.Header.Set("Expect", "100-continue")
+	res, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(res.Body)
+	res.Body.Close()
+	if err != nil || len(b) != len(page) {
+		t.Fatalf("read %d of %d bytes of the 413's body: %v", len(b), len(page), err)
+	}
+}
+
+// The application closed its idle keep-alive connections (its keep-alive
+// time-out is shorter than the pool's, or it restarted): a GET finds
+// two dead connections in the pool. net/http's Transport noticed each
+// close while the connection was idle; h1 sends again only once
+// (attempt > 0 returns the error), and without the alive check a
+// retriable request skips, so the GET fails with EOF.
+func TestReviewGetAfterServerClosedTwoIdleConns(t *testing.T) {
+	t.Run("h1", func(t *testing.T) { getAfterServerClosedTwoIdleConns(t, newTransport(t)) })
+	t.Run("net/http", func(t *testing.T) {
+		tr := &http.Transport{}
+		t.Cleanup(tr.CloseIdleConnections)
+		getAfterServerClosedTwoIdleConns(t, tr)
+	})
+}
+
+func getAfterServerClosedTwoIdleConns(t *testing.T, tr http.RoundTripper) {
+	release := make(chan struct{})
+	addr, _ := rawServer(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		<-release // both requests are in flight at once: two connections
+		_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		time.Sleep(20 * time.Millisecond) // then the keep-alive time-out
+	}) // and closes
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, err := tr.RoundTrip(newRequest(t, context.Background(), "GET", addr, nil))
+			if err == nil {
+				_, _ = io.Copy(io.Discard, res.Body)
+				res.Body.Close()
+			}
+		}()
+	}
+	time.Sleep(50 * time.Millisecond)
+	close(release)
+	wg.Wait()
+	time.Sleep(100 * time.Millisecond) // both FINs arrived
+	res, err := tr.RoundTrip(newRequest(t, context.Background(), "GET", addr, nil))
+	if err != nil {
+		t.Fatalf("GET after the server closed its idle connections: %v", err)
+	}
+	res.Body.Close()
+}
