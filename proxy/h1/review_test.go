@@ -91,3 +91,40 @@ func getAfterServerClosedTwoIdleConns(t *testing.T, tr http.RoundTripper) {
 	}
 	res.Body.Close()
 }
+
+// A server that says 408 on a keep-alive connection it times out (net/http's
+// Transport discards it: is408Message, golang/go#32310). h1 watches no
+// idle connection and sends a GET on it without the alive check (a GET can
+// be sent again): the stale 408 is read as the GET's answer.
+func TestReviewStale408OnIdleConn(t *testing.T) {
+	t.Run("h1", func(t *testing.T) { stale408(t, newTransport(t)) })
+	t.Run("net/http", func(t *testing.T) {
+		tr := &http.Transport{}
+		t.Cleanup(tr.CloseIdleConnections)
+		stale408(t, tr)
+	})
+}
+
+func stale408(t *testing.T, tr http.RoundTripper) {
+	addr, _ := rawServer(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		time.Sleep(20 * time.Millisecond) // the keep-alive time-out
+		_, _ = io.WriteString(c, "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+	}) // and closes
+	for i := range 2 {
+		res, err := tr.RoundTrip(newRequest(t, context.Background(), "GET", addr, nil))
+		if err != nil {
+			t.Fatalf("GET %d: %v", i+1, err)
+		}
+		_, _ = io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		if res.StatusCode != 200 {
+			t.Fatalf("GET %d: status %d, the 408 the server sent the idle connection", i+1, res.StatusCode)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
