@@ -142,7 +142,7 @@ func isEventStream(h http.Header) bool {
 // it sends the 101 to the client over the connection taken from the
 // server, then copies bytes both ways until either side is done.
 func (rt *Router) switchProtocols(w http.ResponseWriter, out *http.Request, res *http.Response, a *attempt) {
-	if got := upgradeType(res.Header); !strings.EqualFold(got, a.info.Upgrade) {
+	if got := upgradeType(res.Header); a.info.Upgrade == "" || !strings.EqualFold(got, a.info.Upgrade) {
 		res.Body.Close()
 		rt.fail(w, out, a, fmt.Errorf("router: the upstream switched to protocol %q when %q was asked for", got, a.info.Upgrade))
 		return

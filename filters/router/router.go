@@ -243,10 +243,11 @@ func (a *attempt) report(now time.Time, failed bool) {
 }
 
 // outgoing makes the request of attempt a from r: a shallow copy to the
-// endpoint a picked, sharing r's header, which it changes in place (the
-// proxy removed the hop-by-hop headers from it on arrival, and each
-// attempt of the retry filter has its own copy). The body's close is not
-// passed on: r's body belongs to the server.
+// endpoint a picked, sharing r's header, which it changes in place. The
+// proxy removed the hop-by-hop headers from it on arrival; the retry
+// filter gives each attempt but the last a copy of its own, and the last
+// runs when no other does. The body's close is not passed on: r's body
+// belongs to the server.
 func (rt *Router) outgoing(r *http.Request, a *attempt) *http.Request {
 	a.trace = httptrace.ClientTrace{GotConn: a.gotConn, Got1xxResponse: a.got1xx}
 	out := r.WithContext(httptrace.WithClientTrace(r.Context(), &a.trace))

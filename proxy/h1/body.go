@@ -94,6 +94,9 @@ type continueBody struct {
 	done    <-chan struct{} // the request context's
 	timeout time.Duration
 	decided bool
+	// refused: the server answered before its 100, so the body was not
+	// sent (net/http's Request.Write hides the error's identity).
+	refused bool
 }
 
 func (b *continueBody) Read(p []byte) (int, error) {
@@ -104,10 +107,12 @@ func (b *continueBody) Read(p []byte) (int, error) {
 		select {
 		case ok := <-b.cont:
 			if !ok {
+				b.refused = true
 				return 0, errContinueRefused
 			}
 		case <-t.C:
 		case <-b.done:
+			b.refused = true
 			return 0, errContinueRefused
 		}
 	}

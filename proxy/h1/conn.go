@@ -190,10 +190,12 @@ func (c *conn) writeRequest(req *http.Request) error {
 // returned bodyWrite tells.
 func (c *conn) startWrite(req *http.Request) *bodyWrite {
 	w := &bodyWrite{done: make(chan struct{})}
+	var cb *continueBody
 	if expectsContinue(req) && c.t.ExpectContinueTimeout > 0 {
 		w.cont = make(chan bool, 1)
 		r := *req
-		r.Body = &continueBody{ReadCloser: req.Body, cont: w.cont, timeout: c.t.ExpectContinueTimeout, done: req.Context().Done()}
+		cb = &continueBody{ReadCloser: req.Body, cont: w.cont, timeout: c.t.ExpectContinueTimeout, done: req.Context().Done()}
+		r.Body = cb
 		req = &r
 	}
 	go func() {
@@ -209,7 +211,7 @@ func (c *conn) startWrite(req *http.Request) *bodyWrite {
 		// write error leaves the connection to the reader, which may
 		// still find the server's answer. Decided before done: after it,
 		// the connection may be the next request's.
-		bodyFailed := err != nil && c.werr == nil && err != errContinueRefused
+		bodyFailed := err != nil && c.werr == nil && (cb == nil || !cb.refused)
 		w.err = err
 		close(w.done)
 		if bodyFailed {
@@ -234,6 +236,9 @@ func (c *conn) readResponse(req *http.Request, w *bodyWrite, trace *httptrace.Cl
 	for n := 0; ; n++ {
 		res, err := http.ReadResponse(c.br, req)
 		if err != nil {
+			if !isConnFailure(err) && !c.canceled.Load() && !isNetError(err) {
+				err = &ProtocolError{err}
+			}
 			return nil, c.readFailure(req, w, err, false)
 		}
 		code := res.StatusCode
@@ -247,7 +252,7 @@ func (c *conn) readResponse(req *http.Request, w *bodyWrite, trace *httptrace.Cl
 			return res, nil
 		}
 		if n == max1xx {
-			return nil, &failure{err: fmt.Errorf("h1: more than %d informational responses", max1xx)}
+			return nil, &failure{err: &ProtocolError{fmt.Errorf("h1: more than %d informational responses", max1xx)}}
 		}
 		if code == http.StatusContinue && w != nil && w.cont != nil {
 			select {

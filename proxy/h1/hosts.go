@@ -29,9 +29,9 @@ func (h *host) wakeOne() {
 }
 
 // getConn returns an idle connection to addr, or a new one, waiting under
-// MaxConnsPerHost. checkAlive checks an idle connection for the server's
-// close before it is returned.
-func (t *Transport) getConn(ctx context.Context, addr string, checkAlive bool) (*conn, error) {
+// MaxConnsPerHost. An idle connection is checked for the server's close,
+// or bytes it sent unasked, before it is returned.
+func (t *Transport) getConn(ctx context.Context, addr string) (*conn, error) {
 	for {
 		t.mu.Lock()
 		h := t.hosts[addr]
@@ -51,7 +51,7 @@ func (t *Transport) getConn(ctx context.Context, addr string, checkAlive bool) (
 				c.timer.Stop()
 			}
 			t.mu.Unlock()
-			if checkAlive && !alive(c.nc) {
+			if !alive(c.nc) {
 				c.close()
 				continue
 			}

@@ -118,9 +118,11 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			closeBody(req)
 			return nil, err
 		}
-		// A request that cannot be sent again only goes on a connection
-		// the server has not closed already, as far as the kernel knows.
-		c, err := t.getConn(ctx, req.URL.Host, !canRetry(req, false))
+		// Only on a connection the server has not closed, nor written to
+		// unasked (a 408 before it closed), as far as the kernel knows:
+		// net/http's reader goroutine per connection found those out
+		// while the connection was idle.
+		c, err := t.getConn(ctx, req.URL.Host)
 		if err != nil {
 			closeBody(req)
 			return nil, err
@@ -133,7 +135,9 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if f == nil {
 			return res, nil
 		}
-		if attempt > 0 || !reused || !f.retry || !canRetry(req, f.unwritten) {
+		// Again while it is reused connections that fail under it, as
+		// net/http does, within reason.
+		if attempt == maxResends || !reused || !f.retry || !canRetry(req, f.unwritten) {
 			return nil, f.err
 		}
 		if req, err = rewind(req); err != nil {
@@ -163,6 +167,25 @@ func (t *Transport) CloseIdleConnections() {
 
 // failure is why a request failed on a connection, and whether it may go
 // again on another.
+// maxResends bounds the times a request is sent again after reused
+// connections failed under it.
+const maxResends = 8
+
+// ProtocolError is an answer that is not HTTP/1.1 as RFC 9112 has it: a
+// malformed status line or header, a bad length, a head too large, too
+// many informational responses.
+type ProtocolError struct{ Err error }
+
+func (e *ProtocolError) Error() string { return e.Err.Error() }
+func (e *ProtocolError) Unwrap() error { return e.Err }
+
+// isNetError tells a failure of the connection that is not a kind
+// isConnFailure knows (a time-out, a closed socket).
+func isNetError(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne)
+}
+
 type failure struct {
 	err error
 	// retry: nothing of the response was read, and the connection failed

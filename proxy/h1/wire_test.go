@@ -248,7 +248,7 @@ func TestUpgrade(t *testing.T) {
 	// Out of the pool: MaxConnsPerHost does not count it.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	c, err := tr.getConn(ctx, addr, false)
+	c, err := tr.getConn(ctx, addr)
 	if err != nil {
 		t.Fatalf("another connection under a cap of 1: %v", err)
 	}

@@ -16,7 +16,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"strings"
 	"sync"
 	"time"
 
@@ -227,6 +226,7 @@ func classify(endpoint string, proto upstream.Protocol, err error) *upstream.Err
 	var de *dialError
 	var se http2.StreamError
 	var ce http2.ConnectionError
+	var pe *h1.ProtocolError
 	switch {
 	case errors.As(err, &de):
 		e.Kind, e.Err = upstream.ConnectFailure, de.err
@@ -234,14 +234,8 @@ func classify(endpoint string, proto upstream.Protocol, err error) *upstream.Err
 		e.Kind = upstream.Refused
 	case errors.As(err, &se) && se.Code == http2.ErrCodeProtocol,
 		errors.As(err, &ce) && http2.ErrCode(ce) == http2.ErrCodeProtocol,
-		isMalformed(err):
+		errors.As(err, &pe):
 		e.Kind = upstream.ProtocolError
 	}
 	return e
-}
-
-// isMalformed tells net/http's errors for an HTTP/1 answer that is not
-// HTTP, which it only reports as text ("malformed HTTP response ...").
-func isMalformed(err error) bool {
-	return strings.Contains(err.Error(), "malformed HTTP")
 }

@@ -238,6 +238,12 @@ func TestErrorsAreTyped(t *testing.T) {
 	hangup := tcpServer(t, func(c net.Conn) {
 		_, _ = c.Read(make([]byte, 4096))
 	})
+	answer := func(resp string) string {
+		return tcpServer(t, func(c net.Conn) {
+			_, _ = c.Read(make([]byte, 4096))
+			_, _ = io.WriteString(c, resp)
+		})
+	}
 
 	p := New(Config{DialTimeout: time.Second})
 	for _, tc := range []struct {
@@ -250,6 +256,9 @@ func TestErrorsAreTyped(t *testing.T) {
 		{"refused h2", dead, upstream.HTTP2, upstream.ConnectFailure},
 		{"not HTTP", garbage, upstream.HTTP1, upstream.ProtocolError},
 		{"closed before answering", hangup, upstream.HTTP1, upstream.Reset},
+		{"bad header line", answer("HTTP/1.1 200 OK\r\nno colon\r\n\r\n"), upstream.HTTP1, upstream.ProtocolError},
+		{"bad length", answer("HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"), upstream.HTTP1, upstream.ProtocolError},
+		{"cut off in the head", answer("HTTP/1.1 200 OK\r\nA: b\r\n"), upstream.HTTP1, upstream.Reset},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			req, _ := http.NewRequest("POST", "http://"+tc.addr+"/", nil) // POST: not retried

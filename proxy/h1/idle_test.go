@@ -14,10 +14,11 @@ import (
 )
 
 // An "Expect: 100-continue" request the server answers at once, with a
-// body, without a 100 (401, 413, 417 with an error page): the writer's
-// goroutine ends with errContinueRefused wrapped by (*http.Request).Write
-// and closes the connection under the response body being read.
-func TestReviewExpectContinueRefusedKeepsResponseBody(t *testing.T) {
+// body, without a 100 (401, 413, 417 with an error page): the body is not
+// sent, and the answer's body arrives whole (the writer's goroutine once
+// took the refusal, which (*http.Request).Write wraps, for a failed body
+// and closed the connection under it).
+func TestExpectContinueRefusedKeepsResponseBody(t *testing.T) {
 	page := strings.Repeat("x", 256<<10)
 	addr, _ := rawServer(t, func(c net.Conn) {
 		if _, err := readHead(c); err != nil {
@@ -44,12 +45,10 @@ func TestReviewExpectContinueRefusedKeepsResponseBody(t *testing.T) {
 }
 
 // The application closed its idle keep-alive connections (its keep-alive
-// time-out is shorter than the pool's, or it restarted): a GET finds
-// two dead connections in the pool. net/http's Transport noticed each
-// close while the connection was idle; h1 sends again only once
-// (attempt > 0 returns the error), and without the alive check a
-// retriable request skips, so the GET fails with EOF.
-func TestReviewGetAfterServerClosedTwoIdleConns(t *testing.T) {
+// time-out is shorter than the pool's, or it restarted): a GET finds two
+// dead connections in the pool and must still succeed, as with net/http's
+// Transport, which noticed each close while the connection was idle.
+func TestGetAfterServerClosedTwoIdleConns(t *testing.T) {
 	t.Run("h1", func(t *testing.T) { getAfterServerClosedTwoIdleConns(t, newTransport(t)) })
 	t.Run("net/http", func(t *testing.T) {
 		tr := &http.Transport{}
@@ -93,10 +92,9 @@ func getAfterServerClosedTwoIdleConns(t *testing.T, tr http.RoundTripper) {
 }
 
 // A server that says 408 on a keep-alive connection it times out (net/http's
-// Transport discards it: is408Message, golang/go#32310). h1 watches no
-// idle connection and sends a GET on it without the alive check (a GET can
-// be sent again): the stale 408 is read as the GET's answer.
-func TestReviewStale408OnIdleConn(t *testing.T) {
+// Transport discards it: is408Message, golang/go#32310): the stale 408
+// must not be read as the next GET's answer.
+func TestStale408OnIdleConn(t *testing.T) {
 	t.Run("h1", func(t *testing.T) { stale408(t, newTransport(t)) })
 	t.Run("net/http", func(t *testing.T) {
 		tr := &http.Transport{}
