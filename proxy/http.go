@@ -156,7 +156,7 @@ func (s *Server) serveRequest(dir Direction, w http.ResponseWriter, r *http.Requ
 		}
 	}
 	s.stats.Dir[dir].Requests.Add(1)
-	s.metrics.serve(h, w, r.WithContext(filters.NewContext(r.Context(), info)), info)
+	s.serveRecorded(h, w, r.WithContext(filters.NewContext(r.Context(), info)), info)
 }
 
 // refusal answers a request whose framing is ambiguous: 400 DPE, the

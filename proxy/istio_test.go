@@ -1,0 +1,58 @@
+package proxy
+
+import (
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+)
+
+func TestIsGRPC(t *testing.T) {
+	for ct, want := range map[string]bool{
+		"application/grpc": true, "application/grpc+proto": true, "application/grpc;charset=utf-8": true,
+		"application/grpc-web": false, "application/grpcx": false, "application/json": false, "": false,
+	} {
+		if got := isGRPC(ct); got != want {
+			t.Errorf("isGRPC(%q) = %v, want %v", ct, got, want)
+		}
+	}
+}
+
+// TestGRPCStatus: from a trailer as the router sets it (announced, or
+// with http.TrailerPrefix), or the header of a trailers-only response.
+func TestGRPCStatus(t *testing.T) {
+	for _, tt := range []struct {
+		h    http.Header
+		want string
+	}{
+		{http.Header{"Grpc-Status": {"0"}}, "0"},
+		{http.Header{http.TrailerPrefix + "Grpc-Status": {"13"}}, "13"},
+		{http.Header{"Content-Type": {"application/grpc"}}, ""},
+	} {
+		if got := grpcStatus(tt.h); got != tt.want {
+			t.Errorf("grpcStatus(%v) = %q, want %q", tt.h, got, tt.want)
+		}
+	}
+}
+
+// TestCountedBody counts what was read and passes on Complete.
+func TestCountedBody(t *testing.T) {
+	b := &countedBody{ReadCloser: io.NopCloser(strings.NewReader("hello, world"))}
+	if _, err := io.Copy(io.Discard, b); err != nil {
+		t.Fatal(err)
+	}
+	if n := b.n.Load(); n != 12 {
+		t.Errorf("counted %d bytes, want 12", n)
+	}
+	if _, ok := b.Complete(); ok {
+		t.Errorf("Complete: true for a body that cannot tell")
+	}
+	c := &countedBody{ReadCloser: complete{io.NopCloser(strings.NewReader("ab"))}}
+	if n, ok := c.Complete(); !ok || n != 2 {
+		t.Errorf("Complete = %d, %v; want 2, true", n, ok)
+	}
+}
+
+type complete struct{ io.ReadCloser }
+
+func (complete) Complete() (int, bool) { return 2, true }
