@@ -10,6 +10,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/pillionmesh/pillion/filters"
+	"github.com/pillionmesh/pillion/filters/router"
 	"github.com/pillionmesh/pillion/proxy/istiometrics"
 	"github.com/pillionmesh/pillion/proxy/upstream"
 )
@@ -22,6 +23,7 @@ import (
 // istioRequest is an HTTP request whose Istio metrics are recorded when it
 // ends.
 type istioRequest struct {
+	svc  upstream.Service // inbound: the Service the peer called
 	grpc bool
 	body *countedBody // nil: the request has no body
 }
@@ -29,11 +31,11 @@ type istioRequest struct {
 // startIstio prepares r, the proxy's own copy of the request, for its
 // Istio metrics: its body is counted as the filters read it. nil when the
 // family is off.
-func (s *Server) startIstio(r *http.Request) *istioRequest {
+func (s *Server) startIstio(r *http.Request, svc upstream.Service) *istioRequest {
 	if s.istio == nil || !s.istio.Enabled() {
 		return nil
 	}
-	ir := &istioRequest{grpc: isGRPC(r.Header.Get("Content-Type"))}
+	ir := &istioRequest{svc: svc, grpc: isGRPC(r.Header.Get("Content-Type"))}
 	if r.Body != nil && r.Body != http.NoBody {
 		ir.body = &countedBody{ReadCloser: r.Body}
 		r.Body = ir.body
@@ -54,6 +56,9 @@ func (s *Server) endIstio(ir *istioRequest, info *filters.Info, o *filters.Obser
 	}
 	if ir.body != nil {
 		req.RequestBytes = ir.body.n.Load()
+	}
+	if info.Direction == Inbound {
+		req.Conn.Service = ir.svc
 	}
 	if ir.grpc {
 		req.GRPCStatus = grpcStatus(o.Header())
@@ -100,6 +105,40 @@ func (s *Server) localID() string {
 type cachedID struct {
 	svid *x509svid.SVID
 	id   string
+}
+
+// takeService removes the router's ServiceHeader from an inbound
+// request's header h and returns the Service it names: what the peer
+// sidecar's discovery picked this pod for. Only peer sidecars' headers
+// reach here (the proxy drops pillion- headers from other callers); a
+// value that is not name.namespace of DNS labels is ignored.
+func takeService(h http.Header) upstream.Service {
+	v := h[serviceKey]
+	if len(v) == 0 {
+		return upstream.Service{}
+	}
+	delete(h, serviceKey)
+	name, ns, ok := strings.Cut(v[0], ".")
+	if !ok || !dnsLabel(name) || !dnsLabel(ns) {
+		return upstream.Service{}
+	}
+	return upstream.Service{Namespace: ns, Name: name}
+}
+
+var serviceKey = http.CanonicalHeaderKey(router.ServiceHeader)
+
+// dnsLabel reports whether s is an RFC 1123 label, as Kubernetes names
+// Services and namespaces.
+func dnsLabel(s string) bool {
+	if len(s) == 0 || len(s) > 63 || s[0] == '-' || s[len(s)-1] == '-' {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '-' {
+			return false
+		}
+	}
+	return true
 }
 
 // isGRPC reports whether a request's content-type is gRPC's, as Envoy

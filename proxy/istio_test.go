@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+
+	"github.com/pillionmesh/pillion/proxy/upstream"
 )
 
 func TestIsGRPC(t *testing.T) {
@@ -56,3 +58,24 @@ func TestCountedBody(t *testing.T) {
 type complete struct{ io.ReadCloser }
 
 func (complete) Complete() (int, bool) { return 2, true }
+
+// TestTakeService: the peer's pillion-service header is removed and read
+// when it names a Service as name.namespace.
+func TestTakeService(t *testing.T) {
+	for v, want := range map[string]upstream.Service{
+		"web.shop":        {Namespace: "shop", Name: "web"},
+		"web":             {},
+		"Web.shop":        {},
+		"web.shop.svc":    {},
+		"-web.shop":       {},
+		"web.198.18.0.1:": {},
+	} {
+		h := http.Header{"Pillion-Service": {v}, "Accept": {"*/*"}}
+		if got := takeService(h); got != want {
+			t.Errorf("takeService(%q) = %+v, want %+v", v, got, want)
+		}
+		if _, ok := h["Pillion-Service"]; ok || h.Get("Accept") == "" {
+			t.Errorf("%q: header after: %v, want pillion-service alone removed", v, h)
+		}
+	}
+}

@@ -68,14 +68,15 @@ func newRequestMetrics() (*requestMetrics, []prometheus.Collector) {
 }
 
 // serveRecorded serves r with h and records it, in pillion's metrics and
-// Istio's, once h returns, or panics (an aborted response). Without
+// Istio's, once h returns, or panics (an aborted response); svc is the
+// Service the peer sidecar called us as (inbound), if it said. Without
 // metrics it just serves.
-func (s *Server) serveRecorded(h http.Handler, w http.ResponseWriter, r *http.Request, info *filters.Info) {
+func (s *Server) serveRecorded(h http.Handler, w http.ResponseWriter, r *http.Request, info *filters.Info, svc upstream.Service) {
 	if s.metrics == nil {
 		h.ServeHTTP(w, r)
 		return
 	}
-	ir := s.startIstio(r)
+	ir := s.startIstio(r, svc)
 	o := filters.Observe(w)
 	returned := false
 	defer func() {

@@ -168,8 +168,9 @@ type Conn struct {
 	// "": outbound the one discovery announced and the handshake checked,
 	// inbound the caller's.
 	Peer string
-	// Service is the destination Service discovery named (outbound); the
-	// zero Service when none.
+	// Service is the destination Service: outbound the one discovery
+	// named, inbound the one the peer sidecar said it called; the zero
+	// Service when none.
 	Service upstream.Service
 }
 
@@ -239,12 +240,19 @@ func (m *Metrics) connLabels(l *[numLabels]string, c Conn) {
 		l[lDestinationPrincipal] = principal(c.Local)
 		l[lDestinationApp] = or(self.App, Unknown)
 		l[lDestinationVersion] = or(self.Version, Unknown)
-		// The inbound side is not told the Service it was called as:
-		// Istio's fallback, the canonical service.
-		l[lDestinationService] = or(self.canonicalService(), Unknown)
-		l[lDestinationServiceName] = l[lDestinationService]
+		canonical := or(self.canonicalService(), Unknown)
+		if s := c.Service; s.Name != "" {
+			l[lDestinationService] = s.Name + "." + s.Namespace + "." + clusterDomain
+			l[lDestinationServiceName] = s.Name
+		} else {
+			// A caller that did not say (not a peer sidecar, or not
+			// through a Service): Istio's fallback, the canonical service.
+			l[lDestinationService] = canonical
+			l[lDestinationServiceName] = canonical
+		}
+		// Istio's: the pod's own namespace.
 		l[lDestinationServiceNamespace] = or(self.Namespace, Unknown)
-		l[lDestinationCanonicalService] = l[lDestinationService]
+		l[lDestinationCanonicalService] = canonical
 		l[lDestinationCanonicalRevision] = self.canonicalRevision()
 		l[lDestinationCluster] = or(self.Cluster, DefaultCluster)
 		if c.Peer != "" && c.Local != "" {
