@@ -1,11 +1,14 @@
 package proxy
 
 import (
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
 	"testing"
 
+	"github.com/pillionmesh/pillion/filters/builtin"
+	"github.com/pillionmesh/pillion/proxy/configfile"
 	"github.com/pillionmesh/pillion/proxy/upstream"
 )
 
@@ -78,4 +81,48 @@ func TestTakeService(t *testing.T) {
 			t.Errorf("%q: header after: %v, want pillion-service alone removed", v, h)
 		}
 	}
+}
+
+// TestIstioSwitch: requests are recorded in istio_requests_total; a config
+// with metrics.istio false, applied while serving, drops the family and
+// records no more; the default config turns it on again.
+func TestIstioSwitch(t *testing.T) {
+	s, reg := metricsServer(t, DefaultConfig(), fixed(httpBackend(t)))
+	url := fmt.Sprintf("http://127.0.0.1:%d/", s.cfg.OutboundPort)
+	apply := func(y string) {
+		t.Helper()
+		f, err := configfile.Parse([]byte(y), builtin.Registry())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Apply(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	requests := func() float64 {
+		var n float64
+		for _, v := range series(t, reg, "istio_requests_total") {
+			n += v
+		}
+		return n
+	}
+	send := func() {
+		t.Helper()
+		if res, body := get(t, http.DefaultClient, url, nil); res.StatusCode != 200 {
+			t.Fatalf("got %d %q, want 200", res.StatusCode, body)
+		}
+	}
+	send()
+	waitFor(t, "1 request in istio_requests_total", func() bool { return requests() == 1 })
+	apply("metrics: {istio: false}")
+	send()
+	waitFor(t, "the request recorded by pillion's metrics", func() bool {
+		return series(t, reg, "pillion_request_duration_seconds")[`{direction="outbound"}`] == 2
+	})
+	if n := len(series(t, reg, "istio_requests_total")); n != 0 {
+		t.Errorf("metrics.istio false: %d istio_requests_total series, want none", n)
+	}
+	apply("")
+	send()
+	waitFor(t, "1 request in istio_requests_total again", func() bool { return requests() == 1 })
 }
