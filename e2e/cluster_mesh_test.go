@@ -115,6 +115,7 @@ func newClusterMesh(t *testing.T, webs []string, ids map[string]string, clientCo
 	m.client = meshtest.Inject(t, pillionBin, clientPod, nil, []string{
 		m.issuer.ProxyArg(clientPod), "--config=" + m.clientCfg,
 		"--discovery-address=" + hostPort(m.node.BridgeV4(), discoveryPort),
+		"--workload-name=client", "--workload-namespace=" + clusterNS, "--workload-app=client",
 	})
 	m.waitReady(t, webs...)
 	return m
@@ -154,7 +155,9 @@ func (m *clusterMesh) startWeb(t *testing.T, name string) {
 		t.Fatal(err)
 	}
 	meshtest.Serve(t, tl, func(c net.Conn) { _, _ = io.WriteString(c, name); c.Close() })
-	w.sidecar = meshtest.Inject(t, pillionBin, w.pod, nil, []string{m.issuer.ProxyArg(w.pod)})
+	// The flags the injector's environment gives a pod of Deployment web.
+	w.sidecar = meshtest.Inject(t, pillionBin, w.pod, nil, []string{m.issuer.ProxyArg(w.pod),
+		"--workload-name=web", "--workload-namespace=" + clusterNS, "--workload-app=web"})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	_, err = m.env.RunPod(ctx, &corev1.Pod{

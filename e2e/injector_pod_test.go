@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/netip"
 	"os"
@@ -84,6 +85,25 @@ func runStoredPod(t *testing.T, pod *corev1.Pod, a, c, d *testpod.Pod) {
 		if _, ok := sc.WaitConnection("outbound", dst, 5*time.Second); !ok {
 			t.Errorf("the sidecar did not carry a → %s:\n%s", dst, sc.Proxy.Output())
 		}
+	})
+	t.Run("Istio's metrics name the pod's workload from the injected env", func(t *testing.T) {
+		// The opaque connection above, reported by the caller's side with
+		// the workload, namespace and app the injector passed.
+		want := map[string]string{"reporter": "source", "source_workload": pod.Name, "source_workload_namespace": pod.Namespace,
+			"source_app": "unknown", "request_protocol": "tcp"}
+		for key := range istioScrape(t, a) {
+			if !strings.HasPrefix(key, "istio_tcp_connections_opened_total{") {
+				continue
+			}
+			ok := true
+			for k, v := range want {
+				ok = ok && strings.Contains(key, fmt.Sprintf("%s=%q", k, v))
+			}
+			if ok {
+				return
+			}
+		}
+		t.Errorf("no istio_tcp_connections_opened_total series with %v: %v", want, istioScrape(t, a))
 	})
 	for _, dst := range []string{hostPort(c.IPv4, 9001), hostPort(d.IPv4, 8080), hostPort(d.IPv6, 8080)} {
 		t.Run("excluded outbound bypasses the sidecar/"+dst, func(t *testing.T) {
@@ -175,10 +195,14 @@ func runContainers(t *testing.T, pod *corev1.Pod, in *testpod.Pod, volumes map[s
 		v := resolve(e.Value)
 		if f := e.ValueFrom; f != nil {
 			// The downward API, as kubelet fills it.
-			if f.FieldRef == nil || f.FieldRef.FieldPath != "status.podIP" {
-				t.Fatalf("sidecar env %s: %+v: runContainers knows only fieldRef status.podIP", e.Name, f)
+			switch {
+			case f.FieldRef != nil && f.FieldRef.FieldPath == "status.podIP":
+				v = in.IPv4.String()
+			case f.FieldRef != nil && f.FieldRef.FieldPath == "metadata.namespace":
+				v = pod.Namespace
+			default:
+				t.Fatalf("sidecar env %s: %+v: runContainers knows only fieldRef status.podIP and metadata.namespace", e.Name, f)
 			}
-			v = in.IPv4.String()
 		}
 		argv = append(argv, e.Name+"="+v)
 	}

@@ -91,6 +91,7 @@ func Inject(pod *corev1.Pod, ns Namespace, cfg *Config) (Result, error) {
 	out.Spec.Volumes = append(out.Spec.Volumes, vols...)
 	initC := initContainer(cfg, opts)
 	proxyC := proxyContainer(cfg, opts, probes)
+	proxyC.Env = append(proxyC.Env, workloadEnv(pod)...)
 	proxyC.Args = append(proxyC.Args, drainArgs(out.Spec.TerminationGracePeriodSeconds, opts.native)...)
 	status := Status{Native: opts.native, AppProbes: paths(probes)}
 	for _, v := range vols {

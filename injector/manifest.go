@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"strings"
 
 	jsonpatch "github.com/evanphx/json-patch/v5"
@@ -136,10 +137,17 @@ func injectObject(obj map[string]any, doc int, parentNS string, cfg *Config) (bo
 		}
 		tmpl = next
 	}
-	pod := map[string]any{"apiVersion": "v1", "kind": "Pod", "metadata": tmpl["metadata"], "spec": tmpl["spec"]}
-	if pod["metadata"] == nil {
-		pod["metadata"] = map[string]any{}
+	podMeta := map[string]any{}
+	if m, ok := tmpl["metadata"].(map[string]any); ok {
+		podMeta = maps.Clone(m)
 	}
+	// The workload's pods will be named after it: the injector names the
+	// workload (workload.go) from the generateName it sees.
+	named := false
+	if _, ok := podMeta["generateName"]; !ok && name != "" {
+		podMeta["generateName"], named = name+"-", true
+	}
+	pod := map[string]any{"apiVersion": "v1", "kind": "Pod", "metadata": podMeta, "spec": tmpl["spec"]}
 	raw, err := json.Marshal(pod)
 	if err != nil {
 		return false, nil, fmt.Errorf("document %d (%s): %w", doc, what, err)
@@ -159,6 +167,12 @@ func injectObject(obj map[string]any, doc int, parentNS string, cfg *Config) (bo
 	var ip map[string]any
 	if err := json.Unmarshal(injected, &ip); err != nil {
 		return false, nil, fmt.Errorf("document %d (%s): %w", doc, what, err)
+	}
+	if m, ok := ip["metadata"].(map[string]any); ok && named {
+		delete(m, "generateName")
+		if len(m) == 0 && tmpl["metadata"] == nil {
+			ip["metadata"] = nil
+		}
 	}
 	tmpl["metadata"], tmpl["spec"] = ip["metadata"], ip["spec"]
 	return true, []Report{report}, nil

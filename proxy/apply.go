@@ -48,6 +48,9 @@ func (s *Server) Apply(f *configfile.File) error {
 		}
 		next.chains[d] = c
 	}
+	if s.istio != nil {
+		s.istio.SetEnabled(f.Metrics.Istio)
+	}
 	prev := s.config.Swap(next)
 	if prev != nil && !(slices.Equal(prev.file.Mesh.Networks, f.Mesh.Networks) && slices.Equal(prev.file.Mesh.Exclude, f.Mesh.Exclude)) {
 		// Idle pooled connections were dialled for the old membership

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pillionmesh/pillion/proxy/balance"
+	"github.com/pillionmesh/pillion/proxy/istiometrics"
 	"github.com/pillionmesh/pillion/proxy/pool"
 	"github.com/pillionmesh/pillion/redirect"
 )
@@ -121,6 +122,9 @@ type Config struct {
 	// Registerer is where New registers the proxy's metrics (see
 	// metrics.go); nil turns metrics off.
 	Registerer prometheus.Registerer
+	// Workload is the sidecar's own pod as Istio's metric labels name it
+	// (istio.go); zero fields are written "unknown".
+	Workload istiometrics.Workload
 }
 
 // DefaultConfig returns the defaults.
@@ -182,6 +186,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("--sniff-timeout: %v: must be positive (declare ports opaque with --opaque-ports instead)", c.SniffTimeout)
 	case c.HeaderTimeout <= 0 || c.HeaderTimeout > MaxHeaderTimeout:
 		return fmt.Errorf("--header-timeout: %v: must be positive and at most %v", c.HeaderTimeout, MaxHeaderTimeout)
+	case c.Workload.Validate() != nil:
+		return c.Workload.Validate()
 	}
 	return nil
 }

@@ -10,6 +10,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/pillionmesh/pillion/filters"
 	"github.com/pillionmesh/pillion/mtls"
 	"github.com/pillionmesh/pillion/proxy/relay"
 	"github.com/pillionmesh/pillion/proxy/sniff"
@@ -90,6 +91,7 @@ func (s *Server) relayOpaque(cn *conn, down relay.Conn) {
 	// never meshed.
 	ep, done, err := s.route(s.hardStop, cn.dir, s.config.Load().file.Mesh, cn.dst).Pick()
 	if err != nil {
+		s.failedIstioTCP(cn, ep, filters.NoHealthyUpstream)
 		st.DialFailures.Add(1)
 		s.log.Warn("no upstream", cn.fields(0, zap.Error(err))...)
 		relay.Reset(down)
@@ -106,6 +108,7 @@ func (s *Server) relayOpaque(cn *conn, down relay.Conn) {
 	connected := time.Since(start)
 	if err != nil {
 		done(connected, true)
+		s.failedIstioTCP(cn, ep, filters.UpstreamConnectFailure)
 		st.DialFailures.Add(1)
 		s.log.Warn("upstream connect failed", cn.fields(0, zap.Error(err))...)
 		relay.Reset(down)
@@ -145,10 +148,14 @@ func (s *Server) relayOpaque(cn *conn, down relay.Conn) {
 	cn.det.Peeked = nil
 
 	st.Active.Add(1)
+	tcp := s.openIstioTCP(cn, ep)
 	res := relay.TCP(down, up, s.cfg.IdleTimeout, &s.bufs)
 	st.Active.Add(-1)
 	st.Completed.Add(1)
 	sent := res.Sent + peeked
+	if tcp != nil {
+		tcp.End(sent, res.Received)
+	}
 	st.BytesSent.Add(sent)
 	st.BytesRecv.Add(res.Received)
 	s.logConnection(cn, sent, res.Received, res.Err)

@@ -18,6 +18,7 @@ import (
 	"github.com/pillionmesh/pillion/filters"
 	"github.com/pillionmesh/pillion/proxy/h2"
 	"github.com/pillionmesh/pillion/proxy/relay"
+	"github.com/pillionmesh/pillion/proxy/upstream"
 )
 
 // Limits of the HTTP servers that face the application (outbound) and the
@@ -133,6 +134,10 @@ func (s *Server) serveRequest(dir Direction, w http.ResponseWriter, r *http.Requ
 		// From the application, or a caller that is not a peer sidecar.
 		filters.RemoveInternal(r.Header)
 	}
+	var svc upstream.Service
+	if dir == Inbound {
+		svc = takeService(r.Header)
+	}
 	if dir == Inbound && info.Upgrade == "" && s.draining.Load() {
 		// The drain period (drain.go): the client is told to go. HTTP/1
 		// closes after this answer; both HTTP/2 servers take it for a
@@ -156,7 +161,7 @@ func (s *Server) serveRequest(dir Direction, w http.ResponseWriter, r *http.Requ
 		}
 	}
 	s.stats.Dir[dir].Requests.Add(1)
-	s.metrics.serve(h, w, r.WithContext(filters.NewContext(r.Context(), info)), info)
+	s.serveRecorded(h, w, r.WithContext(filters.NewContext(r.Context(), info)), info, svc)
 }
 
 // refusal answers a request whose framing is ambiguous: 400 DPE, the

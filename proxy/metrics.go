@@ -11,6 +11,7 @@ import (
 
 	"github.com/pillionmesh/pillion/filters"
 	"github.com/pillionmesh/pillion/mtls"
+	"github.com/pillionmesh/pillion/proxy/istiometrics"
 	"github.com/pillionmesh/pillion/proxy/sniff"
 	"github.com/pillionmesh/pillion/proxy/upstream"
 )
@@ -66,26 +67,41 @@ func newRequestMetrics() (*requestMetrics, []prometheus.Collector) {
 	return m, []prometheus.Collector{requests, duration, upstream}
 }
 
-// serve serves r with h and records it once h returns, or panics (an
-// aborted response). A nil m just serves.
-func (m *requestMetrics) serve(h http.Handler, w http.ResponseWriter, r *http.Request, info *filters.Info) {
-	if m == nil {
+// serveRecorded serves r with h and records it, in pillion's metrics and
+// Istio's, once h returns, or panics (an aborted response); svc is the
+// Service the peer sidecar called us as (inbound), if it said. Without
+// metrics it just serves.
+func (s *Server) serveRecorded(h http.Handler, w http.ResponseWriter, r *http.Request, info *filters.Info, svc upstream.Service) {
+	if s.metrics == nil {
 		h.ServeHTTP(w, r)
 		return
 	}
+	ir := s.startIstio(r, svc)
 	o := filters.Observe(w)
 	returned := false
-	defer func() { m.record(info, o.Status(), returned) }()
+	defer func() {
+		status := sentStatus(o.Status(), returned)
+		s.metrics.record(info, status)
+		if ir != nil {
+			s.endIstio(ir, info, o, status)
+		}
+	}()
 	h.ServeHTTP(o, r)
 	returned = true
 }
 
-// record records one request that ended with status (0: none written);
-// returned is false when the handler panicked.
-func (m *requestMetrics) record(info *filters.Info, status int, returned bool) {
+// sentStatus is the status sent for a request whose handler wrote status
+// (0: none) and returned, or panicked (returned false: an aborted
+// response).
+func sentStatus(status int, returned bool) int {
 	if status == 0 && returned {
-		status = http.StatusOK // what net/http sends for a handler that wrote nothing
+		return http.StatusOK // what net/http sends for a handler that wrote nothing
 	}
+	return status
+}
+
+// record records one request that ended with status (0: none written).
+func (m *requestMetrics) record(info *filters.Info, status int) {
 	var code string
 	if status >= 0 && status < len(m.codes) {
 		code = m.codes[status]
@@ -108,7 +124,9 @@ func (s *Server) registerMetrics(reg prometheus.Registerer) error {
 		return nil
 	}
 	m, cs := newRequestMetrics()
+	istio := istiometrics.New(s.cfg.Workload)
 	cs = append(cs, newStatsCollector(s))
+	cs = append(cs, istio.Collectors()...)
 	for i, c := range cs {
 		if err := reg.Register(c); err != nil {
 			for _, done := range cs[:i] {
@@ -117,7 +135,7 @@ func (s *Server) registerMetrics(reg prometheus.Registerer) error {
 			return fmt.Errorf("metrics: %w", err)
 		}
 	}
-	s.metrics = m
+	s.metrics, s.istio = m, istio
 	return nil
 }
 

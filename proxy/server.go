@@ -16,6 +16,7 @@ import (
 	"github.com/pillionmesh/pillion/filters/builtin"
 	"github.com/pillionmesh/pillion/proxy/bufpool"
 	"github.com/pillionmesh/pillion/proxy/configfile"
+	"github.com/pillionmesh/pillion/proxy/istiometrics"
 	"github.com/pillionmesh/pillion/proxy/pool"
 	"github.com/pillionmesh/pillion/proxy/relay"
 	"github.com/pillionmesh/pillion/redirect"
@@ -73,7 +74,9 @@ type Server struct {
 	config atomic.Pointer[running]
 	http   [2]*httpServer // by Direction; set by Run
 
-	metrics *requestMetrics // nil without Config.Registerer
+	metrics *requestMetrics       // nil without Config.Registerer
+	istio   *istiometrics.Metrics // Istio's standard metrics; nil without Config.Registerer
+	idCache atomic.Pointer[cachedID]
 }
 
 // New returns a Server for cfg, which must be valid, with the default

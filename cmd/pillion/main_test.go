@@ -89,6 +89,8 @@ func TestProxyBadFlags(t *testing.T) {
 		{[]string{"--svid-cert=/x/cert.pem", "--svid-key=/x/key.pem", "--svid-bundle=/x/bundle.pem"},
 			"pillion proxy: --svid-cert, --svid-key, --svid-bundle: mtls: open /x/cert.pem: no such file or directory"},
 		{[]string{"--spiffe-socket=tcp:agent"}, `pillion proxy: --spiffe-socket: "tcp:agent": workload endpoint tcp socket URI must not be opaque`},
+		{[]string{"--workload-name=web\nx"}, `pillion proxy: --workload-name: "web\nx": has a control character`},
+		{[]string{"--workload-app=" + strings.Repeat("a", 254)}, "pillion proxy: --workload-app: 254 bytes: at most 253"},
 	} {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
 			wantUsageError(t, append([]string{"proxy"}, tt.args...), tt.want)
@@ -121,7 +123,8 @@ func TestProxyHelp(t *testing.T) {
 		t.Errorf("exit %d, want 0", code)
 	}
 	for _, want := range []string{"Usage: pillion proxy [flags]", "SO_ORIGINAL_DST", "-dial-timeout", "-max-connections",
-		"-drain-period", "-drain-timeout", "-idle-timeout", "-log-level", "-sniff-timeout", "-header-timeout", "(default 10s)", "Linkerd", "-opaque-ports", "-spiffe-socket", "-svid-cert", "SPIFFE_ENDPOINT_SOCKET", `(default "25,587,3306,4444,5432,6379,9300,11211")`} {
+		"-drain-period", "-drain-timeout", "-idle-timeout", "-log-level", "-sniff-timeout", "-header-timeout", "(default 10s)", "Linkerd", "-opaque-ports", "-spiffe-socket", "-svid-cert", "SPIFFE_ENDPOINT_SOCKET", `(default "25,587,3306,4444,5432,6379,9300,11211")`,
+		"-workload-name", "$PILLION_WORKLOAD_NAME", "-workload-namespace", "-workload-app", "-workload-version", "-cluster-id", `(default "Kubernetes")`} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("proxy --help lacks %q", want)
 		}

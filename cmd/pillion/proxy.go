@@ -135,6 +135,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	svid := addSVIDFlags(fs)
 	disc := addDiscoveryFlags(fs)
 	ports := addOpsFlags(fs)
+	addWorkloadFlags(fs, &cfg.Workload)
 	level := zap.NewAtomicLevelAt(zap.InfoLevel)
 	fs.TextVar(&level, "log-level", level, "log level: debug, info, warn or error; changed at run time with POST /logging?level= on the admin endpoint")
 	logFormat := fs.String("log-format", "json", "log format: json, or console for humans")

@@ -49,6 +49,11 @@ const (
 	// (Envoy's x-envoy-attempt-count). The inbound router keeps the count
 	// the outbound sidecar sent, unless it retries itself.
 	AttemptCountHeader = "pillion-attempt-count"
+	// ServiceHeader tells the peer sidecar the Service ("name.namespace")
+	// discovery picked its endpoint for, which the inbound side cannot
+	// know and Istio's destination_service label names (proxy/istio.go
+	// reads and removes it).
+	ServiceHeader = "pillion-service"
 )
 
 // The canonical forms of the names above: http.Header canonicalizes the
@@ -57,6 +62,7 @@ const (
 var (
 	origProtoKey    = http.CanonicalHeaderKey(OrigProtoHeader)
 	attemptCountKey = http.CanonicalHeaderKey(AttemptCountHeader)
+	serviceKey      = http.CanonicalHeaderKey(ServiceHeader)
 )
 
 // DefaultUpstreamServiceTimeHeader is the header Envoy sets, so existing
@@ -265,6 +271,10 @@ func (rt *Router) outgoing(r *http.Request, a *attempt) *http.Request {
 	delete(h, origProtoKey)
 	if a.origProto != "" {
 		a.set(h, origProtoKey, a.origProto)
+	}
+	delete(h, serviceKey)
+	if a.info.Direction == filters.Outbound && a.ep.Meshed && a.ep.Service.Name != "" {
+		h[serviceKey] = []string{a.ep.Service.String()}
 	}
 	// The sidecar that retries says which attempt this is: outbound, or
 	// inbound when the peer did not say (a caller outside the mesh).

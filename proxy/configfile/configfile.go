@@ -16,6 +16,8 @@
 //	    - timeout: { request: 15s }
 //	    - retry:   { attempts: 2, on: [connect-failure, refused-stream, "503"] }
 //	    - router:  { serverTiming: true }   # optional, and only last
+//	metrics:
+//	  istio: false                    # no istio_* series (default true)
 package configfile
 
 import (
@@ -53,6 +55,15 @@ type File struct {
 	// Inbound and Outbound are the chains' filters in order, the router
 	// last.
 	Inbound, Outbound []Spec
+	// Metrics turns metric families on and off.
+	Metrics Metrics
+}
+
+// Metrics is the `metrics` section.
+type Metrics struct {
+	// Istio: the sidecar records Istio's standard metrics (istio_*)
+	// beside its own. On by default; off drops the series recorded so far.
+	Istio bool
 }
 
 // Mesh is the `mesh` section.
@@ -126,10 +137,13 @@ func Parse(data []byte, reg filters.Registry) (*File, error) {
 	if err := decodeStrict(js, &top, ""); err != nil {
 		return nil, err
 	}
-	if err := onlyKeys(top, "", "mesh", "inbound", "outbound"); err != nil {
+	if err := onlyKeys(top, "", "mesh", "inbound", "outbound", "metrics"); err != nil {
 		return nil, err
 	}
 	f := &File{}
+	if f.Metrics, err = parseMetrics(top["metrics"]); err != nil {
+		return nil, err
+	}
 	if f.Mesh, err = parseMesh(top["mesh"]); err != nil {
 		return nil, err
 	}
@@ -140,6 +154,20 @@ func Parse(data []byte, reg filters.Registry) (*File, error) {
 		return nil, err
 	}
 	return f, nil
+}
+
+func parseMetrics(raw json.RawMessage) (Metrics, error) {
+	m := struct {
+		Istio *bool `json:"istio"`
+	}{}
+	if err := decodeStrict(raw, &m, "metrics"); err != nil {
+		return Metrics{}, err
+	}
+	out := Metrics{Istio: true}
+	if m.Istio != nil {
+		out.Istio = *m.Istio
+	}
+	return out, nil
 }
 
 func parseMesh(raw json.RawMessage) (Mesh, error) {

@@ -123,12 +123,30 @@ func TestParseEmptyIsDefaults(t *testing.T) {
 		if len(f.Mesh.Networks) != 0 || f.Mesh.Mode != Permissive || len(f.Inbound) != 1 || f.Inbound[0].Name != RouterName || len(f.Outbound) != 1 {
 			t.Errorf("%q: got %+v, want no mesh and the router alone", data, f)
 		}
+		if !f.Metrics.Istio {
+			t.Errorf("%q: Istio's metrics off, want them on by default", data)
+		}
+	}
+}
+
+// TestParseMetrics: metrics.istio turns the istio_* family on or off.
+func TestParseMetrics(t *testing.T) {
+	for data, want := range map[string]bool{"metrics: {istio: false}": false, "metrics: {istio: true}": true, "metrics: {}": true} {
+		f, err := Parse([]byte(data), registry())
+		if err != nil {
+			t.Fatalf("%q: %v", data, err)
+		}
+		if f.Metrics.Istio != want {
+			t.Errorf("%q: Istio %v, want %v", data, f.Metrics.Istio, want)
+		}
 	}
 }
 
 func TestParseErrors(t *testing.T) {
 	for _, tc := range []struct{ name, yaml, want string }{
-		{"unknown top-level field", "mesh: {}\nfliters: []", `fliters: unknown field (known: mesh, inbound, outbound)`},
+		{"unknown top-level field", "mesh: {}\nfliters: []", `fliters: unknown field (known: mesh, inbound, outbound, metrics)`},
+		{"unknown metrics field", "metrics: {isito: false}", `metrics: unknown field "isito"`},
+		{"metrics switch not a boolean", "metrics: {istio: off}", `metrics.istio: want bool, got string`},
 		{"unknown mesh field", "mesh: {netwroks: []}", `mesh: unknown field "netwroks"`},
 		{"bad network", "mesh: {networks: [10.0.0.0/8, nope]}", `mesh.networks[1]: "nope" is not a CIDR such as 10.0.0.0/8`},
 		{"bad exclude", "mesh: {exclude: [10.0.0.0/33]}", `mesh.exclude[0]: "10.0.0.0/33" is not a CIDR such as 10.0.0.0/8`},

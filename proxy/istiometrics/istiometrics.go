@@ -1,0 +1,254 @@
+// Package istiometrics records Istio's standard metrics
+// (https://istio.io/latest/docs/reference/config/metrics/) beside the
+// sidecar's own: istio_requests_total, istio_request_duration_milliseconds,
+// istio_request_bytes and istio_response_bytes per HTTP request, and
+// istio_tcp_* per opaque TCP connection, with Istio's names, labels and
+// bucket boundaries, so that the Istio Grafana dashboards and Kiali read a
+// pillion mesh unchanged. Each sidecar reports what it handled: reporter
+// "source" on the caller's side (outbound), "destination" on the callee's
+// (inbound), as Istio's sidecars do.
+//
+// Label values never hold a path or a raw address: they come from the
+// sidecar's own pod (Workload), from the SPIFFE IDs of mTLS hops and from
+// the Service discovery named, so the series stay bounded by the mesh's
+// workloads, codes and flags.
+package istiometrics
+
+import (
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// durationBuckets are Envoy's default histogram bounds, which Istio's
+// metrics use (in milliseconds, and for the byte sizes as they are).
+func durationBuckets() []float64 {
+	return []float64{0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000, 3600000}
+}
+
+// bytesBuckets are the bounds of istio_request_bytes and
+// istio_response_bytes: Istio's sidecars export them with Envoy's
+// default buckets too.
+func bytesBuckets() []float64 { return durationBuckets() }
+
+// Metrics records the Istio family. Its methods are safe for concurrent
+// use. While off (SetEnabled(false)) it records nothing and exports no
+// series.
+type Metrics struct {
+	local Workload
+	on    atomic.Bool
+
+	requests                               *prometheus.CounterVec
+	duration, requestBytes, responseBytes  *prometheus.HistogramVec
+	tcpSent, tcpReceived, tcpOpen, tcpDone *prometheus.CounterVec
+
+	mu     sync.RWMutex
+	series map[requestKey]*requestSeries // the recorded requests' series, so that labels are built once
+}
+
+// requestKey is what a request's labels follow from.
+type requestKey struct {
+	conn       Conn
+	grpc       bool
+	code       int
+	grpcStatus string
+	flags      string
+}
+
+type requestSeries struct {
+	requests                     prometheus.Counter
+	duration, reqBytes, resBytes prometheus.Observer
+}
+
+// New returns the metrics of the sidecar of local, on. Register
+// Collectors on a registry to export them.
+func New(local Workload) *Metrics {
+	http, tcp := HTTPLabels(), TCPLabels()
+	m := &Metrics{
+		local:  local,
+		series: map[requestKey]*requestSeries{},
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "istio_requests_total",
+			Help: "HTTP and gRPC requests handled, Istio's standard metric (reporter source: outbound, destination: inbound).",
+		}, http),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "istio_request_duration_milliseconds",
+			Help:    "Time from an HTTP request's headers received to its response sent, in milliseconds, Istio's standard metric.",
+			Buckets: durationBuckets(),
+		}, http),
+		requestBytes: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "istio_request_bytes",
+			Help:    "HTTP request body sizes in bytes, Istio's standard metric.",
+			Buckets: bytesBuckets(),
+		}, http),
+		responseBytes: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "istio_response_bytes",
+			Help:    "HTTP response body sizes in bytes, Istio's standard metric.",
+			Buckets: bytesBuckets(),
+		}, http),
+		tcpSent: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "istio_tcp_sent_bytes_total",
+			Help: "Bytes sent to the downstream (the response direction) of opaque TCP connections, counted when they close, Istio's standard metric.",
+		}, tcp),
+		tcpReceived: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "istio_tcp_received_bytes_total",
+			Help: "Bytes received from the downstream (the request direction) of opaque TCP connections, counted when they close, Istio's standard metric.",
+		}, tcp),
+		tcpOpen: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "istio_tcp_connections_opened_total",
+			Help: "Opaque TCP connections opened (upstream connected, or failed to), Istio's standard metric.",
+		}, tcp),
+		tcpDone: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "istio_tcp_connections_closed_total",
+			Help: "Opaque TCP connections closed, Istio's standard metric.",
+		}, tcp),
+	}
+	m.on.Store(true)
+	return m
+}
+
+// Collectors returns the metrics to register.
+func (m *Metrics) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.requests, m.duration, m.requestBytes, m.responseBytes,
+		m.tcpSent, m.tcpReceived, m.tcpOpen, m.tcpDone}
+}
+
+// SetEnabled turns the family on or off. Turning it off drops every series
+// recorded so far: a scrape then shows none of them.
+func (m *Metrics) SetEnabled(on bool) {
+	if m.on.Swap(on) == on || on {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	clear(m.series)
+	for _, c := range []*prometheus.CounterVec{m.requests, m.tcpSent, m.tcpReceived, m.tcpOpen, m.tcpDone} {
+		c.Reset()
+	}
+	for _, h := range []*prometheus.HistogramVec{m.duration, m.requestBytes, m.responseBytes} {
+		h.Reset()
+	}
+}
+
+// Enabled reports whether the family is on.
+func (m *Metrics) Enabled() bool { return m.on.Load() }
+
+// Request is one HTTP request as it ended.
+type Request struct {
+	Conn Conn
+	// GRPC: the request's content-type is application/grpc[+...].
+	GRPC bool
+	// Code is the status sent downstream; 0 when none was.
+	Code int
+	// GRPCStatus is the grpc-status the response ended with (trailer, or
+	// header of a trailers-only response); "" when none or not gRPC.
+	GRPCStatus string
+	// Flags are the response flags as Envoy prints them ("-": none).
+	Flags string
+	// Duration runs from the request's headers received to the response
+	// sent.
+	Duration time.Duration
+	// RequestBytes and ResponseBytes are the body bytes read from the
+	// downstream and written to it.
+	RequestBytes, ResponseBytes int64
+}
+
+// RecordRequest records r, unless the family is off.
+func (m *Metrics) RecordRequest(r *Request) {
+	if !m.on.Load() {
+		return
+	}
+	k := requestKey{conn: r.Conn, grpc: r.GRPC, code: r.Code, grpcStatus: r.GRPCStatus, flags: r.Flags}
+	if !r.GRPC {
+		k.grpcStatus = ""
+	}
+	m.mu.RLock()
+	s := m.series[k]
+	m.mu.RUnlock()
+	if s == nil {
+		s = m.newSeries(k)
+	}
+	s.requests.Inc()
+	s.duration.Observe(float64(r.Duration) / float64(time.Millisecond))
+	s.reqBytes.Observe(float64(r.RequestBytes))
+	s.resBytes.Observe(float64(r.ResponseBytes))
+}
+
+func (m *Metrics) newSeries(k requestKey) *requestSeries {
+	var l [numLabels]string
+	m.connLabels(&l, k.conn)
+	l[lRequestProtocol] = "http"
+	if k.grpc {
+		l[lRequestProtocol] = "grpc"
+	}
+	l[lResponseFlags] = k.flags
+	l[lResponseCode] = strconv.Itoa(k.code)
+	l[lGRPCResponseStatus] = k.grpcStatus
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if s := m.series[k]; s != nil {
+		return s
+	}
+	s := &requestSeries{
+		requests: m.requests.WithLabelValues(l[:]...),
+		duration: m.duration.WithLabelValues(l[:]...),
+		reqBytes: m.requestBytes.WithLabelValues(l[:]...),
+		resBytes: m.responseBytes.WithLabelValues(l[:]...),
+	}
+	m.series[k] = s
+	return s
+}
+
+// TCP is one opaque TCP connection whose opening was recorded; End
+// records its end.
+type TCP struct {
+	m      *Metrics
+	labels []string // nil: the family was off when it opened
+}
+
+// OpenTCP records a connection to the upstream of c made. Call End on
+// the result once it closes.
+func (m *Metrics) OpenTCP(c Conn) *TCP {
+	t := &TCP{m: m}
+	if !m.on.Load() {
+		return t
+	}
+	t.labels = m.tcpLabels(c, "-")
+	m.tcpOpen.WithLabelValues(t.labels...).Inc()
+	return t
+}
+
+// End records the connection closed, with the bytes it received from the
+// downstream and sent to it.
+func (t *TCP) End(received, sent int64) {
+	if t.labels == nil || !t.m.on.Load() {
+		return
+	}
+	t.m.tcpReceived.WithLabelValues(t.labels...).Add(float64(received))
+	t.m.tcpSent.WithLabelValues(t.labels...).Add(float64(sent))
+	t.m.tcpDone.WithLabelValues(t.labels...).Inc()
+}
+
+// FailedTCP records a connection whose upstream could not be reached,
+// opened and closed at once with flags (Envoy's, "UF" or "UH").
+func (m *Metrics) FailedTCP(c Conn, flags string) {
+	if !m.on.Load() {
+		return
+	}
+	l := m.tcpLabels(c, flags)
+	m.tcpOpen.WithLabelValues(l...).Inc()
+	m.tcpReceived.WithLabelValues(l...).Add(0)
+	m.tcpSent.WithLabelValues(l...).Add(0)
+	m.tcpDone.WithLabelValues(l...).Inc()
+}
+
+func (m *Metrics) tcpLabels(c Conn, flags string) []string {
+	var l [numLabels]string
+	m.connLabels(&l, c)
+	l[lRequestProtocol] = "tcp"
+	l[lResponseFlags] = flags
+	return l[:numConnLabels]
+}

@@ -1,0 +1,264 @@
+package istiometrics
+
+import (
+	"fmt"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/pillionmesh/pillion/proxy/upstream"
+)
+
+// Unknown is the value of a label nothing is known of, as Istio writes it.
+const Unknown = "unknown"
+
+// DefaultCluster is the source_cluster and destination_cluster of the
+// sidecar's own side by default: Istio's default CLUSTER_ID.
+const DefaultCluster = "Kubernetes"
+
+// clusterDomain ends destination_service, the Service's host name, as
+// Istio writes it (name.namespace.svc.cluster.local).
+const clusterDomain = "svc.cluster.local"
+
+// The labels, in Istio's order (istio/proxy's istio_stats filter). The
+// HTTP metrics have all of them; the TCP metrics all but response_code and
+// grpc_response_status.
+const (
+	lReporter = iota
+	lSourceWorkload
+	lSourceWorkloadNamespace
+	lSourcePrincipal
+	lSourceApp
+	lSourceVersion
+	lSourceCanonicalService
+	lSourceCanonicalRevision
+	lSourceCluster
+	lDestinationWorkload
+	lDestinationWorkloadNamespace
+	lDestinationPrincipal
+	lDestinationApp
+	lDestinationVersion
+	lDestinationService
+	lDestinationServiceName
+	lDestinationServiceNamespace
+	lDestinationCanonicalService
+	lDestinationCanonicalRevision
+	lDestinationCluster
+	lRequestProtocol
+	lResponseFlags
+	lConnectionSecurityPolicy
+	numConnLabels // the TCP metrics' labels end here
+)
+
+// The HTTP metrics' own labels.
+const (
+	lResponseCode = numConnLabels + iota
+	lGRPCResponseStatus
+	numLabels
+)
+
+// labelNames are the names of the labels, by index.
+var labelNames = [numLabels]string{
+	"reporter",
+	"source_workload", "source_workload_namespace", "source_principal", "source_app", "source_version",
+	"source_canonical_service", "source_canonical_revision", "source_cluster",
+	"destination_workload", "destination_workload_namespace", "destination_principal", "destination_app", "destination_version",
+	"destination_service", "destination_service_name", "destination_service_namespace",
+	"destination_canonical_service", "destination_canonical_revision", "destination_cluster",
+	"request_protocol", "response_flags", "connection_security_policy",
+	"response_code", "grpc_response_status",
+}
+
+// HTTPLabels returns the label names of the HTTP metrics, in order.
+func HTTPLabels() []string { return append([]string(nil), labelNames[:]...) }
+
+// TCPLabels returns the label names of the TCP metrics, in order.
+func TCPLabels() []string { return append([]string(nil), labelNames[:numConnLabels]...) }
+
+// The environment variables the injector sets on the proxy container, one
+// per field of Workload (`pillion proxy` reads them as its flags'
+// defaults).
+const (
+	EnvName      = "PILLION_WORKLOAD_NAME"
+	EnvNamespace = "PILLION_WORKLOAD_NAMESPACE"
+	EnvApp       = "PILLION_WORKLOAD_APP"
+	EnvVersion   = "PILLION_WORKLOAD_VERSION"
+	EnvCluster   = "PILLION_CLUSTER_ID"
+)
+
+// Workload is the sidecar's own pod as Istio's labels name it. The
+// injector fills it from the pod (flags --workload-name and friends of
+// `pillion proxy`); empty fields are written as "unknown".
+type Workload struct {
+	// Name is the workload: a Deployment's pod gives the Deployment's
+	// name, a Job's the Job's, a pod of no controller its own name.
+	Name string
+	// Namespace is the pod's namespace.
+	Namespace string
+	// App is the pod's app.kubernetes.io/name or app label.
+	App string
+	// Version is the pod's app.kubernetes.io/version or version label.
+	Version string
+	// Cluster is the cluster's name (Istio's CLUSTER_ID); empty is
+	// DefaultCluster.
+	Cluster string
+}
+
+// maxValue bounds a label value given by flag.
+const maxValue = 253
+
+// Validate checks w and returns an error naming the flag of the first
+// field that is wrong.
+func (w Workload) Validate() error {
+	for _, f := range []struct{ flag, v string }{
+		{"--workload-name", w.Name}, {"--workload-namespace", w.Namespace},
+		{"--workload-app", w.App}, {"--workload-version", w.Version}, {"--cluster-id", w.Cluster},
+	} {
+		switch {
+		case len(f.v) > maxValue:
+			return fmt.Errorf("%s: %d bytes: at most %d", f.flag, len(f.v), maxValue)
+		case !utf8.ValidString(f.v):
+			return fmt.Errorf("%s: %q: not UTF-8", f.flag, f.v)
+		case strings.ContainsFunc(f.v, func(r rune) bool { return r < ' ' || r == 0x7f }):
+			return fmt.Errorf("%s: %q: has a control character", f.flag, f.v)
+		}
+	}
+	return nil
+}
+
+// canonicalService is the workload's canonical service as Istio derives it
+// without the service.istio.io labels: the app, else the workload's name.
+func (w Workload) canonicalService() string { return or(w.App, w.Name) }
+
+// canonicalRevision is the version, else "latest", as Istio's.
+func (w Workload) canonicalRevision() string { return or(w.Version, "latest") }
+
+func or(v, dflt string) string {
+	if v == "" {
+		return dflt
+	}
+	return v
+}
+
+// Reporter is which sidecar reports: the caller's (source, outbound) or
+// the callee's (destination, inbound).
+type Reporter uint8
+
+// The reporters.
+const (
+	Source Reporter = iota
+	Destination
+)
+
+func (r Reporter) String() string {
+	if r == Destination {
+		return "destination"
+	}
+	return "source"
+}
+
+// Conn is what the sidecar knows of the other side of a request or
+// connection; it is comparable, and a request's labels follow from it and
+// the response.
+type Conn struct {
+	Reporter Reporter
+	// Local is the sidecar's own SPIFFE ID when the hop was mTLS between
+	// sidecars, else "".
+	Local string
+	// Peer is the other sidecar's SPIFFE ID when the hop was mTLS, else
+	// "": outbound the one discovery announced and the handshake checked,
+	// inbound the caller's.
+	Peer string
+	// Service is the destination Service: outbound the one discovery
+	// named, inbound the one the peer sidecar said it called; the zero
+	// Service when none.
+	Service upstream.Service
+}
+
+// namespaceOf is the namespace in a SPIFFE ID of the form
+// spiffe://<trust domain>/ns/<namespace>/sa/<service account>, as Istio
+// reads it; "" when it has none.
+func namespaceOf(id string) string {
+	_, rest, ok := strings.Cut(id, "/ns/")
+	if !ok {
+		return ""
+	}
+	ns, _, _ := strings.Cut(rest, "/")
+	return ns
+}
+
+// connLabels fills the labels of c up to numConnLabels, but for
+// request_protocol and response_flags, which the caller sets.
+func (m *Metrics) connLabels(l *[numLabels]string, c Conn) {
+	self, peerNS := m.local, namespaceOf(c.Peer)
+	l[lReporter] = c.Reporter.String()
+	principal := func(id string) string { return or(id, Unknown) }
+	switch c.Reporter {
+	case Source:
+		l[lSourceWorkload] = or(self.Name, Unknown)
+		l[lSourceWorkloadNamespace] = or(self.Namespace, Unknown)
+		l[lSourcePrincipal] = principal(c.Local)
+		l[lSourceApp] = or(self.App, Unknown)
+		l[lSourceVersion] = or(self.Version, Unknown)
+		l[lSourceCanonicalService] = or(self.canonicalService(), Unknown)
+		l[lSourceCanonicalRevision] = self.canonicalRevision()
+		l[lSourceCluster] = or(self.Cluster, DefaultCluster)
+		// Discovery names the endpoint's pod, not its workload, app or
+		// version; Istio writes unknown when its peer metadata is missing.
+		l[lDestinationWorkload] = Unknown
+		l[lDestinationWorkloadNamespace] = or(peerNS, Unknown)
+		l[lDestinationPrincipal] = principal(c.Peer)
+		l[lDestinationApp] = Unknown
+		l[lDestinationVersion] = Unknown
+		if s := c.Service; s.Name != "" {
+			l[lDestinationService] = s.Name + "." + s.Namespace + "." + clusterDomain
+			l[lDestinationServiceName] = s.Name
+			l[lDestinationServiceNamespace] = s.Namespace
+		} else {
+			// Istio would fall back to the Host header: unbounded, and an
+			// address as often as a name.
+			l[lDestinationService] = Unknown
+			l[lDestinationServiceName] = Unknown
+			l[lDestinationServiceNamespace] = or(peerNS, Unknown)
+		}
+		l[lDestinationCanonicalService] = Unknown
+		l[lDestinationCanonicalRevision] = "latest"
+		l[lDestinationCluster] = Unknown
+		// The client side cannot tell the policy, as Istio's.
+		l[lConnectionSecurityPolicy] = Unknown
+	case Destination:
+		// No metadata exchange: of the caller only its SPIFFE ID is known.
+		l[lSourceWorkload] = Unknown
+		l[lSourceWorkloadNamespace] = or(peerNS, Unknown)
+		l[lSourcePrincipal] = principal(c.Peer)
+		l[lSourceApp] = Unknown
+		l[lSourceVersion] = Unknown
+		l[lSourceCanonicalService] = Unknown
+		l[lSourceCanonicalRevision] = "latest"
+		l[lSourceCluster] = Unknown
+		l[lDestinationWorkload] = or(self.Name, Unknown)
+		l[lDestinationWorkloadNamespace] = or(self.Namespace, Unknown)
+		l[lDestinationPrincipal] = principal(c.Local)
+		l[lDestinationApp] = or(self.App, Unknown)
+		l[lDestinationVersion] = or(self.Version, Unknown)
+		canonical := or(self.canonicalService(), Unknown)
+		if s := c.Service; s.Name != "" {
+			l[lDestinationService] = s.Name + "." + s.Namespace + "." + clusterDomain
+			l[lDestinationServiceName] = s.Name
+		} else {
+			// A caller that did not say (not a peer sidecar, or not
+			// through a Service): Istio's fallback, the canonical service.
+			l[lDestinationService] = canonical
+			l[lDestinationServiceName] = canonical
+		}
+		// Istio's: the pod's own namespace.
+		l[lDestinationServiceNamespace] = or(self.Namespace, Unknown)
+		l[lDestinationCanonicalService] = canonical
+		l[lDestinationCanonicalRevision] = self.canonicalRevision()
+		l[lDestinationCluster] = or(self.Cluster, DefaultCluster)
+		if c.Peer != "" && c.Local != "" {
+			l[lConnectionSecurityPolicy] = "mutual_tls"
+		} else {
+			l[lConnectionSecurityPolicy] = "none"
+		}
+	}
+}
