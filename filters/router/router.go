@@ -274,7 +274,7 @@ func (rt *Router) outgoing(r *http.Request, a *attempt) *http.Request {
 	}
 	delete(h, serviceKey)
 	if a.info.Direction == filters.Outbound && a.ep.Meshed && a.ep.Service.Name != "" {
-		h[serviceKey] = []string{a.ep.Service.String()}
+		a.set(h, serviceKey, a.ep.Service.String())
 	}
 	// The sidecar that retries says which attempt this is: outbound, or
 	// inbound when the peer did not say (a caller outside the mesh).
