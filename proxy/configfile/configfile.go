@@ -16,6 +16,9 @@
 //	    - timeout: { request: 15s }
 //	    - retry:   { attempts: 2, on: [connect-failure, refused-stream, "503"] }
 //	    - router:  { serverTiming: true }   # optional, and only last
+//	tracing:                              # optional: a span per HTTP request
+//	  otlp: { endpoint: otel-collector.observability:4317 }
+//	  sampling: 1                         # percent (default 1)
 package configfile
 
 import (
@@ -37,6 +40,7 @@ import (
 
 	"github.com/pillionmesh/pillion/filters"
 	"github.com/pillionmesh/pillion/filters/router"
+	"github.com/pillionmesh/pillion/proxy/tracing"
 	"github.com/pillionmesh/pillion/proxy/upstream"
 	"github.com/pillionmesh/pillion/redirect"
 )
@@ -53,6 +57,9 @@ type File struct {
 	// Inbound and Outbound are the chains' filters in order, the router
 	// last.
 	Inbound, Outbound []Spec
+	// Tracing is the `tracing` section; nil (no section) makes no spans
+	// and starts no exporter.
+	Tracing *tracing.Config
 }
 
 // Mesh is the `mesh` section.
@@ -126,7 +133,7 @@ func Parse(data []byte, reg filters.Registry) (*File, error) {
 	if err := decodeStrict(js, &top, ""); err != nil {
 		return nil, err
 	}
-	if err := onlyKeys(top, "", "mesh", "inbound", "outbound"); err != nil {
+	if err := onlyKeys(top, "", "mesh", "inbound", "outbound", "tracing"); err != nil {
 		return nil, err
 	}
 	f := &File{}
@@ -137,6 +144,9 @@ func Parse(data []byte, reg filters.Registry) (*File, error) {
 		return nil, err
 	}
 	if f.Outbound, err = parseChain(top["outbound"], "outbound", reg); err != nil {
+		return nil, err
+	}
+	if f.Tracing, err = parseTracing(top["tracing"]); err != nil {
 		return nil, err
 	}
 	return f, nil
@@ -170,6 +180,22 @@ func parseMesh(raw json.RawMessage) (Mesh, error) {
 		}
 	}
 	return out, nil
+}
+
+// parseTracing decodes the `tracing` section; absent or null is nil.
+func parseTracing(raw json.RawMessage) (*tracing.Config, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil, nil
+	}
+	var r tracing.Raw
+	if err := decodeStrict(raw, &r, "tracing"); err != nil {
+		return nil, err
+	}
+	c, err := r.Validate()
+	if err != nil {
+		return nil, filters.Within("tracing", err)
+	}
+	return c, nil
 }
 
 // parsePrefixes parses CIDRs as the capture rules' exclusions are parsed
