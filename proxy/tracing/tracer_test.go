@@ -99,7 +99,7 @@ func TestHandlerClientSpan(t *testing.T) {
 		"pillion.peer.spiffe_id": "spiffe://cluster.local/ns/shop/sa/cart", "pillion.destination_service.name": "cart",
 		"pillion.destination_service.namespace": "shop", "pillion.direction": "outbound", "network.peer.address": "198.18.0.2",
 	} {
-		if got := a[k].Emit(); got != want {
+		if got := a[k].AsString(); got != want {
 			t.Errorf("%s = %q, want %q", k, got, want)
 		}
 	}
@@ -132,7 +132,7 @@ func TestHandlerServerSpanB3(t *testing.T) {
 	if !strings.Contains(seen.Get("Traceparent"), id) {
 		t.Errorf("traceparent %q does not carry the server span %s", seen.Get("Traceparent"), id)
 	}
-	if got := attrs(s)["pillion.peer.spiffe_id"].Emit(); got != "spiffe://cluster.local/ns/shop/sa/web" {
+	if got := attrs(s)["pillion.peer.spiffe_id"].AsString(); got != "spiffe://cluster.local/ns/shop/sa/web" {
 		t.Errorf("peer %q, want the caller's", got)
 	}
 }
