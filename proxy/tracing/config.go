@@ -1,6 +1,7 @@
 package tracing
 
 import (
+	"encoding/json"
 	"math"
 	"net"
 	"strconv"
@@ -56,19 +57,19 @@ type Raw struct {
 // get one from Raw.Validate.
 type Config struct {
 	// Endpoint is the OTLP gRPC collector's host:port.
-	Endpoint string `json:"endpoint"`
+	Endpoint string
 	// Timeout bounds one export call.
-	Timeout time.Duration `json:"timeout"`
+	Timeout time.Duration
 	// Sampling is the fraction (0..1) of requests traced when neither
 	// the caller nor x-client-trace-id decided.
-	Sampling float64 `json:"sampling"`
+	Sampling float64
 	// ServiceName is the spans' service.name.
-	ServiceName string `json:"serviceName"`
+	ServiceName string
 	// QueueSize and BatchSize bound the export queue and one export.
-	QueueSize int `json:"queueSize"`
-	BatchSize int `json:"batchSize"`
+	QueueSize int
+	BatchSize int
 	// FlushInterval is the longest a span waits in the queue.
-	FlushInterval time.Duration `json:"flushInterval"`
+	FlushInterval time.Duration
 }
 
 // Validate checks r into a Config. Errors are *filters.FieldError with the
@@ -126,6 +127,23 @@ func (r *Raw) Validate() (*Config, error) {
 		c.FlushInterval = f.Std()
 	}
 	return c, nil
+}
+
+// MarshalJSON writes c in the config file's own shape (durations as
+// "5s", sampling in percent), for the admin endpoint's /config_dump.
+func (c *Config) MarshalJSON() ([]byte, error) {
+	type otlp struct {
+		Endpoint string           `json:"endpoint"`
+		Timeout  filters.Duration `json:"timeout"`
+	}
+	return json.Marshal(struct {
+		OTLP          otlp             `json:"otlp"`
+		Sampling      float64          `json:"sampling"`
+		ServiceName   string           `json:"serviceName"`
+		QueueSize     int              `json:"queueSize"`
+		BatchSize     int              `json:"batchSize"`
+		FlushInterval filters.Duration `json:"flushInterval"`
+	}{otlp{c.Endpoint, filters.Duration(c.Timeout)}, c.Sampling * 100, c.ServiceName, c.QueueSize, c.BatchSize, filters.Duration(c.FlushInterval)})
 }
 
 // checkEndpoint accepts host:port with a port from 1 to 65535.

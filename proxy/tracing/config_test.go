@@ -62,3 +62,24 @@ func TestValidate(t *testing.T) {
 		})
 	}
 }
+
+// TestConfigJSON: /config_dump shows the section as the file writes it,
+// and what it shows is a valid section giving the same Config.
+func TestConfigJSON(t *testing.T) {
+	in := `{"otlp":{"endpoint":"jaeger:4317","timeout":"2s"},"sampling":12.5,"serviceName":"web.shop","queueSize":100,"batchSize":10,"flushInterval":"250ms"}`
+	var r Raw
+	if err := json.Unmarshal([]byte(in), &r); err != nil {
+		t.Fatal(err)
+	}
+	c, err := r.Validate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := json.Marshal(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(out) != in {
+		t.Errorf("dump %s\nwant %s", out, in)
+	}
+}
