@@ -281,3 +281,55 @@ func tracingStat(t *testing.T, c *meshtest.HTTPClient, series string) int {
 	}
 	return n
 }
+
+// TestTracingDestinationService: behind discovery, the client sidecar's
+// span names the destination Service (web.default), the endpoint that
+// served the request and the SPIFFE ID discovery said it must present.
+func TestTracingDestinationService(t *testing.T) {
+	j := jaegertest.Start(t)
+	m := newClusterMesh(t, []string{"web-0"}, nil, "")
+	collector := hostPort(m.node.BridgeV4(), 4317)
+	l, err := m.node.Listen("tcp", collector)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testpod.Forward(t, l, j.OTLP)
+	meshtest.UpdateConfig(t, m.clientCfg, fmt.Sprintf("tracing: {otlp: {endpoint: %q}, serviceName: client.default, flushInterval: 100ms}\n", collector))
+	if _, ok := m.client.WaitLog(func(l meshtest.LogLine) bool { return l.Msg == "config reloaded" }, 10*time.Second); !ok {
+		t.Fatalf("no reload:\n%s", m.client.Proxy.Output())
+	}
+	traceID := randomHex(t, 16)
+	req, err := http.NewRequest("GET", "http://"+hostPort(m.webIP, 80)+"/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Traceparent", "00-"+traceID+"-"+randomHex(t, 8)+"-01")
+	res, err := m.httpClient().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		t.Fatalf("GET web: %s", res.Status)
+	}
+	tr := j.WaitTrace(t, traceID, 1, 20*time.Second)
+	var client *jaegertest.Span
+	for i, s := range tr.Spans {
+		if tr.Service(s) == "client.default" && s.Tag("span.kind") == "client" {
+			client = &tr.Spans[i]
+		}
+	}
+	if client == nil {
+		t.Fatalf("no client span from client.default: %+v", tr)
+	}
+	web := m.webs["web-0"].pod
+	for k, want := range map[string]string{
+		"pillion.destination_service.name": "web", "pillion.destination_service.namespace": clusterNS,
+		"pillion.peer.spiffe_id": meshtest.PodID(web), "network.peer.address": web.IPv4.String(),
+		"server.address": m.webIP.String(), "http.response.status_code": "200",
+	} {
+		if got := client.Tag(k); got != want {
+			t.Errorf("client span: %s = %q, want %q", k, got, want)
+		}
+	}
+}
