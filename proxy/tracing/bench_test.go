@@ -16,8 +16,8 @@ import (
 // span recorded and queued) and not (a context made and forwarded only).
 func BenchmarkHandler(b *testing.B) {
 	for _, bc := range []struct {
-		name     string
-		flags    string // the caller's
+		name  string
+		flags string // the caller's
 	}{{"unsampled", "00"}, {"sampled", "01"}} {
 		b.Run(bc.name, func(b *testing.B) {
 			cfg := testConfig(0)
