@@ -7,6 +7,7 @@ import (
 
 	"github.com/pillionmesh/pillion/filters"
 	"github.com/pillionmesh/pillion/proxy/configfile"
+	"github.com/pillionmesh/pillion/proxy/tracing"
 	"github.com/pillionmesh/pillion/proxy/upstream"
 )
 
@@ -15,6 +16,7 @@ import (
 type running struct {
 	file    *configfile.File
 	chains  [2]*filters.Chain // by Direction
+	tracer  *tracing.Tracer   // nil without a tracing section
 	applied time.Time
 }
 
@@ -48,10 +50,20 @@ func (s *Server) Apply(f *configfile.File) error {
 		}
 		next.chains[d] = c
 	}
+	s.applyMu.Lock()
+	defer s.applyMu.Unlock()
+	prev := s.config.Load()
+	var err error
+	if next.tracer, err = s.nextTracer(prev, f.Tracing); err != nil {
+		return err
+	}
 	if s.istio != nil {
 		s.istio.SetEnabled(f.Metrics.Istio)
 	}
-	prev := s.config.Swap(next)
+	s.config.Store(next)
+	if prev != nil && prev.tracer != next.tracer {
+		s.retireTracer(prev.tracer)
+	}
 	if prev != nil && !(slices.Equal(prev.file.Mesh.Networks, f.Mesh.Networks) && slices.Equal(prev.file.Mesh.Exclude, f.Mesh.Exclude)) {
 		// Idle pooled connections were dialled for the old membership
 		// (the application's, inbound, are not meshed).

@@ -145,7 +145,8 @@ func (s *Server) serveRequest(dir Direction, w http.ResponseWriter, r *http.Requ
 		// adds the upstream's headers to these, never removes them.
 		w.Header().Set("Connection", "close")
 	}
-	var h http.Handler = s.config.Load().chain(dir)
+	rc := s.config.Load()
+	var h http.Handler = rc.chain(dir)
 	if r.ProtoMajor == 1 {
 		// Proxied HTTP/1 requests may be answered while their body still
 		// streams in (and gRPC-Web-like clients rely on it).
@@ -161,7 +162,7 @@ func (s *Server) serveRequest(dir Direction, w http.ResponseWriter, r *http.Requ
 		}
 	}
 	s.stats.Dir[dir].Requests.Add(1)
-	s.serveRecorded(h, w, r.WithContext(filters.NewContext(r.Context(), info)), info, svc)
+	s.serveRecorded(rc.tracer.Handler(h), w, r.WithContext(filters.NewContext(r.Context(), info)), info, svc)
 }
 
 // refusal answers a request whose framing is ambiguous: 400 DPE, the

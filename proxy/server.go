@@ -19,6 +19,7 @@ import (
 	"github.com/pillionmesh/pillion/proxy/istiometrics"
 	"github.com/pillionmesh/pillion/proxy/pool"
 	"github.com/pillionmesh/pillion/proxy/relay"
+	"github.com/pillionmesh/pillion/proxy/tracing"
 	"github.com/pillionmesh/pillion/redirect"
 )
 
@@ -72,7 +73,11 @@ type Server struct {
 	routes routes       // the balancers of discovered destinations
 	mesh   *meshTLS     // nil without an identity
 	config atomic.Pointer[running]
-	http   [2]*httpServer // by Direction; set by Run
+	// applyMu orders Apply calls; tracingStats outlive the Tracers that
+	// reloads replace (spans.go).
+	applyMu      sync.Mutex
+	tracingStats tracing.Stats
+	http         [2]*httpServer // by Direction; set by Run
 
 	metrics *requestMetrics       // nil without Config.Registerer
 	istio   *istiometrics.Metrics // Istio's standard metrics; nil without Config.Registerer
@@ -113,6 +118,11 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 	s.routes = routes{cfg: cfg.Balance, now: time.Now}
 	if err := s.registerMetrics(cfg.Registerer); err != nil {
 		return nil, fmt.Errorf("proxy: %w", err)
+	}
+	if cfg.Registerer != nil {
+		if err := cfg.Registerer.Register(tracing.NewCollector(&s.tracingStats)); err != nil {
+			return nil, fmt.Errorf("proxy: metrics: %w", err)
+		}
 	}
 	defaults, err := configfile.Parse(nil, builtin.Registry())
 	if err == nil {
@@ -273,6 +283,7 @@ func (s *Server) Run(ctx context.Context) error {
 	accepting.Wait()
 	s.drain()
 	s.closeIdlePools()
+	s.flushTracing()
 	s.drained.Store(true)
 	<-ctx.Done() // after Drain, stay until stopped
 	return nil

@@ -62,6 +62,14 @@ else is refused under mesh.mode STRICT, or passed and counted under
 PERMISSIVE (the default). Until its identity has an SVID the sidecar is not
 ready and logs why.
 
+Tracing (the config's tracing section; off without it): one span per HTTP
+request, a client span outbound and a server span inbound, parented on the
+caller's W3C traceparent or B3 (single or multi header) and forwarded in the
+same formats; sampled as the caller said, else at tracing.sampling percent
+(default 1), always with x-client-trace-id; exported over OTLP gRPC to
+tracing.otlp.endpoint in bounded batches that drop, and count in
+pillion_tracing_spans_dropped_total, rather than make a request wait.
+
 The config file is re-read every second and on SIGHUP; a new config is built
 whole and swapped in (requests in flight finish on the old chain), and one
 that fails to load is refused with a log line while the old keeps serving.
@@ -99,7 +107,8 @@ A config file (see the README for every filter):
   outbound:
     filters:
       - accesslog: {}
-      - retry: {attempts: 2, on: [connect-failure, "503"]}`
+      - retry: {attempts: 2, on: [connect-failure, "503"]}
+  tracing: {otlp: {endpoint: "otel-collector.observability:4317"}, sampling: 1}`
 
 func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("proxy", proxySummary, stdout)
@@ -121,7 +130,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			"At most "+proxy.MaxHeaderTimeout.String())
 	opaque := fs.String("opaque-ports", cfg.OpaquePorts.String(),
 		`original destination ports forwarded as opaque TCP without protocol detection: comma list, "" none, "*" all`)
-	configPath := fs.String("config", "", "YAML config file: mesh networks and the inbound and outbound HTTP filter chains; re-read when it changes or on SIGHUP")
+	configPath := fs.String("config", "", "YAML config file: mesh networks, the inbound and outbound HTTP filter chains and tracing; re-read when it changes or on SIGHUP")
 	fs.IntVar(&cfg.Pool.MaxConnsPerEndpoint, "max-conns-per-endpoint", cfg.Pool.MaxConnsPerEndpoint,
 		"HTTP/1.1 connections per upstream endpoint; more requests wait for one (0: no limit)")
 	fs.DurationVar(&cfg.Pool.HTTP1IdleTimeout, "http1-idle-timeout", cfg.Pool.HTTP1IdleTimeout,

@@ -18,6 +18,9 @@
 //	    - router:  { serverTiming: true }   # optional, and only last
 //	metrics:
 //	  istio: false                    # no istio_* series (default true)
+//	tracing:                              # optional: a span per HTTP request
+//	  otlp: { endpoint: otel-collector.observability:4317 }
+//	  sampling: 1                         # percent (default 1)
 package configfile
 
 import (
@@ -39,6 +42,7 @@ import (
 
 	"github.com/pillionmesh/pillion/filters"
 	"github.com/pillionmesh/pillion/filters/router"
+	"github.com/pillionmesh/pillion/proxy/tracing"
 	"github.com/pillionmesh/pillion/proxy/upstream"
 	"github.com/pillionmesh/pillion/redirect"
 )
@@ -55,6 +59,9 @@ type File struct {
 	// Inbound and Outbound are the chains' filters in order, the router
 	// last.
 	Inbound, Outbound []Spec
+	// Tracing is the `tracing` section; nil (no section) makes no spans
+	// and starts no exporter.
+	Tracing *tracing.Config
 	// Metrics turns metric families on and off.
 	Metrics Metrics
 }
@@ -137,7 +144,7 @@ func Parse(data []byte, reg filters.Registry) (*File, error) {
 	if err := decodeStrict(js, &top, ""); err != nil {
 		return nil, err
 	}
-	if err := onlyKeys(top, "", "mesh", "inbound", "outbound", "metrics"); err != nil {
+	if err := onlyKeys(top, "", "mesh", "inbound", "outbound", "metrics", "tracing"); err != nil {
 		return nil, err
 	}
 	f := &File{}
@@ -151,6 +158,9 @@ func Parse(data []byte, reg filters.Registry) (*File, error) {
 		return nil, err
 	}
 	if f.Outbound, err = parseChain(top["outbound"], "outbound", reg); err != nil {
+		return nil, err
+	}
+	if f.Tracing, err = parseTracing(top["tracing"]); err != nil {
 		return nil, err
 	}
 	return f, nil
@@ -198,6 +208,22 @@ func parseMesh(raw json.RawMessage) (Mesh, error) {
 		}
 	}
 	return out, nil
+}
+
+// parseTracing decodes the `tracing` section; absent or null is nil.
+func parseTracing(raw json.RawMessage) (*tracing.Config, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil, nil
+	}
+	var r tracing.Raw
+	if err := decodeStrict(raw, &r, "tracing"); err != nil {
+		return nil, err
+	}
+	c, err := r.Validate()
+	if err != nil {
+		return nil, filters.Within("tracing", err)
+	}
+	return c, nil
 }
 
 // parsePrefixes parses CIDRs as the capture rules' exclusions are parsed

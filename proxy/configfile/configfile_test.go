@@ -14,6 +14,7 @@ import (
 
 	"github.com/pillionmesh/pillion/filters"
 	"github.com/pillionmesh/pillion/filters/router"
+	"github.com/pillionmesh/pillion/proxy/tracing"
 	"github.com/pillionmesh/pillion/proxy/upstream"
 )
 
@@ -142,11 +143,32 @@ func TestParseMetrics(t *testing.T) {
 	}
 }
 
+func TestParseTracing(t *testing.T) {
+	f, err := Parse([]byte("tracing:\n  otlp: {endpoint: 'jaeger.observability:4317', timeout: 2s}\n  sampling: 12.5\n  serviceName: web.shop\n"), registry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &tracing.Config{Endpoint: "jaeger.observability:4317", Timeout: 2 * time.Second, Sampling: 0.125, ServiceName: "web.shop",
+		QueueSize: tracing.DefaultQueueSize, BatchSize: tracing.DefaultBatchSize, FlushInterval: tracing.DefaultFlushInterval}
+	if diff := cmp.Diff(want, f.Tracing); diff != "" {
+		t.Errorf("tracing (-want +got):\n%s", diff)
+	}
+	if f, err = Parse([]byte("mesh: {}"), registry()); err != nil || f.Tracing != nil {
+		t.Errorf("no tracing section: %+v, %v; want nil: no spans, no exporter", f.Tracing, err)
+	}
+}
+
 func TestParseErrors(t *testing.T) {
 	for _, tc := range []struct{ name, yaml, want string }{
-		{"unknown top-level field", "mesh: {}\nfliters: []", `fliters: unknown field (known: mesh, inbound, outbound, metrics)`},
+		{"unknown top-level field", "mesh: {}\nfliters: []", `fliters: unknown field (known: mesh, inbound, outbound, metrics, tracing)`},
 		{"unknown metrics field", "metrics: {isito: false}", `metrics: unknown field "isito"`},
 		{"metrics switch not a boolean", "metrics: {istio: off}", `metrics.istio: want bool, got string`},
+		{"tracing without otlp", "tracing: {sampling: 10}", `tracing.otlp: required: the OTLP gRPC collector to send spans to, such as {endpoint: otel-collector:4317}`},
+		{"tracing bad endpoint", "tracing: {otlp: {endpoint: jaeger}}", `tracing.otlp.endpoint: "jaeger" is not host:port, such as otel-collector:4317`},
+		{"tracing sampling over 100", "tracing: {otlp: {endpoint: 'jaeger:4317'}, sampling: 150}", `tracing.sampling: a percentage from 0 to 100, got 150`},
+		{"tracing sampling a string", "tracing: {otlp: {endpoint: 'jaeger:4317'}, sampling: all}", `tracing.sampling: want float64, got string`},
+		{"tracing unknown field", "tracing: {otlp: {endpoint: 'jaeger:4317', insecure: true}}", `tracing: unknown field "insecure"`},
+		{"tracing bad timeout", "tracing: {otlp: {endpoint: 'jaeger:4317', timeout: 5}}", `tracing.otlp.timeout: want a duration such as "250ms" or "15s", got 5`},
 		{"unknown mesh field", "mesh: {netwroks: []}", `mesh: unknown field "netwroks"`},
 		{"bad network", "mesh: {networks: [10.0.0.0/8, nope]}", `mesh.networks[1]: "nope" is not a CIDR such as 10.0.0.0/8`},
 		{"bad exclude", "mesh: {exclude: [10.0.0.0/33]}", `mesh.exclude[0]: "10.0.0.0/33" is not a CIDR such as 10.0.0.0/8`},
