@@ -115,6 +115,10 @@ func newClusterMesh(t *testing.T, webs []string, ids map[string]string, clientCo
 	m.client = meshtest.Inject(t, pillionBin, clientPod, nil, []string{
 		m.issuer.ProxyArg(clientPod), "--config=" + m.clientCfg,
 		"--discovery-address=" + hostPort(m.node.BridgeV4(), discoveryPort),
+		// A first lookup that outwaits the default 1 s (a loaded machine
+		// under -race) would go to the ClusterIP, which no kube-proxy
+		// serves here.
+		"--discovery-initial-fetch-timeout=20s",
 		"--workload-name=client", "--workload-namespace=" + clusterNS, "--workload-app=client",
 	})
 	m.waitReady(t, webs...)

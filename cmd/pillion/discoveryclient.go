@@ -4,6 +4,7 @@ import (
 	"crypto/x509"
 	"flag"
 	"fmt"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/zap"
@@ -19,7 +20,8 @@ import (
 // discoveryFlags are the proxy's flags that point it at `pillion
 // discovery`.
 type discoveryFlags struct {
-	addr, id *string
+	addr, id     *string
+	initialFetch *time.Duration
 }
 
 // defaultDiscoveryPath is the path of the SPIFFE ID `pillion discovery`
@@ -35,11 +37,17 @@ func addDiscoveryFlags(fs *flag.FlagSet) *discoveryFlags {
 				`"" forwards to the original destination, meshed by the config's mesh.networks. Needs an identity`),
 		id: fs.String("discovery-id", "",
 			"the SPIFFE ID 'pillion discovery' must present (default spiffe://<our trust domain>"+defaultDiscoveryPath+")"),
+		initialFetch: fs.Duration("discovery-initial-fetch-timeout", resolve.DefaultFirstAnswer,
+			"how long the first connection to a destination waits for discovery's first answer about it before it goes to the "+
+				"destination as addressed (Envoy's initial_fetch_timeout; kube-proxy then serves a ClusterIP)"),
 	}
 }
 
 // validate checks the flags before anything starts.
 func (f *discoveryFlags) validate() error {
+	if *f.initialFetch <= 0 {
+		return badUsage(fmt.Errorf("--discovery-initial-fetch-timeout: %v: must be positive", *f.initialFetch))
+	}
 	if *f.addr == "" {
 		if *f.id != "" {
 			return badUsage(fmt.Errorf("--discovery-id: given without --discovery-address"))
@@ -85,7 +93,7 @@ func (f *discoveryFlags) client(id proxy.Identity, log *zap.Logger) (*resolve.Re
 	if err != nil {
 		return nil, nil, badUsage(fmt.Errorf("--discovery-address: %q: %w", *f.addr, err))
 	}
-	r, err := resolve.New(resolve.Config{Conn: conn, Identity: id, Log: log.Named("discovery")})
+	r, err := resolve.New(resolve.Config{Conn: conn, Identity: id, Log: log.Named("discovery"), FirstAnswer: *f.initialFetch})
 	if err != nil {
 		_ = conn.Close()
 		return nil, nil, err

@@ -75,6 +75,7 @@ func TestProxyBadFlags(t *testing.T) {
 		{[]string{"--inbound-port=15001"}, "pillion proxy: --inbound-port: 15001 is also the outbound port; they must differ"},
 		{[]string{"--dial-timeout=0s"}, "pillion proxy: --dial-timeout: 0s: must be positive"},
 		{[]string{"--dial-timeout=soon"}, `pillion proxy: invalid value "soon" for flag -dial-timeout: parse error`},
+		{[]string{"--discovery-initial-fetch-timeout=0s"}, "pillion proxy: --discovery-initial-fetch-timeout: 0s: must be positive"},
 		{[]string{"--max-connections=0"}, "pillion proxy: --max-connections: 0: must be positive"},
 		{[]string{"--drain-timeout=-1s"}, "pillion proxy: --drain-timeout: -1s: must not be negative"},
 		{[]string{"--drain-period=-1s"}, "pillion proxy: --drain-period: -1s: must not be negative (0 closes the listeners at once)"},
