@@ -121,7 +121,8 @@ func TestProxyHelp(t *testing.T) {
 		t.Errorf("exit %d, want 0", code)
 	}
 	for _, want := range []string{"Usage: pillion proxy [flags]", "SO_ORIGINAL_DST", "-dial-timeout", "-max-connections",
-		"-drain-period", "-drain-timeout", "-idle-timeout", "-log-level", "-sniff-timeout", "-header-timeout", "(default 10s)", "Linkerd", "-opaque-ports", "-spiffe-socket", "-svid-cert", "SPIFFE_ENDPOINT_SOCKET", `(default "25,587,3306,4444,5432,6379,9300,11211")`} {
+		"-drain-period", "-drain-timeout", "-idle-timeout", "-log-level", "-sniff-timeout", "-header-timeout", "(default 10s)", "Linkerd", "-opaque-ports", "-spiffe-socket", "-svid-cert", "SPIFFE_ENDPOINT_SOCKET", `(default "25,587,3306,4444,5432,6379,9300,11211")`,
+		"one line per connection only at debug", "format: envoy", "generateRequestId"} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("proxy --help lacks %q", want)
 		}
