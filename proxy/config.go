@@ -8,6 +8,7 @@ package proxy
 
 import (
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -121,6 +122,10 @@ type Config struct {
 	// Registerer is where New registers the proxy's metrics (see
 	// metrics.go); nil turns metrics off.
 	Registerer prometheus.Registerer
+	// AccessLogText is where access log lines in Envoy's text format go
+	// (the accesslog filter's format: envoy): the log's output, each line
+	// in one Write, safe for concurrent use. Nil discards them.
+	AccessLogText io.Writer
 }
 
 // DefaultConfig returns the defaults.

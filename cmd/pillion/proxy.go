@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/pillionmesh/pillion/appprobe"
 	"github.com/pillionmesh/pillion/proxy"
@@ -195,8 +196,12 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *logFormat != "json" && *logFormat != "console" {
 		return badUsage(fmt.Errorf("--log-format: %q: want json or console", *logFormat))
 	}
-	log := newLogger(level, stderr, *logFormat)
+	// One lock for the log and the access log's text lines (the
+	// accesslog filter's format: envoy), so that lines never interleave.
+	out := zapcore.Lock(zapcore.AddSync(stderr))
+	log := newLogger(level, out, *logFormat)
 	defer func() { _ = log.Sync() }()
+	cfg.AccessLogText = out
 	id, closeID, err := svid.source(log)
 	if err != nil {
 		return err

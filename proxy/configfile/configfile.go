@@ -341,12 +341,13 @@ func Check(data []byte, reg filters.Registry) error {
 		specs []Spec
 	}{{filters.Inbound, f.Inbound}, {filters.Outbound, f.Outbound}} {
 		env := filters.Env{
-			Direction: dir.d,
-			Log:       zap.NewNop(),
-			AccessLog: zap.NewNop(),
-			Now:       time.Now,
-			Route:     func(dst netip.AddrPort) upstream.Route { return upstream.Fixed{Addr: dst} },
-			Upstream:  noUpstream{},
+			Direction:     dir.d,
+			Log:           zap.NewNop(),
+			AccessLog:     zap.NewNop(),
+			AccessLogText: io.Discard,
+			Now:           time.Now,
+			Route:         func(dst netip.AddrPort) upstream.Route { return upstream.Fixed{Addr: dst} },
+			Upstream:      noUpstream{},
 		}
 		if _, err := Build(dir.specs, env); err != nil {
 			return err
