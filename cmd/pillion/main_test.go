@@ -185,3 +185,22 @@ func TestProxyRefusesAnotherUser(t *testing.T) {
 		t.Errorf("--proxy-uid=0: exit %d, stderr %q; want 2 and %q", code, stderr, want)
 	}
 }
+
+// TestProxyLogConfigRefused: the access log's format and the chains'
+// generateRequestId are checked at start, exit 2 naming the field.
+func TestProxyLogConfigRefused(t *testing.T) {
+	for _, tt := range []struct{ config, want string }{
+		{"outbound: {filters: [{accesslog: {format: text}}]}", `outbound.filters[0].accesslog.format: want json or envoy, got "text"`},
+		{"inbound: {generateRequestId: false, filters: [{requestid: {}}]}",
+			"inbound.generateRequestId: false, but inbound.filters[0].requestid makes request IDs: drop one of the two"},
+	} {
+		path := filepath.Join(t.TempDir(), "pillion.yaml")
+		if err := os.WriteFile(path, []byte(tt.config), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		code, _, stderr := runCmd("proxy", "--config="+path)
+		if code != 2 || !strings.Contains(stderr, path+": "+tt.want) {
+			t.Errorf("%s: exit %d, stderr %q; want 2 and %q", tt.config, code, stderr, tt.want)
+		}
+	}
+}
