@@ -90,7 +90,9 @@ func (a *AccessLog) writeEnvoy(req request, r *http.Request, info *filters.Info,
 		b = append(b, '-')
 	}
 	b = append(b, "\"\n"...)
-	_, _ = a.text.Write(b) // as zap's own lines: a log that cannot be written is not the request's failure
+	// As with zap's own lines, a log that cannot be written is not the
+	// request's failure.
+	_, _ = a.text.Write(b)
 	if cap(b) <= maxPooledLine { // a huge line's buffer is left to the GC
 		*bp = b
 		a.bufs.Put(bp)
