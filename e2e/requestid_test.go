@@ -76,8 +76,16 @@ func TestRequestIDByDefault(t *testing.T) {
 			t.Errorf("at info, %s's sidecar wrote %d lines per connection, want none:\n%s", sc.Pod.Name, n, sc.Proxy.Output())
 		}
 	}
-	// At debug the line is there: the check above could fail.
+	// Where a user looks: the outbound chain in /config_dump.
 	admin := meshtest.NewHTTPClient(podA, false)
+	var dump struct {
+		ConfigFile struct{ Inbound, Outbound []struct{ Name, Path string } } `json:"config_file"`
+	}
+	decodeJSON(t, want200(t, admin, "GET", adminURL+"/config_dump"), &dump)
+	if got := fmt.Sprint(dump.ConfigFile.Outbound, dump.ConfigFile.Inbound); got != "[{requestid outbound.requestid} {router outbound.router}] [{router inbound.router}]" {
+		t.Errorf("/config_dump chains: %s, want requestid then the router outbound, the router alone inbound", got)
+	}
+	// At debug the line is there: the check above could fail.
 	want200(t, admin, "POST", adminURL+"/logging?level=debug")
 	pc := newPodClient(t, podA, false)
 	echoSaw(t, pc, addr, "")
