@@ -343,7 +343,7 @@ func TestAdminEndpoint(t *testing.T) {
 				t.Errorf("/debug/pprof/ does not list %q:\n%s", p, index)
 			}
 		}
-		if cmdline := get("/debug/pprof/cmdline"); !strings.Contains(cmdline, "proxy\x00--config="+m.configA) {
+		if cmdline := get("/debug/pprof/cmdline"); !strings.Contains(cmdline, "\x00proxy\x00") || !strings.Contains(cmdline, "\x00--config="+m.configA) {
 			t.Errorf("/debug/pprof/cmdline: %q, not the proxy's", cmdline)
 		}
 	})
@@ -364,6 +364,13 @@ func TestAdminEndpoint(t *testing.T) {
 		isDebug := func(l meshtest.LogLine) bool { return l.Level == "debug" && l.Msg == debugMsg }
 		defer podHTTP(t, admin, "POST", adminURL+"/logging?level=info")
 
+		// meshtest starts its sidecars at debug (their line per connection).
+		if got := want200(t, admin, "POST", adminURL+"/logging"); got != "level: debug\n" {
+			t.Errorf("POST /logging: %q, want level: debug", got)
+		}
+		if got := want200(t, admin, "POST", adminURL+"/logging?level=info"); got != "level: info\n" {
+			t.Errorf("POST /logging?level=info: %q", got)
+		}
 		if got := want200(t, admin, "POST", adminURL+"/logging"); got != "level: info\n" {
 			t.Errorf("POST /logging: %q, want level: info", got)
 		}

@@ -10,6 +10,7 @@
 package filters
 
 import (
+	"io"
 	"net/http"
 	"net/netip"
 	"time"
@@ -56,9 +57,14 @@ type Env struct {
 	// Log is the proxy's own log. Never nil.
 	Log *zap.Logger
 	// AccessLog is where access log lines go (the proxy's log, named
-	// "access"). Never
+	// "access"); its level says whether they are written at all. Never
 	// nil.
 	AccessLog *zap.Logger
+	// AccessLogText is where access log lines in a text format (Envoy's)
+	// go: the proxy's log output, each line in one Write, never
+	// interleaved with the log's own lines. Nil: the text formats are
+	// refused when the filter is built.
+	AccessLogText io.Writer
 	// Now is the clock. Never nil.
 	Now func() time.Time
 	// Upstream sends requests on: the terminal router uses it. Nil in the

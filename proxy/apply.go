@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"io"
 	"net/netip"
 	"slices"
 	"time"
@@ -37,12 +38,13 @@ func (s *Server) Apply(f *configfile.File) error {
 			specs = f.Inbound
 		}
 		env := filters.Env{
-			Direction: d,
-			Log:       s.log,
-			AccessLog: s.log.Named("access"),
-			Now:       time.Now,
-			Upstream:  s.pools[d],
-			Route:     func(dst netip.AddrPort) upstream.Route { return s.route(s.hardStop, d, f.Mesh, dst) },
+			Direction:     d,
+			Log:           s.log,
+			AccessLog:     s.log.Named("access"),
+			AccessLogText: s.accessLogText(),
+			Now:           time.Now,
+			Upstream:      s.pools[d],
+			Route:         func(dst netip.AddrPort) upstream.Route { return s.route(s.hardStop, d, f.Mesh, dst) },
 		}
 		c, err := configfile.Build(specs, env)
 		if err != nil {
@@ -70,6 +72,14 @@ func (s *Server) Apply(f *configfile.File) error {
 		s.pools[Outbound].CloseIdle()
 	}
 	return nil
+}
+
+// accessLogText is where access log lines in a text format go.
+func (s *Server) accessLogText() io.Writer {
+	if s.cfg.AccessLogText == nil {
+		return io.Discard
+	}
+	return s.cfg.AccessLogText
 }
 
 // Config returns the config file in use and when it was applied.

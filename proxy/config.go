@@ -8,6 +8,7 @@ package proxy
 
 import (
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -125,6 +126,10 @@ type Config struct {
 	// Workload is the sidecar's own pod as Istio's metric labels name it
 	// (istio.go); zero fields are written "unknown".
 	Workload istiometrics.Workload
+	// AccessLogText is where access log lines in Envoy's text format go
+	// (the accesslog filter's format: envoy): the log's output, each line
+	// in one Write, safe for concurrent use. Nil discards them.
+	AccessLogText io.Writer
 }
 
 // DefaultConfig returns the defaults.

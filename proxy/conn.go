@@ -215,9 +215,13 @@ func (cn *conn) fields(spare int, extra ...zap.Field) []zap.Field {
 	return append(f, extra...)
 }
 
-// logConnection writes the one info line of a connection.
+// logConnection writes the one line of a connection, at debug level: a
+// busy sidecar makes thousands a second, and the access log (per request)
+// and the metrics are the records at info. What is rare and wrong (a
+// refused or denied connection, a handshake that failed, a header
+// time-out) is logged where it happens, at info or warn.
 func (s *Server) logConnection(cn *conn, sent, received int64, endedBy error) {
-	ce := s.log.Check(zap.InfoLevel, "connection")
+	ce := s.log.Check(zap.DebugLevel, "connection")
 	if ce == nil {
 		return
 	}

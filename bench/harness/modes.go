@@ -84,7 +84,9 @@ func (m *pillionMode) setup(e *env) error {
 	iss := meshtest.StartIssuer(e.t, e.tools.Pillion, time.Hour, e.client, e.server)
 	cfg := meshtest.WriteConfig(e.t, "mesh: {networks: "+meshtest.MeshNetworks+"}\n")
 	for _, p := range []*testpod.Pod{e.client, e.server} {
-		args := []string{iss.ProxyArg(p), "--config=" + cfg, fmt.Sprintf("--opaque-ports=%d,%d", bulkPort, idlePort)}
+		// The default log level: meshtest's sidecars log each connection
+		// at debug, which a deployed sidecar does not.
+		args := []string{iss.ProxyArg(p), "--config=" + cfg, fmt.Sprintf("--opaque-ports=%d,%d", bulkPort, idlePort), "--log-level=info"}
 		m.sidecars = append(m.sidecars, meshtest.Inject(e.t, e.tools.Pillion, p, nil, args))
 	}
 	return nil

@@ -125,7 +125,8 @@ func TestProxyHelp(t *testing.T) {
 	}
 	for _, want := range []string{"Usage: pillion proxy [flags]", "SO_ORIGINAL_DST", "-dial-timeout", "-max-connections",
 		"-drain-period", "-drain-timeout", "-idle-timeout", "-log-level", "-sniff-timeout", "-header-timeout", "(default 10s)", "Linkerd", "-opaque-ports", "-spiffe-socket", "-svid-cert", "SPIFFE_ENDPOINT_SOCKET", `(default "25,587,3306,4444,5432,6379,9300,11211")`,
-		"-workload-name", "$PILLION_WORKLOAD_NAME", "-workload-namespace", "-workload-app", "-workload-version", "-cluster-id", `(default "Kubernetes")`} {
+		"-workload-name", "$PILLION_WORKLOAD_NAME", "-workload-namespace", "-workload-app", "-workload-version", "-cluster-id", `(default "Kubernetes")`,
+		"one line per connection only at debug", "format: envoy", "generateRequestId"} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("proxy --help lacks %q", want)
 		}
@@ -186,5 +187,24 @@ func TestProxyRefusesAnotherUser(t *testing.T) {
 	code, _, stderr := runCmd("proxy", "--proxy-uid=0")
 	if want := "pillion proxy: --proxy-uid: 0 is root: every process running as root would escape capture\n"; code != 2 || !strings.HasPrefix(stderr, want) {
 		t.Errorf("--proxy-uid=0: exit %d, stderr %q; want 2 and %q", code, stderr, want)
+	}
+}
+
+// TestProxyLogConfigRefused: the access log's format and the chains'
+// generateRequestId are checked at start, exit 2 naming the field.
+func TestProxyLogConfigRefused(t *testing.T) {
+	for _, tt := range []struct{ config, want string }{
+		{"outbound: {filters: [{accesslog: {format: text}}]}", `outbound.filters[0].accesslog.format: want json or envoy, got "text"`},
+		{"inbound: {generateRequestId: false, filters: [{requestid: {}}]}",
+			"inbound.generateRequestId: false, but inbound.filters[0].requestid makes request IDs: drop one of the two"},
+	} {
+		path := filepath.Join(t.TempDir(), "pillion.yaml")
+		if err := os.WriteFile(path, []byte(tt.config), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		code, _, stderr := runCmd("proxy", "--config="+path)
+		if code != 2 || !strings.Contains(stderr, path+": "+tt.want) {
+			t.Errorf("%s: exit %d, stderr %q; want 2 and %q", tt.config, code, stderr, tt.want)
+		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/pillionmesh/pillion/appprobe"
 	"github.com/pillionmesh/pillion/proxy"
@@ -81,8 +82,12 @@ only: /ready, /stats, /stats/prometheus, /clusters, /listeners, /config_dump,
 :--health-port (15021), with the application's rewritten probes under
 /app-health/ (--app-probes, run at --pod-ip as kubelet would, or at 127.0.0.1
 without it), and /stats/prometheus on :--prometheus-port (15090).
-Logs are JSON lines on stderr (--log-format=console for humans), one per
-connection at info level, and one per HTTP request with the accesslog filter.
+Logs are JSON lines on stderr (--log-format=console for humans). At info
+(--log-level): the sidecar's events (ready, config applied or refused,
+connections refused or denied, failed handshakes) and, with the accesslog
+filter, one line per HTTP request (JSON, or Envoy's default text format with
+format: envoy); one line per connection only at debug. The outbound chain
+keeps or makes x-request-id (a UUID v4) unless its generateRequestId is false.
 SIGINT or SIGTERM: readiness fails at once; for --drain-period (5s, Istio's
 terminationDrainDuration) both listeners keep accepting, because kube-proxy
 and other sidecars send new connections until the pod's removal reaches them:
@@ -201,8 +206,12 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *logFormat != "json" && *logFormat != "console" {
 		return badUsage(fmt.Errorf("--log-format: %q: want json or console", *logFormat))
 	}
-	log := newLogger(level, stderr, *logFormat)
+	// One lock for the log and the access log's text lines (the
+	// accesslog filter's format: envoy), so that lines never interleave.
+	out := zapcore.Lock(zapcore.AddSync(stderr))
+	log := newLogger(level, out, *logFormat)
 	defer func() { _ = log.Sync() }()
+	cfg.AccessLogText = out
 	id, closeID, err := svid.source(log)
 	if err != nil {
 		return err

@@ -36,8 +36,8 @@ func TestReloader(t *testing.T) {
 
 	write("outbound: {filters: [{requestid: {}}]}")
 	r.reload(false)
-	if f, _ := s.Config(); len(f.Outbound) != 1 {
-		t.Fatalf("a change was applied at its first read; it must wait for a second read to agree")
+	if got := strings.Join(current(), " "); got != "outbound.requestid outbound.router" {
+		t.Fatalf("%s: a change was applied at its first read; it must wait for a second read to agree", got)
 	}
 	r.reload(false)
 	if got := strings.Join(current(), " "); got != "outbound.filters[0].requestid outbound.router" {

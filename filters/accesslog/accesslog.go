@@ -1,13 +1,16 @@
-// Package accesslog is the filter that writes one JSON line per request to
-// the proxy's access log, with Envoy's facts under snake_case names: what
-// was asked, how it was answered, the response flags, the times and sizes,
-// and who was talking to whom.
+// Package accesslog is the filter that writes one line per request to the
+// proxy's access log: by default a JSON line with Envoy's facts under
+// snake_case names (what was asked, how it was answered, the response
+// flags, the times and sizes, who was talking to whom, the request ID), or
+// Envoy's default access log format, text that the tools which parse
+// Envoy's and Istio's logs read unchanged.
 package accesslog
 
 import (
 	"io"
 	"net/http"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -17,20 +20,49 @@ import (
 	"github.com/pillionmesh/pillion/filters"
 )
 
-// Config is the access log filter's configuration. It has no fields yet,
-// and the loader decodes it strictly, so any field is an error:
+// Config is the access log filter's configuration:
 //
-//	accesslog: {}
-type Config struct{}
+//	accesslog: {}                # JSON lines, the default
+//	accesslog: {format: envoy}   # Envoy's default text format
+type Config struct {
+	// Format is "json" (or "") or "envoy"; see Format.
+	Format string `json:"format,omitempty"`
+}
 
 var _ filters.Config = (*Config)(nil)
 
-// Build returns the filter, which writes to env.AccessLog.
+// Format is how the access log writes a line.
+type Format uint8
+
+const (
+	// JSON writes a zap JSON line with the log's own fields (level, time,
+	// logger "access"), message "access", and the fields AccessLog lists.
+	JSON Format = iota
+	// Envoy writes Envoy's default access log format, a text line of its
+	// own on the log's output (envoy.go).
+	Envoy
+)
+
+// Build validates c and returns the filter, which writes to env.AccessLog,
+// or in the envoy format to env.AccessLogText at env.AccessLog's level.
 func (c *Config) Build(env filters.Env) (filters.Filter, error) {
-	return &AccessLog{log: env.AccessLog, direction: env.Direction, now: env.Now}, nil
+	a := &AccessLog{log: env.AccessLog, direction: env.Direction, now: env.Now}
+	switch c.Format {
+	case "", "json":
+		a.format = JSON
+	case "envoy":
+		if env.AccessLogText == nil {
+			return nil, filters.Invalid("format", "envoy: this proxy has no output for text lines")
+		}
+		a.format, a.text = Envoy, env.AccessLogText
+	default:
+		return nil, filters.Invalid("format", "want json or envoy, got %q", c.Format)
+	}
+	return a, nil
 }
 
-// AccessLog writes one line per request at info level, message "access",
+// AccessLog writes one line per request at info level, in JSON (below) or
+// in Envoy's default text format (envoy.go). A JSON line's message is "access",
 // once the rest of the chain is done with it, or panicked (the line is
 // written, then the panic goes on: the router aborts a response with
 // panic(http.ErrAbortHandler)). Put it first in the chain so that it sees
@@ -72,6 +104,9 @@ type AccessLog struct {
 	log       *zap.Logger
 	direction filters.Direction
 	now       func() time.Time
+	format    Format
+	text      io.Writer // Envoy: where the lines go
+	bufs      sync.Pool // Envoy: *[]byte, a line's buffer
 }
 
 var _ filters.Filter = (*AccessLog)(nil)
@@ -104,7 +139,11 @@ func (a *AccessLog) ServeHTTP(w http.ResponseWriter, r *http.Request, next http.
 	o := filters.Observe(w)
 	// Deferred calls run while a panic unwinds the stack, so the line is
 	// written when next panics without recovering and panicking again.
-	defer a.write(req, r, info, start, o, in)
+	if a.format == Envoy {
+		defer a.writeEnvoy(req, r, info, start, o, in)
+	} else {
+		defer a.write(req, r, info, start, o, in)
+	}
 	next.ServeHTTP(o, r)
 }
 

@@ -53,7 +53,9 @@ func TestConfigDecodeStrict(t *testing.T) {
 		ok   bool
 	}{
 		{`{}`, true},
-		{`{"format": "json"}`, false},
+		{`{"format": "json"}`, true},
+		{`{"format": "envoy"}`, true},
+		{`{"format": 1}`, false},
 		{`{"path": "/dev/stdout"}`, false},
 	} {
 		d := json.NewDecoder(strings.NewReader(tt.json))

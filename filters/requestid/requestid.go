@@ -1,8 +1,11 @@
 // Package requestid is the HTTP filter that gives every request an ID: it
 // keeps the one the request carries and makes up a random UUID v4 when there
 // is none, so that the application, the proxies and the access logs of one
-// request can be matched. It never touches the W3C trace context
-// (traceparent, tracestate): tracing is the application's business.
+// request can be matched. The outbound chain runs it by default, first,
+// unless the config file lists it or says generateRequestId: false
+// (proxy/configfile), as Envoy's generate_request_id. It never touches the
+// W3C trace context (traceparent, tracestate): tracing is the
+// application's business.
 package requestid
 
 import (

@@ -1,6 +1,7 @@
 // Package meshtest puts pillion into test pods: it builds the binary, runs
 // `pillion init` in a pod and starts `pillion proxy` there as the proxy's
-// user, and reads back, from the proxy's log, which connections it saw. The
+// user, and reads back, from the proxy's log (at debug level), which
+// connections it saw. The
 // end-to-end tests and `make demo` share it.
 package meshtest
 
@@ -98,10 +99,12 @@ func (sc *Sidecar) StartProxy(t testpod.Cleaner, args ...string) {
 }
 
 // StartProxyUntil starts the proxy (again) and waits until it logs a line
-// whose message is msg.
+// whose message is msg. The proxy logs at debug level, where its line per
+// connection is (Connections, WaitConnection), unless args say
+// --log-level themselves (the last one given wins).
 func (sc *Sidecar) StartProxyUntil(t testpod.Cleaner, msg string, args ...string) {
 	t.Helper()
-	sc.Proxy = sc.Pod.Start(t, testpod.ProxyUser, sc.Bin, append([]string{"proxy"}, args...)...)
+	sc.Proxy = sc.Pod.Start(t, testpod.ProxyUser, sc.Bin, append([]string{"proxy", "--log-level=debug"}, args...)...)
 	deadline := time.After(15 * time.Second)
 	for {
 		for _, l := range sc.Logs() {

@@ -12,6 +12,7 @@
 //	  filters:
 //	    - ratelimit: { requestsPerSecond: 200, burst: 400 }
 //	outbound:
+//	  generateRequestId: true         # keep or make x-request-id (the default outbound)
 //	  filters:
 //	    - timeout: { request: 15s }
 //	    - retry:   { attempts: 2, on: [connect-failure, refused-stream, "503"] }
@@ -154,10 +155,10 @@ func Parse(data []byte, reg filters.Registry) (*File, error) {
 	if f.Mesh, err = parseMesh(top["mesh"]); err != nil {
 		return nil, err
 	}
-	if f.Inbound, err = parseChain(top["inbound"], "inbound", reg); err != nil {
+	if f.Inbound, err = parseChain(top["inbound"], "inbound", false, reg); err != nil {
 		return nil, err
 	}
-	if f.Outbound, err = parseChain(top["outbound"], "outbound", reg); err != nil {
+	if f.Outbound, err = parseChain(top["outbound"], "outbound", true, reg); err != nil {
 		return nil, err
 	}
 	if f.Tracing, err = parseTracing(top["tracing"]); err != nil {
@@ -242,9 +243,12 @@ func parsePrefixes(ss []string, field string) ([]netip.Prefix, error) {
 	return out, nil
 }
 
-func parseChain(raw json.RawMessage, dir string, reg filters.Registry) ([]Spec, error) {
+// parseChain parses the chain of direction dir; generateID is whether it
+// keeps or makes request IDs when the file does not say (requestid.go).
+func parseChain(raw json.RawMessage, dir string, generateID bool, reg filters.Registry) ([]Spec, error) {
 	var c struct {
-		Filters []map[string]json.RawMessage `json:"filters"`
+		GenerateRequestID *bool                        `json:"generateRequestId"`
+		Filters           []map[string]json.RawMessage `json:"filters"`
 	}
 	if err := decodeStrict(raw, &c, dir); err != nil {
 		return nil, err
@@ -274,7 +278,10 @@ func parseChain(raw json.RawMessage, dir string, reg filters.Registry) ([]Spec, 
 	if len(specs) == 0 || specs[len(specs)-1].Name != RouterName {
 		specs = append(specs, Spec{Name: RouterName, Path: dir + ".router", Config: &router.Config{}})
 	}
-	return specs, nil
+	if c.GenerateRequestID != nil {
+		generateID = *c.GenerateRequestID
+	}
+	return withRequestID(specs, dir, generateID, c.GenerateRequestID != nil)
 }
 
 // Build builds the chain of specs for env: every filter, the router last.
@@ -388,12 +395,13 @@ func Check(data []byte, reg filters.Registry) error {
 		specs []Spec
 	}{{filters.Inbound, f.Inbound}, {filters.Outbound, f.Outbound}} {
 		env := filters.Env{
-			Direction: dir.d,
-			Log:       zap.NewNop(),
-			AccessLog: zap.NewNop(),
-			Now:       time.Now,
-			Route:     func(dst netip.AddrPort) upstream.Route { return upstream.Fixed{Addr: dst} },
-			Upstream:  noUpstream{},
+			Direction:     dir.d,
+			Log:           zap.NewNop(),
+			AccessLog:     zap.NewNop(),
+			AccessLogText: io.Discard,
+			Now:           time.Now,
+			Route:         func(dst netip.AddrPort) upstream.Route { return upstream.Fixed{Addr: dst} },
+			Upstream:      noUpstream{},
 		}
 		if _, err := Build(dir.specs, env); err != nil {
 			return err

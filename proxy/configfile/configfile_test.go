@@ -86,13 +86,13 @@ outbound:
 	if diff := cmp.Diff([]string{"inbound.filters[0].tag", "inbound.router"}, names(f.Inbound)); diff != "" {
 		t.Errorf("inbound (-want +got):\n%s", diff)
 	}
-	if diff := cmp.Diff([]string{"outbound.filters[0].tag", "outbound.filters[1].tag", "outbound.filters[2].router"}, names(f.Outbound)); diff != "" {
+	if diff := cmp.Diff([]string{"outbound.requestid", "outbound.filters[0].tag", "outbound.filters[1].tag", "outbound.filters[2].router"}, names(f.Outbound)); diff != "" {
 		t.Errorf("outbound (-want +got):\n%s", diff)
 	}
 	if got := f.Inbound[0].Config.(*tag); got.Name != "in" || got.Delay.Std() != 250*time.Millisecond || len(got.On) != 1 {
 		t.Errorf("inbound tag = %+v", got)
 	}
-	if !f.Outbound[2].Config.(*router.Config).ServerTiming {
+	if !f.Outbound[3].Config.(*router.Config).ServerTiming {
 		t.Errorf("router config lost")
 	}
 }
@@ -121,8 +121,9 @@ func TestParseEmptyIsDefaults(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%q: %v", data, err)
 		}
-		if len(f.Mesh.Networks) != 0 || f.Mesh.Mode != Permissive || len(f.Inbound) != 1 || f.Inbound[0].Name != RouterName || len(f.Outbound) != 1 {
-			t.Errorf("%q: got %+v, want no mesh and the router alone", data, f)
+		if len(f.Mesh.Networks) != 0 || f.Mesh.Mode != Permissive || len(f.Inbound) != 1 || f.Inbound[0].Name != RouterName ||
+			len(f.Outbound) != 2 || f.Outbound[0].Name != RequestIDName || f.Outbound[1].Name != RouterName {
+			t.Errorf("%q: got %+v, want no mesh, the router alone inbound, requestid and the router outbound", data, f)
 		}
 		if !f.Metrics.Istio {
 			t.Errorf("%q: Istio's metrics off, want them on by default", data)
@@ -218,7 +219,7 @@ func env() filters.Env {
 }
 
 func TestBuildRunsFiltersInOrderThenTheRouter(t *testing.T) {
-	f, err := Parse([]byte("outbound: {filters: [{tag: {name: one}}, {tag: {name: two}}]}"), registry())
+	f, err := Parse([]byte("outbound: {generateRequestId: false, filters: [{tag: {name: one}}, {tag: {name: two}}]}"), registry())
 	if err != nil {
 		t.Fatal(err)
 	}
