@@ -210,6 +210,9 @@ func runContainers(t *testing.T, pod *corev1.Pod, in *testpod.Pod, volumes map[s
 	for _, a := range proxyC.Args {
 		argv = append(argv, resolve(a))
 	}
+	// The checks read the sidecar's line per connection, written at debug
+	// (the last --log-level given wins, as meshtest's sidecars do).
+	argv = append(argv, "--log-level=debug")
 	sec := proxyC.SecurityContext
 	user := testpod.User{UID: uint32(*sec.RunAsUser), GID: uint32(*sec.RunAsGroup)}
 	if user != testpod.ProxyUser {
