@@ -15,6 +15,7 @@
 package istiometrics
 
 import (
+	"net/http"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -161,15 +162,17 @@ func (m *Metrics) RecordRequest(r *Request) {
 	if !m.on.Load() {
 		return
 	}
-	k := requestKey{conn: r.Conn, grpc: r.GRPC, code: r.Code, grpcStatus: r.GRPCStatus, flags: r.Flags}
-	if !r.GRPC {
-		k.grpcStatus = ""
+	k := requestKey{conn: r.Conn, grpc: r.GRPC, code: r.Code, flags: r.Flags}
+	if r.GRPC {
+		k.grpcStatus = grpcStatusLabel(r.GRPCStatus, r.Code)
 	}
 	m.mu.RLock()
 	s := m.series[k]
 	m.mu.RUnlock()
 	if s == nil {
-		s = m.newSeries(k)
+		if s = m.newSeries(k); s == nil {
+			return // turned off meanwhile
+		}
 	}
 	s.requests.Inc()
 	s.duration.Observe(float64(r.Duration) / float64(time.Millisecond))
@@ -177,6 +180,8 @@ func (m *Metrics) RecordRequest(r *Request) {
 	s.resBytes.Observe(float64(r.ResponseBytes))
 }
 
+// newSeries returns k's series, made if need be; nil when the family is
+// off.
 func (m *Metrics) newSeries(k requestKey) *requestSeries {
 	var l [numLabels]string
 	m.connLabels(&l, k.conn)
@@ -191,6 +196,11 @@ func (m *Metrics) newSeries(k requestKey) *requestSeries {
 	defer m.mu.Unlock()
 	if s := m.series[k]; s != nil {
 		return s
+	}
+	if !m.on.Load() {
+		// SetEnabled(false) reset the family after RecordRequest looked:
+		// a series made now would be exported while the family is off.
+		return nil
 	}
 	s := &requestSeries{
 		requests: m.requests.WithLabelValues(l[:]...),
@@ -251,4 +261,33 @@ func (m *Metrics) tcpLabels(c Conn, flags string) []string {
 	l[lRequestProtocol] = "tcp"
 	l[lResponseFlags] = flags
 	return l[:numConnLabels]
+}
+
+// grpcStatusLabel is grpc_response_status for a gRPC request whose answer
+// said status ("" when it said none) with HTTP code: one of gRPC's 17
+// codes or unknown, never the string as sent (a label's values must stay
+// few; Envoy's getGrpcStatus parses it too); with no grpc-status, Envoy's
+// mapping of the HTTP status (Grpc::Utility::httpToGrpcStatus).
+func grpcStatusLabel(status string, code int) string {
+	if status != "" {
+		if n, err := strconv.ParseUint(status, 10, 8); err == nil && n <= 16 {
+			return strconv.FormatUint(n, 10)
+		}
+		return Unknown
+	}
+	switch code {
+	case 0:
+		return Unknown // nothing was sent
+	case http.StatusBadRequest:
+		return "13" // INTERNAL
+	case http.StatusUnauthorized:
+		return "16" // UNAUTHENTICATED
+	case http.StatusForbidden:
+		return "7" // PERMISSION_DENIED
+	case http.StatusNotFound:
+		return "12" // UNIMPLEMENTED
+	case http.StatusTooManyRequests, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+		return "14" // UNAVAILABLE
+	}
+	return "2" // UNKNOWN
 }

@@ -177,13 +177,20 @@ func (b *batcher) ForceFlush(ctx context.Context) error {
 }
 
 // Shutdown exports what is queued, then shuts the exporter down; it
-// returns when done or when ctx ends (the export goes on in the
-// background until its timeout).
+// returns when done or when ctx ends. Then the exports go on in the
+// background, each bounded by its timeout, and the exporter (for OTLP,
+// its gRPC connection) is shut down after them all the same.
 func (b *batcher) Shutdown(ctx context.Context) error {
 	b.stopOnce.Do(func() { close(b.stop) })
 	select {
 	case <-b.done:
 	case <-ctx.Done():
+		go func() {
+			<-b.done
+			sctx, cancel := context.WithTimeout(context.Background(), b.timeout)
+			defer cancel()
+			_ = b.exp.Shutdown(sctx)
+		}()
 		return ctx.Err()
 	}
 	return b.exp.Shutdown(ctx)

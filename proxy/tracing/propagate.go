@@ -28,6 +28,7 @@ const (
 	b3Sampled     = "X-B3-Sampled"
 	b3Flags       = "X-B3-Flags"
 	clientTraceID = "X-Client-Trace-Id"
+	tracestate    = "Tracestate"
 )
 
 // decision is what a request says about its own sampling beside its
@@ -67,6 +68,10 @@ func extract(ctx context.Context, h http.Header) (context.Context, formats) {
 		f |= b3Multi
 	}
 	d := fromParent
+	if ts := h[tracestate]; len(ts) > 1 {
+		// W3C: several tracestate fields are one list.
+		h[tracestate] = []string{strings.Join(ts, ",")}
+	}
 	ctx = propagation.TraceContext{}.Extract(ctx, propagation.HeaderCarrier(h))
 	if !trace.SpanContextFromContext(ctx).IsValid() {
 		var sc trace.SpanContext
@@ -78,6 +83,8 @@ func extract(ctx context.Context, h http.Header) (context.Context, formats) {
 		}
 		if sc.IsValid() {
 			ctx = trace.ContextWithRemoteSpanContext(ctx, sc)
+		} else if d == fromParent && f != 0 {
+			d = forced // B3's accept sent on its own: trace this request
 		}
 	} else if f != 0 && b3Debug(h) {
 		d = forced
@@ -101,10 +108,14 @@ func b3Debug(h http.Header) bool {
 // formats f, replacing what h carried; parent is sc's parent span (B3's
 // ParentSpanId), invalid when none.
 func inject(ctx context.Context, h http.Header, f formats, parent trace.SpanID) {
+	debug := f != 0 && b3Debug(h) // before h is rewritten
 	propagation.TraceContext{}.Inject(ctx, propagation.HeaderCarrier(h))
 	sc := trace.SpanContextFromContext(ctx)
 	sampled := "0"
-	if sc.IsSampled() {
+	switch {
+	case debug:
+		sampled = "d"
+	case sc.IsSampled():
 		sampled = "1"
 	}
 	if f&b3Single != 0 {
@@ -117,8 +128,14 @@ func inject(ctx context.Context, h http.Header, f formats, parent trace.SpanID) 
 	if f&b3Multi != 0 {
 		h[b3TraceID] = []string{sc.TraceID().String()}
 		h[b3SpanID] = []string{sc.SpanID().String()}
-		h[b3Sampled] = []string{sampled}
-		delete(h, b3Flags)
+		if debug {
+			// Debug implies accept: X-B3-Flags alone, no X-B3-Sampled.
+			h[b3Flags] = []string{"1"}
+			delete(h, b3Sampled)
+		} else {
+			h[b3Sampled] = []string{sampled}
+			delete(h, b3Flags)
+		}
 		if parent.IsValid() {
 			h[b3ParentID] = []string{parent.String()}
 		} else {

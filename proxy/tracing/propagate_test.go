@@ -75,6 +75,11 @@ func TestInject(t *testing.T) {
 			"Traceparent": {"00-" + tid + "-" + newID + "-01"}, "B3": {tid + "-" + newID + "-1-" + sid},
 		}},
 		{name: "b3 multi", f: b3Multi, in: http.Header{"X-B3-Traceid": {tid}, "X-B3-Spanid": {sid}, "X-B3-Flags": {"1"}}, want: http.Header{
+			// Debug came in: it goes on as X-B3-Flags alone (B3: debug
+			// implies accept, X-B3-Sampled is not sent beside it).
+			"Traceparent": {"00-" + tid + "-" + newID + "-01"}, "X-B3-Traceid": {tid}, "X-B3-Spanid": {newID}, "X-B3-Flags": {"1"}, "X-B3-Parentspanid": {sid},
+		}},
+		{name: "b3 multi sampled", f: b3Multi, in: http.Header{"X-B3-Traceid": {tid}, "X-B3-Spanid": {sid}, "X-B3-Sampled": {"1"}}, want: http.Header{
 			"Traceparent": {"00-" + tid + "-" + newID + "-01"}, "X-B3-Traceid": {tid}, "X-B3-Spanid": {newID}, "X-B3-Sampled": {"1"}, "X-B3-Parentspanid": {sid},
 		}},
 	} {
