@@ -61,6 +61,7 @@ func runServer(t testing.TB, cfg Config, log *zap.Logger, bind netip.Addr, origD
 	select {
 	case <-s.Ready():
 	case err := <-done:
+		done <- err // the cleanup waits for it: taken here, it hung the test
 		t.Fatalf("Run: %v", err)
 	}
 	return s
