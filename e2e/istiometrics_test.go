@@ -225,21 +225,26 @@ func TestIstioMetrics(t *testing.T) {
 		"destination_canonical_service": "web", "destination_canonical_revision": "latest", "destination_cluster": "Kubernetes",
 		"response_flags": "-", "connection_security_policy": "mutual_tls",
 	}
+	// Of HTTP and gRPC, the client's sidecar also said its workload
+	// (pillion-workload, Istio's metadata exchange); an opaque stream
+	// carries nothing.
+	dstHTTP := with(dst, "source_workload", "client", "source_app", "client", "source_canonical_service", "client",
+		"source_cluster", "Kubernetes")
 	// The plaintext caller: nothing known of it, and it named no Service.
 	plainSrc := with(dst, "source_workload_namespace", "unknown", "source_principal", "unknown",
 		"destination_principal", "unknown", "destination_service", "web", "destination_service_name", "web",
 		"connection_security_policy", "none")
 	for _, side := range []struct {
-		pod    *testpod.Pod
-		labels map[string]string
-		plain  bool
-	}{{m.client.Pod, src, false}, {web.pod, dst, true}} {
+		pod          *testpod.Pod
+		labels, http map[string]string
+		plain        bool
+	}{{m.client.Pod, src, src, false}, {web.pod, dst, dstHTTP, true}} {
 		want := map[string]float64{}
 		httpL := func(code string) map[string]string {
-			return with(side.labels, "request_protocol", "http", "response_code", code, "grpc_response_status", "")
+			return with(side.http, "request_protocol", "http", "response_code", code, "grpc_response_status", "")
 		}
 		grpcL := func(st string) map[string]string {
-			return with(side.labels, "request_protocol", "grpc", "response_code", "200", "grpc_response_status", st)
+			return with(side.http, "request_protocol", "grpc", "response_code", "200", "grpc_response_status", st)
 		}
 		wantRequests(want, httpL("200"), 4, len("web-0"))
 		wantRequests(want, httpL("503"), 2, len("web-0"))
@@ -341,7 +346,7 @@ func istioDashboards(t *testing.T, m *clusterMesh, prom *testpod.Pod) {
 		for _, s := range v {
 			l := s.metric
 			switch {
-			case l["source_workload"] == "unknown" && l["source_workload_namespace"] == "default" && l["response_code"] == "200":
+			case l["source_workload"] == "client" && l["source_workload_namespace"] == "default" && l["response_code"] == "200":
 				if !(s.value > 0) {
 					return fmt.Errorf("the 200s from default: %v, want > 0", s.value)
 				}

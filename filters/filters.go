@@ -76,6 +76,11 @@ type Env struct {
 	// the application. The router picks an endpoint from it for each
 	// attempt. Never nil.
 	Route func(dst netip.AddrPort) upstream.Route
+	// Workload is the sidecar's own workload as it tells peer sidecars
+	// (proxy/istiometrics' Workload.Peer): the outbound router sends it
+	// to meshed endpoints, for their Istio metrics' source_* labels. ""
+	// sends nothing.
+	Workload string
 }
 
 // Upstream sends a request to ep with the given protocol, on a pooled

@@ -45,6 +45,7 @@ func (s *Server) Apply(f *configfile.File) error {
 			Now:           time.Now,
 			Upstream:      s.pools[d],
 			Route:         func(dst netip.AddrPort) upstream.Route { return s.route(s.hardStop, d, f.Mesh, dst) },
+			Workload:      s.cfg.Workload.Peer(),
 		}
 		c, err := configfile.Build(specs, env)
 		if err != nil {

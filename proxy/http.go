@@ -18,7 +18,6 @@ import (
 	"github.com/pillionmesh/pillion/filters"
 	"github.com/pillionmesh/pillion/proxy/h2"
 	"github.com/pillionmesh/pillion/proxy/relay"
-	"github.com/pillionmesh/pillion/proxy/upstream"
 )
 
 // Limits of the HTTP servers that face the application (outbound) and the
@@ -134,9 +133,9 @@ func (s *Server) serveRequest(dir Direction, w http.ResponseWriter, r *http.Requ
 		// From the application, or a caller that is not a peer sidecar.
 		filters.RemoveInternal(r.Header)
 	}
-	var svc upstream.Service
+	var said peerSaid
 	if dir == Inbound {
-		svc = takeService(r.Header)
+		said = takePeerSaid(r.Header, m.peer)
 	}
 	if dir == Inbound && info.Upgrade == "" && s.draining.Load() {
 		// The drain period (drain.go): the client is told to go. HTTP/1
@@ -162,7 +161,7 @@ func (s *Server) serveRequest(dir Direction, w http.ResponseWriter, r *http.Requ
 		}
 	}
 	s.stats.Dir[dir].Requests.Add(1)
-	s.serveRecorded(rc.tracer.Handler(h), w, r.WithContext(filters.NewContext(r.Context(), info)), info, svc)
+	s.serveRecorded(rc.tracer.Handler(h), w, r.WithContext(filters.NewContext(r.Context(), info)), info, said)
 }
 
 // refusal answers a request whose framing is ambiguous: 400 DPE, the

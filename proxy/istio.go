@@ -23,7 +23,7 @@ import (
 // istioRequest is an HTTP request whose Istio metrics are recorded when it
 // ends.
 type istioRequest struct {
-	svc  upstream.Service // inbound: the Service the peer called
+	said peerSaid // inbound: what the peer sidecar said
 	grpc bool
 	body *countedBody // nil: the request has no body
 }
@@ -31,11 +31,11 @@ type istioRequest struct {
 // startIstio prepares r, the proxy's own copy of the request, for its
 // Istio metrics: its body is counted as the filters read it. nil when the
 // family is off.
-func (s *Server) startIstio(r *http.Request, svc upstream.Service) *istioRequest {
+func (s *Server) startIstio(r *http.Request, said peerSaid) *istioRequest {
 	if s.istio == nil || !s.istio.Enabled() {
 		return nil
 	}
-	ir := &istioRequest{svc: svc, grpc: isGRPC(r.Header.Get("Content-Type"))}
+	ir := &istioRequest{said: said, grpc: isGRPC(r.Header.Get("Content-Type"))}
 	if r.Body != nil && r.Body != http.NoBody {
 		ir.body = &countedBody{ReadCloser: r.Body}
 		r.Body = ir.body
@@ -58,7 +58,7 @@ func (s *Server) endIstio(ir *istioRequest, info *filters.Info, o *filters.Obser
 		req.RequestBytes = ir.body.n.Load()
 	}
 	if info.Direction == Inbound {
-		req.Conn.Service = ir.svc
+		req.Conn.Service, req.Conn.PeerWorkload = ir.said.service, ir.said.workload
 	}
 	if ir.grpc {
 		req.GRPCStatus = grpcStatus(o.Header())
@@ -107,11 +107,32 @@ type cachedID struct {
 	id   string
 }
 
-// takeService removes the router's ServiceHeader from an inbound
-// request's header h and returns the Service it names: what the peer
-// sidecar's discovery picked this pod for. Only peer sidecars' headers
-// reach here (the proxy drops pillion- headers from other callers); a
-// value that is not name.namespace of DNS labels is ignored.
+// peerSaid is what a peer sidecar's router said of an inbound request, for
+// its Istio metrics.
+type peerSaid struct {
+	service  upstream.Service
+	workload istiometrics.Workload
+}
+
+// takePeerSaid removes the router's ServiceHeader and WorkloadHeader from
+// an inbound request's header h, sent by peer sidecar peer (its SPIFFE
+// ID), and returns what they say. Only peer sidecars' headers reach here
+// (the proxy drops pillion- headers from other callers); a value that
+// does not parse is ignored.
+func takePeerSaid(h http.Header, peer string) peerSaid {
+	said := peerSaid{service: takeService(h)}
+	if v := h[workloadKey]; len(v) > 0 {
+		delete(h, workloadKey)
+		said.workload, _ = istiometrics.ParsePeer(v[0], peer)
+	}
+	return said
+}
+
+var workloadKey = http.CanonicalHeaderKey(router.WorkloadHeader)
+
+// takeService removes the router's ServiceHeader from h and returns the
+// Service it names: what the peer sidecar's discovery picked this pod
+// for. A value that is not name.namespace of DNS labels is ignored.
 func takeService(h http.Header) upstream.Service {
 	v := h[serviceKey]
 	if len(v) == 0 {

@@ -68,15 +68,15 @@ func newRequestMetrics() (*requestMetrics, []prometheus.Collector) {
 }
 
 // serveRecorded serves r with h and records it, in pillion's metrics and
-// Istio's, once h returns, or panics (an aborted response); svc is the
-// Service the peer sidecar called us as (inbound), if it said. Without
-// metrics it just serves.
-func (s *Server) serveRecorded(h http.Handler, w http.ResponseWriter, r *http.Request, info *filters.Info, svc upstream.Service) {
+// Istio's, once h returns, or panics (an aborted response); said is what
+// the peer sidecar said of the request (inbound). Without metrics it just
+// serves.
+func (s *Server) serveRecorded(h http.Handler, w http.ResponseWriter, r *http.Request, info *filters.Info, said peerSaid) {
 	if s.metrics == nil {
 		h.ServeHTTP(w, r)
 		return
 	}
-	ir := s.startIstio(r, svc)
+	ir := s.startIstio(r, said)
 	o := filters.Observe(w)
 	returned := false
 	defer func() {

@@ -54,6 +54,11 @@ const (
 	// know and Istio's destination_service label names (proxy/istio.go
 	// reads and removes it).
 	ServiceHeader = "pillion-service"
+	// WorkloadHeader tells the peer sidecar the caller's workload (Env.Workload),
+	// which the inbound side cannot know from the SPIFFE ID alone and
+	// Istio's source_workload, source_app… name (Istio's metadata
+	// exchange; proxy/istio.go reads and removes it).
+	WorkloadHeader = "pillion-workload"
 )
 
 // The canonical forms of the names above: http.Header canonicalizes the
@@ -63,6 +68,7 @@ var (
 	origProtoKey    = http.CanonicalHeaderKey(OrigProtoHeader)
 	attemptCountKey = http.CanonicalHeaderKey(AttemptCountHeader)
 	serviceKey      = http.CanonicalHeaderKey(ServiceHeader)
+	workloadKey     = http.CanonicalHeaderKey(WorkloadHeader)
 )
 
 // DefaultUpstreamServiceTimeHeader is the header Envoy sets, so existing
@@ -210,7 +216,7 @@ type attempt struct {
 	respMu      sync.Mutex
 	headersDone bool
 	// vals holds the values outgoing sets, saving an allocation each.
-	vals  [4]string
+	vals  [5]string
 	nvals int
 }
 
@@ -273,8 +279,14 @@ func (rt *Router) outgoing(r *http.Request, a *attempt) *http.Request {
 		a.set(h, origProtoKey, a.origProto)
 	}
 	delete(h, serviceKey)
-	if a.info.Direction == filters.Outbound && a.ep.Meshed && a.ep.Service.Name != "" {
-		a.set(h, serviceKey, a.ep.Service.String())
+	delete(h, workloadKey)
+	if a.info.Direction == filters.Outbound && a.ep.Meshed {
+		if a.ep.Service.Name != "" {
+			a.set(h, serviceKey, a.ep.Service.String())
+		}
+		if rt.env.Workload != "" {
+			a.set(h, workloadKey, rt.env.Workload)
+		}
 	}
 	// The sidecar that retries says which attempt this is: outbound, or
 	// inbound when the peer did not say (a caller outside the mesh).

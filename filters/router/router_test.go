@@ -445,3 +445,39 @@ func TestNoHealthyUpstream(t *testing.T) {
 		t.Errorf("a request was sent with no endpoint picked")
 	}
 }
+
+// TestPeerHeaders: outbound to a meshed endpoint, the router tells the
+// peer sidecar the Service it picked the endpoint for and its own
+// workload; to any other endpoint, and inbound, neither, and what the
+// request carried of them is dropped.
+func TestPeerHeaders(t *testing.T) {
+	const self = "fe;fe-app;v1;Kubernetes"
+	svc := upstream.Service{Namespace: "shop", Name: "cart"}
+	for _, tc := range []struct {
+		name   string
+		dir    filters.Direction
+		meshed bool
+		want   bool
+	}{
+		{"outbound to a meshed endpoint", filters.Outbound, true, true},
+		{"outbound to a plain endpoint", filters.Outbound, false, false},
+		{"inbound", filters.Inbound, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			up := &fakeUpstream{clock: &fakeClock{t: time.Unix(1000, 0)}}
+			rt, err := New(Config{}, filters.Env{Log: zap.NewNop(), Now: up.clock.now, Upstream: up, Workload: self,
+				Route: func(netip.AddrPort) upstream.Route { return upstream.Fixed{Addr: app, Meshed: tc.meshed, Service: svc} }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := httptest.NewRequest("GET", "http://cart.shop/", nil)
+			r.Header.Set(WorkloadHeader, "forged;x;y;z")
+			r.Header.Set(ServiceHeader, "forged.x")
+			serve(rt, r, &filters.Info{Direction: tc.dir})
+			gotW, gotS := up.got.Header.Get(WorkloadHeader), up.got.Header.Get(ServiceHeader)
+			if tc.want && (gotW != self || gotS != "cart.shop") || !tc.want && (gotW != "" || gotS != "") {
+				t.Errorf("sent %s %q and %s %q (want them: %v)", WorkloadHeader, gotW, ServiceHeader, gotS, tc.want)
+			}
+		})
+	}
+}

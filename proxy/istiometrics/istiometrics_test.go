@@ -205,6 +205,20 @@ func TestRequestLabels(t *testing.T) {
 			"request_protocol": "http", "response_flags": "-", "connection_security_policy": "mutual_tls", "response_code": "200", "grpc_response_status": "",
 		},
 	}, {
+		name: "destination, mTLS, the caller's sidecar said its workload",
+		self: Workload{Name: "web", Namespace: "shop", Cluster: "east"},
+		req: Request{Conn: Conn{Reporter: Destination, Local: callee, Peer: caller, Service: upstream.Service{Namespace: "shop", Name: "web-svc"},
+			PeerWorkload: Workload{Name: "fe", Namespace: "front", App: "fe-app", Version: "v1", Cluster: "west"}}, Code: 200, Flags: "-"},
+		want: map[string]string{
+			"reporter": "destination", "source_workload": "fe", "source_workload_namespace": "front", "source_principal": caller,
+			"source_app": "fe-app", "source_version": "v1", "source_canonical_service": "fe-app", "source_canonical_revision": "v1", "source_cluster": "west",
+			"destination_workload": "web", "destination_workload_namespace": "shop", "destination_principal": callee,
+			"destination_app": "unknown", "destination_version": "unknown", "destination_service": "web-svc.shop.svc.cluster.local",
+			"destination_service_name": "web-svc", "destination_service_namespace": "shop", "destination_canonical_service": "web",
+			"destination_canonical_revision": "latest", "destination_cluster": "east",
+			"request_protocol": "http", "response_flags": "-", "connection_security_policy": "mutual_tls", "response_code": "200", "grpc_response_status": "",
+		},
+	}, {
 		name: "destination, plaintext caller, no response",
 		self: self,
 		req:  Request{Conn: Conn{Reporter: Destination}, Code: 0, Flags: "DC"},
@@ -342,6 +356,25 @@ func TestNamespaceOf(t *testing.T) {
 	} {
 		if got := namespaceOf(id); got != want {
 			t.Errorf("namespaceOf(%q) = %q, want %q", id, got, want)
+		}
+	}
+}
+
+// TestPeer: what a sidecar tells its peers of its workload reads back
+// whole, its namespace the peer's SPIFFE ID's; anything else says nothing.
+func TestPeer(t *testing.T) {
+	const peer = "spiffe://cluster.local/ns/front/sa/fe"
+	w := Workload{Name: "fe", Namespace: "ignored", App: "fe-app", Version: "v1.2_3", Cluster: "west"}
+	got, ok := ParsePeer(w.Peer(), peer)
+	if want := (Workload{Name: "fe", Namespace: "front", App: "fe-app", Version: "v1.2_3", Cluster: "west"}); !ok || got != want {
+		t.Errorf("ParsePeer(%q) = %+v, %v; want %+v", w.Peer(), got, ok, want)
+	}
+	if (Workload{App: "a"}).Peer() != "" {
+		t.Error("a workload without a name says something")
+	}
+	for _, bad := range []string{"", "fe", "fe;a;v", "fe;a;v;c;x", ";a;v;c", "fe;a b;v;c", "fe;a;v;c\n", "fe;" + strings.Repeat("a", 64) + ";v;c", "fe/x;a;v;c"} {
+		if w, ok := ParsePeer(bad, peer); ok {
+			t.Errorf("ParsePeer(%q) = %+v, want nothing", bad, w)
 		}
 	}
 }

@@ -132,6 +132,46 @@ func (w Workload) canonicalService() string { return or(w.App, w.Name) }
 // canonicalRevision is the version, else "latest", as Istio's.
 func (w Workload) canonicalRevision() string { return or(w.Version, "latest") }
 
+// Peer is w as the sidecar tells peer sidecars: "name;app;version;cluster"
+// (the namespace the peer reads from the SPIFFE ID, which is verified).
+// "" when w has no name.
+func (w Workload) Peer() string {
+	if w.Name == "" {
+		return ""
+	}
+	return w.Name + ";" + w.App + ";" + w.Version + ";" + w.Cluster
+}
+
+// ParsePeer reads what the peer sidecar of SPIFFE ID peer said of its
+// workload (Peer), its namespace the ID's. A value that is not four label
+// values (Kubernetes': at most 63 of [A-Za-z0-9._-]) says nothing.
+func ParsePeer(v, peer string) (Workload, bool) {
+	f := strings.Split(v, ";")
+	if len(f) != 4 || f[0] == "" {
+		return Workload{}, false
+	}
+	for _, s := range f {
+		if !labelValue(s) {
+			return Workload{}, false
+		}
+	}
+	return Workload{Name: f[0], Namespace: namespaceOf(peer), App: f[1], Version: f[2], Cluster: f[3]}, true
+}
+
+// labelValue reports whether s can be a Kubernetes label value (the empty
+// one included).
+func labelValue(s string) bool {
+	if len(s) > 63 {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if (c < 'a' || c > 'z') && (c < 'A' || c > 'Z') && (c < '0' || c > '9') && c != '.' && c != '_' && c != '-' {
+			return false
+		}
+	}
+	return true
+}
+
 func or(v, dflt string) string {
 	if v == "" {
 		return dflt
@@ -172,6 +212,9 @@ type Conn struct {
 	// named, inbound the one the peer sidecar said it called; the zero
 	// Service when none.
 	Service upstream.Service
+	// PeerWorkload is, inbound, the caller's workload as its sidecar said
+	// (ParsePeer); zero when it said nothing.
+	PeerWorkload Workload
 }
 
 // namespaceOf is the namespace in a SPIFFE ID of the form
@@ -226,15 +269,20 @@ func (m *Metrics) connLabels(l *[numLabels]string, c Conn) {
 		// The client side cannot tell the policy, as Istio's.
 		l[lConnectionSecurityPolicy] = Unknown
 	case Destination:
-		// No metadata exchange: of the caller only its SPIFFE ID is known.
-		l[lSourceWorkload] = Unknown
+		// Of the caller, its SPIFFE ID, and what its sidecar said of its
+		// workload (none: a caller outside the mesh, or an opaque stream).
+		pw := c.PeerWorkload
+		l[lSourceWorkload] = or(pw.Name, Unknown)
 		l[lSourceWorkloadNamespace] = or(peerNS, Unknown)
 		l[lSourcePrincipal] = principal(c.Peer)
-		l[lSourceApp] = Unknown
-		l[lSourceVersion] = Unknown
-		l[lSourceCanonicalService] = Unknown
-		l[lSourceCanonicalRevision] = "latest"
+		l[lSourceApp] = or(pw.App, Unknown)
+		l[lSourceVersion] = or(pw.Version, Unknown)
+		l[lSourceCanonicalService] = or(pw.canonicalService(), Unknown)
+		l[lSourceCanonicalRevision] = pw.canonicalRevision()
 		l[lSourceCluster] = Unknown
+		if pw.Name != "" {
+			l[lSourceCluster] = or(pw.Cluster, DefaultCluster)
+		}
 		l[lDestinationWorkload] = or(self.Name, Unknown)
 		l[lDestinationWorkloadNamespace] = or(self.Namespace, Unknown)
 		l[lDestinationPrincipal] = principal(c.Local)
