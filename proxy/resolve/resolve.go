@@ -72,12 +72,11 @@ type Resolver struct {
 	wake   chan struct{}    // a subscription is waiting to be sent
 
 	up atomic.Bool // a stream is open
-	// settled: the first attempt at a stream is over (it opened, or
-	// failed), or a lookup waited FirstAnswer for it in vain (the stream
-	// waits for its connection, which may never come). Until then first
-	// lookups wait for their answer, so that a sidecar's first requests are
-	// not sent to a Service's virtual IP while its stream is still
-	// connecting.
+	// settled: a stream opened once, or a lookup waited FirstAnswer for
+	// one in vain (the stream waits for its connection, which may never
+	// come, or its attempts fail). Until then first lookups wait for their
+	// answer, so that a sidecar's first requests are not sent to a
+	// Service's virtual IP while its stream is still connecting.
 	settled atomic.Bool
 }
 
@@ -185,8 +184,11 @@ func (r *Resolver) Run(ctx context.Context) {
 	}
 	backoff := r.cfg.MinBackoff
 	for ctx.Err() == nil {
+		// A stream that failed before it opened settles nothing: first
+		// lookups go on waiting (up to FirstAnswer) for the retry to
+		// answer, rather than send a sidecar's first requests to a
+		// Service's virtual IP because one attempt was refused.
 		opened, err := r.stream(ctx)
-		r.settled.Store(true)
 		if ctx.Err() != nil {
 			return
 		}
