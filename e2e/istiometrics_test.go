@@ -165,7 +165,7 @@ func TestIstioMetrics(t *testing.T) {
 		for range n {
 			code, pod, err := m.get(c)
 			if err != nil || code != wantCode || pod != "web-0" {
-				t.Fatalf("GET web: %d from %q, %v; want %d from web-0", code, pod, err, wantCode)
+				t.Fatalf("GET web: %d from %q, %v; want %d from web-0\nthe client sidecar's warnings:\n%s", code, pod, err, wantCode, warnings(m.client))
 			}
 		}
 	}
