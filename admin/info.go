@@ -55,6 +55,9 @@ type Balanced struct {
 	// must present.
 	Meshed   bool
 	Identity string
+	// Workload is its pod's workload as discovery named it,
+	// "name.namespace"; "" when not known.
+	Workload string
 }
 
 // healthFlags is Envoy's health_flags text: "healthy", or the reasons it is
@@ -114,6 +117,7 @@ func (s *server) clusters(w http.ResponseWriter, r *http.Request) {
 					fmt.Fprintf(&b, "%s::%s::zone::%s\n", c.Name, e.Address, bal.Zone)
 					fmt.Fprintf(&b, "%s::%s::ewma_ms::%.3f\n", c.Name, e.Address, float64(bal.EWMA.Microseconds())/1000)
 					fmt.Fprintf(&b, "%s::%s::identity::%s\n", c.Name, e.Address, bal.Identity)
+					fmt.Fprintf(&b, "%s::%s::workload::%s\n", c.Name, e.Address, bal.Workload)
 				}
 			}
 		}
@@ -148,7 +152,7 @@ func (s *server) clusters(w http.ResponseWriter, r *http.Request) {
 }
 
 // balancedJSON is Balanced in Envoy's host_status shape, plus pillion's
-// own ewma_ms and identity.
+// own ewma_ms, identity and workload.
 type balancedJSON struct {
 	HealthStatus struct {
 		EDSHealthStatus    string `json:"eds_health_status"`
@@ -161,13 +165,14 @@ type balancedJSON struct {
 	EWMAMillis float64 `json:"ewma_ms"`
 	Failures   uint64  `json:"rq_error"`
 	Identity   string  `json:"identity,omitempty"`
+	Workload   string  `json:"workload,omitempty"`
 }
 
 func (b *Balanced) json() *balancedJSON {
 	if b == nil {
 		return nil
 	}
-	j := &balancedJSON{Weight: b.Weight, EWMAMillis: float64(b.EWMA.Microseconds()) / 1000, Failures: b.Failures, Identity: b.Identity}
+	j := &balancedJSON{Weight: b.Weight, EWMAMillis: float64(b.EWMA.Microseconds()) / 1000, Failures: b.Failures, Identity: b.Identity, Workload: b.Workload}
 	j.HealthStatus.EDSHealthStatus, j.HealthStatus.FailedOutlierCheck = b.Health, b.Ejected
 	j.Locality.Zone = b.Zone
 	return j

@@ -9,8 +9,9 @@
 //	Index      indexes over them: Service by cluster IP, EndpointSlice by
 //	           Service and by endpoint address, Pod by IP (index.go)
 //	Lookup     ip:port → Destination: a Service port's endpoints with their
-//	           conditions, zone, whether a pillion sidecar runs there and the
-//	           SPIFFE ID it must present; a pod; or unknown (lookup.go)
+//	           conditions, zone, whether a pillion sidecar runs there, the
+//	           SPIFFE ID it must present and its pod's workload (package
+//	           workload, the injector's rule); a pod; or unknown (lookup.go)
 //	Server     the Discovery.Watch gRPC service: one stream per sidecar,
 //	           subscriptions by ip:port, each answered at once and again,
 //	           whole, when it changes (server.go, stream.go)

@@ -22,7 +22,12 @@ func TestTrim(t *testing.T) {
 	managed := []metav1.ManagedFieldsEntry{{Manager: "kubectl", Operation: metav1.ManagedFieldsOperationApply}}
 	fullPod := pod("shop", "web-1", "web", true, "10.1.0.1")
 	fullPod.ManagedFields = managed
-	fullPod.Labels = map[string]string{"app": "web"}
+	fullPod.Labels = map[string]string{"app": "web", "team": "checkout", "pod-template-hash": "5d8f7c9b4"}
+	fullPod.GenerateName = "web-5d8f7c9b4-"
+	fullPod.OwnerReferences = []metav1.OwnerReference{
+		{Kind: "Node", Name: "node-1"},
+		{Kind: "ReplicaSet", Name: "web-5d8f7c9b4", APIVersion: "apps/v1", UID: "5678", Controller: ptr(true), BlockOwnerDeletion: ptr(true)},
+	}
 	fullPod.Annotations["kubectl.kubernetes.io/last-applied-configuration"] = "{...}"
 	fullPod.Spec.Containers = []corev1.Container{{Name: "web", Image: "nginx", Env: []corev1.EnvVar{{Name: "A", Value: "b"}}}}
 	fullPod.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}
@@ -48,9 +53,14 @@ func TestTrim(t *testing.T) {
 		want runtime.Object
 	}{
 		{idx.pods.GetStore(), &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "web-1", Annotations: map[string]string{statusMarker: ""}},
-			Spec:       corev1.PodSpec{ServiceAccountName: "web", NodeName: "node-1"},
-			Status:     corev1.PodStatus{Phase: corev1.PodRunning, PodIPs: []corev1.PodIP{{IP: "10.1.0.1"}}},
+			ObjectMeta: metav1.ObjectMeta{
+				Namespace: "shop", Name: "web-1", GenerateName: "web-5d8f7c9b4-", Annotations: map[string]string{statusMarker: ""},
+				// What names the workload: its labels and controller.
+				Labels:          map[string]string{"app": "web", "pod-template-hash": "5d8f7c9b4"},
+				OwnerReferences: []metav1.OwnerReference{{Kind: "ReplicaSet", Name: "web-5d8f7c9b4", Controller: ptr(true)}},
+			},
+			Spec:   corev1.PodSpec{ServiceAccountName: "web", NodeName: "node-1"},
+			Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIPs: []corev1.PodIP{{IP: "10.1.0.1"}}},
 		}},
 		{idx.services.GetStore(), service("shop", "web", []string{"10.96.0.10"}, svcPort("http", 80, 8080, "http"))},
 		{idx.slices.GetStore(), slice("shop", "web-a", "web", discv1.AddressTypeIPv4, []discv1.EndpointPort{slicePortOf("http", 8080)},

@@ -12,6 +12,7 @@ import (
 
 	discoveryv1 "github.com/pillionmesh/pillion/api/discovery/v1"
 	"github.com/pillionmesh/pillion/injector"
+	"github.com/pillionmesh/pillion/workload"
 )
 
 // A topic is what an informer event may change and what a lookup's answer
@@ -249,11 +250,13 @@ func (l *lookup) endpoint(ns string, e *discv1.Endpoint, port uint16) *discovery
 }
 
 // mesh sets whether a pillion sidecar runs in pod, and the identity it
-// presents.
+// presents, and names pod's workload.
 func (l *lookup) mesh(ep *discoveryv1.Endpoint, pod *corev1.Pod) {
 	if pod == nil {
 		return
 	}
+	n := workload.Of(pod)
+	ep.Workload = &discoveryv1.Workload{Name: n.Workload, App: n.App, Version: n.Version}
 	if _, ok := pod.Annotations[injector.StatusAnnotation]; !ok {
 		return
 	}

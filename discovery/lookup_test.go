@@ -8,6 +8,7 @@ import (
 	"google.golang.org/protobuf/testing/protocmp"
 	corev1 "k8s.io/api/core/v1"
 	discv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 
 	discoveryv1 "github.com/pillionmesh/pillion/api/discovery/v1"
@@ -34,14 +35,14 @@ func world() []runtime.Object {
 			endpoint("10.1.0.4", "shop", "web-4", "", yes, yes, no)), // a pod the informer has not seen
 		slice("shop", "web-v6", "web", discv1.AddressTypeIPv6, []discv1.EndpointPort{slicePortOf("http", 8080)},
 			endpoint("fd00:1::1", "shop", "web-1", "zone-a", yes, yes, no)),
-		pod("shop", "web-1", "web", true, "10.1.0.1", "fd00:1::1"),
-		pod("shop", "web-2", "", true, "10.1.0.2"),
-		pod("shop", "web-3", "web", false, "10.1.0.3"),
+		ownedBy(pod("shop", "web-1", "web", true, "10.1.0.1", "fd00:1::1"), "ReplicaSet", "web-5d8f7c9b4", "app", "web", "version", "v1", "pod-template-hash", "5d8f7c9b4"),
+		ownedBy(pod("shop", "web-2", "", true, "10.1.0.2"), "ReplicaSet", "web-5d8f7c9b4", "app", "web", "version", "v1", "pod-template-hash", "5d8f7c9b4"),
+		ownedBy(pod("shop", "web-3", "web", false, "10.1.0.3"), "", "", "app.kubernetes.io/name", "web-legacy"),
 
 		service("shop", "db", []string{"None"}, svcPort("mysql", 3306, 3306, "mysql")),
 		slice("shop", "db-x", "db", discv1.AddressTypeIPv4, []discv1.EndpointPort{mysqlPort()},
 			endpoint("10.1.0.9", "shop", "db-0", "zone-c", yes, yes, no)),
-		pod("shop", "db-0", "db", true, "10.1.0.9"),
+		ownedBy(pod("shop", "db-0", "db", true, "10.1.0.9"), "StatefulSet", "db", "app.kubernetes.io/version", "8.4"),
 
 		service("shop", "empty", []string{"10.96.0.12"}, svcPort("", 80, 80, "")),
 		service("kube-system", "dns", []string{"10.96.0.53"},
@@ -50,6 +51,19 @@ func world() []runtime.Object {
 		done,
 		hostPod,
 	}
+}
+
+// ownedBy makes kind/name p's controller ("": none) and gives it the
+// labels of the pairs kv.
+func ownedBy(p *corev1.Pod, kind, name string, kv ...string) *corev1.Pod {
+	if kind != "" {
+		p.OwnerReferences = []metav1.OwnerReference{{Kind: kind, Name: name, Controller: ptr(true)}}
+	}
+	p.Labels = map[string]string{"team": "checkout"} // not kept
+	for i := 0; i+1 < len(kv); i += 2 {
+		p.Labels[kv[i]] = kv[i+1]
+	}
+	return p
 }
 
 func mysqlPort() discv1.EndpointPort {
@@ -65,15 +79,16 @@ func TestLookup(t *testing.T) {
 		return &discoveryv1.ServiceRef{Namespace: "shop", Name: "web", PortName: portName}
 	}
 	podRef := func(name string) *discoveryv1.PodRef { return &discoveryv1.PodRef{Namespace: "shop", Name: name} }
+	webDeploy := &discoveryv1.Workload{Name: "web", App: "web", Version: "v1"}
 	web1 := func(addr string) *discoveryv1.Endpoint {
 		return &discoveryv1.Endpoint{Address: addr, Weight: 1, Zone: "zone-a", Ready: true, Serving: true,
-			Meshed: true, Identity: id("shop", "web"), Pod: podRef("web-1")}
+			Meshed: true, Identity: id("shop", "web"), Pod: podRef("web-1"), Workload: webDeploy}
 	}
 	web2 := func(addr string) *discoveryv1.Endpoint {
 		return &discoveryv1.Endpoint{Address: addr, Weight: 1, Zone: "zone-b", Serving: true, Terminating: true,
-			Meshed: true, Identity: id("shop", "default"), Pod: podRef("web-2")}
+			Meshed: true, Identity: id("shop", "default"), Pod: podRef("web-2"), Workload: webDeploy}
 	}
-	web3 := &discoveryv1.Endpoint{Address: "10.1.0.3:8080", Weight: 1, Ready: true, Serving: true, Pod: podRef("web-3")}
+	web3 := &discoveryv1.Endpoint{Address: "10.1.0.3:8080", Weight: 1, Ready: true, Serving: true, Pod: podRef("web-3"), Workload: &discoveryv1.Workload{Name: "web-3", App: "web-legacy"}}
 	// Ready in its slice, but its pod is not known: withheld, never
 	// announced as an unmeshed endpoint.
 	web4 := &discoveryv1.Endpoint{Address: "10.1.0.4:8080", Weight: 1, Pod: podRef("web-4")}
@@ -106,7 +121,7 @@ func TestLookup(t *testing.T) {
 			Kind: discoveryv1.Destination_POD, Protocol: discoveryv1.ProtocolHint_OPAQUE,
 			Service: &discoveryv1.ServiceRef{Namespace: "shop", Name: "db", PortName: "mysql"},
 			Endpoints: []*discoveryv1.Endpoint{{Address: "10.1.0.9:3306", Weight: 1, Zone: "zone-c", Ready: true, Serving: true,
-				Meshed: true, Identity: id("shop", "db"), Pod: podRef("db-0")}},
+				Meshed: true, Identity: id("shop", "db"), Pod: podRef("db-0"), Workload: &discoveryv1.Workload{Name: "db", Version: "8.4"}}},
 		}},
 		{"pod IP at a service's target port", "10.1.0.1:8080", &discoveryv1.Destination{
 			Kind: discoveryv1.Destination_POD, Service: web("http"),
@@ -114,15 +129,15 @@ func TestLookup(t *testing.T) {
 		}},
 		{"pod IPv6 on a port no service selects", "[fd00:1::1]:7777", &discoveryv1.Destination{
 			Kind:      discoveryv1.Destination_POD,
-			Endpoints: []*discoveryv1.Endpoint{{Address: "[fd00:1::1]:7777", Weight: 1, Ready: true, Serving: true, Meshed: true, Identity: id("shop", "web"), Pod: podRef("web-1")}},
+			Endpoints: []*discoveryv1.Endpoint{{Address: "[fd00:1::1]:7777", Weight: 1, Ready: true, Serving: true, Meshed: true, Identity: id("shop", "web"), Pod: podRef("web-1"), Workload: webDeploy}},
 		}},
 		{"unmeshed pod", "10.1.0.3:8080", &discoveryv1.Destination{
 			Kind: discoveryv1.Destination_POD, Service: web("http"),
-			Endpoints: []*discoveryv1.Endpoint{{Address: "10.1.0.3:8080", Weight: 1, Ready: true, Serving: true, Pod: podRef("web-3")}},
+			Endpoints: []*discoveryv1.Endpoint{{Address: "10.1.0.3:8080", Weight: 1, Ready: true, Serving: true, Pod: podRef("web-3"), Workload: &discoveryv1.Workload{Name: "web-3", App: "web-legacy"}}},
 		}},
 		{"meshed pod of no service, default service account", "10.1.0.20:80", &discoveryv1.Destination{
 			Kind:      discoveryv1.Destination_POD,
-			Endpoints: []*discoveryv1.Endpoint{{Address: "10.1.0.20:80", Weight: 1, Ready: true, Serving: true, Meshed: true, Identity: id("shop", "default"), Pod: podRef("lonely")}},
+			Endpoints: []*discoveryv1.Endpoint{{Address: "10.1.0.20:80", Weight: 1, Ready: true, Serving: true, Meshed: true, Identity: id("shop", "default"), Pod: podRef("lonely"), Workload: &discoveryv1.Workload{Name: "lonely"}}},
 		}},
 		{"a finished pod's IP", "10.1.0.30:80", unknown},
 		{"a host-network pod's IP (the node's)", "192.168.0.5:10250", unknown},

@@ -7,6 +7,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/pillionmesh/pillion/injector"
+	"github.com/pillionmesh/pillion/workload"
 )
 
 // The informers keep only what Lookup reads: a cluster holds many pods,
@@ -34,11 +35,15 @@ func trimMeta(m metav1.ObjectMeta) metav1.ObjectMeta {
 }
 
 // trimPod keeps whether the injector marked the pod (pillion.io/status,
-// present or not: its value is dropped), its service account and node, and
-// what decides whether its IPs are its own: phase, host network.
+// present or not: its value is dropped), its service account and node,
+// what decides whether its IPs are its own (phase, host network), and what
+// names its workload (workload.Inputs, and its generateName).
 func trimPod(p *corev1.Pod) *corev1.Pod {
+	meta := trimMeta(p.ObjectMeta)
+	meta.GenerateName = p.GenerateName
+	meta.Labels, meta.OwnerReferences = workload.Inputs(&p.ObjectMeta)
 	out := &corev1.Pod{
-		ObjectMeta: trimMeta(p.ObjectMeta),
+		ObjectMeta: meta,
 		Spec: corev1.PodSpec{
 			ServiceAccountName: p.Spec.ServiceAccountName,
 			NodeName:           p.Spec.NodeName,

@@ -166,7 +166,12 @@ func (m *clusterMesh) startWeb(t *testing.T, name string) {
 	defer cancel()
 	_, err = m.env.RunPod(ctx, &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
-			Name: name, Namespace: clusterNS, Labels: map[string]string{"app": "web"},
+			Name: name, Namespace: clusterNS, Labels: map[string]string{"app": "web", "pod-template-hash": "5d8f7c9b4"},
+			// A pod of Deployment web (no controller runs here to mind
+			// the owner): discovery names its workload "web", as the
+			// sidecar's flags do.
+			OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "web-5d8f7c9b4",
+				UID: "e2e-web-5d8f7c9b4", Controller: new(true)}},
 			// The injector's marker: a pillion sidecar runs here.
 			Annotations: map[string]string{"pillion.io/status": `{"version":"e2e"}`},
 		},

@@ -129,7 +129,7 @@ func TestDiscoveryBalancesServiceRequests(t *testing.T) {
 	cluster := "outbound|80||web.default::"
 	for _, name := range webs {
 		ep := cluster + hostPort(m.webs[name].pod.IPv4, 8080)
-		for _, line := range []string{ep + "::identity::" + meshtest.PodID(m.webs[name].pod), ep + "::weight::1"} {
+		for _, line := range []string{ep + "::identity::" + meshtest.PodID(m.webs[name].pod), ep + "::weight::1", ep + "::workload::web.default"} {
 			if !strings.Contains(text, line+"\n") {
 				t.Errorf("/clusters lacks %q:\n%s", line, text)
 			}

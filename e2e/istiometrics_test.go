@@ -204,14 +204,15 @@ func TestIstioMetrics(t *testing.T) {
 
 	clientID, webID := m.issuer.ID(m.client.Pod), m.issuer.ID(web.pod)
 	// reporter=source, on the client's sidecar: the client from its
-	// flags, the destination from discovery and the mTLS peer.
+	// flags, the destination from discovery (the Service, the endpoint's
+	// workload named from its pod's owner and labels) and the mTLS peer.
 	src := map[string]string{
 		"reporter": "source", "source_workload": "client", "source_workload_namespace": "default", "source_principal": clientID,
 		"source_app": "client", "source_version": "unknown", "source_canonical_service": "client", "source_canonical_revision": "latest",
-		"source_cluster": "Kubernetes", "destination_workload": "unknown", "destination_workload_namespace": "default",
-		"destination_principal": webID, "destination_app": "unknown", "destination_version": "unknown",
+		"source_cluster": "Kubernetes", "destination_workload": "web", "destination_workload_namespace": "default",
+		"destination_principal": webID, "destination_app": "web", "destination_version": "unknown",
 		"destination_service": "web.default.svc.cluster.local", "destination_service_name": "web", "destination_service_namespace": "default",
-		"destination_canonical_service": "unknown", "destination_canonical_revision": "latest", "destination_cluster": "unknown",
+		"destination_canonical_service": "web", "destination_canonical_revision": "latest", "destination_cluster": "Kubernetes",
 		"response_flags": "-", "connection_security_policy": "unknown",
 	}
 	// reporter=destination, on web's sidecar: web from its flags, the

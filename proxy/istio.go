@@ -67,8 +67,9 @@ func (s *Server) endIstio(ir *istioRequest, info *filters.Info, o *filters.Obser
 }
 
 // istioConn is what the Istio labels of a request or connection in
-// direction d follow from: outbound the endpoint picked (ep), inbound the
-// caller's SPIFFE ID (peer; "" when not mTLS).
+// direction d follow from: outbound the endpoint picked (ep) and its
+// workload as discovery named it, inbound the caller's SPIFFE ID (peer; ""
+// when not mTLS).
 func (s *Server) istioConn(d Direction, ep upstream.Endpoint, peer string) istiometrics.Conn {
 	if d == Inbound {
 		c := istiometrics.Conn{Reporter: istiometrics.Destination, Peer: peer}
@@ -78,6 +79,9 @@ func (s *Server) istioConn(d Direction, ep upstream.Endpoint, peer string) istio
 		return c
 	}
 	c := istiometrics.Conn{Reporter: istiometrics.Source, Service: ep.Service}
+	if w := ep.Workload; w != nil {
+		c.PeerWorkload = istiometrics.Workload{Name: w.Name, Namespace: w.Namespace, App: w.App, Version: w.Version}
+	}
 	if ep.Meshed {
 		c.Local, c.Peer = s.localID(), ep.Identity
 	}

@@ -173,6 +173,14 @@ func (o *ops) clusters() []admin.Cluster {
 	return append(out, discoveredClusters(o.s.Routes())...)
 }
 
+// workloadName is w as /clusters shows it, "name.namespace"; "" for nil.
+func workloadName(w *upstream.Workload) string {
+	if w == nil || w.Name == "" {
+		return ""
+	}
+	return w.Name + "." + w.Namespace
+}
+
 // discoveredClusters shows each destination discovery answered for as a
 // cluster named as Envoy names a Service's ("outbound|<port>||<name>.<namespace>",
 // or the destination for a pod), its endpoints with their balancer state.
@@ -196,7 +204,7 @@ func discoveredClusters(routes []proxy.ServiceRoute) []admin.Cluster {
 				Address: e.Addr.String(), Protocol: "balanced",
 				ActiveRequests: e.Pending, TotalRequests: e.Requests,
 				Balanced: &admin.Balanced{Weight: e.Weight, Zone: e.Zone, Health: health, Ejected: e.Ejected,
-					EWMA: e.EWMA, Failures: e.Failures, Meshed: e.Meshed, Identity: e.Identity},
+					EWMA: e.EWMA, Failures: e.Failures, Meshed: e.Meshed, Identity: e.Identity, Workload: workloadName(e.Workload)},
 			})
 		}
 		out = append(out, c)

@@ -180,6 +180,32 @@ func TestRequestLabels(t *testing.T) {
 			"request_protocol": "grpc", "response_flags": "-", "connection_security_policy": "unknown", "response_code": "200", "grpc_response_status": "5",
 		},
 	}, {
+		name: "source, mTLS to a Service's endpoint whose workload discovery named",
+		self: Workload{Name: "fe", Namespace: "front", Cluster: "east"},
+		req: Request{Conn: Conn{Reporter: Source, Local: caller, Peer: callee, Service: upstream.Service{Namespace: "shop", Name: "web-svc"},
+			PeerWorkload: Workload{Name: "web", Namespace: "shop", App: "web-app"}}, Code: 200, Flags: "-"},
+		want: map[string]string{
+			"reporter": "source", "source_workload": "fe", "source_workload_namespace": "front", "source_principal": caller,
+			"source_app": "unknown", "source_version": "unknown", "source_canonical_service": "fe", "source_canonical_revision": "latest", "source_cluster": "east",
+			"destination_workload": "web", "destination_workload_namespace": "shop", "destination_principal": callee,
+			"destination_app": "web-app", "destination_version": "unknown", "destination_service": "web-svc.shop.svc.cluster.local",
+			"destination_service_name": "web-svc", "destination_service_namespace": "shop", "destination_canonical_service": "web-app",
+			"destination_canonical_revision": "latest", "destination_cluster": "east",
+			"request_protocol": "http", "response_flags": "-", "connection_security_policy": "unknown", "response_code": "200", "grpc_response_status": "",
+		},
+	}, {
+		name: "source, plaintext to a pod of no Service, its workload named",
+		req:  Request{Conn: Conn{Reporter: Source, PeerWorkload: Workload{Name: "legacy", Namespace: "old", Version: "1.0"}}, Code: 200, Flags: "-"},
+		want: map[string]string{
+			"reporter": "source", "source_workload": "unknown", "source_workload_namespace": "unknown", "source_principal": "unknown",
+			"source_app": "unknown", "source_version": "unknown", "source_canonical_service": "unknown", "source_canonical_revision": "latest", "source_cluster": "Kubernetes",
+			"destination_workload": "legacy", "destination_workload_namespace": "old", "destination_principal": "unknown",
+			"destination_app": "unknown", "destination_version": "1.0", "destination_service": "unknown",
+			"destination_service_name": "unknown", "destination_service_namespace": "old", "destination_canonical_service": "legacy",
+			"destination_canonical_revision": "1.0", "destination_cluster": "Kubernetes",
+			"request_protocol": "http", "response_flags": "-", "connection_security_policy": "unknown", "response_code": "200", "grpc_response_status": "",
+		},
+	}, {
 		name: "source, plaintext, nothing known",
 		req:  Request{Conn: Conn{Reporter: Source}, Code: 503, GRPCStatus: "14", Flags: "UF"},
 		want: map[string]string{

@@ -151,25 +151,11 @@ func ParsePeer(v, peer string) (Workload, bool) {
 		return Workload{}, false
 	}
 	for _, s := range f {
-		if !labelValue(s) {
+		if !upstream.LabelValue(s) {
 			return Workload{}, false
 		}
 	}
 	return Workload{Name: f[0], Namespace: namespaceOf(peer), App: f[1], Version: f[2], Cluster: f[3]}, true
-}
-
-// labelValue reports whether s can be a Kubernetes label value (the empty
-// one included).
-func labelValue(s string) bool {
-	if len(s) > 63 {
-		return false
-	}
-	for _, c := range []byte(s) {
-		if (c < 'a' || c > 'z') && (c < 'A' || c > 'Z') && (c < '0' || c > '9') && c != '.' && c != '_' && c != '-' {
-			return false
-		}
-	}
-	return true
 }
 
 func or(v, dflt string) string {
@@ -212,8 +198,9 @@ type Conn struct {
 	// named, inbound the one the peer sidecar said it called; the zero
 	// Service when none.
 	Service upstream.Service
-	// PeerWorkload is, inbound, the caller's workload as its sidecar said
-	// (ParsePeer); zero when it said nothing.
+	// PeerWorkload is the other side's workload: outbound the endpoint's
+	// as discovery named it, inbound the caller's as its sidecar said
+	// (ParsePeer); zero when none is known.
 	PeerWorkload Workload
 }
 
@@ -245,13 +232,15 @@ func (m *Metrics) connLabels(l *[numLabels]string, c Conn) {
 		l[lSourceCanonicalService] = or(self.canonicalService(), Unknown)
 		l[lSourceCanonicalRevision] = self.canonicalRevision()
 		l[lSourceCluster] = or(self.Cluster, DefaultCluster)
-		// Discovery names the endpoint's pod, not its workload, app or
-		// version; Istio writes unknown when its peer metadata is missing.
-		l[lDestinationWorkload] = Unknown
+		// The endpoint's workload as discovery named it, where Istio reads
+		// the peer's metadata; its namespace, else the peer's SPIFFE ID's.
+		pw := c.PeerWorkload
+		peerNS = or(pw.Namespace, peerNS)
+		l[lDestinationWorkload] = or(pw.Name, Unknown)
 		l[lDestinationWorkloadNamespace] = or(peerNS, Unknown)
 		l[lDestinationPrincipal] = principal(c.Peer)
-		l[lDestinationApp] = Unknown
-		l[lDestinationVersion] = Unknown
+		l[lDestinationApp] = or(pw.App, Unknown)
+		l[lDestinationVersion] = or(pw.Version, Unknown)
 		if s := c.Service; s.Name != "" {
 			l[lDestinationService] = s.Name + "." + s.Namespace + "." + clusterDomain
 			l[lDestinationServiceName] = s.Name
@@ -263,9 +252,13 @@ func (m *Metrics) connLabels(l *[numLabels]string, c Conn) {
 			l[lDestinationServiceName] = Unknown
 			l[lDestinationServiceNamespace] = or(peerNS, Unknown)
 		}
-		l[lDestinationCanonicalService] = Unknown
-		l[lDestinationCanonicalRevision] = "latest"
+		l[lDestinationCanonicalService] = or(pw.canonicalService(), Unknown)
+		l[lDestinationCanonicalRevision] = pw.canonicalRevision()
 		l[lDestinationCluster] = Unknown
+		if pw.Name != "" {
+			// Discovery answers for the sidecar's own cluster.
+			l[lDestinationCluster] = or(self.Cluster, DefaultCluster)
+		}
 		// The client side cannot tell the policy, as Istio's.
 		l[lConnectionSecurityPolicy] = Unknown
 	case Destination:

@@ -145,6 +145,9 @@ func decodeEndpoint(td spiffeid.TrustDomain, e *discoveryv1.Endpoint, svc upstre
 		Serving:     e.GetServing(),
 		Terminating: e.GetTerminating(),
 	}
+	if ep.Workload, err = decodeWorkload(e); err != nil {
+		return balance.Endpoint{}, err
+	}
 	if !ep.Meshed {
 		return ep, nil
 	}
@@ -157,6 +160,20 @@ func decodeEndpoint(td spiffeid.TrustDomain, e *discoveryv1.Endpoint, svc upstre
 	}
 	ep.Identity = id.String()
 	return ep, nil
+}
+
+// decodeWorkload validates what e says of its pod's workload, its
+// namespace the pod's; nil when e names none.
+func decodeWorkload(e *discoveryv1.Endpoint) (*upstream.Workload, error) {
+	w := e.GetWorkload()
+	if w == nil {
+		return nil, nil
+	}
+	u := &upstream.Workload{Name: w.GetName(), Namespace: e.GetPod().GetNamespace(), App: w.GetApp(), Version: w.GetVersion()}
+	if err := u.Validate(); err != nil {
+		return nil, fmt.Errorf("workload: %w", err)
+	}
+	return u, nil
 }
 
 func unmap(ap netip.AddrPort) netip.AddrPort {

@@ -31,7 +31,8 @@ func svcAnswer(eps ...*discoveryv1.Endpoint) *discoveryv1.WatchResponse {
 func TestDecodeService(t *testing.T) {
 	dst, st, err := decode(td, svcAnswer(
 		&discoveryv1.Endpoint{Address: "198.18.0.2:8080", Ready: true, Serving: true, Meshed: true,
-			Identity: "spiffe://cluster.local/ns/shop/sa/web", Zone: "z1"},
+			Identity: "spiffe://cluster.local/ns/shop/sa/web", Zone: "z1",
+			Pod: &discoveryv1.PodRef{Namespace: "shop", Name: "web-1"}, Workload: &discoveryv1.Workload{Name: "web", App: "web", Version: "v1.2_rc-3"}},
 		&discoveryv1.Endpoint{Address: "[::ffff:198.18.0.3]:8080", Weight: 3, Terminating: true, Serving: true},
 	))
 	if err != nil {
@@ -43,7 +44,8 @@ func TestDecodeService(t *testing.T) {
 	svc := upstream.Service{Namespace: "shop", Name: "web"}
 	want := &State{Kind: Service, Service: svc, Protocol: HTTP, Endpoints: []balance.Endpoint{
 		{Endpoint: upstream.Endpoint{Addr: netip.MustParseAddrPort("198.18.0.2:8080"), Meshed: true,
-			Identity: "spiffe://cluster.local/ns/shop/sa/web", Service: svc}, Weight: 1, Zone: "z1", Ready: true, Serving: true},
+			Identity: "spiffe://cluster.local/ns/shop/sa/web", Service: svc,
+			Workload: &upstream.Workload{Name: "web", Namespace: "shop", App: "web", Version: "v1.2_rc-3"}}, Weight: 1, Zone: "z1", Ready: true, Serving: true},
 		{Endpoint: upstream.Endpoint{Addr: netip.MustParseAddrPort("198.18.0.3:8080"), Service: svc},
 			Weight: 3, Serving: true, Terminating: true},
 	}}
@@ -73,6 +75,18 @@ func TestDecodeRefusesWhatCannotBeTrusted(t *testing.T) {
 		{"unknown kind", &discoveryv1.WatchResponse{Destination: "198.19.0.10:80",
 			State: &discoveryv1.Destination{Kind: 7}}, "state.kind: 7 is not a kind this sidecar knows"},
 		{"no state", &discoveryv1.WatchResponse{Destination: "198.19.0.10:80"}, "state: missing"},
+		{"workload without its pod's namespace", svcAnswer(&discoveryv1.Endpoint{Address: "198.18.0.2:8080",
+			Workload: &discoveryv1.Workload{Name: "web"}}),
+			`state.endpoints[0]: workload: namespace: "" is not a Kubernetes namespace`},
+		{"workload name with a space", svcAnswer(&discoveryv1.Endpoint{Address: "198.18.0.2:8080", Pod: &discoveryv1.PodRef{Namespace: "shop"},
+			Workload: &discoveryv1.Workload{Name: "web app"}}),
+			`state.endpoints[0]: workload: name: "web app" is not a Kubernetes object name (at most 253 of a-z, 0-9, '.', '-')`},
+		{"app that is no label value", svcAnswer(&discoveryv1.Endpoint{Address: "198.18.0.2:8080", Pod: &discoveryv1.PodRef{Namespace: "shop"},
+			Workload: &discoveryv1.Workload{Name: "web", App: "a\nb"}}),
+			`state.endpoints[0]: workload: app: "a\nb" is not a label value`},
+		{"version too long", svcAnswer(&discoveryv1.Endpoint{Address: "198.18.0.2:8080", Pod: &discoveryv1.PodRef{Namespace: "shop"},
+			Workload: &discoveryv1.Workload{Name: "web", Version: strings.Repeat("v", 64)}}),
+			`state.endpoints[0]: workload: version: "vvvv`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, st, err := decode(td, tc.m)

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 	"time"
 )
 
@@ -58,6 +59,65 @@ type Endpoint struct {
 	Identity string
 	// Service is the Service the endpoint was picked for, if any.
 	Service Service
+	// Workload names the endpoint's pod, as discovery announced it, for
+	// telemetry; nil when not known. It is shared and never changed.
+	Workload *Workload
+}
+
+// Workload names a pod as Istio's telemetry labels do (discovery's
+// workload.Names, with the pod's namespace); "" is not known.
+type Workload struct {
+	Name, Namespace, App, Version string
+}
+
+// Validate checks that w's fields are what Kubernetes allows them to be,
+// so that they can be label values: the name an object name, the
+// namespace a namespace's (required), the app and version label values.
+// The error names the field.
+func (w *Workload) Validate() error {
+	const (
+		objectChars = "at most 253 of a-z, 0-9, '.', '-'"
+		labelChars  = "at most 63 of A-Z, a-z, 0-9, '.', '_', '-'"
+	)
+	switch {
+	case w.Name != "" && !objectName(w.Name):
+		return fmt.Errorf("name: %q is not a Kubernetes object name (%s)", w.Name, objectChars)
+	case w.Namespace == "" || !objectName(w.Namespace) || strings.Contains(w.Namespace, "."):
+		return fmt.Errorf("namespace: %q is not a Kubernetes namespace (at most 63 of a-z, 0-9, '-')", w.Namespace)
+	case !LabelValue(w.App):
+		return fmt.Errorf("app: %q is not a label value (%s)", w.App, labelChars)
+	case !LabelValue(w.Version):
+		return fmt.Errorf("version: %q is not a label value (%s)", w.Version, labelChars)
+	}
+	return nil
+}
+
+// objectName reports whether s can name a Kubernetes object: 1 to 253 of
+// [a-z0-9.-] (the API server checks the finer rules).
+func objectName(s string) bool {
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '.' && c != '-' {
+			return false
+		}
+	}
+	return true
+}
+
+// LabelValue reports whether s can be a Kubernetes label value, the empty
+// one included: at most 63 of [A-Za-z0-9._-].
+func LabelValue(s string) bool {
+	if len(s) > 63 {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if (c < 'a' || c > 'z') && (c < 'A' || c > 'Z') && (c < '0' || c > '9') && c != '.' && c != '_' && c != '-' {
+			return false
+		}
+	}
+	return true
 }
 
 // Done reports the outcome of a request or connection to a picked

@@ -415,7 +415,11 @@ type Endpoint struct {
 	// service account). Set when meshed.
 	Identity string `protobuf:"bytes,8,opt,name=identity,proto3" json:"identity,omitempty"`
 	// The endpoint's pod, for telemetry.
-	Pod           *PodRef `protobuf:"bytes,9,opt,name=pod,proto3" json:"pod,omitempty"`
+	Pod *PodRef `protobuf:"bytes,9,opt,name=pod,proto3" json:"pod,omitempty"`
+	// The workload of the endpoint's pod, for telemetry (Istio's
+	// destination_workload, _app, _version labels); its namespace is the
+	// pod's. Absent when discovery knows no pod behind the address.
+	Workload      *Workload `protobuf:"bytes,10,opt,name=workload,proto3" json:"workload,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -513,6 +517,80 @@ func (x *Endpoint) GetPod() *PodRef {
 	return nil
 }
 
+func (x *Endpoint) GetWorkload() *Workload {
+	if x != nil {
+		return x.Workload
+	}
+	return nil
+}
+
+// Workload names an endpoint's pod as Istio's telemetry labels do. Each
+// field is "" when not known.
+type Workload struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The pod's controller: a Deployment's pod gives the Deployment, a
+	// CronJob's the CronJob, a pod of no controller its own name. A
+	// Kubernetes object name: at most 253 of [a-z0-9.-].
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The pod's app.kubernetes.io/name label, else its app label.
+	App string `protobuf:"bytes,2,opt,name=app,proto3" json:"app,omitempty"`
+	// The pod's app.kubernetes.io/version label, else its version label.
+	Version       string `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Workload) Reset() {
+	*x = Workload{}
+	mi := &file_api_discovery_v1_discovery_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Workload) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Workload) ProtoMessage() {}
+
+func (x *Workload) ProtoReflect() protoreflect.Message {
+	mi := &file_api_discovery_v1_discovery_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Workload.ProtoReflect.Descriptor instead.
+func (*Workload) Descriptor() ([]byte, []int) {
+	return file_api_discovery_v1_discovery_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *Workload) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Workload) GetApp() string {
+	if x != nil {
+		return x.App
+	}
+	return ""
+}
+
+func (x *Workload) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
 // PodRef names a pod.
 type PodRef struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -524,7 +602,7 @@ type PodRef struct {
 
 func (x *PodRef) Reset() {
 	*x = PodRef{}
-	mi := &file_api_discovery_v1_discovery_proto_msgTypes[5]
+	mi := &file_api_discovery_v1_discovery_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -536,7 +614,7 @@ func (x *PodRef) String() string {
 func (*PodRef) ProtoMessage() {}
 
 func (x *PodRef) ProtoReflect() protoreflect.Message {
-	mi := &file_api_discovery_v1_discovery_proto_msgTypes[5]
+	mi := &file_api_discovery_v1_discovery_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -549,7 +627,7 @@ func (x *PodRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PodRef.ProtoReflect.Descriptor instead.
 func (*PodRef) Descriptor() ([]byte, []int) {
-	return file_api_discovery_v1_discovery_proto_rawDescGZIP(), []int{5}
+	return file_api_discovery_v1_discovery_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *PodRef) GetNamespace() string {
@@ -590,7 +668,7 @@ const file_api_discovery_v1_discovery_proto_rawDesc = "" +
 	"ServiceRef\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1b\n" +
-	"\tport_name\x18\x03 \x01(\tR\bportName\"\x86\x02\n" +
+	"\tport_name\x18\x03 \x01(\tR\bportName\"\xc2\x02\n" +
 	"\bEndpoint\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x16\n" +
 	"\x06weight\x18\x02 \x01(\rR\x06weight\x12\x12\n" +
@@ -600,7 +678,13 @@ const file_api_discovery_v1_discovery_proto_rawDesc = "" +
 	"\vterminating\x18\x06 \x01(\bR\vterminating\x12\x16\n" +
 	"\x06meshed\x18\a \x01(\bR\x06meshed\x12\x1a\n" +
 	"\bidentity\x18\b \x01(\tR\bidentity\x12.\n" +
-	"\x03pod\x18\t \x01(\v2\x1c.pillion.discovery.v1.PodRefR\x03pod\":\n" +
+	"\x03pod\x18\t \x01(\v2\x1c.pillion.discovery.v1.PodRefR\x03pod\x12:\n" +
+	"\bworkload\x18\n" +
+	" \x01(\v2\x1e.pillion.discovery.v1.WorkloadR\bworkload\"J\n" +
+	"\bWorkload\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
+	"\x03app\x18\x02 \x01(\tR\x03app\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\tR\aversion\":\n" +
 	"\x06PodRef\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name*>\n" +
@@ -625,7 +709,7 @@ func file_api_discovery_v1_discovery_proto_rawDescGZIP() []byte {
 }
 
 var file_api_discovery_v1_discovery_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_api_discovery_v1_discovery_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_api_discovery_v1_discovery_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_api_discovery_v1_discovery_proto_goTypes = []any{
 	(ProtocolHint)(0),     // 0: pillion.discovery.v1.ProtocolHint
 	(Destination_Kind)(0), // 1: pillion.discovery.v1.Destination.Kind
@@ -634,7 +718,8 @@ var file_api_discovery_v1_discovery_proto_goTypes = []any{
 	(*Destination)(nil),   // 4: pillion.discovery.v1.Destination
 	(*ServiceRef)(nil),    // 5: pillion.discovery.v1.ServiceRef
 	(*Endpoint)(nil),      // 6: pillion.discovery.v1.Endpoint
-	(*PodRef)(nil),        // 7: pillion.discovery.v1.PodRef
+	(*Workload)(nil),      // 7: pillion.discovery.v1.Workload
+	(*PodRef)(nil),        // 8: pillion.discovery.v1.PodRef
 }
 var file_api_discovery_v1_discovery_proto_depIdxs = []int32{
 	4, // 0: pillion.discovery.v1.WatchResponse.state:type_name -> pillion.discovery.v1.Destination
@@ -642,14 +727,15 @@ var file_api_discovery_v1_discovery_proto_depIdxs = []int32{
 	5, // 2: pillion.discovery.v1.Destination.service:type_name -> pillion.discovery.v1.ServiceRef
 	6, // 3: pillion.discovery.v1.Destination.endpoints:type_name -> pillion.discovery.v1.Endpoint
 	0, // 4: pillion.discovery.v1.Destination.protocol:type_name -> pillion.discovery.v1.ProtocolHint
-	7, // 5: pillion.discovery.v1.Endpoint.pod:type_name -> pillion.discovery.v1.PodRef
-	2, // 6: pillion.discovery.v1.Discovery.Watch:input_type -> pillion.discovery.v1.WatchRequest
-	3, // 7: pillion.discovery.v1.Discovery.Watch:output_type -> pillion.discovery.v1.WatchResponse
-	7, // [7:8] is the sub-list for method output_type
-	6, // [6:7] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	8, // 5: pillion.discovery.v1.Endpoint.pod:type_name -> pillion.discovery.v1.PodRef
+	7, // 6: pillion.discovery.v1.Endpoint.workload:type_name -> pillion.discovery.v1.Workload
+	2, // 7: pillion.discovery.v1.Discovery.Watch:input_type -> pillion.discovery.v1.WatchRequest
+	3, // 8: pillion.discovery.v1.Discovery.Watch:output_type -> pillion.discovery.v1.WatchResponse
+	8, // [8:9] is the sub-list for method output_type
+	7, // [7:8] is the sub-list for method input_type
+	7, // [7:7] is the sub-list for extension type_name
+	7, // [7:7] is the sub-list for extension extendee
+	0, // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_api_discovery_v1_discovery_proto_init() }
@@ -663,7 +749,7 @@ func file_api_discovery_v1_discovery_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_discovery_v1_discovery_proto_rawDesc), len(file_api_discovery_v1_discovery_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   6,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
