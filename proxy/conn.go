@@ -148,14 +148,19 @@ func (s *Server) relayOpaque(cn *conn, down relay.Conn) {
 	cn.det.Peeked = nil
 
 	st.Active.Add(1)
-	tcp := s.openIstioTCP(cn, ep)
-	res := relay.TCP(down, up, s.cfg.IdleTimeout, &s.bufs)
+	var progress *relay.Progress
+	if tcp := s.openIstioTCP(cn, ep); tcp != nil {
+		// Istio's TCP byte counters move while a connection lasts (a
+		// pooled database connection may last for days), not only at its
+		// close.
+		tcp.Received(peeked)
+		progress = &relay.Progress{Every: istioTCPReportEvery, Up: tcp.Received, Down: tcp.Sent}
+		defer tcp.End()
+	}
+	res := relay.TCP(down, up, s.cfg.IdleTimeout, &s.bufs, progress)
 	st.Active.Add(-1)
 	st.Completed.Add(1)
 	sent := res.Sent + peeked
-	if tcp != nil {
-		tcp.End(sent, res.Received)
-	}
 	st.BytesSent.Add(sent)
 	st.BytesRecv.Add(res.Received)
 	s.logConnection(cn, sent, res.Received, res.Err)

@@ -205,6 +205,11 @@ func (b *countedBody) Complete() (int, bool) {
 	return 0, false
 }
 
+// istioTCPReportEvery is how often, at most, a spliced opaque connection's
+// bytes reach istio_tcp_*_bytes_total while it lasts (Istio's stats
+// filter reports TCP every 5 s by default, its tcp_reporting_duration).
+const istioTCPReportEvery = 5 * time.Second
+
 // openIstioTCP records the opaque connection cn opened to ep; nil
 // without metrics. The peer is the one the mTLS handshake proved.
 func (s *Server) openIstioTCP(cn *conn, ep upstream.Endpoint) *istiometrics.TCP {

@@ -92,11 +92,11 @@ func New(local Workload) *Metrics {
 		}, http),
 		tcpSent: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "istio_tcp_sent_bytes_total",
-			Help: "Bytes sent to the downstream (the response direction) of opaque TCP connections, counted when they close, Istio's standard metric.",
+			Help: "Bytes sent to the downstream (the response direction) of opaque TCP connections, counted as they move (at least every 5 s), Istio's standard metric.",
 		}, tcp),
 		tcpReceived: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "istio_tcp_received_bytes_total",
-			Help: "Bytes received from the downstream (the request direction) of opaque TCP connections, counted when they close, Istio's standard metric.",
+			Help: "Bytes received from the downstream (the request direction) of opaque TCP connections, counted as they move (at least every 5 s), Istio's standard metric.",
 		}, tcp),
 		tcpOpen: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "istio_tcp_connections_opened_total",
@@ -217,10 +217,13 @@ func (m *Metrics) newSeries(k requestKey) *requestSeries {
 type TCP struct {
 	m      *Metrics
 	labels []string // nil: the family was off when it opened
+	// The byte counters of labels, looked up once: a long connection
+	// reports many times.
+	received, sent prometheus.Counter
 }
 
-// OpenTCP records a connection to the upstream of c made. Call End on
-// the result once it closes.
+// OpenTCP records a connection to the upstream of c made. Report its
+// bytes with Received and Sent as they move, and call End once it closes.
 func (m *Metrics) OpenTCP(c Conn) *TCP {
 	t := &TCP{m: m}
 	if !m.on.Load() {
@@ -228,18 +231,30 @@ func (m *Metrics) OpenTCP(c Conn) *TCP {
 	}
 	t.labels = m.tcpLabels(c, "-")
 	m.tcpOpen.WithLabelValues(t.labels...).Inc()
+	t.received, t.sent = m.tcpReceived.WithLabelValues(t.labels...), m.tcpSent.WithLabelValues(t.labels...)
 	return t
 }
 
-// End records the connection closed, with the bytes it received from the
-// downstream and sent to it.
-func (t *TCP) End(received, sent int64) {
-	if t.labels == nil || !t.m.on.Load() {
-		return
+// Received records n more bytes received from the downstream. Safe for
+// concurrent use, as Sent is.
+func (t *TCP) Received(n int64) {
+	if t.labels != nil && t.m.on.Load() {
+		t.received.Add(float64(n))
 	}
-	t.m.tcpReceived.WithLabelValues(t.labels...).Add(float64(received))
-	t.m.tcpSent.WithLabelValues(t.labels...).Add(float64(sent))
-	t.m.tcpDone.WithLabelValues(t.labels...).Inc()
+}
+
+// Sent records n more bytes sent to the downstream.
+func (t *TCP) Sent(n int64) {
+	if t.labels != nil && t.m.on.Load() {
+		t.sent.Add(float64(n))
+	}
+}
+
+// End records the connection closed.
+func (t *TCP) End() {
+	if t.labels != nil && t.m.on.Load() {
+		t.m.tcpDone.WithLabelValues(t.labels...).Inc()
+	}
 }
 
 // FailedTCP records a connection whose upstream could not be reached,

@@ -66,7 +66,10 @@ func TestNamesArePublished(t *testing.T) {
 	pub := published(t)
 	m := New(Workload{})
 	m.RecordRequest(&Request{Conn: Conn{Reporter: Source}, Code: 200, Flags: "-"})
-	m.OpenTCP(Conn{Reporter: Destination}).End(1, 2)
+	tcp := m.OpenTCP(Conn{Reporter: Destination})
+	tcp.Received(1)
+	tcp.Sent(2)
+	tcp.End()
 	got := gather(t, m)
 
 	wantLabels := pub["labels"]
@@ -284,9 +287,9 @@ func TestRequestLabels(t *testing.T) {
 	}
 }
 
-// TestTCP: a connection is counted opened when it opens, closed with its
-// bytes when it ends; one whose upstream failed, opened and closed at
-// once with its flag.
+// TestTCP: a connection is counted opened when it opens, its bytes as
+// they are reported while it is open, closed when it ends; one whose
+// upstream failed, opened and closed at once with its flag.
 func TestTCP(t *testing.T) {
 	m := New(Workload{Name: "db", Namespace: "data"})
 	c := m.OpenTCP(Conn{Reporter: Destination, Local: "spiffe://td/ns/data/sa/db", Peer: "spiffe://td/ns/shop/sa/web"})
@@ -297,7 +300,16 @@ func TestTCP(t *testing.T) {
 	if got["istio_tcp_connections_closed_total"] != nil {
 		t.Errorf("closed counted before the connection ended")
 	}
-	c.End(100, 2500)
+	c.Received(60)
+	c.Sent(2500)
+	got = gather(t, m)
+	for name, want := range map[string]float64{"istio_tcp_received_bytes_total": 60, "istio_tcp_sent_bytes_total": 2500} {
+		if _, c := only(t, got[name]); c.GetCounter().GetValue() != want {
+			t.Errorf("while open: %s = %v, want %v", name, c.GetCounter().GetValue(), want)
+		}
+	}
+	c.Received(40)
+	c.End()
 	got = gather(t, m)
 	for name, want := range map[string]float64{"istio_tcp_connections_closed_total": 1, "istio_tcp_received_bytes_total": 100, "istio_tcp_sent_bytes_total": 2500} {
 		l, c := only(t, got[name])
@@ -332,8 +344,11 @@ func TestSwitchedOff(t *testing.T) {
 	open := m.OpenTCP(Conn{Reporter: Source})
 	m.SetEnabled(false)
 	m.RecordRequest(r)
-	open.End(1, 1)
-	m.OpenTCP(Conn{Reporter: Source}).End(1, 1)
+	open.Received(1)
+	open.End()
+	closed := m.OpenTCP(Conn{Reporter: Source})
+	closed.Sent(1)
+	closed.End()
 	m.FailedTCP(Conn{Reporter: Source}, "UF")
 	if got := gather(t, m); len(got) != 0 {
 		t.Errorf("off: %d families exported, want none", len(got))

@@ -52,14 +52,29 @@ type Result struct {
 	Err error
 }
 
+// Progress reports a relay's bytes while it runs, for metrics that must
+// not wait for a long connection's end. Up is called with the bytes
+// copied down → up since its last call, Down with those copied up → down;
+// the two may run concurrently, each never concurrently with itself, and
+// every byte Result counts is reported once, before TCP returns. Through a
+// buffer (a TLS end) bytes are reported as each chunk is written; between
+// two TCP ends, which the kernel splices, at least every Every while they
+// flow (a zero Every: every idle/2, or only at the end without an idle
+// time-out).
+type Progress struct {
+	Every    time.Duration
+	Up, Down func(n int64)
+}
+
 // TCP relays between down (the accepted connection) and up (the one we
 // dialled) until both directions are done, then closes both. It owns both
-// connections from the moment it is called.
+// connections from the moment it is called. A nil p reports nothing.
 //
 // When no byte has moved either way for idle, both are reset and Err is
 // ErrIdle; this also ends a connection one side has half-closed and the
-// other has forgotten. The check runs every idle/2, so the actual cut comes
-// between idle and 1.5×idle. Zero idle means no limit.
+// other has forgotten. The check runs every idle/2 (or p.Every, if
+// shorter), so the actual cut comes between idle and 1.5×idle. Zero idle
+// means no limit.
 //
 // When one side shuts its write half (EOF), the other side's write half is
 // shut too and the opposite direction carries on: a client may send a
@@ -70,14 +85,14 @@ type Result struct {
 //
 // A direction with a TLS end copies through a buffer of bufs while bytes
 // stream (between two TCP ends the kernel splices, with no buffer).
-func TCP(down, up Conn, idle time.Duration, bufs *bufpool.Pool) Result {
+func TCP(down, up Conn, idle time.Duration, bufs *bufpool.Pool, p *Progress) Result {
 	// One allocation for the relay's shared state, and one goroutine: the
 	// caller's carries the upstream's bytes down.
-	r := &tcpRelay{down: down, up: up, idle: idle, bufs: bufs}
+	r := &tcpRelay{down: down, up: up, idle: idle, bufs: bufs, p: p}
 	r.last.Store(time.Now().UnixNano())
 	r.wg.Add(1)
 	go r.sendUp()
-	recv, errDown := copyHalf(down, up, idle, &r.last, bufs)
+	recv, errDown := r.copyHalf(down, up, p.down())
 	if errDown != nil {
 		r.abort()
 	}
@@ -87,11 +102,26 @@ func TCP(down, up Conn, idle time.Duration, bufs *bufpool.Pool) Result {
 	return Result{Sent: r.sent, Received: recv, Err: firstReal(r.errUp, errDown)}
 }
 
+func (p *Progress) up() func(int64) {
+	if p == nil {
+		return nil
+	}
+	return p.Up
+}
+
+func (p *Progress) down() func(int64) {
+	if p == nil {
+		return nil
+	}
+	return p.Down
+}
+
 // tcpRelay is the state TCP shares with the goroutine that copies down → up.
 type tcpRelay struct {
 	down, up  Conn
 	idle      time.Duration
 	bufs      *bufpool.Pool
+	p         *Progress
 	last      atomic.Int64 // when a byte last moved, either way (UnixNano)
 	abortOnce sync.Once
 	wg        sync.WaitGroup
@@ -102,7 +132,7 @@ type tcpRelay struct {
 // sendUp copies down → up.
 func (r *tcpRelay) sendUp() {
 	defer r.wg.Done()
-	r.sent, r.errUp = copyHalf(r.up, r.down, r.idle, &r.last, r.bufs)
+	r.sent, r.errUp = r.copyHalf(r.up, r.down, r.p.up())
 	if r.errUp != nil {
 		r.abort()
 	}
@@ -116,23 +146,30 @@ func (r *tcpRelay) abort() {
 	})
 }
 
-// copyHalf copies src to dst until src's EOF, then shuts dst's write half.
-// With an idle limit, it reads with a deadline of idle/2 and, each time the
-// deadline passes, records whether bytes moved and gives up once last (shared
-// with the other direction) is idle old.
-func copyHalf(dst, src Conn, idle time.Duration, last *atomic.Int64, bufs *bufpool.Pool) (int64, error) {
+// copyHalf copies src to dst until src's EOF, then shuts dst's write half,
+// telling report (if not nil) the bytes as they move. With an idle limit,
+// it reads with a deadline of idle/2 and, each time the deadline passes,
+// records whether bytes moved and gives up once r.last (shared with the
+// other direction) is idle old. A spliced copy that reports also stops at
+// each Progress.Every, to report.
+func (r *tcpRelay) copyHalf(dst, src Conn, report func(int64)) (int64, error) {
 	copyOnce := func() (int64, error) { return io.Copy(dst, src) }
-	if !isTCP(dst) || !isTCP(src) {
+	spliced := isTCP(dst) && isTCP(src)
+	if !spliced {
 		// With a TLS end there is no splice: copy through a buffer of our
 		// own, small while the connection is quiet.
-		c := &bufferedCopy{dst: dst, src: src, bufs: bufs}
+		c := &bufferedCopy{dst: dst, src: src, bufs: r.bufs, report: report}
 		defer c.release()
 		copyOnce = c.copy
 	}
+	period := r.idle / 2
+	if spliced && report != nil && r.p.Every > 0 && (period <= 0 || r.p.Every < period) {
+		period = r.p.Every
+	}
 	var total int64
 	for {
-		if idle > 0 {
-			_ = src.SetReadDeadline(time.Now().Add(idle / 2))
+		if period > 0 {
+			_ = src.SetReadDeadline(time.Now().Add(period))
 		}
 		// Between two *TCPConn, io.Copy ends in TCPConn.ReadFrom, which uses
 		// splice(2): the bytes stay in the kernel. A deadline interrupts it
@@ -141,15 +178,18 @@ func copyHalf(dst, src Conn, idle time.Duration, last *atomic.Int64, bufs *bufpo
 		total += n
 		now := time.Now()
 		if n > 0 {
-			last.Store(now.UnixNano())
+			r.last.Store(now.UnixNano())
+			if spliced && report != nil {
+				report(n)
+			}
 		}
 		if err == nil {
 			break // EOF
 		}
-		if idle <= 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+		if period <= 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
 			return total, err
 		}
-		if now.Sub(time.Unix(0, last.Load())) >= idle {
+		if r.idle > 0 && now.Sub(time.Unix(0, r.last.Load())) >= r.idle {
 			return total, ErrIdle
 		}
 	}
@@ -170,6 +210,7 @@ const smallBufSize = 2 << 10
 type bufferedCopy struct {
 	dst, src Conn
 	bufs     *bufpool.Pool
+	report   func(int64) // nil: none
 	big      *[bufpool.Size]byte
 	small    [smallBufSize]byte
 }
@@ -186,6 +227,9 @@ func (c *bufferedCopy) copy() (int64, error) {
 		if n > 0 {
 			w, werr := c.dst.Write(buf[:n])
 			total += int64(w)
+			if c.report != nil && w > 0 {
+				c.report(int64(w))
+			}
 			switch {
 			case werr != nil:
 				return total, werr

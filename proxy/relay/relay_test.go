@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -23,7 +24,7 @@ func setup(t *testing.T) (client, server *net.TCPConn, result <-chan Result) {
 // setupIdle is setup with an idle time-out on the relay.
 func setupIdle(t *testing.T, idle time.Duration) (client, server *net.TCPConn, result <-chan Result) {
 	t.Helper()
-	return setupRelay(t, idle, false)
+	return setupRelay(t, idle, false, nil)
 }
 
 // notTCP is a TCP connection the relay does not see as one, as a TLS one:
@@ -31,8 +32,8 @@ func setupIdle(t *testing.T, idle time.Duration) (client, server *net.TCPConn, r
 type notTCP struct{ *net.TCPConn }
 
 // setupRelay is setupIdle whose relay sees its downstream end as notTCP
-// when buffered is true.
-func setupRelay(t *testing.T, idle time.Duration, buffered bool) (client, server *net.TCPConn, result <-chan Result) {
+// when buffered is true, and reports to p.
+func setupRelay(t *testing.T, idle time.Duration, buffered bool, p *Progress) (client, server *net.TCPConn, result <-chan Result) {
 	t.Helper()
 	front := listen(t)
 	back := listen(t)
@@ -51,7 +52,7 @@ func setupRelay(t *testing.T, idle time.Duration, buffered bool) (client, server
 		if buffered {
 			d = notTCP{down}
 		}
-		res <- TCP(d, up, idle, new(bufpool.Pool))
+		res <- TCP(d, up, idle, new(bufpool.Pool), p)
 	}()
 	c, err := net.DialTCP("tcp", nil, front.Addr().(*net.TCPAddr))
 	if err != nil {
@@ -130,7 +131,7 @@ func TestLargeTransferBothWays(t *testing.T) {
 
 func testLargeTransferBothWays(t *testing.T, buffered bool) {
 	// With an idle limit, as the proxy runs it: reads carry deadlines.
-	client, server, res := setupRelay(t, time.Minute, buffered)
+	client, server, res := setupRelay(t, time.Minute, buffered, nil)
 	const size = 32 << 20
 	data := make([]byte, size)
 	_, _ = rand.Read(data)
@@ -228,7 +229,7 @@ func TestIdleHalfClosedConnectionIsReset(t *testing.T) {
 
 func testIdleHalfClosedConnectionIsReset(t *testing.T, buffered bool) {
 	const idle = 100 * time.Millisecond
-	client, server, res := setupRelay(t, idle, buffered)
+	client, server, res := setupRelay(t, idle, buffered, nil)
 	start := time.Now()
 	// The client is done sending; the server never answers.
 	client.CloseWrite()
@@ -320,5 +321,54 @@ func TestBufferedCopyHoldsABigBufferOnlyWhileStreaming(t *testing.T) {
 	}
 	if c.big != nil {
 		t.Error("the big buffer is still held after the stream ended")
+	}
+}
+
+// TestProgressWhileStreaming: a long connection's bytes are reported while
+// it runs, spliced (every Progress.Every, though no idle time-out wakes the
+// copy) and buffered (as written), and in all exactly what Result counts.
+func TestProgressWhileStreaming(t *testing.T) {
+	for _, buffered := range []bool{false, true} {
+		t.Run(map[bool]string{false: "spliced", true: "buffered"}[buffered], func(t *testing.T) {
+			var up, down atomic.Int64
+			p := &Progress{Every: 20 * time.Millisecond,
+				Up: func(n int64) { up.Add(n) }, Down: func(n int64) { down.Add(n) }}
+			client, server, res := setupRelay(t, 0, buffered, p)
+			if _, err := client.Write(make([]byte, 1000)); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(server, make([]byte, 1000)); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := server.Write(make([]byte, 300)); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(client, make([]byte, 300)); err != nil {
+				t.Fatal(err)
+			}
+			// Both still open: the bytes must be reported before the end.
+			deadline := time.Now().Add(5 * time.Second)
+			for up.Load() != 1000 || down.Load() != 300 {
+				if time.Now().After(deadline) {
+					t.Fatalf("while open: reported %d up, %d down; want 1000, 300", up.Load(), down.Load())
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			if _, err := client.Write(make([]byte, 24)); err != nil {
+				t.Fatal(err)
+			}
+			client.CloseWrite()
+			if _, err := io.Copy(io.Discard, server); err != nil {
+				t.Fatal(err)
+			}
+			server.CloseWrite()
+			r := <-res
+			if r.Sent != 1024 || r.Received != 300 {
+				t.Fatalf("Result = %+v, want 1024 sent, 300 received", r)
+			}
+			if up.Load() != r.Sent || down.Load() != r.Received {
+				t.Errorf("reported %d up, %d down; Result says %d, %d", up.Load(), down.Load(), r.Sent, r.Received)
+			}
+		})
 	}
 }
