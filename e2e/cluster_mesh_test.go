@@ -288,6 +288,15 @@ type discoveryProc struct {
 	grpcPort, healthPort int
 }
 
+// log is what discovery wrote so far.
+func (d *discoveryProc) log() string { return d.proc.Output() }
+
+// lastLines is the last n lines of s.
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
 func startDiscovery(t testing.TB, kubeconfig, socket string) *discoveryProc {
 	t.Helper()
 	d := &discoveryProc{kubeconfig: kubeconfig, socket: socket, grpcPort: freePort(t), healthPort: freePort(t)}

@@ -165,7 +165,8 @@ func TestIstioMetrics(t *testing.T) {
 		for range n {
 			code, pod, err := m.get(c)
 			if err != nil || code != wantCode || pod != "web-0" {
-				t.Fatalf("GET web: %d from %q, %v; want %d from web-0\nthe client sidecar's warnings:\n%s", code, pod, err, wantCode, warnings(m.client))
+				t.Fatalf("GET web: %d from %q, %v; want %d from web-0\nthe client sidecar's log, last 40 lines:\n%s\ndiscovery's log, last 20 lines:\n%s",
+					code, pod, err, wantCode, lastLines(m.client.Proxy.Output(), 40), lastLines(m.discovery.log(), 20))
 			}
 		}
 	}

@@ -143,6 +143,7 @@ func (r *Resolver) Resolve(ctx context.Context, dst netip.AddrPort) *State {
 		}
 	}
 	if !r.up.Load() && r.settled.Load() {
+		r.cfg.Log.Debug("discovery unreachable: not waiting for its answer", zap.Stringer("dst", dst))
 		return e.state.Load()
 	}
 	t := time.NewTimer(r.cfg.FirstAnswer)
@@ -150,11 +151,15 @@ func (r *Resolver) Resolve(ctx context.Context, dst netip.AddrPort) *State {
 	select {
 	case <-e.answered:
 	case <-ctx.Done():
+		r.cfg.Log.Debug("stopped waiting for discovery's answer", zap.Stringer("dst", dst), zap.Error(ctx.Err()))
 	case <-t.C:
 		r.stats.FirstAnswerTimeouts.Add(1)
-		if !r.up.Load() {
+		up := r.up.Load()
+		if !up {
 			r.settled.Store(true) // the first stream is taking long: wait no more
 		}
+		r.cfg.Log.Info("no answer from discovery in time: forwarding to the original destination",
+			zap.Stringer("dst", dst), zap.Duration("waited", r.cfg.FirstAnswer), zap.Bool("stream_open", up))
 	}
 	return e.state.Load()
 }
@@ -273,6 +278,9 @@ func (r *Resolver) send(ctx context.Context, s grpc.BidiStreamingClient[discover
 			if err := s.Send(&discoveryv1.WatchRequest{Subscribe: subs}); err != nil {
 				return err
 			}
+			if ce := r.cfg.Log.Check(zap.DebugLevel, "subscribed"); ce != nil {
+				ce.Write(zap.Strings("destinations", subs))
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -305,5 +313,9 @@ func (r *Resolver) take(m *discoveryv1.WatchResponse) {
 			zap.Stringer("dst", dst), zap.Error(st.Err))
 	}
 	r.stats.Updates.Add(1)
+	if ce := r.cfg.Log.Check(zap.DebugLevel, "discovery answer"); ce != nil {
+		ce.Write(zap.Stringer("dst", dst), zap.Stringer("kind", st.Kind), zap.String("service", st.Service.String()),
+			zap.Int("endpoints", len(st.Endpoints)))
+	}
 	v.(*entry).set(st)
 }
