@@ -22,9 +22,6 @@ import (
 	"go.uber.org/zap"
 )
 
-// DefaultPort is the admin endpoint's port, as in a pod's Envoy sidecar.
-const DefaultPort uint16 = 15000
-
 // Sources is what the admin endpoint reads from and acts on. Every field is optional: a nil func
 // (or nil Gatherer, or zero Level) makes its paths answer 503 Service Unavailable with a body
 // saying "admin: /path is not available". The funcs are called from the admin server's goroutines,

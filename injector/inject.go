@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/pillionmesh/pillion/sidecar"
 )
 
 // Namespace is what the injector knows of a pod's namespace.
@@ -189,7 +192,7 @@ func annotate(out, orig *corev1.Pod, opts options, status Status) {
 	// them.
 	if _, ok := out.Annotations["prometheus.io/scrape"]; !ok {
 		out.Annotations["prometheus.io/scrape"] = "true"
-		out.Annotations["prometheus.io/port"] = "15090"
-		out.Annotations["prometheus.io/path"] = "/stats/prometheus"
+		out.Annotations["prometheus.io/port"] = strconv.Itoa(int(sidecar.PrometheusPort))
+		out.Annotations["prometheus.io/path"] = sidecar.PrometheusPath
 	}
 }

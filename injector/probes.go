@@ -7,7 +7,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/pillionmesh/pillion/appprobe"
-	"github.com/pillionmesh/pillion/redirect"
+	"github.com/pillionmesh/pillion/sidecar"
 )
 
 // appProbes are the app's probes that now go through the sidecar.
@@ -44,7 +44,7 @@ func rewriteProbes(pod *corev1.Pod, enabled bool) appProbes {
 			}
 			set[key] = orig
 			p.probe.ProbeHandler = corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
-				Path: key, Port: intstr.FromInt32(int32(redirect.HealthPort)), Scheme: corev1.URISchemeHTTP,
+				Path: key, Port: intstr.FromInt32(int32(sidecar.HealthPort)), Scheme: corev1.URISchemeHTTP,
 			}}
 		}
 	}

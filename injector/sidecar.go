@@ -10,7 +10,7 @@ import (
 
 	"github.com/pillionmesh/pillion/appprobe"
 	"github.com/pillionmesh/pillion/proxy"
-	"github.com/pillionmesh/pillion/redirect"
+	"github.com/pillionmesh/pillion/sidecar"
 )
 
 // Where the sidecar finds what the volumes hold.
@@ -19,7 +19,6 @@ const (
 	svidMountPath     = "/etc/pillion/svid"
 	configMountPath   = "/etc/pillion/proxy"
 	configFileName    = "config.yaml"
-	readyPath         = "/healthz/ready"
 )
 
 // volumes returns the identity volume and, when the sidecar has a config,
@@ -86,14 +85,14 @@ func proxyContainer(cfg *Config, opts options, probes appProbes) corev1.Containe
 		ImagePullPolicy: cfg.ImagePullPolicy,
 		Args:            []string{"proxy", "--log-level=" + opts.logLevel},
 		Ports: []corev1.ContainerPort{
-			{Name: "pillion-health", ContainerPort: int32(redirect.HealthPort), Protocol: corev1.ProtocolTCP},
-			{Name: "pillion-prom", ContainerPort: int32(redirect.PrometheusPort), Protocol: corev1.ProtocolTCP},
+			{Name: "pillion-health", ContainerPort: int32(sidecar.HealthPort), Protocol: corev1.ProtocolTCP},
+			{Name: "pillion-prom", ContainerPort: int32(sidecar.PrometheusPort), Protocol: corev1.ProtocolTCP},
 		},
 		Resources:      *opts.resources.DeepCopy(),
 		ReadinessProbe: readyProbe(2, 3),
 		SecurityContext: &corev1.SecurityContext{
-			RunAsUser:                ptr(int64(redirect.DefaultProxyUID)),
-			RunAsGroup:               ptr(int64(redirect.DefaultProxyGID)),
+			RunAsUser:                ptr(int64(sidecar.DefaultProxyUID)),
+			RunAsGroup:               ptr(int64(sidecar.DefaultProxyGID)),
 			RunAsNonRoot:             ptr(true),
 			Privileged:               ptr(false),
 			ReadOnlyRootFilesystem:   ptr(true),
@@ -217,7 +216,7 @@ func memoryLimit(r corev1.ResourceRequirements) (string, bool) {
 func readyProbe(period, failures int32) *corev1.Probe {
 	return &corev1.Probe{
 		ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
-			Path: readyPath, Port: intstr.FromInt32(int32(redirect.HealthPort)), Scheme: corev1.URISchemeHTTP,
+			Path: sidecar.ReadyPath, Port: intstr.FromInt32(int32(sidecar.HealthPort)), Scheme: corev1.URISchemeHTTP,
 		}},
 		TimeoutSeconds:   3,
 		PeriodSeconds:    period,

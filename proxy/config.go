@@ -16,14 +16,11 @@ import (
 	"github.com/pillionmesh/pillion/proxy/balance"
 	"github.com/pillionmesh/pillion/proxy/istiometrics"
 	"github.com/pillionmesh/pillion/proxy/pool"
-	"github.com/pillionmesh/pillion/redirect"
+	"github.com/pillionmesh/pillion/sidecar"
 )
 
-// Default values for Config; the ports are the ones `pillion init`
-// redirects to by default.
+// Default values for Config (the capture ports' are sidecar's).
 const (
-	DefaultOutboundPort   = redirect.DefaultOutboundPort
-	DefaultInboundPort    = redirect.DefaultInboundPort
 	DefaultDialTimeout    = 5 * time.Second
 	DefaultMaxConnections = 16384
 	DefaultDrainTimeout   = 5 * time.Second
@@ -60,8 +57,8 @@ const (
 // Galera, PostgreSQL, Redis, Elasticsearch transport, memcached), the same
 // list as Linkerd's default opaque ports, so their connections never wait
 // for the sniff time-out.
-func DefaultOpaquePorts() redirect.PortSet {
-	return redirect.PortSet{Ports: []uint16{25, 587, 3306, 4444, 5432, 6379, 9300, 11211}}
+func DefaultOpaquePorts() sidecar.PortSet {
+	return sidecar.PortSet{Ports: []uint16{25, 587, 3306, 4444, 5432, 6379, 9300, 11211}}
 }
 
 // Config is the proxy's validated configuration. Build it with Validate (or
@@ -104,7 +101,7 @@ type Config struct {
 	HeaderTimeout time.Duration
 	// OpaquePorts are original destination ports whose connections skip
 	// protocol detection and are forwarded as opaque TCP at once.
-	OpaquePorts redirect.PortSet
+	OpaquePorts sidecar.PortSet
 	// Pool sizes the upstream HTTP pools; its DialTimeout and Dial are
 	// ignored (DialTimeout above applies). Zero fields mean pool's
 	// defaults.
@@ -135,8 +132,8 @@ type Config struct {
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
 	return Config{
-		OutboundPort:   DefaultOutboundPort,
-		InboundPort:    DefaultInboundPort,
+		OutboundPort:   sidecar.DefaultOutboundPort,
+		InboundPort:    sidecar.DefaultInboundPort,
 		DialTimeout:    DefaultDialTimeout,
 		MaxConnections: DefaultMaxConnections,
 		MaxHandshakes:  DefaultMaxHandshakes,

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/pillionmesh/pillion/proxy/sniff"
-	"github.com/pillionmesh/pillion/redirect"
+	"github.com/pillionmesh/pillion/sidecar"
 )
 
 // bannerServer is a server-first application: it greets each connection
@@ -39,7 +39,7 @@ func readBanner(t *testing.T, port uint16, within time.Duration) (string, error)
 func TestServerFirstProtocolAfterSniffTimeout(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.SniffTimeout = 150 * time.Millisecond
-	cfg.OpaquePorts = redirect.PortSet{}
+	cfg.OpaquePorts = sidecar.PortSet{}
 	s := testServer(t, cfg, fixed(bannerServer(t)))
 	line, err := readBanner(t, s.cfg.OutboundPort, 5*time.Second)
 	if err != nil || line != "220 pillion-test ESMTP\r\n" {
@@ -59,7 +59,7 @@ func TestOpaquePortSkipsDetection(t *testing.T) {
 	cfg := DefaultConfig()
 	// Were detection to run, the banner would wait for this time-out.
 	cfg.SniffTimeout = time.Minute
-	cfg.OpaquePorts = redirect.PortSet{Ports: []uint16{backend.Port()}}
+	cfg.OpaquePorts = sidecar.PortSet{Ports: []uint16{backend.Port()}}
 	s := testServer(t, cfg, fixed(backend))
 	line, err := readBanner(t, s.cfg.OutboundPort, 5*time.Second)
 	if err != nil || line != "220 pillion-test ESMTP\r\n" {

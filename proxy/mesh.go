@@ -20,7 +20,7 @@ import (
 	"github.com/pillionmesh/pillion/proxy/relay"
 	"github.com/pillionmesh/pillion/proxy/sniff"
 	"github.com/pillionmesh/pillion/proxy/upstream"
-	"github.com/pillionmesh/pillion/redirect"
+	"github.com/pillionmesh/pillion/sidecar"
 )
 
 // Identity is the sidecar's identity source (mtls.WorkloadSource or
@@ -85,7 +85,7 @@ func (s *Server) checkMesh(m configfile.Mesh) error {
 // without mTLS, never on loopback (this pod's application), and never the
 // peer sidecar's health or Prometheus port.
 func (s *Server) meshedIn(m configfile.Mesh, dst netip.AddrPort) bool {
-	if dst.Port() == redirect.HealthPort || dst.Port() == redirect.PrometheusPort {
+	if dst.Port() == sidecar.HealthPort || dst.Port() == sidecar.PrometheusPort {
 		return false
 	}
 	return s.mesh != nil && !dst.Addr().IsLoopback() && m.Contains(dst.Addr())

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/pillionmesh/pillion/sidecar"
 )
 
 // Family is an IP family: which of iptables and ip6tables a Plan is for.
@@ -161,9 +163,9 @@ func NewPlan(cfg Config, f Family) Plan {
 func inboundRules(cfg Config) []Rule {
 	var rs []Rule
 	fixed := map[uint16]bool{}
-	for _, s := range sidecarPorts() {
-		fixed[s.port] = true
-		rs = append(rs, rule(ChainInbound, "sidecar "+s.name+" port", dport(s.port), "-j", "RETURN"))
+	for _, s := range sidecar.ServedPorts() {
+		fixed[s.Port] = true
+		rs = append(rs, rule(ChainInbound, "sidecar "+s.Name+" port", dport(s.Port), "-j", "RETURN"))
 	}
 	switch inc, exc := cfg.IncludeInboundPorts, cfg.ExcludeInboundPorts; {
 	case exc.All || inc.Empty():

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/pillionmesh/pillion/internal/testpod"
-	"github.com/pillionmesh/pillion/redirect"
+	"github.com/pillionmesh/pillion/sidecar"
 )
 
 // haproxyMode is an HAProxy pair configured as a fair sidecar pair: the
@@ -69,8 +69,8 @@ func (m *haproxyMode) proxiesFor(e *env, w workload) ([]proxy, error) {
 			conf string
 			port uint16
 		}{
-			{e.client, m.clientConfig(e, w), redirect.DefaultOutboundPort},
-			{e.server, m.serverConfig(e, w), redirect.DefaultInboundPort},
+			{e.client, m.clientConfig(e, w), sidecar.DefaultOutboundPort},
+			{e.server, m.serverConfig(e, w), sidecar.DefaultInboundPort},
 		} {
 			path := filepath.Join(e.dir, side.pod.Name, "haproxy.cfg")
 			if err := writeFor1337(path, []byte(side.conf)); err != nil {
@@ -121,7 +121,7 @@ backend peer
     mode %[1]s
     http-reuse always
     server peer %[4]s ssl crt %[5]s ca-file %[6]s verify required%[7]s
-`, mode, redirect.DefaultOutboundPort, bindProto, net.JoinHostPort(e.server.IPv4.String(), fmt.Sprint(w.port)),
+`, mode, sidecar.DefaultOutboundPort, bindProto, net.JoinHostPort(e.server.IPv4.String(), fmt.Sprint(w.port)),
 		filepath.Join(e.dir, e.client.Name, "haproxy.pem"), m.bundle, alpn)
 	return b.String()
 }
@@ -147,7 +147,7 @@ backend app
     mode %[1]s
     http-reuse always
     server app 127.0.0.1:%[6]d%[7]s
-`, mode, redirect.DefaultInboundPort, filepath.Join(e.dir, e.server.Name, "haproxy.pem"), m.bundle, alpn, w.port, appProto)
+`, mode, sidecar.DefaultInboundPort, filepath.Join(e.dir, e.server.Name, "haproxy.pem"), m.bundle, alpn, w.port, appProto)
 	return b.String()
 }
 

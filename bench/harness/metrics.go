@@ -12,7 +12,7 @@ import (
 
 	"github.com/pillionmesh/pillion/internal/meshtest"
 	"github.com/pillionmesh/pillion/internal/testpod"
-	"github.com/pillionmesh/pillion/redirect"
+	"github.com/pillionmesh/pillion/sidecar"
 )
 
 // handshakeStats is what a pillion sidecar's metrics say of its mTLS
@@ -47,7 +47,7 @@ func handshakesAll(proxies []proxy) ([]*handshakeStats, error) {
 func scrape(pod *testpod.Pod, names ...string) ([]float64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	url := "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(int(redirect.PrometheusPort))) + "/stats/prometheus"
+	url := "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(int(sidecar.PrometheusPort))) + sidecar.PrometheusPath
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)

@@ -21,6 +21,7 @@ import (
 	"github.com/pillionmesh/pillion/proxy"
 	"github.com/pillionmesh/pillion/proxy/resolve"
 	"github.com/pillionmesh/pillion/proxy/upstream"
+	"github.com/pillionmesh/pillion/sidecar"
 )
 
 // opsPorts are the ports of the sidecar's operator-facing servers.
@@ -30,9 +31,9 @@ type opsPorts struct {
 
 func addOpsFlags(fs *flag.FlagSet) *opsPorts {
 	p := &opsPorts{}
-	fs.UintVar(&p.admin, "admin-port", uint(admin.DefaultPort), "port of the admin endpoint, on 127.0.0.1 only (always loopback)")
-	fs.UintVar(&p.health, "health-port", 15021, "port of /healthz/ready and, with --app-probes, /app-health/ for kubelet probes, on all addresses")
-	fs.UintVar(&p.prometheus, "prometheus-port", 15090, "port of /stats/prometheus for scrapers, on all addresses")
+	fs.UintVar(&p.admin, "admin-port", uint(sidecar.AdminPort), "port of the admin endpoint, on 127.0.0.1 only (always loopback)")
+	fs.UintVar(&p.health, "health-port", uint(sidecar.HealthPort), "port of /healthz/ready and, with --app-probes, /app-health/ for kubelet probes, on all addresses")
+	fs.UintVar(&p.prometheus, "prometheus-port", uint(sidecar.PrometheusPort), "port of /stats/prometheus for scrapers, on all addresses")
 	return p
 }
 
@@ -94,7 +95,7 @@ func (o *ops) start(p *opsPorts, log *zap.Logger) error {
 		return fmt.Errorf("prometheus endpoint: %w", err)
 	}
 	health := http.NewServeMux()
-	health.HandleFunc("GET /healthz/ready", func(w http.ResponseWriter, r *http.Request) {
+	health.HandleFunc("GET "+sidecar.ReadyPath, func(w http.ResponseWriter, r *http.Request) {
 		state, err := o.ready()
 		if err != nil {
 			http.Error(w, state+": "+err.Error(), http.StatusServiceUnavailable)
@@ -115,7 +116,7 @@ func (o *ops) start(p *opsPorts, log *zap.Logger) error {
 		}
 	}
 	prom := http.NewServeMux()
-	prom.Handle("GET /stats/prometheus", promhttp.HandlerFor(o.reg, promhttp.HandlerOpts{}))
+	prom.Handle("GET "+sidecar.PrometheusPath, promhttp.HandlerFor(o.reg, promhttp.HandlerOpts{}))
 	errLog := zap.NewStdLog(log.Named("ops"))
 	for _, v := range []struct {
 		l net.Listener

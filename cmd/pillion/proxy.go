@@ -20,6 +20,7 @@ import (
 	"github.com/pillionmesh/pillion/proxy"
 	"github.com/pillionmesh/pillion/proxy/configfile"
 	"github.com/pillionmesh/pillion/redirect"
+	"github.com/pillionmesh/pillion/sidecar"
 )
 
 const proxySummary = `Run the sidecar proxy. It listens on the outbound capture port (traffic the
@@ -142,9 +143,9 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		"close pooled HTTP/1.1 upstream connections idle this long; keep it below the application's keep-alive time-out")
 	fs.DurationVar(&cfg.Pool.HTTP2IdleTimeout, "http2-idle-timeout", cfg.Pool.HTTP2IdleTimeout,
 		"close pooled HTTP/2 upstream connections idle this long")
-	proxyUID := fs.String("proxy-uid", strconv.FormatUint(uint64(redirect.DefaultProxyUID), 10),
+	proxyUID := fs.String("proxy-uid", strconv.FormatUint(uint64(sidecar.DefaultProxyUID), 10),
 		"the user ID capture exempts (pillion init's --proxy-uid): the proxy refuses to start under another, whose connections would be captured again")
-	proxyGID := fs.String("proxy-gid", strconv.FormatUint(uint64(redirect.DefaultProxyGID), 10),
+	proxyGID := fs.String("proxy-gid", strconv.FormatUint(uint64(sidecar.DefaultProxyGID), 10),
 		"the group ID capture exempts (pillion init's --proxy-gid): the proxy refuses to start under another")
 	svid := addSVIDFlags(fs)
 	disc := addDiscoveryFlags(fs)
@@ -177,7 +178,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return badUsage(err)
 	}
-	if cfg.OpaquePorts, err = redirect.ParsePortSet(*opaque); err != nil {
+	if cfg.OpaquePorts, err = sidecar.ParsePortSet(*opaque); err != nil {
 		return badUsage(fmt.Errorf("--opaque-ports: %q: %w", *opaque, err))
 	}
 	if err := cfg.Validate(); err != nil {

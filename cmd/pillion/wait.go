@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/pillionmesh/pillion/sidecar"
 )
 
 const waitSummary = `Wait until the sidecar in this pod is ready: poll its readiness endpoint
@@ -22,7 +24,7 @@ Example (a container's lifecycle):
 
 func runWait(ctx context.Context, args []string, stdout, _ io.Writer) error {
 	fs := newFlagSet("wait", waitSummary, stdout)
-	url := fs.String("url", "http://127.0.0.1:15021/healthz/ready", "the sidecar's readiness endpoint")
+	url := fs.String("url", fmt.Sprintf("http://127.0.0.1:%d%s", sidecar.HealthPort, sidecar.ReadyPath), "the sidecar's readiness endpoint")
 	timeout := fs.Duration("timeout", time.Minute, "give up after this long")
 	interval := fs.Duration("interval", 200*time.Millisecond, "how often to ask")
 	if err := parseFlags(fs, args); err != nil {

@@ -30,6 +30,7 @@ import (
 
 	"github.com/pillionmesh/pillion/internal/meshtest"
 	"github.com/pillionmesh/pillion/internal/testpod"
+	"github.com/pillionmesh/pillion/sidecar"
 )
 
 func main() {
@@ -147,7 +148,7 @@ func (d *demo) startIssuer() {
 func adminGet(pod *testpod.Pod, path string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.0.0.1:15000"+path, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d%s", sidecar.AdminPort, path), nil)
 	if err != nil {
 		return "", err
 	}

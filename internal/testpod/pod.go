@@ -12,6 +12,8 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/pillionmesh/pillion/sidecar"
 )
 
 // Pod is a network namespace attached to a Node. Its fields are set by
@@ -34,7 +36,7 @@ type User struct {
 // Root is the superuser; ProxyUser is the sidecar's user, exempt from capture.
 var (
 	Root      = User{0, 0}
-	ProxyUser = User{1337, 1337}
+	ProxyUser = User{sidecar.DefaultProxyUID, sidecar.DefaultProxyGID}
 )
 
 // Run calls fn on an OS thread that is inside the pod's network namespace.

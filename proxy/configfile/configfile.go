@@ -45,7 +45,7 @@ import (
 	"github.com/pillionmesh/pillion/filters/router"
 	"github.com/pillionmesh/pillion/proxy/tracing"
 	"github.com/pillionmesh/pillion/proxy/upstream"
-	"github.com/pillionmesh/pillion/redirect"
+	"github.com/pillionmesh/pillion/sidecar"
 )
 
 // RouterName is the terminal filter's name; it may only be the last entry
@@ -228,13 +228,13 @@ func parseTracing(raw json.RawMessage) (*tracing.Config, error) {
 }
 
 // parsePrefixes parses CIDRs as the capture rules' exclusions are parsed
-// (redirect.ParsePrefix): a bare address is its own /32 or /128, and an
+// (sidecar.ParsePrefix): a bare address is its own /32 or /128, and an
 // IPv4-mapped range is the IPv4 range it stands for — Contains sees
 // destinations unmapped, so a mapped range kept as IPv6 would never match.
 func parsePrefixes(ss []string, field string) ([]netip.Prefix, error) {
 	var out []netip.Prefix
 	for i, s := range ss {
-		p, err := redirect.ParsePrefix(s)
+		p, err := sidecar.ParsePrefix(s)
 		if err != nil {
 			return nil, filters.Invalid(fmt.Sprintf("%s[%d]", field, i), "%q is not a CIDR such as 10.0.0.0/8", s)
 		}
