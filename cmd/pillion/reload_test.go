@@ -1,10 +1,13 @@
 package main
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
@@ -116,5 +119,33 @@ func TestReloaderSkipsAHalfWrittenFile(t *testing.T) {
 	w.Poll()
 	if f, applied := s.Config(); len(f.Outbound) != 2 || applied.IsZero() {
 		t.Errorf("the finished file was not applied")
+	}
+}
+
+// TestForceOn: each signal received calls every force function once, and
+// forceOn returns when its context ends.
+func TestForceOn(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	sig := make(chan os.Signal)
+	calls := make(chan string, 4)
+	done := make(chan struct{})
+	go func() {
+		forceOn(ctx, sig, func() { calls <- "config" }, func() { calls <- "svid" })
+		close(done)
+	}()
+	for range 2 {
+		sig <- syscall.SIGHUP
+		if a, b := <-calls, <-calls; a != "config" || b != "svid" {
+			t.Fatalf("forced %s, %s; want config, svid", a, b)
+		}
+	}
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("forceOn did not return when its context ended")
+	}
+	if len(calls) != 0 {
+		t.Errorf("%d calls more than signals", len(calls))
 	}
 }
