@@ -47,18 +47,6 @@ func servingPair(t *testing.T, serial int64) (certPEM, keyPEM []byte) {
 		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
 }
 
-// writeStamped writes data to path and gives it the modification time
-// mtime, so that a change is seen however coarse the file system's clock.
-func writeStamped(t *testing.T, path string, data []byte, mtime time.Time) {
-	t.Helper()
-	if err := os.WriteFile(path, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chtimes(path, mtime, mtime); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // servedSerial returns the serial of the certificate c serves.
 func servedSerial(t *testing.T, c *CertFiles) int64 {
 	t.Helper()
@@ -76,56 +64,61 @@ func servedSerial(t *testing.T, c *CertFiles) int64 {
 	return leaf.SerialNumber.Int64()
 }
 
-// TestCertFilesReload: a new pair is served from the first check after it
-// is written, not before; a certificate whose key has not arrived yet is
-// not served (the one in use stays, with a warning) until the key comes.
+// TestCertFilesReload: a new pair is served once two checks in a row
+// have read it, not before; a certificate whose key has not arrived yet is
+// not served (the one in use stays, with one warning, not one per check)
+// until the key comes; Reload (SIGHUP) reads the files at once.
 func TestCertFilesReload(t *testing.T) {
 	dir := t.TempDir()
 	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
 	pairs := map[int64][2][]byte{}
-	for serial := int64(1); serial <= 3; serial++ {
+	for serial := int64(1); serial <= 4; serial++ {
 		c, k := servingPair(t, serial)
 		pairs[serial] = [2][]byte{c, k}
 	}
-	start := time.Now()
-	writeStamped(t, certFile, pairs[1][0], start.Add(-time.Hour))
-	writeStamped(t, keyFile, pairs[1][1], start.Add(-time.Hour))
+	writeFile := func(path string, data []byte) {
+		t.Helper()
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeFile(certFile, pairs[1][0])
+	writeFile(keyFile, pairs[1][1])
 
 	core, logs := observer.New(zapcore.InfoLevel)
 	c, err := NewCertFiles(certFile, keyFile, zap.New(core))
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The fake clock starts after the load, which read the real one: the
-	// first check is due certRecheck (and a hair) from now.
-	clock := time.Now()
-	c.now = func() time.Time { return clock }
 
 	served := int64(1)
 	for _, step := range []struct {
-		name    string
-		write   string // which files of pair serial to write: "cert", "key" or "both"
-		serial  int64  // the pair written
-		advance time.Duration
-		want    int64 // serial served after the step
-		warned  bool  // a "does not load" warning was logged
+		name   string
+		write  string // which files of pair serial to write: "cert", "key" or "both"
+		serial int64  // the pair written
+		check  func() // what looks at the files: nil for none
+		want   int64  // serial served after the step
+		warned bool   // a "does not load" warning was logged
 	}{
 		{name: "loaded", want: 1},
-		{name: "new pair, before the recheck", write: "both", serial: 2, advance: certRecheck / 2, want: 1},
-		{name: "new pair, at the recheck", advance: certRecheck / 2, want: 2},
-		{name: "unchanged files", advance: certRecheck, want: 2},
-		{name: "new cert without its key", write: "cert", serial: 3, advance: certRecheck, want: 2, warned: true},
-		{name: "still without its key", advance: certRecheck, want: 2, warned: true},
-		{name: "its key arrived", write: "key", serial: 3, advance: certRecheck, want: 3},
+		{name: "new pair, first check", write: "both", serial: 2, check: c.watch.Poll, want: 1},
+		{name: "new pair, second check", check: c.watch.Poll, want: 2},
+		{name: "unchanged files", check: c.watch.Poll, want: 2},
+		{name: "new cert without its key, first check", write: "cert", serial: 3, check: c.watch.Poll, want: 2},
+		{name: "new cert without its key, second check", check: c.watch.Poll, want: 2, warned: true},
+		{name: "still without its key", check: c.watch.Poll, want: 2},
+		{name: "its key arrived, first check", write: "key", serial: 3, check: c.watch.Poll, want: 2},
+		{name: "its key arrived, second check", check: c.watch.Poll, want: 3},
+		{name: "new pair, reloaded", write: "both", serial: 4, check: c.Reload, want: 4},
 	} {
-		clock = clock.Add(step.advance)
-		// Written as of the fake clock: a real renewal comes long after
-		// the previous one.
 		if step.write == "both" || step.write == "cert" {
-			writeStamped(t, certFile, pairs[step.serial][0], clock)
+			writeFile(certFile, pairs[step.serial][0])
 		}
 		if step.write == "both" || step.write == "key" {
-			writeStamped(t, keyFile, pairs[step.serial][1], clock)
+			writeFile(keyFile, pairs[step.serial][1])
+		}
+		if step.check != nil {
+			step.check()
 		}
 		if got := servedSerial(t, c); got != step.want {
 			t.Errorf("%s: serving serial %d, want %d", step.name, got, step.want)

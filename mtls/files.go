@@ -1,8 +1,8 @@
 package mtls
 
 import (
-	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -12,6 +12,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"go.uber.org/zap"
+
+	"github.com/pillionmesh/pillion/filewatch"
 )
 
 // Files names the PEM files of a FileSource.
@@ -30,21 +32,22 @@ const DefaultFilePoll = time.Second
 
 // FileSource is a Source read from PEM files (written by cert-manager's
 // csi-driver-spiffe, spiffe-helper or `pillion identity issue`), read
-// again when they change. A change takes effect only when the three files
-// make a consistent set — the key matches the certificate, which verifies
-// against the bundle — so a writer replacing them one by one never leaves
-// the source with half an identity: until the set is whole again, the
-// previous one stays.
+// again when they change, as package filewatch does: a change is taken
+// once two reads agree, and only when the three files make a consistent
+// set — the key matches the certificate, which verifies against the
+// bundle — so a writer replacing them one by one never leaves the source
+// with half an identity: until the set is whole again, the previous one
+// stays. Files that cannot be read, or do not load, are logged once.
 type FileSource struct {
 	files  Files
 	log    *zap.Logger
+	watch  *filewatch.Watcher
 	cancel context.CancelFunc
 	done   chan struct{}
 
 	mu     sync.RWMutex
 	svid   *x509svid.SVID
 	bundle *x509bundle.Bundle
-	seen   [3][]byte // the files' contents last loaded or refused
 }
 
 var _ Source = (*FileSource)(nil)
@@ -65,9 +68,20 @@ func NewFileSource(files Files, poll time.Duration, log *zap.Logger) (*FileSourc
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &FileSource{files: files, log: log, cancel: cancel, done: make(chan struct{}),
-		svid: svid, bundle: bundle, seen: raw}
+		svid: svid, bundle: bundle}
+	s.watch = filewatch.New(filewatch.Options{
+		Paths:    []string{files.Cert, files.Key, files.Bundle},
+		Interval: poll,
+		Current:  raw[:],
+		Apply:    s.apply,
+		Refused:  s.refused,
+		Log:      log,
+	})
 	s.logLoaded()
-	go s.watch(ctx, poll)
+	go func() {
+		defer close(s.done)
+		s.watch.Run(ctx)
+	}()
 	return s, nil
 }
 
@@ -113,48 +127,33 @@ func (f Files) parse(raw [3][]byte) (*x509svid.SVID, *x509bundle.Bundle, error) 
 	return svid, bundle, nil
 }
 
-func (s *FileSource) watch(ctx context.Context, poll time.Duration) {
-	defer close(s.done)
-	t := time.NewTicker(poll)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			s.reload()
-		}
+// apply takes the files' new contents (cert, key, bundle) if they are one
+// consistent identity.
+func (s *FileSource) apply(contents [][]byte) error {
+	svid, bundle, err := s.files.parse([3][]byte(contents))
+	if err != nil {
+		return err
 	}
+	s.mu.Lock()
+	s.svid, s.bundle = svid, bundle
+	s.mu.Unlock()
+	s.logLoaded()
+	return nil
 }
 
-// reload loads the files if their contents changed since last seen. A
-// set that does not load is logged once, and looked at again when it
-// changes.
-func (s *FileSource) reload() {
-	raw, err := s.files.read()
-	if err != nil {
+// refused logs why changed files were not taken.
+func (s *FileSource) refused(err error) {
+	if errors.Is(err, filewatch.ErrUnreadable) {
 		s.log.Warn("identity: reading the SVID files; keeping the current SVID", zap.Error(err))
 		return
 	}
-	s.mu.RLock()
-	same := bytes.Equal(raw[0], s.seen[0]) && bytes.Equal(raw[1], s.seen[1]) && bytes.Equal(raw[2], s.seen[2])
-	s.mu.RUnlock()
-	if same {
-		return
-	}
-	svid, bundle, err := s.files.parse(raw)
-	s.mu.Lock()
-	s.seen = raw
-	if err == nil {
-		s.svid, s.bundle = svid, bundle
-	}
-	s.mu.Unlock()
-	if err != nil {
-		s.log.Warn("identity: the SVID files changed but do not load; keeping the current SVID", zap.Error(err))
-		return
-	}
-	s.logLoaded()
+	s.log.Warn("identity: the SVID files changed but do not load; keeping the current SVID", zap.Error(err))
 }
+
+// Reload reads the files now and takes them if they load, changed or not
+// (the proxy calls it on SIGHUP); otherwise it logs why and the current
+// SVID stays.
+func (s *FileSource) Reload() { s.watch.Force() }
 
 func (s *FileSource) logLoaded() {
 	s.mu.RLock()

@@ -105,6 +105,57 @@ func TestFileSourceRotation(t *testing.T) {
 	waitFor(t, func() bool { got, _ := src.GetX509SVID(); return serial(got) == serial(second) })
 }
 
+// TestFileSourceUnreadable: files that cannot be read are logged once,
+// not every poll, and the SVID in use stays.
+func TestFileSourceUnreadable(t *testing.T) {
+	ca := svidtest.CA(t, "", "cluster.local")
+	first := svidtest.Issue(t, ca, "spiffe://cluster.local/a")
+	files := writeSVID(t, t.TempDir(), first, ca)
+	core, logs := observer.New(zap.InfoLevel)
+	src, err := mtls.NewFileSource(files, 20*time.Millisecond, zap.New(core))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	if err := os.Remove(files.Key); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return logs.FilterMessageSnippet("reading the SVID files").Len() > 0 })
+	time.Sleep(200 * time.Millisecond) // ten more polls
+	if n := logs.FilterMessageSnippet("reading the SVID files").Len(); n != 1 {
+		t.Errorf("a missing key was logged %d times, want once", n)
+	}
+	if got, _ := src.GetX509SVID(); serial(got) != serial(first) {
+		t.Errorf("the SVID changed with its key missing: serial %s", serial(got))
+	}
+}
+
+// TestFileSourceReload: Reload (SIGHUP) takes new files at once, with no
+// poll.
+func TestFileSourceReload(t *testing.T) {
+	ca := svidtest.CA(t, "", "cluster.local")
+	files := writeSVID(t, t.TempDir(), svidtest.Issue(t, ca, "spiffe://cluster.local/a"), ca)
+	src, err := mtls.NewFileSource(files, time.Hour, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	second := svidtest.Issue(t, ca, "spiffe://cluster.local/a")
+	certPEM, keyPEM, err := second.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for path, data := range map[string][]byte{files.Cert: certPEM, files.Key: keyPEM} {
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	src.Reload()
+	if got, _ := src.GetX509SVID(); serial(got) != serial(second) {
+		t.Errorf("after Reload: serial %s, want %s", serial(got), serial(second))
+	}
+}
+
 func TestFileSourceExpired(t *testing.T) {
 	caDir := t.TempDir()
 	ca := svidtest.CA(t, caDir, "cluster.local")

@@ -3,7 +3,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +11,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 
+	"github.com/pillionmesh/pillion/filewatch"
 	"github.com/pillionmesh/pillion/injector"
 	"github.com/pillionmesh/pillion/mtls"
 )
@@ -30,8 +32,9 @@ opt out) and /inject/pod (other namespaces: only pods annotated
 pillion.io/inject: "enabled"). The MutatingWebhookConfiguration under deploy/
 sends each path its namespaces. It never calls the Kubernetes API.
 
-The serving certificate and the config file are re-read when they change; a
-changed config that does not validate is logged and the one in use stays. /healthz/ready
+The serving certificate and the config file are re-read when they change
+(once two reads a second apart agree) and on SIGHUP; a changed config that
+does not validate is logged once and the one in use stays. /healthz/ready
 answers on both ports; Prometheus metrics are on --metrics-port at /metrics.
 A bad flag or config file exits 2 naming it.`
 
@@ -89,36 +92,41 @@ func runInjector(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err != nil {
 		return err
 	}
-	go watchInjectorConfig(ctx, f.config, cfgData, wh, log)
+	cfgWatch := newInjectorConfigWatcher(f.config, cfgData, wh, log)
+	go cfgWatch.Run(ctx)
+	go certs.Run(ctx)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go forceOn(ctx, hup, cfgWatch.Force, certs.Reload)
 	return serveInjector(ctx, f, wh, certs, reg, log)
 }
 
-// watchInjectorConfig re-reads the config file every configPollInterval
-// and gives the webhook each new content that validates; one that does not
-// is logged, once, and the config in use stays. A ConfigMap update reaches
-// the file within a minute or so, so a change needs no restart.
-func watchInjectorConfig(ctx context.Context, path string, last []byte, wh *injector.Webhook, log *zap.Logger) {
-	t := time.NewTicker(configPollInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		data, err := os.ReadFile(path)
-		if err != nil || bytes.Equal(data, last) {
-			continue
-		}
-		last = data
-		cfg, err := injector.ParseConfig(data)
-		if err != nil {
+// newInjectorConfigWatcher watches the injector's config file at path,
+// whose contents current wh runs with, and gives the webhook each new
+// config that validates (package filewatch: once two reads agree, or on
+// SIGHUP); one that does not, or a file that cannot be read, is logged
+// once and the config in use stays. A ConfigMap update reaches the file
+// within a minute or so, so a change needs no restart.
+func newInjectorConfigWatcher(path string, current []byte, wh *injector.Webhook, log *zap.Logger) *filewatch.Watcher {
+	return filewatch.New(filewatch.Options{
+		Paths:    []string{path},
+		Interval: configPollInterval,
+		Current:  [][]byte{current},
+		Apply: func(contents [][]byte) error {
+			cfg, err := injector.ParseConfig(contents[0])
+			if err != nil {
+				return err
+			}
+			wh.SetConfig(cfg)
+			log.Info("injector config reloaded", zap.String("path", path), zap.String("image", cfg.Image))
+			return nil
+		},
+		Refused: func(err error) {
 			log.Warn("refusing the changed injector config; the one in use stays", zap.String("path", path), zap.Error(err))
-			continue
-		}
-		wh.SetConfig(cfg)
-		log.Info("injector config reloaded", zap.String("path", path), zap.String("image", cfg.Image))
-	}
+		},
+		Log: log,
+	})
 }
 
 // serveInjector runs the HTTPS webhook and the metrics server until ctx

@@ -12,12 +12,16 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 
@@ -217,5 +221,63 @@ func TestInjectorServes(t *testing.T) {
 		if !strings.Contains(stderr.String(), want) {
 			t.Errorf("logs lack %s:\n%s", want, stderr.String())
 		}
+	}
+}
+
+// TestInjectorConfigWatcher: a changed config is given to the webhook
+// once two reads agree; one that does not validate, and a missing file,
+// are each logged once however often the file is polled.
+func TestInjectorConfigWatcher(t *testing.T) {
+	good, err := os.ReadFile(injectTestConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := injector.ParseConfig(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wh, err := injector.NewWebhook(cfg, zap.NewNop(), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := writeFile(t, "config.yaml", string(good))
+	core, logs := observer.New(zap.InfoLevel)
+	w := newInjectorConfigWatcher(path, good, wh, zap.New(core))
+	const refused = "refusing the changed injector config; the one in use stays"
+	count := func(msg string) int { return logs.FilterMessage(msg).Len() }
+
+	next := strings.Replace(string(good), "image: ", "image: next.", 1)
+	if next == string(good) {
+		t.Fatalf("no image in %s", injectTestConfig)
+	}
+	for _, step := range []struct {
+		name, content     string // content "": the file removed
+		polls             int
+		reloaded, refused int // logged so far
+	}{
+		{"unchanged", string(good), 3, 0, 0},
+		{"changed, first read", next, 1, 0, 0},
+		{"changed, second read", next, 1, 1, 0},
+		{"invalid", next + "surprise: true\n", 5, 1, 1},
+		{"missing", "", 5, 1, 2},
+		{"back", string(good), 2, 2, 2},
+	} {
+		if step.content == "" {
+			if err := os.Remove(path); err != nil {
+				t.Fatal(err)
+			}
+		} else if err := os.WriteFile(path, []byte(step.content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		for range step.polls {
+			w.Poll()
+		}
+		if count("injector config reloaded") != step.reloaded || count(refused) != step.refused {
+			t.Errorf("%s: %d reloads and %d refusals logged, want %d and %d", step.name,
+				count("injector config reloaded"), count(refused), step.reloaded, step.refused)
+		}
+	}
+	if l := logs.FilterMessage("injector config reloaded").All(); len(l) > 0 && !strings.HasPrefix(l[0].ContextMap()["image"].(string), "next.") {
+		t.Errorf("the first reload logged image %v, want the changed one", l[0].ContextMap()["image"])
 	}
 }

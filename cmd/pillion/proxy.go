@@ -247,12 +247,21 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := exempt(uid, gid, os.Geteuid(), os.Getegid()); err != nil {
 		return badUsage(err)
 	}
+	// SIGHUP re-reads the config file and the SVID files at once.
+	var force []func()
 	if file != nil {
+		w := newConfigWatcher(*configPath, fileData, s, log)
+		go w.Run(ctx)
+		force = append(force, w.Force)
+	}
+	if r, ok := id.(interface{ Reload() }); ok {
+		force = append(force, r.Reload)
+	}
+	if len(force) > 0 {
 		hup := make(chan os.Signal, 1)
 		signal.Notify(hup, syscall.SIGHUP)
 		defer signal.Stop(hup)
-		r := &reloader{path: *configPath, s: s, log: log, last: fileData}
-		go r.run(ctx, hup)
+		go forceOn(ctx, hup, force...)
 	}
 	ctx, quit := context.WithCancel(ctx)
 	defer quit()

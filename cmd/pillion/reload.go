@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -9,15 +8,14 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/pillionmesh/pillion/filewatch"
 	"github.com/pillionmesh/pillion/filters/builtin"
 	"github.com/pillionmesh/pillion/proxy"
 	"github.com/pillionmesh/pillion/proxy/configfile"
 )
 
-// configPollInterval is how often the config file is re-read; a change
-// is applied when two reads in a row agree. Polling the content, rather
-// than watching inotify events, also catches Kubernetes' ConfigMap
-// updates, which swap a symlink above the file.
+// configPollInterval is how often a config file is re-read; a change is
+// applied when two reads in a row agree (package filewatch).
 const configPollInterval = time.Second
 
 // loadConfig reads and parses the config file at path.
@@ -39,66 +37,43 @@ func parseConfig(path string, data []byte) (*configfile.File, error) {
 	return f, nil
 }
 
-// reloader re-applies the config file when its content changes or when
-// told to (SIGHUP). A file that fails to load or build is refused with a
-// log line; the running config stays.
-type reloader struct {
-	path    string
-	s       *proxy.Server
-	log     *zap.Logger
-	last    []byte // content last tried, applied or refused
-	pending []byte // changed content seen once, waiting for a second read to agree
-	waiting bool   // pending is set (it may be empty)
+// newConfigWatcher watches the proxy's config file at path, whose
+// contents current s runs with, and applies each change to s. A file
+// that cannot be read, parsed or built is refused with one log line; the
+// running config stays.
+func newConfigWatcher(path string, current []byte, s *proxy.Server, log *zap.Logger) *filewatch.Watcher {
+	return filewatch.New(filewatch.Options{
+		Paths:    []string{path},
+		Interval: configPollInterval,
+		Current:  [][]byte{current},
+		Apply: func(contents [][]byte) error {
+			f, err := parseConfig(path, contents[0])
+			if err == nil {
+				err = s.Apply(f)
+			}
+			if err == nil {
+				log.Info("config reloaded", zap.String("path", path))
+			}
+			return err
+		},
+		Refused: func(err error) {
+			log.Error("config refused: the running config stays", zap.String("path", path), zap.Error(err))
+		},
+		Log: log,
+	})
 }
 
-// run polls until ctx ends; each receive on hup forces a reload.
-func (r *reloader) run(ctx context.Context, hup <-chan os.Signal) {
-	t := time.NewTicker(configPollInterval)
-	defer t.Stop()
+// forceOn calls each of force for every signal received on sig (SIGHUP,
+// which the command subscribes to), until ctx ends.
+func forceOn(ctx context.Context, sig <-chan os.Signal, force ...func()) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-hup:
-			r.reload(true)
-		case <-t.C:
-			r.reload(false)
+		case <-sig:
+			for _, f := range force {
+				f()
+			}
 		}
 	}
-}
-
-// reload loads the file and applies it when forced, or when it changed
-// and the poll before saw the same change: a file caught half-written
-// (truncated, then written) is not applied. A file that cannot be read
-// counts as content of its own (the error's text), so a missing file is
-// reported once, not every poll.
-func (r *reloader) reload(force bool) {
-	data, readErr := os.ReadFile(r.path)
-	if readErr != nil {
-		data = []byte("unreadable: " + readErr.Error())
-	}
-	if !force {
-		if bytes.Equal(data, r.last) {
-			r.pending, r.waiting = nil, false
-			return
-		}
-		if !r.waiting || !bytes.Equal(data, r.pending) {
-			r.pending, r.waiting = data, true
-			return
-		}
-	}
-	r.last, r.pending, r.waiting = data, nil, false
-	err := readErr
-	var f *configfile.File
-	if err == nil {
-		f, err = parseConfig(r.path, data)
-	}
-	if err == nil {
-		err = r.s.Apply(f)
-	}
-	if err != nil {
-		r.log.Error("config refused: the running config stays", zap.String("path", r.path), zap.Error(err))
-		return
-	}
-	r.log.Info("config reloaded", zap.String("path", r.path))
 }

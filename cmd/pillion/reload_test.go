@@ -1,10 +1,13 @@
 package main
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
@@ -24,7 +27,7 @@ func TestReloader(t *testing.T) {
 		}
 	}
 	core, logs := observer.New(zap.InfoLevel)
-	r := &reloader{path: path, s: s, log: zap.New(core)}
+	w := newConfigWatcher(path, nil, s, zap.New(core))
 	current := func() []string {
 		f, _ := s.Config()
 		var names []string
@@ -35,28 +38,28 @@ func TestReloader(t *testing.T) {
 	}
 
 	write("outbound: {filters: [{requestid: {}}]}")
-	r.reload(false)
+	w.Poll()
 	if got := strings.Join(current(), " "); got != "outbound.requestid outbound.router" {
 		t.Fatalf("%s: a change was applied at its first read; it must wait for a second read to agree", got)
 	}
-	r.reload(false)
+	w.Poll()
 	if got := strings.Join(current(), " "); got != "outbound.filters[0].requestid outbound.router" {
 		t.Fatalf("after the first load: %s", got)
 	}
 	before, _ := s.Config()
-	r.reload(false)
+	w.Poll()
 	if after, _ := s.Config(); after != before {
 		t.Errorf("an unchanged file was applied again")
 	}
-	r.reload(true)
+	w.Force()
 	if after, _ := s.Config(); after == before {
 		t.Errorf("a forced reload (SIGHUP) did not apply the file")
 	}
 
 	write("outbound: {filters: [{ratelimit: {requestsPerSecond: -1}}]}")
 	kept, _ := s.Config()
-	r.reload(false)
-	r.reload(false)
+	w.Poll()
+	w.Poll()
 	if after, _ := s.Config(); after != kept {
 		t.Errorf("a config that fails to build replaced the running one")
 	}
@@ -65,7 +68,7 @@ func TestReloader(t *testing.T) {
 		"outbound.filters[0].ratelimit.requestsPerSecond: must be more than 0, got -1") {
 		t.Errorf("refusal log = %+v, want one line naming the field", refused)
 	}
-	r.reload(false) // the same bad content: not tried, not logged again
+	w.Poll() // the same bad content: not tried, not logged again
 	if n := logs.FilterMessage("config refused: the running config stays").Len(); n != 1 {
 		t.Errorf("the same bad file was refused %d times, want once", n)
 	}
@@ -73,9 +76,9 @@ func TestReloader(t *testing.T) {
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
-	r.reload(false)
-	r.reload(false)
-	r.reload(false)
+	w.Poll()
+	w.Poll()
+	w.Poll()
 	if after, _ := s.Config(); after != kept {
 		t.Errorf("a missing file replaced the running config")
 	}
@@ -96,8 +99,8 @@ func TestReloaderSkipsAHalfWrittenFile(t *testing.T) {
 	if err := os.WriteFile(path, []byte(full), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	r := &reloader{path: path, s: s, log: zap.NewNop()}
-	r.reload(true)
+	w := newConfigWatcher(path, nil, s, zap.NewNop())
+	w.Force()
 	filtersNow := func() int { f, _ := s.Config(); return len(f.Outbound) }
 	if filtersNow() != 2 {
 		t.Fatal("the forced load was not applied")
@@ -105,16 +108,44 @@ func TestReloaderSkipsAHalfWrittenFile(t *testing.T) {
 	if err := os.WriteFile(path, nil, 0o644); err != nil { // caught mid-write
 		t.Fatal(err)
 	}
-	r.reload(false)
+	w.Poll()
 	if err := os.WriteFile(path, []byte(full+"\n# edited\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	r.reload(false)
+	w.Poll()
 	if filtersNow() != 2 {
 		t.Fatalf("the truncated file was applied: %d filters", filtersNow())
 	}
-	r.reload(false)
+	w.Poll()
 	if f, applied := s.Config(); len(f.Outbound) != 2 || applied.IsZero() {
 		t.Errorf("the finished file was not applied")
+	}
+}
+
+// TestForceOn: each signal received calls every force function once, and
+// forceOn returns when its context ends.
+func TestForceOn(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	sig := make(chan os.Signal)
+	calls := make(chan string, 4)
+	done := make(chan struct{})
+	go func() {
+		forceOn(ctx, sig, func() { calls <- "config" }, func() { calls <- "svid" })
+		close(done)
+	}()
+	for range 2 {
+		sig <- syscall.SIGHUP
+		if a, b := <-calls, <-calls; a != "config" || b != "svid" {
+			t.Fatalf("forced %s, %s; want config, svid", a, b)
+		}
+	}
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("forceOn did not return when its context ended")
+	}
+	if len(calls) != 0 {
+		t.Errorf("%d calls more than signals", len(calls))
 	}
 }

@@ -24,7 +24,7 @@ func addSVIDFlags(fs *flag.FlagSet) *svidFlags {
 		fs: fs,
 		socket: fs.String("spiffe-socket", os.Getenv("SPIFFE_ENDPOINT_SOCKET"),
 			"SPIFFE Workload API to take the SVID and trust bundle from (SPIRE agent, 'pillion identity'): a unix socket path or unix:///path; default $SPIFFE_ENDPOINT_SOCKET"),
-		cert:   fs.String("svid-cert", "", "PEM file of the X.509-SVID (leaf first); with --svid-key and --svid-bundle instead of --spiffe-socket; re-read when it changes"),
+		cert:   fs.String("svid-cert", "", "PEM file of the X.509-SVID (leaf first); with --svid-key and --svid-bundle instead of --spiffe-socket; re-read when it changes or on SIGHUP"),
 		key:    fs.String("svid-key", "", "PEM file of the SVID's private key (PKCS#8)"),
 		bundle: fs.String("svid-bundle", "", "PEM file of the trust domain's CA certificates"),
 	}
