@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pillionmesh/pillion/appprobe"
+	"github.com/pillionmesh/pillion/appprobe/prober"
 	"github.com/pillionmesh/pillion/proxy"
 )
 
@@ -119,7 +120,7 @@ func TestProxyBadPodIP(t *testing.T) {
 // TestAppProbeOptions: a pod IP is probed from the inbound source of its
 // family; without one, 127.0.0.1 from the kernel's choice.
 func TestAppProbeOptions(t *testing.T) {
-	for in, want := range map[string]appprobe.Options{
+	for in, want := range map[string]prober.Options{
 		"":            {},
 		"10.0.0.7":    {PodIP: netip.MustParseAddr("10.0.0.7"), Source: netip.MustParseAddr("127.0.0.6")},
 		"fd00:ca7::7": {PodIP: netip.MustParseAddr("fd00:ca7::7"), Source: netip.MustParseAddr("::6")},

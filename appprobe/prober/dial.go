@@ -1,4 +1,4 @@
-package appprobe
+package prober
 
 import (
 	"context"
@@ -15,11 +15,6 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 )
-
-// PodIPEnvVar is the environment variable the injector fills with the
-// pod's IP (the downward API's status.podIP), and the default of `pillion
-// proxy --pod-ip`.
-const PodIPEnvVar = "POD_IP"
 
 // Options say where a Handler sends the probes that name no host, and
 // from which address. The zero Options send them to 127.0.0.1 from the
