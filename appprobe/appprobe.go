@@ -117,10 +117,18 @@ type GRPC struct {
 // Parse decodes and validates a Set from its JSON, strictly: an unknown
 // field, a repeated path or trailing data is an error. Errors name the
 // probe path and the field, as in
-// `"/app-health/app/readyz": httpGet.port: 0: not a port (1-65535)`.
+// `appprobe: "/app-health/app/readyz": httpGet.port: 0: not a port (1-65535)`.
 // An empty (or all-blank) data is the empty Set. A Set Parse returns is
 // never nil.
 func Parse(data string) (Set, error) {
+	s, err := parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("appprobe: %w", err)
+	}
+	return s, nil
+}
+
+func parse(data string) (Set, error) {
 	if strings.TrimSpace(data) == "" {
 		return Set{}, nil
 	}
@@ -164,7 +172,7 @@ func Parse(data string) (Set, error) {
 	if _, err := dec.Token(); err != nil { // the closing brace
 		return nil, err
 	}
-	if err := s.Validate(); err != nil {
+	if err := s.validate(); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -186,6 +194,13 @@ func decodeProbe(raw json.RawMessage) (Probe, error) {
 // Validate checks every path and probe of s, in the order of the paths,
 // and returns the first error, naming the path and the field.
 func (s Set) Validate() error {
+	if err := s.validate(); err != nil {
+		return fmt.Errorf("appprobe: %w", err)
+	}
+	return nil
+}
+
+func (s Set) validate() error {
 	keys := make([]string, 0, len(s))
 	for k := range s {
 		keys = append(keys, k)

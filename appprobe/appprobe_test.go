@@ -94,8 +94,8 @@ func TestParseErrors(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			s, err := appprobe.Parse(tt.data)
-			if err == nil || err.Error() != tt.want {
-				t.Errorf("Parse = %v, %v\nwant error %s", s, err, tt.want)
+			if err == nil || err.Error() != "appprobe: "+tt.want {
+				t.Errorf("Parse = %v, %v\nwant error appprobe: %s", s, err, tt.want)
 			}
 		})
 	}

@@ -23,5 +23,5 @@ func ExampleParse() {
 	// Output:
 	// {"/app-health/app/livez":{"tcpSocket":{"port":8080},"timeoutSeconds":5},"/app-health/app/readyz":{"httpGet":{"path":"/ready","port":8080}}}
 	// 2 <nil>
-	// "/app-health/app/readyz": httpGet.port: 0: not a port (1-65535)
+	// appprobe: "/app-health/app/readyz": httpGet.port: 0: not a port (1-65535)
 }

@@ -39,8 +39,15 @@ type Options struct {
 // Validate checks that PodIP and Source are addresses without a zone,
 // that Source is set only with PodIP and in its family, and that neither
 // is unspecified or IPv4-mapped (a mapped PodIP would be dialled as IPv4
-// from an IPv6 Source). Errors name the field, as Parse's do.
+// from an IPv6 Source). Errors name the field, as appprobe.Parse's do.
 func (o Options) Validate() error {
+	if err := o.validate(); err != nil {
+		return fmt.Errorf("prober: %w", err)
+	}
+	return nil
+}
+
+func (o Options) validate() error {
 	if err := validateAddr(o.PodIP); err != nil {
 		return fmt.Errorf("pod IP: %w", err)
 	}

@@ -218,15 +218,15 @@ func TestOptionsValidate(t *testing.T) {
 		{"IPv4", prober.Options{PodIP: netip.MustParseAddr("10.0.0.7"), Source: source}, ""},
 		{"IPv6", prober.Options{PodIP: netip.MustParseAddr("fd00::7"), Source: netip.MustParseAddr("::6")}, ""},
 		{"families", prober.Options{PodIP: netip.MustParseAddr("fd00::7"), Source: source},
-			"source: 127.0.0.6 is not of the family of the pod IP fd00::7"},
+			"prober: source: 127.0.0.6 is not of the family of the pod IP fd00::7"},
 		{"source alone", prober.Options{Source: source},
-			"source: 127.0.0.6 without a pod IP: it is only for connections to the pod IP"},
-		{"zone", prober.Options{PodIP: netip.MustParseAddr("fe80::1%eth0")}, "pod IP: fe80::1%eth0: has a zone"},
-		{"unspecified", prober.Options{PodIP: netip.MustParseAddr("0.0.0.0")}, "pod IP: 0.0.0.0: unspecified"},
+			"prober: source: 127.0.0.6 without a pod IP: it is only for connections to the pod IP"},
+		{"zone", prober.Options{PodIP: netip.MustParseAddr("fe80::1%eth0")}, "prober: pod IP: fe80::1%eth0: has a zone"},
+		{"unspecified", prober.Options{PodIP: netip.MustParseAddr("0.0.0.0")}, "prober: pod IP: 0.0.0.0: unspecified"},
 		{"mapped", prober.Options{PodIP: netip.MustParseAddr("::ffff:10.0.0.7")},
-			"pod IP: ::ffff:10.0.0.7: IPv4-mapped; give the IPv4 address"},
+			"prober: pod IP: ::ffff:10.0.0.7: IPv4-mapped; give the IPv4 address"},
 		{"mapped source", prober.Options{PodIP: netip.MustParseAddr("fd00::7"), Source: netip.MustParseAddr("::ffff:127.0.0.6")},
-			"source: ::ffff:127.0.0.6: IPv4-mapped; give the IPv4 address"},
+			"prober: source: ::ffff:127.0.0.6: IPv4-mapped; give the IPv4 address"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			got := ""
@@ -240,7 +240,7 @@ func TestOptionsValidate(t *testing.T) {
 	}
 	// A Handler with invalid Options runs no probe.
 	code, body := run(probe("tcp", 1, ""), prober.Options{Source: source})
-	if want := "appprobe: invalid probe: options: source: 127.0.0.6 without a pod IP: it is only for connections to the pod IP\n"; code != 500 || body != want {
+	if want := "prober: invalid probe: options: source: 127.0.0.6 without a pod IP: it is only for connections to the pod IP\n"; code != 500 || body != want {
 		t.Errorf("invalid Options: %d %q, want 500 %q", code, body, want)
 	}
 }

@@ -74,7 +74,7 @@ type grpcProbe struct {
 func NewHandler(s appprobe.Set, o Options) *Handler {
 	d := dialer{podIP: o.PodIP, source: o.Source}
 	h := &Handler{probes: make(map[string]compiled, len(s)), client: newClient(d), dial: d}
-	oerr := o.Validate()
+	oerr := o.validate()
 	for k, p := range s {
 		h.probes[k] = compile(k, p, o.host())
 		if oerr != nil {
@@ -156,16 +156,16 @@ type result struct {
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	c, ok := h.probes[r.URL.Path]
 	if !ok {
-		http.Error(w, fmt.Sprintf("appprobe: no probe at %s", r.URL.Path), http.StatusNotFound)
+		http.Error(w, fmt.Sprintf("prober: no probe at %s", r.URL.Path), http.StatusNotFound)
 		return
 	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
-		http.Error(w, fmt.Sprintf("appprobe: %s is probed with GET", r.URL.Path), http.StatusMethodNotAllowed)
+		http.Error(w, fmt.Sprintf("prober: %s is probed with GET", r.URL.Path), http.StatusMethodNotAllowed)
 		return
 	}
 	if c.err != nil {
-		http.Error(w, "appprobe: invalid probe: "+c.err.Error(), http.StatusInternalServerError)
+		http.Error(w, "prober: invalid probe: "+c.err.Error(), http.StatusInternalServerError)
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), c.timeout)

@@ -218,11 +218,11 @@ func TestHandlerRefuses(t *testing.T) {
 		code         int
 		body         string
 	}{
-		{"GET", "/app-health/other/readyz", 404, "appprobe: no probe at /app-health/other/readyz\n"},
-		{"GET", path + "/", 404, "appprobe: no probe at /app-health/app/readyz/\n"},
-		{"POST", path, 405, "appprobe: /app-health/app/readyz is probed with GET\n"},
+		{"GET", "/app-health/other/readyz", 404, "prober: no probe at /app-health/other/readyz\n"},
+		{"GET", path + "/", 404, "prober: no probe at /app-health/app/readyz/\n"},
+		{"POST", path, 405, "prober: /app-health/app/readyz is probed with GET\n"},
 		{"GET", "/app-health/app/livez", 500,
-			`appprobe: invalid probe: "/app-health/app/livez": tcpSocket.port: 0: not a port (1-65535)` + "\n"},
+			`prober: invalid probe: appprobe: "/app-health/app/livez": tcpSocket.port: 0: not a port (1-65535)` + "\n"},
 	} {
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, httptest.NewRequest(tt.method, tt.path, nil))

@@ -90,12 +90,12 @@ func TestHealthPortServesAppProbes(t *testing.T) {
 // injector's environment variable, exits 2 naming the flag.
 func TestProxyBadAppProbes(t *testing.T) {
 	code, _, stderr := runCmd("proxy", "--app-probes", "{bad")
-	if want := "pillion proxy: --app-probes: invalid character 'b' looking for beginning of object key string\n"; code != 2 || !strings.HasPrefix(stderr, want) {
+	if want := "pillion proxy: --app-probes: appprobe: invalid character 'b' looking for beginning of object key string\n"; code != 2 || !strings.HasPrefix(stderr, want) {
 		t.Errorf("exit %d, stderr %q; want 2 and %q", code, stderr, want)
 	}
 	t.Setenv(appprobe.EnvVar, `{"/app-health/app/readyz": {"httpGet": {"port": 0}}}`)
 	code, _, stderr = runCmd("proxy")
-	if want := `pillion proxy: --app-probes: "/app-health/app/readyz": httpGet.port: 0: not a port (1-65535)` + "\n"; code != 2 || !strings.HasPrefix(stderr, want) {
+	if want := `pillion proxy: --app-probes: appprobe: "/app-health/app/readyz": httpGet.port: 0: not a port (1-65535)` + "\n"; code != 2 || !strings.HasPrefix(stderr, want) {
 		t.Errorf("from $%s: exit %d, stderr %q; want 2 and %q", appprobe.EnvVar, code, stderr, want)
 	}
 }
