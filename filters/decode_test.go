@@ -3,6 +3,7 @@ package filters_test
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -129,4 +130,20 @@ func FuzzDecodeStrict(f *testing.F) {
 			t.Fatalf("DecodeStrict accepted %q, encoding/json did not: %v", data, err)
 		}
 	})
+}
+
+// A config is decoded strictly, its errors naming the field by its path.
+func ExampleDecodeStrict() {
+	var cfg struct {
+		Attempts int              `json:"attempts"`
+		Backoff  filters.Duration `json:"backoff"`
+		On       []string         `json:"on"`
+	}
+	fmt.Println(filters.DecodeStrict([]byte(`{"attempts": 2, "backoff": "25ms", "on": ["5xx"]}`), &cfg, "retry"), cfg.Backoff.Std())
+	fmt.Println(filters.DecodeStrict([]byte(`{"attempt": 2}`), &cfg, "retry"))
+	fmt.Println(filters.DecodeStrict([]byte(`{"on": ["5xx", 503]}`), &cfg, "retry"))
+	// Output:
+	// <nil> 25ms
+	// retry.attempt: unknown field (known: attempts, backoff, on)
+	// retry.on[1]: want a string, got number
 }
