@@ -1,22 +1,21 @@
-// Package appprobe runs an application's kubelet probes from inside the pod,
-// so that they keep working when the sidecar refuses plaintext inbound
-// traffic (mesh.mode STRICT).
+// Package appprobe is the contract between the injector and the sidecar for
+// an application's kubelet probes, which the sidecar runs from inside the
+// pod so that they keep working when it refuses plaintext inbound traffic
+// (mesh.mode STRICT). It holds what both sides agree on and nothing that
+// runs a probe (package appprobe/prober does), so that the injector imports
+// it without the prober's gRPC and HTTP clients.
 //
 // The injector rewrites each application container's httpGet, tcpSocket and
 // grpc probe into an httpGet on the sidecar's health port,
 //
 //	httpGet: {path: /app-health/<container>/<readyz|livez|startupz>, port: 15021}
 //
-// and hands the sidecar the original probes as a Set, encoded with
-// Set.Encode into the environment variable PILLION_APP_PROBES. The sidecar
-// decodes it with Parse and serves it with NewHandler: each GET on a probe
-// path runs the original probe against the application and answers as
-// kubelet would judge it, so kubelet sees the application's health as if it
-// had probed it itself. A probe that names no host goes, as kubelet's, to
-// the pod's IP (Options.PodIP), from 127.0.0.6 or ::6 (Options.Source),
-// which capture lets through; without a pod IP, to 127.0.0.1.
+// (Path), and hands the sidecar the original probes as a Set, encoded with
+// Set.Encode into the environment variable PILLION_APP_PROBES (EnvVar), with
+// the pod's IP in POD_IP (PodIPEnvVar). The sidecar decodes the Set with
+// Parse and serves it with prober.NewHandler.
 //
-// The JSON of a Set is the contract between the injector and the sidecar:
+// The JSON of a Set is the wire format:
 //
 //	{"/app-health/app/readyz": {"httpGet": {"path": "/ready", "port": 8080}, "timeoutSeconds": 2},
 //	 "/app-health/app/livez":  {"tcpSocket": {"port": 8080}},
@@ -25,24 +24,14 @@ package appprobe
 
 import (
 	"bytes"
-	"cmp"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"net/netip"
-	"net/url"
 	"slices"
-	"strconv"
 	"strings"
-	"time"
 
 	"golang.org/x/net/http/httpguts"
-
-	"github.com/pillionmesh/pillion/mtls"
 )
 
 // PathPrefix starts every probe path on the health port.
@@ -58,6 +47,11 @@ const (
 // EnvVar is the environment variable the injector writes a Set's Encode
 // into, and the default of `pillion proxy --app-probes`.
 const EnvVar = "PILLION_APP_PROBES"
+
+// PodIPEnvVar is the environment variable the injector fills with the
+// pod's IP (the downward API's status.podIP), and the default of `pillion
+// proxy --pod-ip`.
+const PodIPEnvVar = "POD_IP"
 
 // Path returns the probe path of a container's probe of the given kind
 // (Readiness, Liveness or Startup): "/app-health/<container>/<kind>". It
@@ -88,7 +82,7 @@ type HTTPGet struct {
 	// Port is a number: the injector resolves named ports.
 	Port int32 `json:"port"`
 	// Host is the address to connect to; empty means the pod's IP
-	// (Options).
+	// (prober.Options).
 	Host string `json:"host,omitempty"`
 	// Scheme is HTTP (empty means HTTP) or HTTPS. HTTPS does not verify
 	// the application's certificate, as kubelet does not.
@@ -108,28 +102,33 @@ type Header struct {
 type TCPSocket struct {
 	Port int32 `json:"port"`
 	// Host is the address to connect to; empty means the pod's IP
-	// (Options).
+	// (prober.Options).
 	Host string `json:"host,omitempty"`
 }
 
 // GRPC is a gRPC probe: it passes when grpc.health.v1.Health/Check on
-// Port of the pod's IP (Options) answers SERVING for Service.
+// Port of the pod's IP (prober.Options) answers SERVING for Service.
 type GRPC struct {
 	Port int32 `json:"port"`
 	// Service is the name checked; nil means "", the server as a whole.
 	Service *string `json:"service,omitempty"`
 }
 
-// defaultHost is where probes that name no host go without a pod IP.
-const defaultHost = "127.0.0.1"
-
 // Parse decodes and validates a Set from its JSON, strictly: an unknown
 // field, a repeated path or trailing data is an error. Errors name the
 // probe path and the field, as in
-// `"/app-health/app/readyz": httpGet.port: 0: not a port (1-65535)`.
+// `appprobe: "/app-health/app/readyz": httpGet.port: 0: not a port (1-65535)`.
 // An empty (or all-blank) data is the empty Set. A Set Parse returns is
 // never nil.
 func Parse(data string) (Set, error) {
+	s, err := parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("appprobe: %w", err)
+	}
+	return s, nil
+}
+
+func parse(data string) (Set, error) {
 	if strings.TrimSpace(data) == "" {
 		return Set{}, nil
 	}
@@ -173,7 +172,7 @@ func Parse(data string) (Set, error) {
 	if _, err := dec.Token(); err != nil { // the closing brace
 		return nil, err
 	}
-	if err := s.Validate(); err != nil {
+	if err := s.validate(); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -195,6 +194,13 @@ func decodeProbe(raw json.RawMessage) (Probe, error) {
 // Validate checks every path and probe of s, in the order of the paths,
 // and returns the first error, naming the path and the field.
 func (s Set) Validate() error {
+	if err := s.validate(); err != nil {
+		return fmt.Errorf("appprobe: %w", err)
+	}
+	return nil
+}
+
+func (s Set) validate() error {
 	keys := make([]string, 0, len(s))
 	for k := range s {
 		keys = append(keys, k)
@@ -348,221 +354,4 @@ func isHostLabel(s string) bool {
 		}
 	}
 	return true
-}
-
-// Handler answers GET on the probe paths of a Set by running their probes.
-// It is safe for concurrent use; it keeps no connection between probes.
-type Handler struct {
-	probes map[string]compiled
-	client *http.Client
-	dial   dialer
-}
-
-// compiled is one probe ready to run: exactly one of http, tcp and grpc is
-// set, or err says why the probe is invalid.
-type compiled struct {
-	timeout time.Duration
-	err     error
-	http    *httpProbe
-	tcp     string // host:port
-	grpc    *grpcProbe
-}
-
-type httpProbe struct {
-	url    string
-	header http.Header
-}
-
-type grpcProbe struct {
-	target, service string
-}
-
-// NewHandler returns a Handler for the probes of s, which sends those that
-// name no host where o says; it keeps no reference to s. A GET (or HEAD)
-// on a path of s runs its probe with its time-out and answers as kubelet
-// would judge the probe:
-//
-//   - httpGet: the application's status when it is 200–399 (a redirect is
-//     not followed, and its Location is not passed on); its status when
-//     400 or more; 503 when the request failed (refused, timed out).
-//   - tcpSocket: 200 when a connection opens, else 503.
-//   - grpc: 200 when the health check answers SERVING, else 503.
-//
-// The body is one line of text saying what was done and why it failed. A
-// path not in s is 404, another method 405, and an invalid probe (s was
-// not checked with Validate), or every probe when o is invalid (not
-// checked with Options.Validate), 500 with the error.
-func NewHandler(s Set, o Options) *Handler {
-	d := dialer{podIP: o.PodIP, source: o.Source}
-	h := &Handler{probes: make(map[string]compiled, len(s)), client: newClient(d), dial: d}
-	oerr := o.Validate()
-	for k, p := range s {
-		h.probes[k] = compile(k, p, o.host())
-		if oerr != nil {
-			h.probes[k] = compiled{err: fmt.Errorf("options: %w", oerr)}
-		}
-	}
-	return h
-}
-
-// newClient is the HTTP client of httpGet probes, configured as kubelet's:
-// no proxy, no keep-alive, no compression, no redirect followed, and no
-// verification of the application's certificate.
-func newClient(d dialer) *http.Client {
-	return &http.Client{
-		Transport: &http.Transport{
-			Proxy:              nil,
-			DialContext:        d.DialContext,
-			DisableKeepAlives:  true,
-			DisableCompression: true,
-			TLSClientConfig:    mtls.ProbeClientConfig(),
-		},
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}
-}
-
-// compile prepares a probe; a probe without a host goes to host.
-func compile(key string, p Probe, host string) compiled {
-	if err := validate(key, p); err != nil {
-		return compiled{err: err}
-	}
-	c := compiled{timeout: time.Second}
-	if p.TimeoutSeconds > 0 {
-		c.timeout = time.Duration(p.TimeoutSeconds) * time.Second
-	}
-	switch {
-	case p.HTTPGet != nil:
-		g := p.HTTPGet
-		scheme := "http"
-		if g.Scheme == "HTTPS" {
-			scheme = "https"
-		}
-		path := g.Path
-		if path == "" {
-			path = "/"
-		}
-		// As kubelet's formatURL: a path that does not parse is passed as is.
-		u, err := url.Parse(path)
-		if err != nil {
-			u = &url.URL{Path: path}
-		}
-		u.Scheme, u.Host = scheme, hostPort(cmp.Or(g.Host, host), g.Port)
-		hp := &httpProbe{url: u.String(), header: http.Header{}}
-		for _, hd := range g.HTTPHeaders {
-			hp.header.Add(hd.Name, hd.Value)
-		}
-		c.http = hp
-	case p.TCPSocket != nil:
-		c.tcp = hostPort(cmp.Or(p.TCPSocket.Host, host), p.TCPSocket.Port)
-	default:
-		c.grpc = &grpcProbe{target: hostPort(host, p.GRPC.Port)}
-		if p.GRPC.Service != nil {
-			c.grpc.service = *p.GRPC.Service
-		}
-	}
-	return c
-}
-
-func hostPort(host string, port int32) string {
-	return net.JoinHostPort(host, strconv.Itoa(int(port)))
-}
-
-// result is a probe's verdict: the status to answer and a line saying why.
-type result struct {
-	code int
-	msg  string
-}
-
-// ServeHTTP implements http.Handler.
-func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	c, ok := h.probes[r.URL.Path]
-	if !ok {
-		http.Error(w, fmt.Sprintf("appprobe: no probe at %s", r.URL.Path), http.StatusNotFound)
-		return
-	}
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		w.Header().Set("Allow", "GET, HEAD")
-		http.Error(w, fmt.Sprintf("appprobe: %s is probed with GET", r.URL.Path), http.StatusMethodNotAllowed)
-		return
-	}
-	if c.err != nil {
-		http.Error(w, "appprobe: invalid probe: "+c.err.Error(), http.StatusInternalServerError)
-		return
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), c.timeout)
-	defer cancel()
-	var res result
-	switch {
-	case c.http != nil:
-		res = h.httpGet(ctx, c, r.UserAgent())
-	case c.grpc != nil:
-		res = h.grpcCheck(ctx, c, r.UserAgent())
-	default:
-		res = h.tcpDial(ctx, c)
-	}
-	if res.code < 200 || res.code >= 400 {
-		http.Error(w, res.msg, res.code)
-		return
-	}
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(res.code)
-	fmt.Fprintln(w, res.msg)
-}
-
-// failed is the 503 of a probe that got no answer.
-func failed(ctx context.Context, c compiled, what string, err error) result {
-	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		return result{http.StatusServiceUnavailable, fmt.Sprintf("%s: no answer within %s", what, c.timeout)}
-	}
-	return result{http.StatusServiceUnavailable, fmt.Sprintf("%s: %v", what, err)}
-}
-
-// httpGet runs an httpGet probe. userAgent is the prober's (kubelet's
-// kube-probe/<version>), sent unless the probe sets its own.
-func (h *Handler) httpGet(ctx context.Context, c compiled, userAgent string) result {
-	what := "GET " + c.http.url
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.http.url, nil)
-	if err != nil {
-		return result{http.StatusServiceUnavailable, fmt.Sprintf("%s: %v", what, err)}
-	}
-	req.Header = c.http.header.Clone()
-	if _, ok := req.Header["User-Agent"]; !ok && userAgent != "" {
-		req.Header.Set("User-Agent", userAgent)
-	}
-	if _, ok := req.Header["Accept"]; !ok {
-		req.Header.Set("Accept", "*/*")
-	} else if req.Header.Get("Accept") == "" {
-		req.Header.Del("Accept")
-	}
-	if host := req.Header.Get("Host"); host != "" {
-		req.Host = host
-	}
-	resp, err := h.client.Do(req)
-	if err != nil {
-		var uerr *url.Error
-		if errors.As(err, &uerr) {
-			err = uerr.Err // what already names the URL
-		}
-		return failed(ctx, c, what, err)
-	}
-	defer resp.Body.Close()
-	msg := what + ": " + resp.Status
-	switch {
-	case resp.StatusCode < 200:
-		return result{http.StatusServiceUnavailable, msg + ": not a final answer"}
-	case resp.StatusCode < 400:
-		return result{resp.StatusCode, msg}
-	}
-	if why := snippet(resp.Body); why != "" {
-		msg += ": " + why
-	}
-	return result{resp.StatusCode, msg}
-}
-
-// snippet is the start of a failing answer's body on one line, to say
-// why in kubelet's event.
-func snippet(body io.Reader) string {
-	b, _ := io.ReadAll(io.LimitReader(body, 256))
-	return strings.Join(strings.Fields(strings.ToValidUTF8(string(b), "?")), " ")
 }

@@ -176,7 +176,7 @@ func TestHTTPReloadUnderLoad(t *testing.T) {
 		t.Errorf("after the reload and the refused config: %v, want only v2", seen)
 	}
 	l, _ := m.a.WaitLog(func(l meshtest.LogLine) bool { return l.Msg == "config refused: the running config stays" }, 0)
-	if want := m.configA + `: outbound.filters[0].headers: unknown field "respnse"`; l.Error != want {
+	if want := m.configA + `: outbound.filters[0].headers.respnse: unknown field (known: request, response)`; l.Error != want {
 		t.Errorf("refusal says %q, want it to name the field: %s", l.Error, want)
 	}
 }

@@ -158,29 +158,39 @@ func DefaultResources() corev1.ResourceRequirements {
 func LoadConfig(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, err
+		return nil, prefixed(err)
 	}
-	cfg, err := ParseConfig(data)
+	cfg, err := parseConfig(data)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, fmt.Errorf("injector: %s: %w", path, err)
 	}
 	return cfg, nil
 }
 
 // ParseConfig decodes data strictly and validates it.
 func ParseConfig(data []byte) (*Config, error) {
+	cfg, err := parseConfig(data)
+	return cfg, prefixed(err)
+}
+
+func parseConfig(data []byte) (*Config, error) {
 	var raw RawConfig
 	if err := yaml.UnmarshalStrict(data, &raw); err != nil {
 		// sigs.k8s.io/yaml goes through JSON and says so twice.
 		msg := strings.ReplaceAll(err.Error(), "error unmarshaling JSON: while decoding JSON: json: ", "")
 		return nil, fmt.Errorf("config: %s", msg)
 	}
-	return raw.Validate()
+	return raw.validate()
 }
 
 // Validate checks every field and fills the defaults. The error names each
 // wrong field by its path in the file, one per line.
 func (r RawConfig) Validate() (*Config, error) {
+	c, err := r.validate()
+	return c, prefixed(err)
+}
+
+func (r RawConfig) validate() (*Config, error) {
 	var errs []error
 	fail := func(field, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))

@@ -85,8 +85,8 @@ func TestDiscoveryConfigErrors(t *testing.T) {
 	} {
 		t.Run(c.yaml, func(t *testing.T) {
 			_, err := ParseConfig([]byte(minimalConfig + c.yaml))
-			if err == nil || err.Error() != c.want {
-				t.Errorf("got  %v\nwant %s", err, c.want)
+			if err == nil || err.Error() != "injector: "+c.want {
+				t.Errorf("got  %v\nwant injector: %s", err, c.want)
 			}
 		})
 	}

@@ -78,6 +78,11 @@ type Status struct {
 //     container, the sidecar (native or classic), and the annotations
 //     (status, default container, Prometheus scrape, proxy config).
 func Inject(pod *corev1.Pod, ns Namespace, cfg *Config) (Result, error) {
+	res, err := inject(pod, ns, cfg)
+	return res, prefixed(err)
+}
+
+func inject(pod *corev1.Pod, ns Namespace, cfg *Config) (Result, error) {
 	if skip, err := decide(pod, ns, cfg); skip != "" || err != nil {
 		return Result{Skipped: skip}, err
 	}

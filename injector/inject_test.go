@@ -43,7 +43,7 @@ func TestDecide(t *testing.T) {
 		{name: "host network", ns: Namespace{"shop", true}, hostNet: true, wantSkip: SkipHostNetwork},
 		{name: "already injected", ann: map[string]string{StatusAnnotation: "{}", InjectAnnotation: "bogus"}, ns: Namespace{"shop", true}, wantSkip: SkipAlreadyInjected},
 		{name: "bad value", ann: map[string]string{InjectAnnotation: "yes"}, ns: Namespace{"shop", true},
-			wantError: `annotation pillion.io/inject: "yes": want "enabled" or "disabled"`},
+			wantError: `injector: annotation pillion.io/inject: "yes": want "enabled" or "disabled"`},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			pod := newPod(c.ann)
@@ -98,8 +98,8 @@ func TestBadAnnotations(t *testing.T) {
 			"annotation sidecar.pillion.io/native: \"no\": want \"true\" or \"false\"\nannotation traffic.pillion.io/exclude-inbound-ports: \"x\": \"x\" is not a port number (1-65535)"},
 	} {
 		_, err := Inject(newPod(c.ann), Namespace{"shop", true}, cfg)
-		if err == nil || !strings.HasPrefix(err.Error(), c.want) {
-			t.Errorf("%v:\n got %v\nwant %s…", c.ann, err, c.want)
+		if err == nil || !strings.HasPrefix(err.Error(), "injector: "+c.want) {
+			t.Errorf("%v:\n got %v\nwant injector: %s…", c.ann, err, c.want)
 		}
 	}
 }
@@ -110,7 +110,7 @@ func TestReservedNames(t *testing.T) {
 	pod.Spec.Containers = append(pod.Spec.Containers, corev1.Container{Name: ProxyName, Image: "x"})
 	pod.Spec.Volumes = []corev1.Volume{{Name: ConfigVolumeName}}
 	_, err := Inject(pod, Namespace{"shop", true}, cfg)
-	want := `container "pillion-proxy": the name is reserved for the pillion sidecar; rename it, or annotate the pod pillion.io/inject: "disabled"` +
+	want := `injector: container "pillion-proxy": the name is reserved for the pillion sidecar; rename it, or annotate the pod pillion.io/inject: "disabled"` +
 		"\n" + `volume "pillion-config": the name is reserved for the pillion sidecar`
 	if err == nil || err.Error() != want {
 		t.Errorf("got %v\nwant %s", err, want)

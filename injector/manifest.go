@@ -43,6 +43,11 @@ var podTemplatePaths = map[string][]string{
 // running this). Nothing is written unless every document is valid: the
 // error names the document and the object.
 func Manifests(r io.Reader, w io.Writer, cfg *Config) ([]Report, error) {
+	reports, err := manifests(r, w, cfg)
+	return reports, prefixed(err)
+}
+
+func manifests(r io.Reader, w io.Writer, cfg *Config) ([]Report, error) {
 	yr := utilyaml.NewYAMLReader(bufio.NewReader(r))
 	var (
 		out     bytes.Buffer
@@ -152,7 +157,7 @@ func injectObject(obj map[string]any, doc int, parentNS string, cfg *Config) (bo
 	if err != nil {
 		return false, nil, fmt.Errorf("document %d (%s): %w", doc, what, err)
 	}
-	patch, res, err := Patch(raw, Namespace{Name: ns, InjectionEnabled: true}, cfg)
+	patch, res, err := patchPod(raw, Namespace{Name: ns, InjectionEnabled: true}, cfg)
 	if err != nil {
 		return false, nil, fmt.Errorf("document %d (%s): %w", doc, what, err)
 	}
@@ -160,7 +165,7 @@ func injectObject(obj map[string]any, doc int, parentNS string, cfg *Config) (bo
 	if patch == nil {
 		return false, []Report{report}, nil
 	}
-	injected, err := ApplyPatch(raw, patch)
+	injected, err := applyPatch(raw, patch)
 	if err != nil {
 		return false, nil, fmt.Errorf("document %d (%s): %w", doc, what, err)
 	}
@@ -180,6 +185,11 @@ func injectObject(obj map[string]any, doc int, parentNS string, cfg *Config) (bo
 
 // ApplyPatch applies a JSON patch from Patch to the JSON document doc.
 func ApplyPatch(doc, patch []byte) ([]byte, error) {
+	out, err := applyPatch(doc, patch)
+	return out, prefixed(err)
+}
+
+func applyPatch(doc, patch []byte) ([]byte, error) {
 	p, err := jsonpatch.DecodePatch(patch)
 	if err != nil {
 		return nil, fmt.Errorf("decode patch: %w", err)

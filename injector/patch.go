@@ -16,11 +16,16 @@ import (
 // k8s.io/api would be removed, so the injector must be built with a Pod
 // type at least as new as the cluster's.
 func Patch(raw []byte, ns Namespace, cfg *Config) ([]byte, Result, error) {
+	patch, res, err := patchPod(raw, ns, cfg)
+	return patch, res, prefixed(err)
+}
+
+func patchPod(raw []byte, ns Namespace, cfg *Config) ([]byte, Result, error) {
 	var pod corev1.Pod
 	if err := json.Unmarshal(raw, &pod); err != nil {
 		return nil, Result{}, fmt.Errorf("decode pod: %w", err)
 	}
-	res, err := Inject(&pod, ns, cfg)
+	res, err := inject(&pod, ns, cfg)
 	if err != nil || res.Pod == nil {
 		return nil, res, err
 	}

@@ -166,7 +166,7 @@ func (w *Webhook) review(req *admissionv1.AdmissionRequest, nsEnabled bool) (*ad
 		return resp, resultIgnored, "not_create"
 	}
 	ns := Namespace{Name: req.Namespace, InjectionEnabled: nsEnabled}
-	patch, res, err := Patch(req.Object.Raw, ns, w.cfg.Load())
+	patch, res, err := patchPod(req.Object.Raw, ns, w.cfg.Load())
 	if err != nil {
 		resp.Allowed = false
 		resp.Result = &metav1.Status{

@@ -152,42 +152,61 @@ func DefaultConfig() Config {
 	}
 }
 
-// Validate checks c and returns an error naming the first field that is
-// wrong. The names are the flags of `pillion proxy`.
+// FieldError is the error Validate returns: Field names the Config field
+// that is wrong by its Go name ("DialTimeout", "Pool.HTTP1IdleTimeout"),
+// Err says why, so that a caller can name the field in its own terms (`pillion
+// proxy` names the flag that sets it).
+type FieldError struct {
+	Field string
+	Err   error
+}
+
+func (e *FieldError) Error() string { return "proxy: " + e.Field + ": " + e.Err.Error() }
+
+// Unwrap returns Err.
+func (e *FieldError) Unwrap() error { return e.Err }
+
+// invalid returns a *FieldError for field; format and args say why.
+func invalid(field, format string, args ...any) error {
+	return &FieldError{Field: field, Err: fmt.Errorf(format, args...)}
+}
+
+// Validate checks c and returns a *FieldError naming the first field that
+// is wrong, except for Workload's errors, which are Workload.Validate's.
 func (c Config) Validate() error {
 	switch {
 	case c.OutboundPort == 0:
-		return fmt.Errorf("--outbound-port: must be 1-65535")
+		return invalid("OutboundPort", "must be 1-65535")
 	case c.InboundPort == 0:
-		return fmt.Errorf("--inbound-port: must be 1-65535")
+		return invalid("InboundPort", "must be 1-65535")
 	case c.OutboundPort == c.InboundPort:
-		return fmt.Errorf("--inbound-port: %d is also the outbound port; they must differ", c.InboundPort)
+		return invalid("InboundPort", "%d is also the outbound port; they must differ", c.InboundPort)
 	case c.DialTimeout <= 0:
-		return fmt.Errorf("--dial-timeout: %v: must be positive", c.DialTimeout)
+		return invalid("DialTimeout", "%v: must be positive", c.DialTimeout)
 	case c.MaxConnections <= 0:
-		return fmt.Errorf("--max-connections: %d: must be positive", c.MaxConnections)
+		return invalid("MaxConnections", "%d: must be positive", c.MaxConnections)
 	case c.MaxHandshakes <= 0:
-		return fmt.Errorf("--max-handshakes: %d: must be positive", c.MaxHandshakes)
+		return invalid("MaxHandshakes", "%d: must be positive", c.MaxHandshakes)
 	case c.DrainPeriod < 0:
-		return fmt.Errorf("--drain-period: %v: must not be negative (0 closes the listeners at once)", c.DrainPeriod)
+		return invalid("DrainPeriod", "%v: must not be negative (0 closes the listeners at once)", c.DrainPeriod)
 	case c.DrainTimeout < 0:
-		return fmt.Errorf("--drain-timeout: %v: must not be negative", c.DrainTimeout)
+		return invalid("DrainTimeout", "%v: must not be negative", c.DrainTimeout)
 	case c.IdleTimeout < 0:
-		return fmt.Errorf("--idle-timeout: %v: must not be negative (0 means no limit)", c.IdleTimeout)
+		return invalid("IdleTimeout", "%v: must not be negative (0 means no limit)", c.IdleTimeout)
 	case c.Pool.MaxConnsPerEndpoint < 0:
-		return fmt.Errorf("--max-conns-per-endpoint: %d: must not be negative (0 means no limit)", c.Pool.MaxConnsPerEndpoint)
+		return invalid("Pool.MaxConnsPerEndpoint", "%d: must not be negative (0 means no limit)", c.Pool.MaxConnsPerEndpoint)
 	case c.Pool.HTTP1IdleTimeout < 0:
-		return fmt.Errorf("--http1-idle-timeout: %v: must not be negative", c.Pool.HTTP1IdleTimeout)
+		return invalid("Pool.HTTP1IdleTimeout", "%v: must not be negative", c.Pool.HTTP1IdleTimeout)
 	case c.Pool.HTTP2IdleTimeout < 0:
-		return fmt.Errorf("--http2-idle-timeout: %v: must not be negative", c.Pool.HTTP2IdleTimeout)
+		return invalid("Pool.HTTP2IdleTimeout", "%v: must not be negative", c.Pool.HTTP2IdleTimeout)
 	case c.Discovery != nil && c.Identity == nil:
-		return fmt.Errorf("--discovery-address: discovery is reached in mTLS and needs an identity: start the proxy with --spiffe-socket (or SPIFFE_ENDPOINT_SOCKET) or --svid-cert, --svid-key and --svid-bundle")
+		return invalid("Discovery", "discovery is reached in mTLS and %w", ErrNoIdentity)
 	case c.Balance.Validate() != nil:
-		return fmt.Errorf("balance: %w", c.Balance.Validate())
+		return &FieldError{Field: "Balance", Err: c.Balance.Validate()}
 	case c.SniffTimeout <= 0:
-		return fmt.Errorf("--sniff-timeout: %v: must be positive (declare ports opaque with --opaque-ports instead)", c.SniffTimeout)
+		return invalid("SniffTimeout", "%v: must be positive", c.SniffTimeout)
 	case c.HeaderTimeout <= 0 || c.HeaderTimeout > MaxHeaderTimeout:
-		return fmt.Errorf("--header-timeout: %v: must be positive and at most %v", c.HeaderTimeout, MaxHeaderTimeout)
+		return invalid("HeaderTimeout", "%v: must be positive and at most %v", c.HeaderTimeout, MaxHeaderTimeout)
 	case c.Workload.Validate() != nil:
 		return c.Workload.Validate()
 	}

@@ -63,9 +63,10 @@ func newMeshTLS(id Identity) *meshTLS {
 	return m
 }
 
-// errNoIdentity refuses a config that needs mTLS from a proxy without an
-// identity.
-var errNoIdentity = errors.New("needs an identity: start the proxy with --spiffe-socket (or SPIFFE_ENDPOINT_SOCKET) or --svid-cert, --svid-key and --svid-bundle")
+// ErrNoIdentity is in the error that refuses what needs mTLS (a config's
+// mesh networks or STRICT mode, Config.Discovery) from a proxy without an
+// Identity.
+var ErrNoIdentity = errors.New("needs an identity")
 
 // checkMesh refuses a mesh section the proxy cannot honour.
 func (s *Server) checkMesh(m configfile.Mesh) error {
@@ -74,9 +75,9 @@ func (s *Server) checkMesh(m configfile.Mesh) error {
 	}
 	switch {
 	case len(m.Networks) > 0:
-		return fmt.Errorf("mesh.networks: traffic to the mesh is mTLS and %w", errNoIdentity)
+		return fmt.Errorf("mesh.networks: traffic to the mesh is mTLS and %w", ErrNoIdentity)
 	case m.Mode == configfile.Strict:
-		return fmt.Errorf("mesh.mode: STRICT %w", errNoIdentity)
+		return fmt.Errorf("mesh.mode: STRICT %w", ErrNoIdentity)
 	}
 	return nil
 }

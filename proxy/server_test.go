@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -346,15 +347,17 @@ func TestConfigValidate(t *testing.T) {
 		want string
 	}{
 		{"defaults", DefaultConfig(), ""},
-		{"zero outbound", mod(func(c *Config) { c.OutboundPort = 0 }), "--outbound-port: must be 1-65535"},
-		{"same ports", mod(func(c *Config) { c.InboundPort = c.OutboundPort }), "--inbound-port: 15001 is also the outbound port; they must differ"},
-		{"dial timeout", mod(func(c *Config) { c.DialTimeout = 0 }), "--dial-timeout: 0s: must be positive"},
-		{"max conns", mod(func(c *Config) { c.MaxConnections = -1 }), "--max-connections: -1: must be positive"},
-		{"drain", mod(func(c *Config) { c.DrainTimeout = -time.Second }), "--drain-timeout: -1s: must not be negative"},
-		{"drain period", mod(func(c *Config) { c.DrainPeriod = -time.Second }), "--drain-period: -1s: must not be negative (0 closes the listeners at once)"},
+		{"zero outbound", mod(func(c *Config) { c.OutboundPort = 0 }), "proxy: OutboundPort: must be 1-65535"},
+		{"same ports", mod(func(c *Config) { c.InboundPort = c.OutboundPort }), "proxy: InboundPort: 15001 is also the outbound port; they must differ"},
+		{"dial timeout", mod(func(c *Config) { c.DialTimeout = 0 }), "proxy: DialTimeout: 0s: must be positive"},
+		{"max conns", mod(func(c *Config) { c.MaxConnections = -1 }), "proxy: MaxConnections: -1: must be positive"},
+		{"drain", mod(func(c *Config) { c.DrainTimeout = -time.Second }), "proxy: DrainTimeout: -1s: must not be negative"},
+		{"drain period", mod(func(c *Config) { c.DrainPeriod = -time.Second }), "proxy: DrainPeriod: -1s: must not be negative (0 closes the listeners at once)"},
 		{"no drain period", mod(func(c *Config) { c.DrainPeriod = 0 }), ""},
-		{"idle", mod(func(c *Config) { c.IdleTimeout = -time.Second }), "--idle-timeout: -1s: must not be negative (0 means no limit)"},
+		{"idle", mod(func(c *Config) { c.IdleTimeout = -time.Second }), "proxy: IdleTimeout: -1s: must not be negative (0 means no limit)"},
 		{"no idle limit", mod(func(c *Config) { c.IdleTimeout = 0 }), ""},
+		{"pool idle", mod(func(c *Config) { c.Pool.HTTP1IdleTimeout = -time.Second }), "proxy: Pool.HTTP1IdleTimeout: -1s: must not be negative"},
+		{"sniff", mod(func(c *Config) { c.SniffTimeout = 0 }), "proxy: SniffTimeout: 0s: must be positive"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			err := tt.cfg.Validate()
@@ -364,6 +367,11 @@ func TestConfigValidate(t *testing.T) {
 			}
 			if got != tt.want {
 				t.Errorf("Validate() = %q, want %q", got, tt.want)
+			}
+			// The field is there for the caller to name in its own terms.
+			var fe *FieldError
+			if err != nil && (!errors.As(err, &fe) || !strings.HasPrefix(tt.want, "proxy: "+fe.Field+": ")) {
+				t.Errorf("Validate() = %#v, want a *FieldError naming the field of %q", err, tt.want)
 			}
 		})
 	}

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/pillionmesh/pillion/appprobe"
+	"github.com/pillionmesh/pillion/appprobe/prober"
 	"github.com/pillionmesh/pillion/proxy"
 )
 
@@ -89,12 +90,12 @@ func TestHealthPortServesAppProbes(t *testing.T) {
 // injector's environment variable, exits 2 naming the flag.
 func TestProxyBadAppProbes(t *testing.T) {
 	code, _, stderr := runCmd("proxy", "--app-probes", "{bad")
-	if want := "pillion proxy: --app-probes: invalid character 'b' looking for beginning of object key string\n"; code != 2 || !strings.HasPrefix(stderr, want) {
+	if want := "pillion proxy: --app-probes: appprobe: invalid character 'b' looking for beginning of object key string\n"; code != 2 || !strings.HasPrefix(stderr, want) {
 		t.Errorf("exit %d, stderr %q; want 2 and %q", code, stderr, want)
 	}
 	t.Setenv(appprobe.EnvVar, `{"/app-health/app/readyz": {"httpGet": {"port": 0}}}`)
 	code, _, stderr = runCmd("proxy")
-	if want := `pillion proxy: --app-probes: "/app-health/app/readyz": httpGet.port: 0: not a port (1-65535)` + "\n"; code != 2 || !strings.HasPrefix(stderr, want) {
+	if want := `pillion proxy: --app-probes: appprobe: "/app-health/app/readyz": httpGet.port: 0: not a port (1-65535)` + "\n"; code != 2 || !strings.HasPrefix(stderr, want) {
 		t.Errorf("from $%s: exit %d, stderr %q; want 2 and %q", appprobe.EnvVar, code, stderr, want)
 	}
 }
@@ -119,7 +120,7 @@ func TestProxyBadPodIP(t *testing.T) {
 // TestAppProbeOptions: a pod IP is probed from the inbound source of its
 // family; without one, 127.0.0.1 from the kernel's choice.
 func TestAppProbeOptions(t *testing.T) {
-	for in, want := range map[string]appprobe.Options{
+	for in, want := range map[string]prober.Options{
 		"":            {},
 		"10.0.0.7":    {PodIP: netip.MustParseAddr("10.0.0.7"), Source: netip.MustParseAddr("127.0.0.6")},
 		"fd00:ca7::7": {PodIP: netip.MustParseAddr("fd00:ca7::7"), Source: netip.MustParseAddr("::6")},

@@ -202,7 +202,7 @@ func TestInject(t *testing.T) {
 			name:   "bad annotation writes nothing",
 			input:  webService + "---\n" + badAnnotationPod,
 			code:   1,
-			stderr: `pillion inject: FILE: document 2 (Pod shop/x): annotation traffic.pillion.io/exclude-inbound-ports: "http": "http" is not a port number (1-65535)` + "\n",
+			stderr: `pillion inject: FILE: injector: document 2 (Pod shop/x): annotation traffic.pillion.io/exclude-inbound-ports: "http": "http" is not a port number (1-65535)` + "\n",
 			check: func(t *testing.T, stdout string) {
 				if stdout != "" {
 					t.Errorf("stdout = %q, want nothing", stdout)
@@ -286,7 +286,7 @@ func TestInjectBadUsage(t *testing.T) {
 		{"no -f", nil, "pillion inject: -f: required: a manifest file, or - for standard input"},
 		{"missing file", []string{"-f", missing}, "pillion inject: -f: open " + missing + ": no such file or directory"},
 		{"config without image", []string{"-f", manifest, "--config", noImage},
-			"pillion inject: --config: " + noImage + ": image: required: the image the init container and the sidecar run"},
+			"pillion inject: --config: injector: " + noImage + ": image: required: the image the init container and the sidecar run"},
 		{"extra argument", []string{"-f", manifest, "more.yaml"}, `pillion inject: unexpected argument "more.yaml"`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

@@ -74,7 +74,7 @@ func TestInjectorBadFlags(t *testing.T) {
 		{"metrics port is the port", []string{"--metrics-port=" + port}, "--metrics-port: " + port + " is also the --port"},
 		{"missing config", []string{"--config=" + missing}, "--config: open " + missing + ": no such file or directory"},
 		{"config unknown field", []string{"--config=" + unknownField},
-			"--config: " + unknownField + `: config: unknown field "imag"`},
+			"--config: " + unknownField + `: injector: config: unknown field "imag"`},
 		{"missing cert", []string{"--config=" + injectTestConfig, "--tls-cert=" + noCert, "--tls-key=" + noKey},
 			"--tls-cert, --tls-key: serving certificate " + noCert + ", key " + noKey + ": open " + noCert + ": no such file or directory"},
 		{"garbage cert", []string{"--config=" + injectTestConfig, "--tls-cert=" + garbage, "--tls-key=" + garbage},

@@ -18,6 +18,7 @@ import (
 
 	"github.com/pillionmesh/pillion/admin"
 	"github.com/pillionmesh/pillion/appprobe"
+	"github.com/pillionmesh/pillion/appprobe/prober"
 	"github.com/pillionmesh/pillion/proxy"
 	"github.com/pillionmesh/pillion/proxy/resolve"
 	"github.com/pillionmesh/pillion/proxy/upstream"
@@ -54,7 +55,7 @@ type ops struct {
 	appProbes appprobe.Set
 	// appProbeOpts say where the probes that name no host go; zero:
 	// 127.0.0.1.
-	appProbeOpts appprobe.Options
+	appProbeOpts prober.Options
 	// resolver is the client of `pillion discovery`; nil without one.
 	resolver *resolve.Resolver
 }
@@ -106,7 +107,7 @@ func (o *ops) start(p *opsPorts, log *zap.Logger) error {
 	if len(o.appProbes) > 0 {
 		// Not gated on o.ready: these report the application's health,
 		// which kubelet must see while the sidecar starts or drains too.
-		health.Handle("GET "+appprobe.PathPrefix, appprobe.NewHandler(o.appProbes, o.appProbeOpts))
+		health.Handle("GET "+appprobe.PathPrefix, prober.NewHandler(o.appProbes, o.appProbeOpts))
 		paths := zap.Strings("paths", slices.Sorted(maps.Keys(o.appProbes)))
 		if ao := o.appProbeOpts; ao.PodIP.IsValid() {
 			log.Info("serving application probes", paths, zap.Stringer("pod_ip", ao.PodIP), zap.Stringer("source", ao.Source))

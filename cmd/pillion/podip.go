@@ -6,6 +6,7 @@ import (
 	"net/netip"
 
 	"github.com/pillionmesh/pillion/appprobe"
+	"github.com/pillionmesh/pillion/appprobe/prober"
 	"github.com/pillionmesh/pillion/redirect"
 )
 
@@ -40,9 +41,9 @@ func parsePodIP(v string) (netip.Addr, error) {
 // appProbeOptions says where the application-probe runner sends the
 // probes that name no host: to the pod's IP from the inbound sidecar's
 // source, which capture lets through, or, without a pod IP, to 127.0.0.1.
-func appProbeOptions(podIP netip.Addr) appprobe.Options {
+func appProbeOptions(podIP netip.Addr) prober.Options {
 	if !podIP.IsValid() {
-		return appprobe.Options{}
+		return prober.Options{}
 	}
-	return appprobe.Options{PodIP: podIP, Source: redirect.InboundSourceFor(podIP)}
+	return prober.Options{PodIP: podIP, Source: redirect.InboundSourceFor(podIP)}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -182,7 +183,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return badUsage(fmt.Errorf("--opaque-ports: %q: %w", *opaque, err))
 	}
 	if err := cfg.Validate(); err != nil {
-		return badUsage(err)
+		return badUsage(proxyUserError(err))
 	}
 	if err := disc.validate(); err != nil {
 		return err
@@ -239,7 +240,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if file != nil {
 		if err := s.Apply(file); err != nil {
-			return badUsage(fmt.Errorf("--config: %s: %w", *configPath, err))
+			return badUsage(fmt.Errorf("--config: %s: %w", *configPath, proxyUserError(err)))
 		}
 	}
 	// Last of the checks, so that every mistake in flags and config is
@@ -311,4 +312,43 @@ func exempt(uid, gid uint32, euid, egid int) error {
 	return fmt.Errorf("--proxy-uid/--proxy-gid: running as UID %d GID %d, but capture exempts UID %d GID %d: "+
 		"every connection the proxy made would be captured again; run it as %d:%d (setpriv --reuid=%d --regid=%d, "+
 		"or runAsUser/runAsGroup), or give the IDs pillion init was given", euid, egid, uid, gid, uid, gid, uid, gid)
+}
+
+// proxyUserError says err, from package proxy, in the terms of `pillion
+// proxy`'s user: a Config field by the flag that sets it, and a missing
+// identity with the flags that give one.
+func proxyUserError(err error) error {
+	var fe *proxy.FieldError
+	if errors.As(err, &fe) {
+		if flag, hint := proxyFlag(fe.Field); flag != "" {
+			err = fmt.Errorf("%s: %w%s", flag, fe.Err, hint)
+		}
+	}
+	if errors.Is(err, proxy.ErrNoIdentity) {
+		err = fmt.Errorf("%w: start the proxy with --spiffe-socket (or SPIFFE_ENDPOINT_SOCKET) or --svid-cert, --svid-key and --svid-bundle", err)
+	}
+	return err
+}
+
+// proxyFlag names the flag that sets a proxy.Config field (as
+// proxy.FieldError names it), and what to add to an error about it; ""
+// for a field no flag sets.
+func proxyFlag(field string) (flag, hint string) {
+	switch field {
+	case "SniffTimeout":
+		return "--sniff-timeout", " (declare ports opaque with --opaque-ports instead)"
+	case "Discovery":
+		return "--discovery-address", ""
+	}
+	flags := map[string]string{
+		"OutboundPort": "outbound-port", "InboundPort": "inbound-port", "DialTimeout": "dial-timeout",
+		"MaxConnections": "max-connections", "MaxHandshakes": "max-handshakes", "DrainPeriod": "drain-period",
+		"DrainTimeout": "drain-timeout", "IdleTimeout": "idle-timeout", "HeaderTimeout": "header-timeout",
+		"Pool.MaxConnsPerEndpoint": "max-conns-per-endpoint",
+		"Pool.HTTP1IdleTimeout":    "http1-idle-timeout", "Pool.HTTP2IdleTimeout": "http2-idle-timeout",
+	}
+	if f, ok := flags[field]; ok {
+		return "--" + f, ""
+	}
+	return "", ""
 }

@@ -1,10 +1,8 @@
 package authz
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
-	"maps"
 	"slices"
 	"strings"
 
@@ -63,56 +61,27 @@ var (
 	_ json.Unmarshaler = (*Rule)(nil)
 )
 
-// UnmarshalJSON decodes c strictly: a key other than allow and deny is an
-// error, as is a value of the wrong type. Errors are *filters.FieldError
-// naming the field within the filter ("allow[1].methods").
+// UnmarshalJSON decodes c strictly (filters.DecodeStrict): a key other
+// than allow and deny is an error, as is a value of the wrong type. Errors
+// are *filters.FieldError naming the field within the filter
+// ("allow[1].methods").
 func (c *Config) UnmarshalJSON(b []byte) error {
-	var m map[string]json.RawMessage
-	if err := json.Unmarshal(b, &m); err != nil {
-		return filters.Invalid("", "want a mapping, got %s", kind(b))
+	var out configFields
+	if err := filters.DecodeStrict(b, &out, ""); err != nil {
+		return err
 	}
-	var out Config
-	for _, k := range slices.Sorted(maps.Keys(m)) {
-		var err error
-		switch k {
-		case "allow":
-			out.Allow, err = decodeRules(m[k], k)
-		case "deny":
-			out.Deny, err = decodeRules(m[k], k)
-		default:
-			err = filters.Invalid(k, "unknown field (known: allow, deny)")
-		}
-		if err != nil {
-			return err
-		}
-	}
-	*c = out
+	*c = Config(out)
 	return nil
 }
 
-// decodeRules decodes a list of rules at field; null is no rules.
-func decodeRules(b json.RawMessage, field string) ([]Rule, error) {
-	var items []json.RawMessage
-	if err := json.Unmarshal(b, &items); err != nil {
-		return nil, filters.Invalid(field, "want a list, got %s", kind(b))
-	}
-	if items == nil { // null
-		return nil, nil
-	}
-	rules := make([]Rule, len(items))
-	for i, item := range items {
-		if err := rules[i].UnmarshalJSON(item); err != nil {
-			return nil, filters.Within(fmt.Sprintf("%s[%d]", field, i), err)
-		}
-	}
-	return rules, nil
-}
+// configFields is Config without its UnmarshalJSON, for DecodeStrict.
+type configFields Config
 
 // UnmarshalJSON decodes r from a string (the ID alone) or strictly from a
 // mapping with the keys id, methods and paths. Errors are
 // *filters.FieldError naming the field within the rule.
 func (r *Rule) UnmarshalJSON(b []byte) error {
-	switch kind(b) {
+	switch k := filters.KindOf(b); k {
 	case "string":
 		var id string
 		if err := json.Unmarshal(b, &id); err != nil {
@@ -121,75 +90,19 @@ func (r *Rule) UnmarshalJSON(b []byte) error {
 		*r = Rule{ID: id}
 		return nil
 	case "mapping":
-	default:
-		return filters.Invalid("", "want a SPIFFE ID pattern or a mapping {id, methods, paths}, got %s", kind(b))
-	}
-	var m map[string]json.RawMessage
-	if err := json.Unmarshal(b, &m); err != nil {
-		return filters.Invalid("", "%v", err)
-	}
-	var out Rule
-	for _, k := range slices.Sorted(maps.Keys(m)) {
-		var err error
-		switch k {
-		case "id":
-			if err = json.Unmarshal(m[k], &out.ID); err != nil || kind(m[k]) != "string" {
-				err = filters.Invalid(k, "want a string, got %s", kind(m[k]))
-			}
-		case "methods":
-			out.Methods, err = decodeStrings(m[k], k)
-		case "paths":
-			out.Paths, err = decodeStrings(m[k], k)
-		default:
-			err = filters.Invalid(k, "unknown field (known: id, methods, paths)")
-		}
-		if err != nil {
+		var out ruleFields
+		if err := filters.DecodeStrict(b, &out, ""); err != nil {
 			return err
 		}
-	}
-	*r = out
-	return nil
-}
-
-// decodeStrings decodes a list of strings at field; null is none.
-func decodeStrings(b json.RawMessage, field string) ([]string, error) {
-	var items []json.RawMessage
-	if err := json.Unmarshal(b, &items); err != nil {
-		return nil, filters.Invalid(field, "want a list, got %s", kind(b))
-	}
-	if items == nil { // null
-		return nil, nil
-	}
-	out := make([]string, len(items))
-	for i, item := range items {
-		if kind(item) != "string" || json.Unmarshal(item, &out[i]) != nil {
-			return nil, filters.Invalid(fmt.Sprintf("%s[%d]", field, i), "want a string, got %s", kind(item))
-		}
-	}
-	return out, nil
-}
-
-// kind names the type of the JSON value b in the config file's terms.
-func kind(b []byte) string {
-	b = bytes.TrimSpace(b)
-	if len(b) == 0 {
-		return "nothing"
-	}
-	switch b[0] {
-	case '"':
-		return "string"
-	case '{':
-		return "mapping"
-	case '[':
-		return "list"
-	case 't', 'f':
-		return "bool"
-	case 'n':
-		return "null"
+		*r = Rule(out)
+		return nil
 	default:
-		return "number"
+		return filters.Invalid("", "want a SPIFFE ID pattern or a mapping {id, methods, paths}, got %s", k)
 	}
 }
+
+// ruleFields is Rule without its UnmarshalJSON, for DecodeStrict.
+type ruleFields Rule
 
 // Build validates c and returns an *Authz. It reports the first invalid
 // field, deny rules before allow rules. env.Direction must be Inbound:

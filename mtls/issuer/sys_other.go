@@ -7,7 +7,7 @@ import (
 	"net"
 )
 
-var errPeerCredUnsupported = errors.New("peer credentials: SO_PEERCRED is only read on Linux; give each --socket its own ID instead")
+var errPeerCredUnsupported = errors.New("issuer: peer credentials: SO_PEERCRED is only read on Linux; give each Socket its own ID instead")
 
 // peerCred is not implemented off Linux: sockets must have a fixed ID there.
 func peerCred(net.Conn) (uid, gid uint32, pid int32, err error) {

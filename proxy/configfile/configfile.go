@@ -33,7 +33,6 @@ import (
 	"maps"
 	"net/http"
 	"net/netip"
-	"reflect"
 	"slices"
 	"strings"
 	"time"
@@ -142,7 +141,7 @@ func Parse(data []byte, reg filters.Registry) (*File, error) {
 		return nil, err
 	}
 	var top map[string]json.RawMessage
-	if err := decodeStrict(js, &top, ""); err != nil {
+	if err := filters.DecodeStrict(js, &top, ""); err != nil {
 		return nil, err
 	}
 	if err := onlyKeys(top, "", "mesh", "inbound", "outbound", "metrics", "tracing"); err != nil {
@@ -171,7 +170,7 @@ func parseMetrics(raw json.RawMessage) (Metrics, error) {
 	m := struct {
 		Istio *bool `json:"istio"`
 	}{}
-	if err := decodeStrict(raw, &m, "metrics"); err != nil {
+	if err := filters.DecodeStrict(raw, &m, "metrics"); err != nil {
 		return Metrics{}, err
 	}
 	out := Metrics{Istio: true}
@@ -187,7 +186,7 @@ func parseMesh(raw json.RawMessage) (Mesh, error) {
 		Exclude  []string `json:"exclude"`
 		Mode     *string  `json:"mode"`
 	}
-	if err := decodeStrict(raw, &m, "mesh"); err != nil {
+	if err := filters.DecodeStrict(raw, &m, "mesh"); err != nil {
 		return Mesh{}, err
 	}
 	var out Mesh
@@ -217,7 +216,7 @@ func parseTracing(raw json.RawMessage) (*tracing.Config, error) {
 		return nil, nil
 	}
 	var r tracing.Raw
-	if err := decodeStrict(raw, &r, "tracing"); err != nil {
+	if err := filters.DecodeStrict(raw, &r, "tracing"); err != nil {
 		return nil, err
 	}
 	c, err := r.Validate()
@@ -250,7 +249,7 @@ func parseChain(raw json.RawMessage, dir string, generateID bool, reg filters.Re
 		GenerateRequestID *bool                        `json:"generateRequestId"`
 		Filters           []map[string]json.RawMessage `json:"filters"`
 	}
-	if err := decodeStrict(raw, &c, dir); err != nil {
+	if err := filters.DecodeStrict(raw, &c, dir); err != nil {
 		return nil, err
 	}
 	specs := make([]Spec, 0, len(c.Filters)+1)
@@ -269,7 +268,7 @@ func parseChain(raw json.RawMessage, dir string, generateID bool, reg filters.Re
 				return nil, filters.Invalid(path, "the router forwards the request: it must be the last filter")
 			}
 			cfg := newConfig()
-			if err := decodeStrict(body, cfg, path); err != nil {
+			if err := filters.DecodeStrict(body, cfg, path); err != nil {
 				return nil, err
 			}
 			specs = append(specs, Spec{Name: name, Path: path, Config: cfg})
@@ -322,43 +321,6 @@ func yamlToJSON(data []byte) ([]byte, error) {
 		return nil, errors.New("every mapping key must be a string")
 	}
 	return js, nil
-}
-
-// decodeStrict decodes js (compact, from yamlToJSON; null or absent is
-// empty) into v refusing unknown fields, with errors naming path.
-func decodeStrict(js []byte, v any, path string) error {
-	if len(js) == 0 || string(js) == "null" {
-		return nil
-	}
-	d := json.NewDecoder(bytes.NewReader(js))
-	d.DisallowUnknownFields()
-	err := d.Decode(v)
-	if err == nil {
-		return nil
-	}
-	var fe *filters.FieldError
-	if errors.As(err, &fe) { // from a filter's own UnmarshalJSON: the path goes on
-		return filters.Within(path, fe)
-	}
-	var te *json.UnmarshalTypeError
-	if errors.As(err, &te) {
-		p := path
-		if te.Field != "" {
-			p = join(path, te.Field)
-		}
-		want := te.Type.String()
-		switch {
-		case te.Type == reflect.TypeFor[filters.Duration]():
-			want = `a duration such as "250ms" or "15s"`
-		case te.Type.Kind() == reflect.Map || te.Type.Kind() == reflect.Struct:
-			want = "a mapping"
-		case te.Type.Kind() == reflect.Slice:
-			want = "a list"
-		}
-		return filters.Invalid(p, "want %s, got %s", want, te.Value)
-	}
-	msg := strings.TrimPrefix(err.Error(), "json: ")
-	return filters.Invalid(path, "%s", msg)
 }
 
 func join(path, field string) string {

@@ -123,8 +123,8 @@ func TestRequestIDErrors(t *testing.T) {
 			`outbound.generateRequestId: false, but outbound.filters[1].requestid makes request IDs: drop one of the two`},
 		{"contradiction inbound", "inbound: {generateRequestId: false, filters: [{requestid: {}}]}",
 			`inbound.generateRequestId: false, but inbound.filters[0].requestid makes request IDs: drop one of the two`},
-		{"not a boolean", "outbound: {generateRequestId: no}", `outbound.generateRequestId: want bool, got string`},
-		{"misspelt", "outbound: {generateRequestIds: false}", `outbound: unknown field "generateRequestIds"`},
+		{"not a boolean", "outbound: {generateRequestId: no}", `outbound.generateRequestId: want a boolean, got string`},
+		{"misspelt", "outbound: {generateRequestIds: false}", `outbound.generateRequestIds: unknown field (known: generateRequestId, filters)`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := Parse([]byte(tt.yaml), idRegistry())

@@ -1,4 +1,4 @@
-package appprobe_test
+package prober_test
 
 import (
 	"net"
@@ -16,6 +16,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/pillionmesh/pillion/appprobe"
+	"github.com/pillionmesh/pillion/appprobe/prober"
 	"github.com/pillionmesh/pillion/internal/privileged"
 )
 
@@ -25,7 +26,7 @@ import (
 var (
 	podIP  = netip.MustParseAddr("127.0.0.2")
 	source = netip.MustParseAddr("127.0.0.6")
-	inPod  = appprobe.Options{PodIP: podIP, Source: source}
+	inPod  = prober.Options{PodIP: podIP, Source: source}
 )
 
 // app is an application listening on one address that records whom it
@@ -121,10 +122,10 @@ func probe(kind string, port int32, host string) appprobe.Probe {
 }
 
 // run runs one probe through a Handler with o.
-func run(p appprobe.Probe, o appprobe.Options) (int, string) {
+func run(p appprobe.Probe, o prober.Options) (int, string) {
 	path := appprobe.Path("app", appprobe.Readiness)
 	rec := httptest.NewRecorder()
-	appprobe.NewHandler(appprobe.Set{path: p}, o).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+	prober.NewHandler(appprobe.Set{path: p}, o).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
 	return rec.Code, rec.Body.String()
 }
 
@@ -159,10 +160,10 @@ func TestPodIP(t *testing.T) {
 			}
 
 			// Without a pod IP (outside Kubernetes): 127.0.0.1.
-			if code, body := run(probe(kind, port(t, localOnly), ""), appprobe.Options{}); code != http.StatusOK {
+			if code, body := run(probe(kind, port(t, localOnly), ""), prober.Options{}); code != http.StatusOK {
 				t.Errorf("app on 127.0.0.1 only, without a pod IP: %d %q, want 200", code, body)
 			}
-			if code, body := run(probe(kind, port(t, podOnly), ""), appprobe.Options{}); code != http.StatusServiceUnavailable {
+			if code, body := run(probe(kind, port(t, podOnly), ""), prober.Options{}); code != http.StatusServiceUnavailable {
 				t.Errorf("app on the pod IP only, without a pod IP: %d %q, want 503", code, body)
 			}
 		})
@@ -198,7 +199,7 @@ func TestHostNamed(t *testing.T) {
 // where pillion init did not add it) fails the probe saying so.
 func TestSourceNotLocal(t *testing.T) {
 	a := listen(t, podIP.String(), "tcp")
-	o := appprobe.Options{PodIP: podIP, Source: netip.MustParseAddr("192.0.2.6")}
+	o := prober.Options{PodIP: podIP, Source: netip.MustParseAddr("192.0.2.6")}
 	code, body := run(probe("tcp", port(t, a), ""), o)
 	want := "from 192.0.2.6, which is not an address of this pod (pillion init adds ::6 to lo where IPv6 is enabled): "
 	if code != http.StatusServiceUnavailable || !strings.Contains(body, want) {
@@ -209,23 +210,23 @@ func TestSourceNotLocal(t *testing.T) {
 func TestOptionsValidate(t *testing.T) {
 	for _, tt := range []struct {
 		name string
-		o    appprobe.Options
+		o    prober.Options
 		want string
 	}{
-		{"zero", appprobe.Options{}, ""},
-		{"pod IP only", appprobe.Options{PodIP: netip.MustParseAddr("10.0.0.7")}, ""},
-		{"IPv4", appprobe.Options{PodIP: netip.MustParseAddr("10.0.0.7"), Source: source}, ""},
-		{"IPv6", appprobe.Options{PodIP: netip.MustParseAddr("fd00::7"), Source: netip.MustParseAddr("::6")}, ""},
-		{"families", appprobe.Options{PodIP: netip.MustParseAddr("fd00::7"), Source: source},
-			"source: 127.0.0.6 is not of the family of the pod IP fd00::7"},
-		{"source alone", appprobe.Options{Source: source},
-			"source: 127.0.0.6 without a pod IP: it is only for connections to the pod IP"},
-		{"zone", appprobe.Options{PodIP: netip.MustParseAddr("fe80::1%eth0")}, "pod IP: fe80::1%eth0: has a zone"},
-		{"unspecified", appprobe.Options{PodIP: netip.MustParseAddr("0.0.0.0")}, "pod IP: 0.0.0.0: unspecified"},
-		{"mapped", appprobe.Options{PodIP: netip.MustParseAddr("::ffff:10.0.0.7")},
-			"pod IP: ::ffff:10.0.0.7: IPv4-mapped; give the IPv4 address"},
-		{"mapped source", appprobe.Options{PodIP: netip.MustParseAddr("fd00::7"), Source: netip.MustParseAddr("::ffff:127.0.0.6")},
-			"source: ::ffff:127.0.0.6: IPv4-mapped; give the IPv4 address"},
+		{"zero", prober.Options{}, ""},
+		{"pod IP only", prober.Options{PodIP: netip.MustParseAddr("10.0.0.7")}, ""},
+		{"IPv4", prober.Options{PodIP: netip.MustParseAddr("10.0.0.7"), Source: source}, ""},
+		{"IPv6", prober.Options{PodIP: netip.MustParseAddr("fd00::7"), Source: netip.MustParseAddr("::6")}, ""},
+		{"families", prober.Options{PodIP: netip.MustParseAddr("fd00::7"), Source: source},
+			"prober: source: 127.0.0.6 is not of the family of the pod IP fd00::7"},
+		{"source alone", prober.Options{Source: source},
+			"prober: source: 127.0.0.6 without a pod IP: it is only for connections to the pod IP"},
+		{"zone", prober.Options{PodIP: netip.MustParseAddr("fe80::1%eth0")}, "prober: pod IP: fe80::1%eth0: has a zone"},
+		{"unspecified", prober.Options{PodIP: netip.MustParseAddr("0.0.0.0")}, "prober: pod IP: 0.0.0.0: unspecified"},
+		{"mapped", prober.Options{PodIP: netip.MustParseAddr("::ffff:10.0.0.7")},
+			"prober: pod IP: ::ffff:10.0.0.7: IPv4-mapped; give the IPv4 address"},
+		{"mapped source", prober.Options{PodIP: netip.MustParseAddr("fd00::7"), Source: netip.MustParseAddr("::ffff:127.0.0.6")},
+			"prober: source: ::ffff:127.0.0.6: IPv4-mapped; give the IPv4 address"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			got := ""
@@ -238,8 +239,8 @@ func TestOptionsValidate(t *testing.T) {
 		})
 	}
 	// A Handler with invalid Options runs no probe.
-	code, body := run(probe("tcp", 1, ""), appprobe.Options{Source: source})
-	if want := "appprobe: invalid probe: options: source: 127.0.0.6 without a pod IP: it is only for connections to the pod IP\n"; code != 500 || body != want {
+	code, body := run(probe("tcp", 1, ""), prober.Options{Source: source})
+	if want := "prober: invalid probe: options: source: 127.0.0.6 without a pod IP: it is only for connections to the pod IP\n"; code != 500 || body != want {
 		t.Errorf("invalid Options: %d %q, want 500 %q", code, body, want)
 	}
 }

@@ -1,4 +1,4 @@
-package appprobe
+package prober
 
 import (
 	"context"
@@ -15,11 +15,6 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 )
-
-// PodIPEnvVar is the environment variable the injector fills with the
-// pod's IP (the downward API's status.podIP), and the default of `pillion
-// proxy --pod-ip`.
-const PodIPEnvVar = "POD_IP"
 
 // Options say where a Handler sends the probes that name no host, and
 // from which address. The zero Options send them to 127.0.0.1 from the
@@ -44,8 +39,15 @@ type Options struct {
 // Validate checks that PodIP and Source are addresses without a zone,
 // that Source is set only with PodIP and in its family, and that neither
 // is unspecified or IPv4-mapped (a mapped PodIP would be dialled as IPv4
-// from an IPv6 Source). Errors name the field, as Parse's do.
+// from an IPv6 Source). Errors name the field, as appprobe.Parse's do.
 func (o Options) Validate() error {
+	if err := o.validate(); err != nil {
+		return fmt.Errorf("prober: %w", err)
+	}
+	return nil
+}
+
+func (o Options) validate() error {
 	if err := validateAddr(o.PodIP); err != nil {
 		return fmt.Errorf("pod IP: %w", err)
 	}
