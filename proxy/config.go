@@ -7,6 +7,7 @@
 package proxy
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -172,7 +173,7 @@ func invalid(field, format string, args ...any) error {
 }
 
 // Validate checks c and returns a *FieldError naming the first field that
-// is wrong, except for Workload's errors, which are Workload.Validate's.
+// is wrong (a Workload field as "Workload.Name", and so on).
 func (c Config) Validate() error {
 	switch {
 	case c.OutboundPort == 0:
@@ -207,8 +208,10 @@ func (c Config) Validate() error {
 		return invalid("SniffTimeout", "%v: must be positive", c.SniffTimeout)
 	case c.HeaderTimeout <= 0 || c.HeaderTimeout > MaxHeaderTimeout:
 		return invalid("HeaderTimeout", "%v: must be positive and at most %v", c.HeaderTimeout, MaxHeaderTimeout)
-	case c.Workload.Validate() != nil:
-		return c.Workload.Validate()
+	}
+	var we *istiometrics.FieldError
+	if errors.As(c.Workload.Validate(), &we) {
+		return &FieldError{Field: "Workload." + we.Field, Err: we.Err}
 	}
 	return nil
 }

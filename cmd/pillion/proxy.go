@@ -346,6 +346,8 @@ func proxyFlag(field string) (flag, hint string) {
 		"DrainTimeout": "drain-timeout", "IdleTimeout": "idle-timeout", "HeaderTimeout": "header-timeout",
 		"Pool.MaxConnsPerEndpoint": "max-conns-per-endpoint",
 		"Pool.HTTP1IdleTimeout":    "http1-idle-timeout", "Pool.HTTP2IdleTimeout": "http2-idle-timeout",
+		"Workload.Name": "workload-name", "Workload.Namespace": "workload-namespace", "Workload.App": "workload-app",
+		"Workload.Version": "workload-version", "Workload.Cluster": "cluster-id",
 	}
 	if f, ok := flags[field]; ok {
 		return "--" + f, ""

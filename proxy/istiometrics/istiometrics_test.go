@@ -377,9 +377,9 @@ func TestValidate(t *testing.T) {
 		want string
 	}{
 		{Workload{Name: "web", Namespace: "shop", App: "web", Version: "v1", Cluster: "east"}, ""},
-		{Workload{Namespace: "a\nb"}, `--workload-namespace: "a\nb": has a control character`},
-		{Workload{Version: "\xff"}, `--workload-version: "\xff": not UTF-8`},
-		{Workload{Cluster: strings.Repeat("c", 254)}, "--cluster-id: 254 bytes: at most 253"},
+		{Workload{Namespace: "a\nb"}, `istiometrics: workload Namespace: "a\nb": has a control character`},
+		{Workload{Version: "\xff"}, `istiometrics: workload Version: "\xff": not UTF-8`},
+		{Workload{Cluster: strings.Repeat("c", 254)}, "istiometrics: workload Cluster: 254 bytes: at most 253"},
 	} {
 		err := tt.w.Validate()
 		if (err == nil && tt.want != "") || (err != nil && err.Error() != tt.want) {

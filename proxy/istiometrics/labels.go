@@ -103,23 +103,38 @@ type Workload struct {
 	Cluster string
 }
 
-// maxValue bounds a label value given by flag.
+// maxValue bounds a label value the sidecar is given.
 const maxValue = 253
 
-// Validate checks w and returns an error naming the flag of the first
-// field that is wrong.
+// FieldError is Validate's error: Field is the Workload field that is
+// wrong ("Name", "Namespace", "App", "Version", "Cluster").
+type FieldError struct {
+	Field string
+	Err   error
+}
+
+func (e *FieldError) Error() string { return "istiometrics: workload " + e.Field + ": " + e.Err.Error() }
+
+// Unwrap returns why the field is wrong.
+func (e *FieldError) Unwrap() error { return e.Err }
+
+// Validate checks that every field of w can be a label value and returns
+// a *FieldError naming the first that cannot.
 func (w Workload) Validate() error {
-	for _, f := range []struct{ flag, v string }{
-		{"--workload-name", w.Name}, {"--workload-namespace", w.Namespace},
-		{"--workload-app", w.App}, {"--workload-version", w.Version}, {"--cluster-id", w.Cluster},
+	for _, f := range []struct{ field, v string }{
+		{"Name", w.Name}, {"Namespace", w.Namespace}, {"App", w.App}, {"Version", w.Version}, {"Cluster", w.Cluster},
 	} {
+		var err error
 		switch {
 		case len(f.v) > maxValue:
-			return fmt.Errorf("%s: %d bytes: at most %d", f.flag, len(f.v), maxValue)
+			err = fmt.Errorf("%d bytes: at most %d", len(f.v), maxValue)
 		case !utf8.ValidString(f.v):
-			return fmt.Errorf("%s: %q: not UTF-8", f.flag, f.v)
+			err = fmt.Errorf("%q: not UTF-8", f.v)
 		case strings.ContainsFunc(f.v, func(r rune) bool { return r < ' ' || r == 0x7f }):
-			return fmt.Errorf("%s: %q: has a control character", f.flag, f.v)
+			err = fmt.Errorf("%q: has a control character", f.v)
+		}
+		if err != nil {
+			return &FieldError{Field: f.field, Err: err}
 		}
 	}
 	return nil
