@@ -39,13 +39,13 @@ func NewCertFiles(certFile, keyFile string, log *zap.Logger) (*CertFiles, error)
 	for _, f := range []string{certFile, keyFile} {
 		data, err := os.ReadFile(f)
 		if err != nil {
-			return nil, fmt.Errorf("serving certificate %s, key %s: %w", certFile, keyFile, err)
+			return nil, fmt.Errorf("injector: serving certificate %s, key %s: %w", certFile, keyFile, err)
 		}
 		current = append(current, data)
 	}
 	cert, err := tls.X509KeyPair(current[0], current[1])
 	if err != nil {
-		return nil, fmt.Errorf("serving certificate %s, key %s: %w", certFile, keyFile, err)
+		return nil, fmt.Errorf("injector: serving certificate %s, key %s: %w", certFile, keyFile, err)
 	}
 	c.cert.Store(&cert)
 	c.watch = filewatch.New(filewatch.Options{

@@ -166,11 +166,11 @@ func TestNewCertFilesErrors(t *testing.T) {
 	for _, tt := range []struct {
 		name, cert, key, want string
 	}{
-		{"missing cert", missing, keyFile, "serving certificate " + missing + ", key " + keyFile + ": open " + missing + ": no such file or directory"},
-		{"missing key", certFile, missing, "serving certificate " + certFile + ", key " + missing + ": open " + missing + ": no such file or directory"},
-		{"garbage cert", garbage, keyFile, "serving certificate " + garbage + ", key " + keyFile + ": tls: failed to find any PEM data in certificate input"},
-		{"garbage key", certFile, garbage, "serving certificate " + certFile + ", key " + garbage + ": tls: failed to find any PEM data in key input"},
-		{"another cert's key", certFile, otherKey, "serving certificate " + certFile + ", key " + otherKey + ": tls: private key does not match public key"},
+		{"missing cert", missing, keyFile, "injector: serving certificate " + missing + ", key " + keyFile + ": open " + missing + ": no such file or directory"},
+		{"missing key", certFile, missing, "injector: serving certificate " + certFile + ", key " + missing + ": open " + missing + ": no such file or directory"},
+		{"garbage cert", garbage, keyFile, "injector: serving certificate " + garbage + ", key " + keyFile + ": tls: failed to find any PEM data in certificate input"},
+		{"garbage key", certFile, garbage, "injector: serving certificate " + certFile + ", key " + garbage + ": tls: failed to find any PEM data in key input"},
+		{"another cert's key", certFile, otherKey, "injector: serving certificate " + certFile + ", key " + otherKey + ": tls: private key does not match public key"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c, err := NewCertFiles(tt.cert, tt.key, zap.NewNop())

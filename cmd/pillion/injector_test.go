@@ -76,9 +76,9 @@ func TestInjectorBadFlags(t *testing.T) {
 		{"config unknown field", []string{"--config=" + unknownField},
 			"--config: " + unknownField + `: injector: config: unknown field "imag"`},
 		{"missing cert", []string{"--config=" + injectTestConfig, "--tls-cert=" + noCert, "--tls-key=" + noKey},
-			"--tls-cert, --tls-key: serving certificate " + noCert + ", key " + noKey + ": open " + noCert + ": no such file or directory"},
+			"--tls-cert, --tls-key: injector: serving certificate " + noCert + ", key " + noKey + ": open " + noCert + ": no such file or directory"},
 		{"garbage cert", []string{"--config=" + injectTestConfig, "--tls-cert=" + garbage, "--tls-key=" + garbage},
-			"--tls-cert, --tls-key: serving certificate " + garbage + ", key " + garbage + ": tls: failed to find any PEM data in certificate input"},
+			"--tls-cert, --tls-key: injector: serving certificate " + garbage + ", key " + garbage + ": tls: failed to find any PEM data in certificate input"},
 		{"bad log level", []string{"--log-level=loud"}, `invalid value "loud" for flag -log-level: unrecognized level: "loud"`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

@@ -73,9 +73,11 @@ same formats; sampled as the caller said, else at tracing.sampling percent
 tracing.otlp.endpoint in bounded batches that drop, and count in
 pillion_tracing_spans_dropped_total, rather than make a request wait.
 
-The config file is re-read every second and on SIGHUP; a new config is built
-whole and swapped in (requests in flight finish on the old chain), and one
-that fails to load is refused with a log line while the old keeps serving.
+The config file, and SVID files given with --svid-cert, are re-read every
+second (a change is taken once two reads agree) and on SIGHUP; a new config
+is built whole and swapped in (requests in flight finish on the old chain),
+and one that fails to load is refused with a log line while the old keeps
+serving.
 
 Operating it: the admin endpoint on 127.0.0.1:--admin-port (15000, loopback
 only: /ready, /stats, /stats/prometheus, /clusters, /listeners, /config_dump,
