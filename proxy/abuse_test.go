@@ -150,7 +150,7 @@ func TestOverLimitRefusedAtOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer hold.Close()
-	waitFor(t, "the first connection active", func() bool { return s.active.Load() == 1 })
+	waitFor(t, "the first connection active", func() bool { return s.admission.active.Load() == 1 })
 	const over = 20
 	for i := range over {
 		start := time.Now()
@@ -172,7 +172,7 @@ func TestOverLimitRefusedAtOnce(t *testing.T) {
 	if n := logs.FilterMessage("connection limit reached: refusing").Len(); n != 1 {
 		t.Errorf("%d over-limit warnings for %d refusals within a second, want 1", n, over)
 	}
-	s.warnOverLimit.last.Add(-int64(time.Second)) // a second later
+	s.admission.warnOverLimit.last.Add(-int64(time.Second)) // a second later
 	if c, err := net.Dial("tcp", addr); err == nil {
 		_, _ = c.Read(make([]byte, 1))
 		c.Close()

@@ -207,7 +207,7 @@ func TestOwnListenerOnPodAddressIsALoop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.localAddrs = func() ([]net.Addr, error) {
+	s.detector.localAddrs = func() ([]net.Addr, error) {
 		return []net.Addr{&net.IPNet{IP: net.ParseIP("198.18.0.3"), Mask: net.CIDRMask(24, 32)}}, nil
 	}
 	for _, tt := range []struct {
@@ -220,7 +220,7 @@ func TestOwnListenerOnPodAddressIsALoop(t *testing.T) {
 		{"0.0.0.0:15006", true},
 		{"[::1]:15006", true},
 	} {
-		if got := s.isOwnListener(netip.MustParseAddrPort(tt.dst)); got != tt.want {
+		if got := s.detector.isOwnListener(netip.MustParseAddrPort(tt.dst)); got != tt.want {
 			t.Errorf("isOwnListener(%s) = %v, want %v", tt.dst, got, tt.want)
 		}
 	}
@@ -257,7 +257,7 @@ func TestConnectionCap(t *testing.T) {
 		t.Errorf("over-limit count = %d, want 1", n)
 	}
 	hold.Close()
-	waitFor(t, "slot freed", func() bool { return s.active.Load() == 0 })
+	waitFor(t, "slot freed", func() bool { return s.admission.active.Load() == 0 })
 	if got, err := roundTrip(t, s.cfg.OutboundPort, "y"); got != "echo:y" {
 		t.Errorf("after the first closed: %q, %v; want echo:y", got, err)
 	}
