@@ -84,3 +84,79 @@ func TestOverLimitRefusedAtOnce(t *testing.T) {
 		t.Errorf("warnings %v, want a second one saying %d were held back", warned, over-1)
 	}
 }
+
+// loopbackPair returns both ends of a TCP connection on loopback: the
+// accepted one and the client's.
+func loopbackPair(t *testing.T) (accepted, client *net.TCPConn) {
+	t.Helper()
+	l, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	client, err = net.DialTCP("tcp", nil, l.Addr().(*net.TCPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	accepted, err = l.AcceptTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { accepted.Close() })
+	return accepted, client
+}
+
+// wasReset reports whether the client end c was reset.
+func wasReset(t *testing.T, c *net.TCPConn) bool {
+	t.Helper()
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err := c.Read(make([]byte, 1))
+	return errors.Is(err, syscall.ECONNRESET)
+}
+
+// TestAdmission: admission alone lets connections in up to its limit,
+// resets and counts the one over it, lets one in again once another left,
+// and at the drain time-out resets every socket it tracks and refuses
+// those that come after.
+func TestAdmission(t *testing.T) {
+	a := admission{max: 1, conns: map[*net.TCPConn]struct{}{}}
+	var st DirStats
+	log := zap.NewNop()
+	first, _ := loopbackPair(t)
+	if !a.admit(first, Outbound, &st, log) {
+		t.Fatal("the first connection was refused")
+	}
+	over, overClient := loopbackPair(t)
+	if a.admit(over, Outbound, &st, log) || !wasReset(t, overClient) || st.OverLimit.Load() != 1 {
+		t.Errorf("over the limit: not refused, reset and counted (over-limit %d)", st.OverLimit.Load())
+	}
+	a.leave(first)
+	second, secondClient := loopbackPair(t)
+	if !a.admit(second, Outbound, &st, log) {
+		t.Fatal("a connection was refused after the first left")
+	}
+	select {
+	case <-a.allDone():
+		t.Fatal("allDone while a connection is in")
+	case <-time.After(10 * time.Millisecond):
+	}
+
+	up, upClient := loopbackPair(t) // the other end of second's relay
+	if !a.track(up) {
+		t.Fatal("an upstream socket was not tracked")
+	}
+	a.resetAll(log)
+	if !wasReset(t, secondClient) || !wasReset(t, upClient) {
+		t.Error("the drain time-out did not reset every tracked socket")
+	}
+	late, lateClient := loopbackPair(t)
+	if a.track(late) || a.admit(late, Outbound, &st, log) || !wasReset(t, lateClient) {
+		t.Error("a socket after the final reset was not refused and reset")
+	}
+	a.leave(second)
+	<-a.allDone()
+	if n := a.active.Load(); n != 0 {
+		t.Errorf("%d connections active after all left, want 0", n)
+	}
+}

@@ -109,12 +109,13 @@ func TestHTTP1DetectedAndServedAsHTTP(t *testing.T) {
 }
 
 func TestOwnListenerOnPodAddressIsALoop(t *testing.T) {
-	s, err := New(DefaultConfig(), zap.NewNop()) // not running: only the check
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.detector.localAddrs = func() ([]net.Addr, error) {
-		return []net.Addr{&net.IPNet{IP: net.ParseIP("198.18.0.3"), Mask: net.CIDRMask(24, 32)}}, nil
+	d := &detector{ // alone: only the check
+		outboundPort: DefaultOutboundPort,
+		inboundPort:  DefaultInboundPort,
+		localAddrs: func() ([]net.Addr, error) {
+			return []net.Addr{&net.IPNet{IP: net.ParseIP("198.18.0.3"), Mask: net.CIDRMask(24, 32)}}, nil
+		},
+		log: zap.NewNop(),
 	}
 	for _, tt := range []struct {
 		dst  string
@@ -126,7 +127,7 @@ func TestOwnListenerOnPodAddressIsALoop(t *testing.T) {
 		{"0.0.0.0:15006", true},
 		{"[::1]:15006", true},
 	} {
-		if got := s.detector.isOwnListener(netip.MustParseAddrPort(tt.dst)); got != tt.want {
+		if got := d.isOwnListener(netip.MustParseAddrPort(tt.dst)); got != tt.want {
 			t.Errorf("isOwnListener(%s) = %v, want %v", tt.dst, got, tt.want)
 		}
 	}

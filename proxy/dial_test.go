@@ -1,14 +1,22 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
 	"net/netip"
+	"strings"
 	"syscall"
 	"testing"
+	"time"
+
+	"go.uber.org/zap"
 
 	"github.com/pillionmesh/pillion/internal/meshtest"
+	"github.com/pillionmesh/pillion/internal/svidtest"
+	"github.com/pillionmesh/pillion/mtls"
+	"github.com/pillionmesh/pillion/proxy/upstream"
 )
 
 // TestInboundGoesToAppAtOriginalDestination: the inbound side connects
@@ -46,4 +54,42 @@ func TestInboundGoesToAppAtOriginalDestination(t *testing.T) {
 	}
 	st = &s.Stats().Dir[Inbound]
 	waitFor(t, "the failed connect counted", func() bool { return st.DialFailures.Load() == 1 })
+}
+
+// TestDialer: the dialer alone connects to an endpoint that is not meshed
+// in plain TCP; refuses a meshed one while the identity has no SVID,
+// counted, before it takes a handshake slot or connects; and, inbound,
+// returns the application's refusal wrapped.
+func TestDialer(t *testing.T) {
+	var st DirStats
+	d := &dialer{
+		timeout:    time.Second,
+		mesh:       newMeshTLS(notReady{svidtest.Source{Err: errNotYet}}),
+		handshakes: newHandshakes(1),
+		stats:      &st,
+		log:        zap.NewNop(),
+	}
+	ctx := context.Background()
+	app := echoServer(t)
+	c, err := d.dial(ctx, upstream.Endpoint{Addr: app}, mtls.ProtoTCP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := c.(*net.TCPConn); !ok {
+		t.Errorf("an endpoint not meshed: %T, want plain TCP", c)
+	}
+	c.Close()
+
+	if _, err := d.dial(ctx, upstream.Endpoint{Addr: app, Meshed: true}, mtls.ProtoTCP); !errors.Is(err, mtls.ErrNoSVID) {
+		t.Errorf("a meshed endpoint without an SVID: %v, want ErrNoSVID", err)
+	}
+	if n := st.TLSFailures[mtls.FailureNoSVID].Load(); n != 1 || d.handshakes.waited.Load() != 0 || d.handshakes.peak.Load() != 0 {
+		t.Errorf("no-SVID failures %d (want 1), handshake slots taken %d (want none)", n, d.handshakes.peak.Load())
+	}
+
+	closed := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), freePort(t))
+	_, err = d.dialApp(ctx, closed)
+	if want := "proxy: connecting to the application at " + closed.String() + ": "; err == nil || !strings.HasPrefix(err.Error(), want) || !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("the application refusing: %v, want %q and ECONNREFUSED", err, want)
+	}
 }

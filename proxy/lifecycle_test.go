@@ -16,6 +16,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+
+	"github.com/pillionmesh/pillion/internal/svidtest"
 )
 
 // countingClient is an HTTP client (h2c with prior knowledge when h2c is
@@ -272,4 +274,56 @@ func TestDrain(t *testing.T) {
 	if _, err := straggler.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("straggler read = %v, want a reset", err)
 	}
+}
+
+// TestLifecycleStates: the lifecycle alone, moved on as Run moves it:
+// PRE_INITIALIZING until the listeners open, INITIALIZING while the
+// identity has no SVID (becomeReady gives up when its context ends), LIVE
+// once ready, DRAINING from Drain on (Drain and Quit are idempotent, and
+// Quit cuts the drain period short), still DRAINING once the listeners
+// closed, then DRAINED.
+func TestLifecycleStates(t *testing.T) {
+	var l lifecycle
+	l.init()
+	log := zap.NewNop()
+	want := func(id Identity, state, why string) {
+		t.Helper()
+		got, err := l.state(id)
+		if got != state || (why == "" && err != nil) || (why != "" && (err == nil || !strings.Contains(err.Error(), why))) {
+			t.Errorf("state = %s, %v; want %s, %q", got, err, state, why)
+		}
+	}
+	want(nil, StatePreInitializing, "listeners not open yet")
+	l.listening(nil)
+	want(nil, StateInitializing, "starting")
+
+	id := notReady{svidtest.Source{Err: errNotYet}}
+	ctx, cancel := context.WithCancel(context.Background())
+	gaveUp := make(chan struct{})
+	go func() { l.becomeReady(ctx, id, log); close(gaveUp) }()
+	want(id, StateInitializing, "no identity")
+	cancel()
+	<-gaveUp
+	select {
+	case <-l.ready:
+		t.Fatal("ready without an SVID")
+	default:
+	}
+	l.becomeReady(context.Background(), nil, log)
+	want(nil, StateLive, "")
+
+	l.requestDrain()
+	l.requestDrain()
+	l.waitDrain(context.Background(), log) // returns: a drain was requested
+	want(nil, StateDraining, "still accepted")
+	start := time.Now()
+	time.AfterFunc(50*time.Millisecond, func() { l.requestQuit(); l.requestQuit() })
+	l.drainPeriod(time.Hour, log)
+	if el := time.Since(start); el > 5*time.Second {
+		t.Errorf("the drain period lasted %v after Quit", el)
+	}
+	l.closed.Store(true)
+	want(nil, StateDraining, "no longer accepting")
+	l.drained.Store(true)
+	want(nil, StateDrained, "drained")
 }
