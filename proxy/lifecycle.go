@@ -35,8 +35,10 @@ import (
 
 // lifecycle is where a Server is between New and the end of Run (its
 // State), and the requests that move it on: Drain, Quit, the identity's
-// first SVID. Run moves it; everything else reads it. Its methods are safe
-// for concurrent use; init must be called before any.
+// first SVID. Run alone moves it (listening, becomeReady, waitDrain,
+// drainPeriod, the closed and drained flags); state, listeners and the
+// requests are safe for concurrent use. init must be called before any
+// method.
 type lifecycle struct {
 	ready    chan struct{} // closed once LIVE
 	listened atomic.Bool   // the listeners are open

@@ -40,8 +40,8 @@ type Server struct {
 	bindV4, bindV6 netip.Addr
 
 	life       lifecycle      // the state, drain and quit (lifecycle.go)
-	admission  admission      // the connection limit and the open sockets
-	handshakes *handshakes    // bounds the mTLS handshakes in flight, both directions
+	admission  admission      // the connection limit and the open sockets (admission.go)
+	handshakes *handshakes    // bounds the mTLS handshakes in flight, both directions (handshake.go)
 	detector   detector       // loops and protocols (detect.go)
 	routes     routes         // the endpoint of each connection and request (route.go)
 	dialer     dialer         // connects upstream (dial.go)
