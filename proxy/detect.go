@@ -5,12 +5,10 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/pillionmesh/pillion/proxy/sniff"
-	"github.com/pillionmesh/pillion/redirect"
 )
 
 // detector looks at an accepted connection before it is forwarded: whether
@@ -18,12 +16,12 @@ import (
 // and what protocol it carries. It keeps no state of its own beyond its
 // settings and is safe for concurrent use.
 type detector struct {
-	outboundPort, inboundPort uint16 // the capture ports
+	// cfg is the Server's: the capture ports, OpaquePorts and
+	// SniffTimeout. Read only.
+	cfg *Config
 	// localAddrs is the kernel's list of this namespace's addresses,
 	// replaceable in tests.
-	localAddrs   func() ([]net.Addr, error)
-	opaquePorts  redirect.PortSet
-	sniffTimeout time.Duration
+	localAddrs func() ([]net.Addr, error)
 	// mtls is whether the proxy has an identity: inbound opaque ports are
 	// then read too.
 	mtls bool
@@ -37,7 +35,7 @@ type detector struct {
 // isOwnListener reports whether dst is one of the proxy's listeners: a
 // capture port on an address of this network namespace.
 func (d *detector) isOwnListener(dst netip.AddrPort) bool {
-	if dst.Port() != d.outboundPort && dst.Port() != d.inboundPort {
+	if dst.Port() != d.cfg.OutboundPort && dst.Port() != d.cfg.InboundPort {
 		return false
 	}
 	a := dst.Addr()
@@ -90,10 +88,10 @@ func (d detection) how() string {
 // Inbound with mTLS on, opaque ports are read too, to tell peer sidecars
 // (who speak first) from the rest, but never served as HTTP.
 func (d *detector) detect(c *net.TCPConn, dir Direction, dst netip.AddrPort) (detection, error) {
-	opaque := d.opaquePorts.Contains(dst.Port()) || (dir == Outbound && d.routes.opaque(d.ctx, dst))
+	opaque := d.cfg.OpaquePorts.Contains(dst.Port()) || (dir == Outbound && d.routes.opaque(d.ctx, dst))
 	if opaque && (dir == Outbound || !d.mtls) {
 		return detection{skipped: true}, nil
 	}
-	r, err := sniff.Read(c, d.sniffTimeout)
+	r, err := sniff.Read(c, d.cfg.SniffTimeout)
 	return detection{Result: r, opaquePort: opaque}, err
 }

@@ -109,9 +109,9 @@ func TestHTTP1DetectedAndServedAsHTTP(t *testing.T) {
 }
 
 func TestOwnListenerOnPodAddressIsALoop(t *testing.T) {
+	cfg := DefaultConfig()
 	d := &detector{ // alone: only the check
-		outboundPort: DefaultOutboundPort,
-		inboundPort:  DefaultInboundPort,
+		cfg: &cfg,
 		localAddrs: func() ([]net.Addr, error) {
 			return []net.Addr{&net.IPNet{IP: net.ParseIP("198.18.0.3"), Mask: net.CIDRMask(24, 32)}}, nil
 		},

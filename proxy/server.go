@@ -91,15 +91,12 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 	s.admission = admission{max: cfg.MaxConnections, conns: make(map[*net.TCPConn]struct{})}
 	s.routes = routes{cfg: cfg.Balance, now: time.Now, discovery: cfg.Discovery, mtls: s.mesh != nil}
 	s.detector = detector{
-		outboundPort: cfg.OutboundPort,
-		inboundPort:  cfg.InboundPort,
-		localAddrs:   net.InterfaceAddrs,
-		opaquePorts:  cfg.OpaquePorts,
-		sniffTimeout: cfg.SniffTimeout,
-		mtls:         s.mesh != nil,
-		routes:       &s.routes,
-		ctx:          s.life.hardStop,
-		log:          log,
+		cfg:        &s.cfg,
+		localAddrs: net.InterfaceAddrs,
+		mtls:       s.mesh != nil,
+		routes:     &s.routes,
+		ctx:        s.life.hardStop,
+		log:        log,
 	}
 	s.dialer = dialer{
 		timeout:    cfg.DialTimeout,
