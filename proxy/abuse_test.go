@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"os"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -106,79 +105,5 @@ func TestHeaderTimeout(t *testing.T) {
 	}
 	if ended != 2 {
 		t.Errorf("%d connection lines ended by the header time-out, want 2", ended)
-	}
-}
-
-// TestEverySecond: one line a second, the rest counted and reported with
-// the next line.
-func TestEverySecond(t *testing.T) {
-	core, logs := observer.New(zapcore.InfoLevel)
-	log := zap.New(core)
-	var e everySecond
-	for range 5 {
-		if ce, n := e.check(log, zapcore.WarnLevel, "flood"); ce != nil {
-			ce.Write(zap.Int64("suppressed", n))
-		}
-	}
-	if ce, _ := e.check(log, zapcore.DebugLevel, "below the level"); ce != nil {
-		t.Error("a line below the logger's level was let through")
-	}
-	e.last.Add(-int64(time.Second)) // a second later
-	if ce, n := e.check(log, zapcore.WarnLevel, "flood"); ce != nil {
-		ce.Write(zap.Int64("suppressed", n))
-	}
-	var got []int64
-	for _, l := range logs.All() {
-		got = append(got, l.ContextMap()["suppressed"].(int64))
-	}
-	if len(got) != 2 || got[0] != 0 || got[1] != 4 {
-		t.Errorf("lines written with suppressed = %v, want [0 4]", got)
-	}
-}
-
-// TestOverLimitRefusedAtOnce: connections over MaxConnections are reset
-// at once, each counted, with one warning for the lot (at most one a
-// second) that says how many it stands for once the next comes.
-func TestOverLimitRefusedAtOnce(t *testing.T) {
-	cfg := DefaultConfig()
-	cfg.MaxConnections = 1
-	core, logs := observer.New(zapcore.InfoLevel)
-	s := runServer(t, cfg, zap.New(core), netip.MustParseAddr("127.0.0.1"), fixed(echoServer(t)), true)
-	addr := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), s.cfg.OutboundPort).String()
-	hold, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hold.Close()
-	waitFor(t, "the first connection active", func() bool { return s.active.Load() == 1 })
-	const over = 20
-	for i := range over {
-		start := time.Now()
-		// The reset may come before the connect returns: then the
-		// connect says so.
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-			_, err = c.Read(make([]byte, 1))
-			c.Close()
-		}
-		if !errors.Is(err, syscall.ECONNRESET) || time.Since(start) > time.Second {
-			t.Fatalf("connection %d over the limit: %v after %v, want a reset at once", i, err, time.Since(start))
-		}
-	}
-	if n := s.Stats().Dir[Outbound].OverLimit.Load(); n != over {
-		t.Errorf("over-limit count %d, want %d", n, over)
-	}
-	if n := logs.FilterMessage("connection limit reached: refusing").Len(); n != 1 {
-		t.Errorf("%d over-limit warnings for %d refusals within a second, want 1", n, over)
-	}
-	s.warnOverLimit.last.Add(-int64(time.Second)) // a second later
-	if c, err := net.Dial("tcp", addr); err == nil {
-		_, _ = c.Read(make([]byte, 1))
-		c.Close()
-	}
-	warned := logs.FilterMessage("connection limit reached: refusing").All()
-	if len(warned) != 2 || warned[1].ContextMap()["suppressed"] != int64(over-1) {
-		t.Errorf("warnings %v, want a second one saying %d were held back", warned, over-1)
 	}
 }

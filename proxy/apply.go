@@ -44,7 +44,7 @@ func (s *Server) Apply(f *configfile.File) error {
 			AccessLogText: s.accessLogText(),
 			Now:           time.Now,
 			Upstream:      s.pools[d],
-			Route:         func(dst netip.AddrPort) upstream.Route { return s.route(s.hardStop, d, f.Mesh, dst) },
+			Route:         func(dst netip.AddrPort) upstream.Route { return s.routes.route(s.life.hardStop, d, f.Mesh, dst) },
 			Workload:      s.cfg.Workload.Peer(),
 		}
 		c, err := configfile.Build(specs, env)

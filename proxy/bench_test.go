@@ -109,7 +109,7 @@ func meshPair(b testing.TB, app netip.AddrPort, cfgA, cfgB Config) (netip.AddrPo
 	cfgA.Identity = readyIdentity{svidtest.SourceFor(b, ca, "spiffe://cluster.local/ns/a/sa/a")}
 	toB := netip.AddrPortFrom(ip, sb.cfg.InboundPort)
 	sa := runServer(b, cfgA, benchLogger(), loopback, fixed(toB), true)
-	if sa.isOwnListener(toB) {
+	if sa.detector.isOwnListener(toB) {
 		// freePorts may hand A the port B listens on at another address.
 		b.Fatalf("sidecar A got B's inbound port %d; run again", toB.Port())
 	}

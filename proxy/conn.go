@@ -3,7 +3,6 @@ package proxy
 import (
 	"crypto/tls"
 	"errors"
-	"fmt"
 	"net"
 	"net/netip"
 	"time"
@@ -48,7 +47,7 @@ func (s *Server) handle(c *net.TCPConn, dir Direction) {
 		return
 	}
 	cn.dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
-	if s.isOwnListener(cn.dst) {
+	if s.detector.isOwnListener(cn.dst) {
 		st.Loops.Add(1)
 		s.log.Warn("refusing connection", zap.Stringer("direction", dir),
 			zap.Stringer("src", c.RemoteAddr()), zap.Stringer("dst", cn.dst), zap.Error(errLoop))
@@ -57,7 +56,7 @@ func (s *Server) handle(c *net.TCPConn, dir Direction) {
 	}
 	cn.target = cn.dst // outbound where the app meant to go; inbound the app there
 
-	cn.det, err = s.detect(c, dir, cn.dst)
+	cn.det, err = s.detector.detect(c, dir, cn.dst)
 	if err != nil {
 		// The client reset the connection before it said enough.
 		if ce := s.log.Check(zap.DebugLevel, "connection ended during protocol detection"); ce != nil {
@@ -89,7 +88,7 @@ func (s *Server) relayOpaque(cn *conn, down relay.Conn) {
 	st := &s.stats.Dir[cn.dir]
 	// Inbound, the route is the application at the original destination,
 	// never meshed.
-	ep, done, err := s.route(s.hardStop, cn.dir, s.config.Load().file.Mesh, cn.dst).Pick()
+	ep, done, err := s.routes.route(s.life.hardStop, cn.dir, s.config.Load().file.Mesh, cn.dst).Pick()
 	if err != nil {
 		s.failedIstioTCP(cn, ep, filters.NoHealthyUpstream)
 		st.DialFailures.Add(1)
@@ -101,9 +100,9 @@ func (s *Server) relayOpaque(cn *conn, down relay.Conn) {
 	start := time.Now()
 	var uc net.Conn
 	if cn.dir == Inbound {
-		uc, err = s.dialApp(s.hardStop, ep.Addr)
+		uc, err = s.dialer.dialApp(s.life.hardStop, ep.Addr)
 	} else {
-		uc, err = s.dial(s.hardStop, ep, mtls.ProtoTCP)
+		uc, err = s.dialer.dial(s.life.hardStop, ep, mtls.ProtoTCP)
 	}
 	connected := time.Since(start)
 	if err != nil {
@@ -129,12 +128,12 @@ func (s *Server) relayOpaque(cn *conn, down relay.Conn) {
 	case *net.TCPConn:
 		up, upTCP = c, c
 	}
-	if !s.track(upTCP) {
+	if !s.admission.track(upTCP) {
 		relay.Reset(up)
 		relay.Reset(down)
 		return
 	}
-	defer s.untrack(upTCP)
+	defer s.admission.untrack(upTCP)
 	// What detection read goes first; the relay then splices the rest.
 	// The connection may stay open for days: its buffer goes now.
 	peeked := int64(len(cn.det.Peeked))
@@ -252,68 +251,4 @@ func addrPort(a net.Addr) netip.AddrPort {
 		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	}
 	return netip.AddrPort{}
-}
-
-// isOwnListener reports whether dst is one of the proxy's listeners: a
-// capture port on an address of this network namespace.
-func (s *Server) isOwnListener(dst netip.AddrPort) bool {
-	if dst.Port() != s.cfg.OutboundPort && dst.Port() != s.cfg.InboundPort {
-		return false
-	}
-	a := dst.Addr()
-	if a.IsLoopback() || a.IsUnspecified() {
-		return true
-	}
-	addrs, err := s.localAddrs()
-	if err != nil {
-		// Cannot tell: refusing is the safe side of a possible loop.
-		s.log.Error("listing local addresses", zap.Error(fmt.Errorf("proxy: %w", err)))
-		return true
-	}
-	for _, la := range addrs {
-		if p, err := netip.ParsePrefix(la.String()); err == nil && p.Addr().Unmap() == a {
-			return true
-		}
-	}
-	return false
-}
-
-// detection is what detect found, with how it came to it.
-type detection struct {
-	sniff.Result
-	skipped    bool // the port is declared opaque: not read
-	opaquePort bool // the port is declared opaque: read, never HTTP
-}
-
-// isHTTP reports whether the connection is served as HTTP.
-func (d detection) isHTTP() bool {
-	return !d.opaquePort && (d.Protocol == sniff.HTTP1 || d.Protocol == sniff.HTTP2)
-}
-
-// how names the way the protocol was decided, for the log.
-func (d detection) how() string {
-	switch {
-	case d.skipped:
-		return "opaque port"
-	case d.TimedOut:
-		return "time-out"
-	case d.EOF:
-		return "client closed"
-	}
-	return "first bytes"
-}
-
-// detect tells the connection's protocol from its first bytes, unless its
-// original destination port is declared opaque, or (outbound) discovery
-// says the destination's port is (a Service port's appProtocol: a server
-// that speaks first is then not kept waiting for the sniff to time out).
-// Inbound with mTLS on, opaque ports are read too, to tell peer sidecars
-// (who speak first) from the rest, but never served as HTTP.
-func (s *Server) detect(c *net.TCPConn, dir Direction, dst netip.AddrPort) (detection, error) {
-	opaque := s.cfg.OpaquePorts.Contains(dst.Port()) || (dir == Outbound && s.opaqueByDiscovery(dst))
-	if opaque && (dir == Outbound || s.mesh == nil) {
-		return detection{skipped: true}, nil
-	}
-	r, err := sniff.Read(c, s.cfg.SniffTimeout)
-	return detection{Result: r, opaquePort: opaque}, err
 }

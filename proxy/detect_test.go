@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+
 	"github.com/pillionmesh/pillion/proxy/sniff"
 	"github.com/pillionmesh/pillion/sidecar"
 )
@@ -103,5 +105,30 @@ func TestHTTP1DetectedAndServedAsHTTP(t *testing.T) {
 	}
 	if n := st.BytesSent.Load(); n != int64(len(req)) {
 		t.Errorf("bytes sent = %d, want %d (peeked bytes counted once)", n, len(req))
+	}
+}
+
+func TestOwnListenerOnPodAddressIsALoop(t *testing.T) {
+	cfg := DefaultConfig()
+	d := &detector{ // alone: only the check
+		cfg: &cfg,
+		localAddrs: func() ([]net.Addr, error) {
+			return []net.Addr{&net.IPNet{IP: net.ParseIP("198.18.0.3"), Mask: net.CIDRMask(24, 32)}}, nil
+		},
+		log: zap.NewNop(),
+	}
+	for _, tt := range []struct {
+		dst  string
+		want bool
+	}{
+		{"198.18.0.3:15001", true},
+		{"198.18.0.3:8080", false},
+		{"198.18.0.4:15001", false}, // another pod's port 15001 is not ours
+		{"0.0.0.0:15006", true},
+		{"[::1]:15006", true},
+	} {
+		if got := d.isOwnListener(netip.MustParseAddrPort(tt.dst)); got != tt.want {
+			t.Errorf("isOwnListener(%s) = %v, want %v", tt.dst, got, tt.want)
+		}
 	}
 }

@@ -15,7 +15,6 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
-	"github.com/pillionmesh/pillion/filters"
 	"github.com/pillionmesh/pillion/proxy/h2"
 	"github.com/pillionmesh/pillion/proxy/relay"
 )
@@ -48,18 +47,20 @@ type httpServer struct {
 	done chan struct{}   // closed when srv.Serve returned
 }
 
-func (s *Server) newHTTPServer(dir Direction) *httpServer {
-	hs := &httpServer{lis: newHandoff(), base: s.hardStop, done: make(chan struct{})}
-	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.serveRequest(dir, w, r) })
+// newHTTPServer starts the HTTP servers of one direction, which serve
+// every request with handler, in a context derived from base, and time out
+// HTTP/1 request headers after headerTimeout. They log under log.
+func newHTTPServer(handler http.Handler, headerTimeout time.Duration, base context.Context, log *zap.Logger) *httpServer {
+	hs := &httpServer{lis: newHandoff(), base: base, done: make(chan struct{})}
 	hs.h2 = &h2.Server{
 		Handler:              handler,
 		MaxConcurrentStreams: maxConcurrentStreams,
 		IdleTimeout:          downstreamIdleTimeout,
-		Logger:               s.log.Named("h2"),
+		Logger:               log.Named("h2"),
 	}
 	hs.srv = &http.Server{
 		Handler:           handler,
-		ReadHeaderTimeout: s.cfg.HeaderTimeout,
+		ReadHeaderTimeout: headerTimeout,
 		IdleTimeout:       downstreamIdleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
 		// OPTIONS * goes to the application like any request, and every
@@ -71,7 +72,7 @@ func (s *Server) newHTTPServer(dir Direction) *httpServer {
 		},
 		// net/http reports clients' protocol errors here: routine, not
 		// the operator's concern above debug.
-		ErrorLog: mustStdLogAt(s.log.Named("http"), zapcore.DebugLevel),
+		ErrorLog: mustStdLogAt(log.Named("http"), zapcore.DebugLevel),
 	}
 	var protos http.Protocols
 	protos.SetHTTP1(true)
@@ -116,60 +117,6 @@ func (hs *httpServer) shutdown(ctx context.Context) {
 	_ = hs.srv.Shutdown(ctx)
 	<-hs.done
 	wg.Wait()
-}
-
-// serveRequest is where every HTTP request enters the filter chain.
-func (s *Server) serveRequest(dir Direction, w http.ResponseWriter, r *http.Request) {
-	m := r.Context().Value(connKey{}).(connMeta)
-	info := &filters.Info{
-		Direction:   dir,
-		Start:       time.Now(),
-		Destination: m.dst,
-		Source:      m.src,
-		Peer:        m.peer,
-	}
-	info.Upgrade = filters.RemoveHopByHop(r.Header)
-	if dir == Outbound || m.peer == "" {
-		// From the application, or a caller that is not a peer sidecar.
-		filters.RemoveInternal(r.Header)
-	}
-	var said peerSaid
-	if dir == Inbound {
-		said = takePeerSaid(r.Header, m.peer)
-	}
-	if dir == Inbound && info.Upgrade == "" && s.draining.Load() {
-		// The drain period (drain.go): the client is told to go. HTTP/1
-		// closes after this answer; both HTTP/2 servers take it for a
-		// graceful GOAWAY (and send no Connection header). The router
-		// adds the upstream's headers to these, never removes them.
-		w.Header().Set("Connection", "close")
-	}
-	rc := s.config.Load()
-	var h http.Handler = rc.chain(dir)
-	if r.ProtoMajor == 1 {
-		// Proxied HTTP/1 requests may be answered while their body still
-		// streams in (and gRPC-Web-like clients rely on it).
-		_ = http.NewResponseController(w).EnableFullDuplex()
-		if m.framing != nil {
-			switch why := m.framing.check(); why {
-			case framingOK:
-			case framingLost:
-				w.Header().Set("Connection", "close")
-			default:
-				h = refusal(framingReasons[why])
-			}
-		}
-	}
-	s.stats.Dir[dir].Requests.Add(1)
-	s.serveRecorded(rc.tracer.Handler(h), w, r.WithContext(filters.NewContext(r.Context(), info)), info, said)
-}
-
-// refusal answers a request whose framing is ambiguous: 400 DPE, the
-// connection closed, nothing forwarded.
-type refusal string
-
-func (why refusal) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	filters.Reply(w, r, http.StatusBadRequest, filters.DownstreamProtocolError, string(why))
 }
 
 // connMeta is what the proxy knows of an HTTP connection.

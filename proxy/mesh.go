@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/netip"
 	"sync"
 	"time"
 
@@ -19,8 +18,6 @@ import (
 	"github.com/pillionmesh/pillion/proxy/configfile"
 	"github.com/pillionmesh/pillion/proxy/relay"
 	"github.com/pillionmesh/pillion/proxy/sniff"
-	"github.com/pillionmesh/pillion/proxy/upstream"
-	"github.com/pillionmesh/pillion/sidecar"
 )
 
 // Identity is the sidecar's identity source (mtls.WorkloadSource or
@@ -80,98 +77,6 @@ func (s *Server) checkMesh(m configfile.Mesh) error {
 		return fmt.Errorf("mesh.mode: STRICT %w", ErrNoIdentity)
 	}
 	return nil
-}
-
-// meshedIn reports whether dst is served by a peer sidecar under m. Never
-// without mTLS, never on loopback (this pod's application), and never the
-// peer sidecar's health or Prometheus port.
-func (s *Server) meshedIn(m configfile.Mesh, dst netip.AddrPort) bool {
-	if dst.Port() == sidecar.HealthPort || dst.Port() == sidecar.PrometheusPort {
-		return false
-	}
-	return s.mesh != nil && !dst.Addr().IsLoopback() && m.Contains(dst.Addr())
-}
-
-// poolDial is the pools' dialer: dial ep, announcing the pool's protocol
-// to a peer sidecar.
-func (s *Server) poolDial(ctx context.Context, ep upstream.Endpoint, proto upstream.Protocol) (net.Conn, error) {
-	alpn := mtls.ProtoHTTP2
-	if proto == upstream.HTTP1 {
-		alpn = mtls.ProtoHTTP1
-	}
-	return s.dial(ctx, ep, alpn)
-}
-
-// dial connects to ep as it was picked: in mTLS carrying alpn when it is
-// meshed (a *tls.Conn), else in plain TCP (a *net.TCPConn). Nothing is
-// decided again here: a meshed endpoint is never dialled in plaintext.
-func (s *Server) dial(ctx context.Context, ep upstream.Endpoint, alpn string) (net.Conn, error) {
-	if ep.Meshed {
-		tc, err := s.dialMesh(ctx, ep, alpn)
-		if err != nil {
-			return nil, err // not a typed nil in the interface
-		}
-		return tc, nil
-	}
-	d := net.Dialer{Timeout: s.cfg.DialTimeout}
-	return d.DialContext(ctx, "tcp", ep.Addr.String())
-}
-
-// dialMesh connects to the peer sidecar at ep (its pod's address: the
-// peer's inbound capture takes it) in mTLS carrying alpn. The peer must
-// present ep.Identity when it is set (the identity discovery announced),
-// else any SVID of our trust domain. Without an SVID of our own it fails:
-// traffic to the mesh is never sent in the clear.
-func (s *Server) dialMesh(ctx context.Context, ep upstream.Endpoint, alpn string) (*tls.Conn, error) {
-	st := &s.stats.Dir[Outbound]
-	dst := ep.Addr
-	if err := s.mesh.id.Ready(); err != nil {
-		st.TLSFailures[mtls.FailureNoSVID].Add(1)
-		return nil, fmt.Errorf("mTLS to %s: %w: %w", dst, mtls.ErrNoSVID, err)
-	}
-	cfg, err := s.mesh.clientFor(ep.Identity, alpn)
-	if err != nil {
-		st.TLSFailures[mtls.FailureWrongIdentity].Add(1)
-		return nil, fmt.Errorf("mTLS to %s: %w", dst, err)
-	}
-	// The slot comes before the connect: a peer reads a connection that
-	// stays silent while it waits for one as not a sidecar's. (A connect
-	// that hangs thereby holds a slot, up to DialTimeout.) The wait has a
-	// bound of its own: a burst of new connections queues for as long as
-	// the handshakes before it take; DialTimeout then bounds the connect,
-	// and handshakeTimeout the handshake.
-	qctx, cancelQ := context.WithTimeout(ctx, handshakeQueueTimeout)
-	release, err := s.handshakes.acquire(qctx, s.log)
-	cancelQ()
-	if err != nil {
-		return nil, err
-	}
-	defer release()
-	dctx, cancelD := context.WithTimeout(ctx, s.cfg.DialTimeout)
-	var d net.Dialer
-	c, err := d.DialContext(dctx, "tcp", dst.String())
-	cancelD()
-	if err != nil {
-		return nil, err
-	}
-	// The handshake has the peer's bound (it may wait in the peer's own
-	// queue of handshakes), as Envoy's transport socket time-out is
-	// apart from its connect time-out.
-	hctx, cancelH := context.WithTimeout(ctx, handshakeTimeout)
-	defer cancelH()
-	tc := tls.Client(c, cfg)
-	if err := handshake(hctx, tc); err != nil {
-		f := mtls.Classify(err)
-		st.TLSFailures[f].Add(1)
-		relay.Reset(c)
-		if f == mtls.FailureWrongIdentity {
-			s.log.Warn("refusing an endpoint that presented another identity than discovery announced: nothing sent",
-				zap.Stringer("upstream", dst), zap.String("expected", ep.Identity), zap.Error(err))
-		}
-		return nil, fmt.Errorf("mTLS handshake with %s (%s): %w", dst, f, err)
-	}
-	st.MTLS.Add(1)
-	return tc, nil
 }
 
 // clientFor returns the client config of connections carrying alpn to a
@@ -240,7 +145,7 @@ func (s *Server) serveMesh(cn *conn) {
 	st := &s.stats.Dir[Inbound]
 	tc := tls.Server(&prefixConn{TCPConn: cn.c, prefix: cn.det.Peeked}, s.mesh.server)
 	cn.det.Peeked = nil // the handshake reads them
-	ctx, cancel := context.WithTimeout(s.hardStop, handshakeTimeout)
+	ctx, cancel := context.WithTimeout(s.life.hardStop, handshakeTimeout)
 	release, err := s.handshakes.acquire(ctx, s.log)
 	if err == nil {
 		err = handshake(ctx, tc)

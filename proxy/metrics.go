@@ -238,7 +238,7 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	draining := 0.0
-	if c.s.draining.Load() {
+	if c.s.life.draining.Load() {
 		draining = 1
 	}
 	gauge(c.draining, draining)

@@ -13,6 +13,7 @@ import (
 	"github.com/pillionmesh/pillion/proxy/configfile"
 	"github.com/pillionmesh/pillion/proxy/resolve"
 	"github.com/pillionmesh/pillion/proxy/upstream"
+	"github.com/pillionmesh/pillion/sidecar"
 )
 
 // Discovery is what the proxy needs of `pillion discovery`'s client
@@ -23,13 +24,20 @@ type Discovery interface {
 	Resolve(ctx context.Context, dst netip.AddrPort) *resolve.State
 }
 
-// routes holds one balancer per destination discovery answered for, each
-// kept in step with discovery's latest answer. Only the destinations this
-// sidecar's application used are here.
+// routes picks the endpoint of each connection and request: the
+// application inbound, and outbound the destination itself or one of the
+// endpoints discovery announced behind it. It holds one balancer per
+// destination discovery answered for, each kept in step with discovery's
+// latest answer; only the destinations this sidecar's application used are
+// here. It is safe for concurrent use.
 type routes struct {
 	cfg balance.Config
 	now func() time.Time
-	by  sync.Map // netip.AddrPort → *balanced
+	// discovery is Config.Discovery, nil without; it is asked only when
+	// mtls (the proxy has an identity), as are mesh networks.
+	discovery Discovery
+	mtls      bool
+	by        sync.Map // netip.AddrPort → *balanced
 }
 
 // balanced is the route of one discovered destination.
@@ -44,32 +52,42 @@ type balanced struct {
 // pod's own IP and the port the peer asked; dialApp connects from
 // 127.0.0.6 or ::6); outbound, the balancer of the Service (or pod)
 // discovery announced at dst, else dst itself, meshed when m says so.
-func (s *Server) route(ctx context.Context, d Direction, m configfile.Mesh, dst netip.AddrPort) upstream.Route {
+func (rs *routes) route(ctx context.Context, d Direction, m configfile.Mesh, dst netip.AddrPort) upstream.Route {
 	if d == Inbound {
 		return upstream.Fixed{Addr: dst}
 	}
-	if r := s.discovered(ctx, dst); r != nil {
+	if r := rs.discovered(ctx, dst); r != nil {
 		return r
 	}
-	return upstream.Fixed{Addr: dst, Meshed: s.meshedIn(m, dst)}
+	return upstream.Fixed{Addr: dst, Meshed: rs.meshedIn(m, dst)}
+}
+
+// meshedIn reports whether dst is served by a peer sidecar under m. Never
+// without mTLS, never on loopback (this pod's application), and never the
+// peer sidecar's health or Prometheus port.
+func (rs *routes) meshedIn(m configfile.Mesh, dst netip.AddrPort) bool {
+	if dst.Port() == sidecar.HealthPort || dst.Port() == sidecar.PrometheusPort {
+		return false
+	}
+	return rs.mtls && !dst.Addr().IsLoopback() && m.Contains(dst.Addr())
 }
 
 // discovered returns the route of dst from discovery's answer, nil when
 // discovery is not configured or knows nothing of dst.
-func (s *Server) discovered(ctx context.Context, dst netip.AddrPort) upstream.Route {
-	if s.cfg.Discovery == nil || s.mesh == nil {
+func (rs *routes) discovered(ctx context.Context, dst netip.AddrPort) upstream.Route {
+	if rs.discovery == nil || !rs.mtls {
 		return nil
 	}
-	st := s.cfg.Discovery.Resolve(ctx, dst)
+	st := rs.discovery.Resolve(ctx, dst)
 	if st == nil || (st.Kind == resolve.Unknown && st.Err == nil) {
 		return nil
 	}
 	if st.Err != nil {
 		return failed{st.Err}
 	}
-	v, ok := s.routes.by.Load(dst)
+	v, ok := rs.by.Load(dst)
 	if !ok {
-		v, _ = s.routes.by.LoadOrStore(dst, &balanced{Balancer: balance.New(s.routes.cfg, s.routes.now, nil)})
+		v, _ = rs.by.LoadOrStore(dst, &balanced{Balancer: balance.New(rs.cfg, rs.now, nil)})
 	}
 	b := v.(*balanced)
 	b.follow(st)
@@ -89,13 +107,13 @@ func (b *balanced) follow(st *resolve.State) {
 	}
 }
 
-// opaqueByDiscovery says whether discovery's answer for dst hints opaque
-// TCP. The answer is the one the route then uses (asked once, held after).
-func (s *Server) opaqueByDiscovery(dst netip.AddrPort) bool {
-	if s.cfg.Discovery == nil || s.mesh == nil {
+// opaque says whether discovery's answer for dst hints opaque TCP. The
+// answer is the one the route then uses (asked once, held after).
+func (rs *routes) opaque(ctx context.Context, dst netip.AddrPort) bool {
+	if rs.discovery == nil || !rs.mtls {
 		return false
 	}
-	st := s.cfg.Discovery.Resolve(s.hardStop, dst)
+	st := rs.discovery.Resolve(ctx, dst)
 	return st != nil && st.Err == nil && st.Protocol == resolve.Opaque
 }
 
@@ -120,12 +138,15 @@ type ServiceRoute struct {
 // Routes returns the destinations discovery answered for, with their
 // balancers' endpoints as of discovery's latest answer (not only as of the
 // last request), sorted by destination.
-func (s *Server) Routes() []ServiceRoute {
+func (s *Server) Routes() []ServiceRoute { return s.routes.snapshot() }
+
+// snapshot is Server.Routes.
+func (rs *routes) snapshot() []ServiceRoute {
 	var out []ServiceRoute
-	s.routes.by.Range(func(k, v any) bool {
+	rs.by.Range(func(k, v any) bool {
 		b := v.(*balanced)
 		// A destination here was answered: Resolve does not wait.
-		if st := s.cfg.Discovery.Resolve(context.Background(), k.(netip.AddrPort)); st != nil {
+		if st := rs.discovery.Resolve(context.Background(), k.(netip.AddrPort)); st != nil {
 			b.follow(st)
 		}
 		st := b.state.Load()

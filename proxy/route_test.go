@@ -67,14 +67,14 @@ func TestRoutes(t *testing.T) {
 	}
 	ctx := context.Background()
 
-	if r := s.discovered(ctx, elsewhere); r != nil {
+	if r := s.routes.discovered(ctx, elsewhere); r != nil {
 		t.Errorf("a destination discovery does not know: route %v, want none (as it is)", r)
 	}
-	if _, _, err := s.discovered(ctx, bad).Pick(); !errors.Is(err, upstream.ErrNoHealthyUpstream) {
+	if _, _, err := s.routes.discovered(ctx, bad).Pick(); !errors.Is(err, upstream.ErrNoHealthyUpstream) {
 		t.Errorf("an invalid answer: Pick error %v, want no healthy upstream", err)
 	}
 	picked := map[netip.AddrPort]bool{}
-	r := s.discovered(ctx, web)
+	r := s.routes.discovered(ctx, web)
 	for range 100 {
 		ep, done, err := r.Pick()
 		if err != nil {
@@ -90,14 +90,14 @@ func TestRoutes(t *testing.T) {
 	// A Service port discovery hints as opaque TCP is not sniffed (a
 	// server that speaks first would wait for the sniff to time out); one
 	// it does not hint is.
-	if s.opaqueByDiscovery(web) {
+	if s.routes.opaque(ctx, web) {
 		t.Error("a destination without discovery's opaque hint counts as opaque")
 	}
 	db := netip.MustParseAddrPort("10.96.0.12:3306")
 	dbState := service("10.1.0.9:3306")
 	dbState.Protocol = resolve.Opaque
 	disc.set(db, dbState)
-	if det, err := s.detect(nil, Outbound, db); err != nil || !det.skipped {
+	if det, err := s.detector.detect(nil, Outbound, db); err != nil || !det.skipped {
 		t.Errorf("discovery's opaque hint: detection %+v, %v; want skipped", det, err)
 	}
 

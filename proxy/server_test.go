@@ -151,43 +151,6 @@ func TestOutboundGoesToOriginalDestination(t *testing.T) {
 	}
 }
 
-// TestInboundGoesToAppAtOriginalDestination: the inbound side connects
-// to the application at the connection's original destination (the pod
-// IP, here an address of this host that is not loopback) from 127.0.0.6;
-// an application listening on localhost only is not reached there, and
-// the refusal is counted.
-func TestInboundGoesToAppAtOriginalDestination(t *testing.T) {
-	hostIP := nonLoopbackIPv4(t)
-	l, err := net.Listen("tcp", netip.AddrPortFrom(hostIP, 0).String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The app answers with the address it saw the connection come from.
-	meshtest.Serve(t, l, func(c net.Conn) {
-		_, _ = io.ReadAll(c)
-		_, _ = io.WriteString(c, addrPort(c.RemoteAddr()).Addr().String())
-	})
-	app := l.Addr().(*net.TCPAddr).AddrPort()
-	s := testServer(t, DefaultConfig(), fixed(app))
-	if got, err := roundTrip(t, s.cfg.InboundPort, "hi"); err != nil || got != "127.0.0.6" {
-		t.Fatalf("the app saw %q (%v); want the inbound sidecar's source 127.0.0.6", got, err)
-	}
-	st := &s.Stats().Dir[Inbound]
-	if n := st.Accepted.Load(); n != 1 {
-		t.Errorf("inbound accepted = %d, want 1", n)
-	}
-
-	// A listener on 127.0.0.1 only, at the port the peer asked of the pod
-	// IP: refused, the client reset, counted as a failed connect.
-	private := echoServer(t)
-	s = testServer(t, DefaultConfig(), fixed(netip.AddrPortFrom(hostIP, private.Port())))
-	if got, err := roundTrip(t, s.cfg.InboundPort, "hi"); !errors.Is(err, syscall.ECONNRESET) {
-		t.Errorf("to a localhost-only listener: %q, %v; want a reset", got, err)
-	}
-	st = &s.Stats().Dir[Inbound]
-	waitFor(t, "the failed connect counted", func() bool { return st.DialFailures.Load() == 1 })
-}
-
 func TestConnectionToOwnListenerRefused(t *testing.T) {
 	// What the kernel answers for a connection made straight to the
 	// listener, not redirected: the listener's own address.
@@ -203,30 +166,6 @@ func TestConnectionToOwnListenerRefused(t *testing.T) {
 	}
 }
 
-func TestOwnListenerOnPodAddressIsALoop(t *testing.T) {
-	s, err := New(DefaultConfig(), zap.NewNop()) // not running: only the check
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.localAddrs = func() ([]net.Addr, error) {
-		return []net.Addr{&net.IPNet{IP: net.ParseIP("198.18.0.3"), Mask: net.CIDRMask(24, 32)}}, nil
-	}
-	for _, tt := range []struct {
-		dst  string
-		want bool
-	}{
-		{"198.18.0.3:15001", true},
-		{"198.18.0.3:8080", false},
-		{"198.18.0.4:15001", false}, // another pod's port 15001 is not ours
-		{"0.0.0.0:15006", true},
-		{"[::1]:15006", true},
-	} {
-		if got := s.isOwnListener(netip.MustParseAddrPort(tt.dst)); got != tt.want {
-			t.Errorf("isOwnListener(%s) = %v, want %v", tt.dst, got, tt.want)
-		}
-	}
-}
-
 func TestUpstreamRefusalResetsClient(t *testing.T) {
 	closed := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), freePort(t))
 	s := testServer(t, DefaultConfig(), fixed(closed))
@@ -236,106 +175,6 @@ func TestUpstreamRefusalResetsClient(t *testing.T) {
 	}
 	if n := s.Stats().Dir[Outbound].DialFailures.Load(); n != 1 {
 		t.Errorf("dial failures = %d, want 1", n)
-	}
-}
-
-func TestConnectionCap(t *testing.T) {
-	backend := echoServer(t)
-	cfg := DefaultConfig()
-	cfg.MaxConnections = 1
-	s := testServer(t, cfg, fixed(backend))
-	// Hold one connection open (no half-close yet).
-	hold, err := net.Dial("tcp", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), s.cfg.OutboundPort).String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hold.Close()
-	waitFor(t, "first connection active", func() bool { return s.Stats().Dir[Outbound].Active.Load() == 1 })
-	if _, err := roundTrip(t, s.cfg.OutboundPort, "x"); !errors.Is(err, syscall.ECONNRESET) {
-		t.Errorf("second connection error = %v, want a reset", err)
-	}
-	if n := s.Stats().Dir[Outbound].OverLimit.Load(); n != 1 {
-		t.Errorf("over-limit count = %d, want 1", n)
-	}
-	hold.Close()
-	waitFor(t, "slot freed", func() bool { return s.active.Load() == 0 })
-	if got, err := roundTrip(t, s.cfg.OutboundPort, "y"); got != "echo:y" {
-		t.Errorf("after the first closed: %q, %v; want echo:y", got, err)
-	}
-}
-
-// startRun starts s.Run on loopback and returns a func that cancels it and
-// a channel that receives Run's result.
-func startRun(t *testing.T, s *Server) (stop func(), done <-chan error) {
-	t.Helper()
-	s.bindV4, s.bindV6 = netip.MustParseAddr("127.0.0.1"), netip.IPv6Loopback()
-	ctx, cancel := context.WithCancel(context.Background())
-	d := make(chan error, 1)
-	go func() { d <- s.Run(ctx) }()
-	<-s.Ready()
-	t.Cleanup(func() { s.Quit(); cancel() })
-	return cancel, d
-}
-
-func TestDrain(t *testing.T) {
-	backend := echoServer(t)
-	cfg := DefaultConfig()
-	p := freePorts(t, 2)
-	cfg.OutboundPort, cfg.InboundPort = p[0], p[1]
-	cfg.DrainPeriod = 0 // TestDrainPeriod has one
-	cfg.DrainTimeout = 300 * time.Millisecond
-	s, _ := New(cfg, zap.NewNop())
-	s.origDst = fixed(backend)
-	stop, done := startRun(t, s)
-	proxyAddr := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), cfg.OutboundPort).String()
-
-	// Two connections are open when shutdown starts: one finishes within
-	// the drain window, the other never does.
-	finisher, err := net.Dial("tcp", proxyAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer finisher.Close()
-	straggler, err := net.Dial("tcp", proxyAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer straggler.Close()
-	waitFor(t, "connections active", func() bool { return s.Stats().Dir[Outbound].Active.Load() == 2 })
-	start := time.Now()
-	stop()
-
-	// New connections are refused at once.
-	waitFor(t, "listener closed", func() bool {
-		c, err := net.Dial("tcp", proxyAddr)
-		if err == nil {
-			c.Close()
-		}
-		return err != nil
-	})
-	// The finisher completes inside the window, untouched.
-	time.Sleep(50 * time.Millisecond)
-	_ = finisher.SetDeadline(time.Now().Add(2 * time.Second))
-	if _, err := finisher.Write([]byte("late")); err != nil {
-		t.Fatal(err)
-	}
-	_ = finisher.(*net.TCPConn).CloseWrite()
-	if got, err := io.ReadAll(finisher); err != nil || string(got) != "echo:late" {
-		t.Errorf("connection finishing inside the drain window got %q, %v", got, err)
-	}
-
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-		t.Fatal("Run did not return after the drain time-out")
-	}
-	if el := time.Since(start); el < cfg.DrainTimeout {
-		t.Errorf("Run returned after %v, before the drain time-out %v", el, cfg.DrainTimeout)
-	}
-	// The straggler is reset, not closed: a cut-off stream must not look complete.
-	_ = straggler.SetReadDeadline(time.Now().Add(2 * time.Second))
-	if _, err := straggler.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
-		t.Errorf("straggler read = %v, want a reset", err)
 	}
 }
 

@@ -113,7 +113,9 @@ type FieldError struct {
 	Err   error
 }
 
-func (e *FieldError) Error() string { return "istiometrics: workload " + e.Field + ": " + e.Err.Error() }
+func (e *FieldError) Error() string {
+	return "istiometrics: workload " + e.Field + ": " + e.Err.Error()
+}
 
 // Unwrap returns why the field is wrong.
 func (e *FieldError) Unwrap() error { return e.Err }

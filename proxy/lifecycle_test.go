@@ -2,17 +2,22 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+
+	"github.com/pillionmesh/pillion/internal/svidtest"
 )
 
 // countingClient is an HTTP client (h2c with prior knowledge when h2c is
@@ -194,4 +199,131 @@ func TestDrainCallKeepsAcceptingForThePeriod(t *testing.T) {
 		t.Errorf("listeners closed %v after Drain, before the drain period %v", el, cfg.DrainPeriod)
 	}
 	waitFor(t, "DRAINED", func() bool { st, _ := s.State(); return st == StateDrained })
+}
+
+// startRun starts s.Run on loopback and returns a func that cancels it and
+// a channel that receives Run's result.
+func startRun(t *testing.T, s *Server) (stop func(), done <-chan error) {
+	t.Helper()
+	s.bindV4, s.bindV6 = netip.MustParseAddr("127.0.0.1"), netip.IPv6Loopback()
+	ctx, cancel := context.WithCancel(context.Background())
+	d := make(chan error, 1)
+	go func() { d <- s.Run(ctx) }()
+	<-s.Ready()
+	t.Cleanup(func() { s.Quit(); cancel() })
+	return cancel, d
+}
+
+func TestDrain(t *testing.T) {
+	backend := echoServer(t)
+	cfg := DefaultConfig()
+	p := freePorts(t, 2)
+	cfg.OutboundPort, cfg.InboundPort = p[0], p[1]
+	cfg.DrainPeriod = 0 // TestDrainPeriod has one
+	cfg.DrainTimeout = 300 * time.Millisecond
+	s, _ := New(cfg, zap.NewNop())
+	s.origDst = fixed(backend)
+	stop, done := startRun(t, s)
+	proxyAddr := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), cfg.OutboundPort).String()
+
+	// Two connections are open when shutdown starts: one finishes within
+	// the drain window, the other never does.
+	finisher, err := net.Dial("tcp", proxyAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer finisher.Close()
+	straggler, err := net.Dial("tcp", proxyAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer straggler.Close()
+	waitFor(t, "connections active", func() bool { return s.Stats().Dir[Outbound].Active.Load() == 2 })
+	start := time.Now()
+	stop()
+
+	// New connections are refused at once.
+	waitFor(t, "listener closed", func() bool {
+		c, err := net.Dial("tcp", proxyAddr)
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	})
+	// The finisher completes inside the window, untouched.
+	time.Sleep(50 * time.Millisecond)
+	_ = finisher.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := finisher.Write([]byte("late")); err != nil {
+		t.Fatal(err)
+	}
+	_ = finisher.(*net.TCPConn).CloseWrite()
+	if got, err := io.ReadAll(finisher); err != nil || string(got) != "echo:late" {
+		t.Errorf("connection finishing inside the drain window got %q, %v", got, err)
+	}
+
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return after the drain time-out")
+	}
+	if el := time.Since(start); el < cfg.DrainTimeout {
+		t.Errorf("Run returned after %v, before the drain time-out %v", el, cfg.DrainTimeout)
+	}
+	// The straggler is reset, not closed: a cut-off stream must not look complete.
+	_ = straggler.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := straggler.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("straggler read = %v, want a reset", err)
+	}
+}
+
+// TestLifecycleStates: the lifecycle alone, moved on as Run moves it:
+// PRE_INITIALIZING until the listeners open, INITIALIZING while the
+// identity has no SVID (becomeReady gives up when its context ends), LIVE
+// once ready, DRAINING from Drain on (Drain and Quit are idempotent, and
+// Quit cuts the drain period short), still DRAINING once the listeners
+// closed, then DRAINED.
+func TestLifecycleStates(t *testing.T) {
+	var l lifecycle
+	l.init()
+	log := zap.NewNop()
+	want := func(id Identity, state, why string) {
+		t.Helper()
+		got, err := l.state(id)
+		if got != state || (why == "" && err != nil) || (why != "" && (err == nil || !strings.Contains(err.Error(), why))) {
+			t.Errorf("state = %s, %v; want %s, %q", got, err, state, why)
+		}
+	}
+	want(nil, StatePreInitializing, "listeners not open yet")
+	l.listening(nil)
+	want(nil, StateInitializing, "starting")
+
+	id := notReady{svidtest.Source{Err: errNotYet}}
+	ctx, cancel := context.WithCancel(context.Background())
+	gaveUp := make(chan struct{})
+	go func() { l.becomeReady(ctx, id, log); close(gaveUp) }()
+	want(id, StateInitializing, "no identity")
+	cancel()
+	<-gaveUp
+	select {
+	case <-l.ready:
+		t.Fatal("ready without an SVID")
+	default:
+	}
+	l.becomeReady(context.Background(), nil, log)
+	want(nil, StateLive, "")
+
+	l.requestDrain()
+	l.requestDrain()
+	l.waitDrain(context.Background(), log) // returns: a drain was requested
+	want(nil, StateDraining, "still accepted")
+	start := time.Now()
+	time.AfterFunc(50*time.Millisecond, func() { l.requestQuit(); l.requestQuit() })
+	l.drainPeriod(time.Hour, log)
+	if el := time.Since(start); el > 5*time.Second {
+		t.Errorf("the drain period lasted %v after Quit", el)
+	}
+	l.closed.Store(true)
+	want(nil, StateDraining, "no longer accepting")
+	l.drained.Store(true)
+	want(nil, StateDrained, "drained")
 }
