@@ -24,6 +24,10 @@
 // once per ServerConfig.Coalesce, only if it changed. An event that
 // touches nothing anyone watches costs a few map lookups.
 //
+// Why on demand, by the address the application used, and why whole
+// states rather than deltas: ARCHITECTURE.md, "Discovery: on demand, by
+// the address the application used".
+//
 // The SPIFFE IDs announced are in the trust domain of discovery's own
 // SVID, the same identity its gRPC server presents (NewGRPCServer); it
 // answers only clients of that trust domain.

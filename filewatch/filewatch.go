@@ -12,8 +12,11 @@
 //   - Files that cannot be read, and contents that are refused, are
 //     reported once, not every poll; what was applied last stays in use,
 //     and the files are tried again when they change.
-//   - Force re-reads and applies at once, changed or not: the commands call
-//     it on SIGHUP. A Watcher installs no signal handler itself.
+//   - Force re-reads and applies at once, changed or not, once two reads
+//     50 ms apart agree: the commands call it on SIGHUP. A Watcher installs
+//     no signal handler itself.
+//
+// ARCHITECTURE.md ("Filters and hot reload") says where it is used.
 package filewatch
 
 import (
@@ -120,13 +123,33 @@ func (w *Watcher) Poll() {
 	}
 }
 
-// Force reads the files and applies them now, changed or not; files that
-// cannot be read or are refused are reported again.
+// Force reads the files and applies them now, changed or not, once two
+// reads forceSettle apart agree (a file caught being written is not
+// applied: if the files still change after forceTries reads, the polls
+// apply them once they settle); files that cannot be read or are refused
+// are reported again.
 func (w *Watcher) Force() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.apply(w.read())
+	now := w.read()
+	for range forceTries - 1 {
+		time.Sleep(forceSettle)
+		again := w.read()
+		if again.equal(now) {
+			w.apply(now)
+			return
+		}
+		now = again
+	}
+	w.pending = &now
+	w.opts.Log.Debug("filewatch: files still changing when forced; applied when two reads agree", zap.Strings("paths", w.opts.Paths))
 }
+
+// Force's reads: how many at most, and how far apart.
+const (
+	forceTries  = 5
+	forceSettle = 50 * time.Millisecond
+)
 
 // apply applies s, or reports why not, and makes it the last seen.
 func (w *Watcher) apply(s snapshot) {

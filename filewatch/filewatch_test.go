@@ -145,8 +145,9 @@ func TestReportedOnceThenRecovers(t *testing.T) {
 	}
 }
 
-// TestForce: Force applies at once, without waiting for a second read,
-// applies unchanged files again, and reports refused ones again.
+// TestForce: Force applies at once, without waiting for the next poll
+// (only for a second read 50 ms later to agree), applies unchanged files
+// again, and reports refused ones again.
 func TestForce(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "config.yaml")
 	write(t, path, "v1")
@@ -174,6 +175,42 @@ func TestForce(t *testing.T) {
 	}
 	if diff := cmp.Diff([]string{"v1", "v2"}, r.applied); diff != "" {
 		t.Errorf("refused contents were applied (-want +got):\n%s", diff)
+	}
+}
+
+// TestForceWaitsForAWriter: forced while a writer still changes the file,
+// Force applies nothing half-written; the polls apply the file once two
+// reads agree.
+func TestForceWaitsForAWriter(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	write(t, path, "v1")
+	w, r := newWatcher(t, [][]byte{[]byte("v1")}, path)
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { // a writer that never settles while Force reads
+		defer close(done)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				write(t, path, "v2")
+				return
+			case <-time.After(5 * time.Millisecond):
+				write(t, path, "partial-"+strings.Repeat("x", i))
+			}
+		}
+	}()
+	w.Force()
+	close(stop)
+	<-done
+	for _, a := range r.appliedSoFar() {
+		if strings.HasPrefix(a, "partial") {
+			t.Fatalf("Force applied %q while the file was being written", a)
+		}
+	}
+	w.Poll()
+	w.Poll()
+	if got := r.appliedSoFar(); len(got) == 0 || got[len(got)-1] != "v2" {
+		t.Errorf("applied %v; want v2 once the writer was done", got)
 	}
 }
 

@@ -17,10 +17,11 @@ import (
 // encoding/json would, but strictly, as a config file is read:
 //
 //   - a key that is not a field of its struct is an error that lists the
-//     fields; keys match a field's json name exactly, case included;
-//   - so is a value of the wrong kind, and null where a string, a number or
-//     a boolean belongs (null empties a list, a mapping or a pointer, and
-//     leaves a struct as it is);
+//     fields; keys match a field's json name as encoding/json matches them
+//     (the exact name first, else regardless of case);
+//   - so is a value of the wrong kind (null is never wrong: as with
+//     encoding/json it empties a list, a mapping or a pointer, and leaves a
+//     struct, a string, a number or a boolean as it is);
 //   - so is anything after the value.
 //
 // Every error is a *FieldError at path and the fields within it
@@ -103,6 +104,9 @@ func decode(data []byte, v reflect.Value, path string) error {
 			return decodeMap(data, v, path)
 		}
 	}
+	if k == "null" {
+		return nil // as encoding/json: the value stays as it is
+	}
 	want := wanted(v.Type())
 	switch v.Kind() {
 	case reflect.String:
@@ -140,6 +144,9 @@ func decodeStruct(data []byte, v reflect.Value, path string) error {
 	fields := jsonFields(v.Type(), nil)
 	for _, key := range slices.Sorted(maps.Keys(m)) {
 		i := slices.IndexFunc(fields, func(f jsonField) bool { return f.name == key })
+		if i < 0 {
+			i = slices.IndexFunc(fields, func(f jsonField) bool { return strings.EqualFold(f.name, key) })
+		}
 		if i < 0 {
 			names := make([]string, len(fields))
 			for j, f := range fields {

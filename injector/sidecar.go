@@ -9,7 +9,6 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/pillionmesh/pillion/appprobe"
-	"github.com/pillionmesh/pillion/proxy"
 	"github.com/pillionmesh/pillion/sidecar"
 )
 
@@ -181,7 +180,7 @@ func drainArgs(grace *int64, native bool) []string {
 	if grace != nil {
 		g = time.Duration(max(*grace, 0)) * time.Second
 	}
-	if g >= proxy.DefaultDrainPeriod+proxy.DefaultDrainTimeout+time.Second {
+	if g >= sidecar.DefaultDrainPeriod+sidecar.DefaultDrainTimeout+time.Second {
 		return nil
 	}
 	period := g / 2

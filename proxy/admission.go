@@ -7,6 +7,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/pillionmesh/pillion/proxy/ratelog"
 	"github.com/pillionmesh/pillion/proxy/relay"
 )
 
@@ -20,7 +21,7 @@ type admission struct {
 	active atomic.Int64 // connections admitted and not yet left
 	// warnOverLimit lets the warning of connections refused over max
 	// through at most once a second.
-	warnOverLimit everySecond
+	warnOverLimit ratelog.EverySecond
 	wg            sync.WaitGroup // the connections admitted and not yet left
 
 	mu      sync.Mutex
@@ -36,7 +37,7 @@ func (a *admission) admit(c *net.TCPConn, dir Direction, st *DirStats, log *zap.
 	if a.active.Add(1) > int64(a.max) {
 		a.active.Add(-1)
 		st.OverLimit.Add(1)
-		if ce, n := a.warnOverLimit.check(log, zap.WarnLevel, "connection limit reached: refusing"); ce != nil {
+		if ce, n := a.warnOverLimit.Check(log, zap.WarnLevel, "connection limit reached: refusing"); ce != nil {
 			ce.Write(zap.Stringer("direction", dir), zap.Stringer("src", c.RemoteAddr()),
 				zap.Int("max_connections", a.max), zap.Int64("suppressed", n))
 		}

@@ -20,23 +20,20 @@ import (
 	"github.com/pillionmesh/pillion/sidecar"
 )
 
-// Default values for Config (the capture ports' are sidecar's).
+// Default values for Config (the capture ports' and the drain's are
+// sidecar's: the injector fits the pod to them).
 const (
 	DefaultDialTimeout    = 5 * time.Second
 	DefaultMaxConnections = 16384
-	DefaultDrainTimeout   = 5 * time.Second
 	DefaultIdleTimeout    = time.Hour // Envoy's tcp_proxy default
 	// DefaultSniffTimeout is how long a client may take to send enough
 	// bytes to tell its protocol. Clients of client-first protocols send at
 	// once, so this is only waited for by server-first protocols on ports
 	// not declared opaque (each of their connections starts this much
 	// later) and by clients slower than this (forwarded as opaque TCP: they
-	// work, without the HTTP features).
+	// work, without the HTTP features). Why 100 ms: ARCHITECTURE.md,
+	// "Detection, and why 100 ms".
 	DefaultSniffTimeout = 100 * time.Millisecond
-	// DefaultDrainPeriod is Istio's terminationDrainDuration: long enough
-	// for the endpoint's removal to reach kube-proxy and the other
-	// sidecars, which send new connections to the pod until then.
-	DefaultDrainPeriod = 5 * time.Second
 	// DefaultHeaderTimeout is how long a client may take to send an HTTP/1
 	// request's headers once it started them. Clients in a cluster send
 	// headers in one round trip; 10 s leaves a congested or paused client
@@ -138,8 +135,8 @@ func DefaultConfig() Config {
 		DialTimeout:    DefaultDialTimeout,
 		MaxConnections: DefaultMaxConnections,
 		MaxHandshakes:  DefaultMaxHandshakes,
-		DrainPeriod:    DefaultDrainPeriod,
-		DrainTimeout:   DefaultDrainTimeout,
+		DrainPeriod:    sidecar.DefaultDrainPeriod,
+		DrainTimeout:   sidecar.DefaultDrainTimeout,
 		IdleTimeout:    DefaultIdleTimeout,
 		SniffTimeout:   DefaultSniffTimeout,
 		HeaderTimeout:  DefaultHeaderTimeout,
@@ -209,9 +206,11 @@ func (c Config) Validate() error {
 	case c.HeaderTimeout <= 0 || c.HeaderTimeout > MaxHeaderTimeout:
 		return invalid("HeaderTimeout", "%v: must be positive and at most %v", c.HeaderTimeout, MaxHeaderTimeout)
 	}
-	var we *istiometrics.FieldError
-	if errors.As(c.Workload.Validate(), &we) {
-		return &FieldError{Field: "Workload." + we.Field, Err: we.Err}
+	if err := c.Workload.Validate(); err != nil {
+		if we := (*istiometrics.FieldError)(nil); errors.As(err, &we) {
+			return &FieldError{Field: "Workload." + we.Field, Err: we.Err}
+		}
+		return &FieldError{Field: "Workload", Err: err}
 	}
 	return nil
 }

@@ -190,7 +190,7 @@ func (s *Server) handleHTTP(cn *conn, down net.Conn) {
 	if hc.headerTimedOut() {
 		endedBy = errHeaderTimeout
 		st.HeaderTimeouts.Add(1)
-		if ce, n := s.warnHeaderTimeout.check(s.log, zap.WarnLevel, "closing connections whose request headers did not arrive in time"); ce != nil {
+		if ce, n := s.warnHeaderTimeout.Check(s.log, zap.WarnLevel, "closing connections whose request headers did not arrive in time"); ce != nil {
 			ce.Write(cn.fields(0, zap.Duration("header_timeout", s.cfg.HeaderTimeout), zap.Int64("suppressed", n))...)
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"github.com/pillionmesh/pillion/proxy/ratelog"
 	"sync/atomic"
 
 	"go.uber.org/zap"
@@ -24,12 +25,12 @@ const DefaultMaxHandshakes = 64
 // first out).
 type handshakes struct {
 	slots    chan struct{}
-	active   atomic.Int64 // handshakes under way
-	queued   atomic.Int64 // waiting for a slot now
-	waited   atomic.Int64 // handshakes that had to wait, all told
-	timeouts atomic.Int64 // gave up waiting: their time ran out in the queue
-	peak     atomic.Int64 // the most ever in flight at once
-	warn     everySecond  // the "queued" warning
+	active   atomic.Int64        // handshakes under way
+	queued   atomic.Int64        // waiting for a slot now
+	waited   atomic.Int64        // handshakes that had to wait, all told
+	timeouts atomic.Int64        // gave up waiting: their time ran out in the queue
+	peak     atomic.Int64        // the most ever in flight at once
+	warn     ratelog.EverySecond // the "queued" warning
 }
 
 func newHandshakes(max int) *handshakes {
@@ -45,7 +46,7 @@ func (h *handshakes) acquire(ctx context.Context, log *zap.Logger) (release func
 	default:
 		h.waited.Add(1)
 		h.queued.Add(1)
-		if ce, n := h.warn.check(log, zap.WarnLevel, "mTLS handshakes queued: the bound of handshakes in flight is reached"); ce != nil {
+		if ce, n := h.warn.Check(log, zap.WarnLevel, "mTLS handshakes queued: the bound of handshakes in flight is reached"); ce != nil {
 			ce.Write(zap.Int("max_handshakes", cap(h.slots)), zap.Int64("queued", h.queued.Load()), zap.Int64("suppressed", n))
 		}
 		select {

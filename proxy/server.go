@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/pillionmesh/pillion/proxy/ratelog"
 	"net"
 	"net/netip"
 	"sync"
@@ -29,6 +30,7 @@ import (
 // sockets), the detector (loops and protocol), the routes (which endpoint)
 // and the dialer (plain or mTLS), then the HTTP servers of its direction
 // or an opaque relay. The lifecycle holds its state from New to Run's end.
+// ARCHITECTURE.md, "The proxy package in parts", has the map.
 type Server struct {
 	cfg   Config
 	log   *zap.Logger
@@ -48,7 +50,7 @@ type Server struct {
 	http       [2]*httpServer // by Direction; set by Run (http.go)
 	// warnHeaderTimeout lets the warning of HTTP clients too slow with
 	// headers through at most once a second.
-	warnHeaderTimeout everySecond
+	warnHeaderTimeout ratelog.EverySecond
 
 	// pools are the upstream pools by Direction: outbound to destinations
 	// and peer sidecars, inbound to the application. They are apart

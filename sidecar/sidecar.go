@@ -4,11 +4,14 @@
 // `pillion init`'s flags and the injector's traffic.pillion.io annotations
 // take. `pillion init` (the capture rules), `pillion proxy` (the listeners)
 // and the injector (the pod it writes) take these from here, so that the
-// three agree; README.md ("Operating the sidecar", "`pillion init`") is
-// the user's side of the same contract.
+// three agree. ARCHITECTURE.md ("The contract") lists every value with
+// its home; README.md ("Operating the sidecar", "`pillion init`") is the
+// user's side of the same contract.
 //
 // It imports the standard library only: the lean sidecar build links it.
 package sidecar
+
+import "time"
 
 // Ports the sidecar serves itself. Inbound traffic to them is never
 // captured, and they can be neither capture ports nor included ports.
@@ -33,6 +36,17 @@ const (
 	DefaultInboundPort  uint16 = 15006
 	DefaultProxyUID     uint32 = 1337
 	DefaultProxyGID     uint32 = 1337
+)
+
+// The defaults of the sidecar's drain on SIGTERM, to which the injector
+// fits the pod's terminationGracePeriodSeconds.
+const (
+	// DefaultDrainPeriod is Istio's terminationDrainDuration: long enough
+	// for the endpoint's removal to reach kube-proxy and the other
+	// sidecars, which send new connections to the pod until then.
+	DefaultDrainPeriod = 5 * time.Second
+	// DefaultDrainTimeout is how long requests in flight may then take.
+	DefaultDrainTimeout = 5 * time.Second
 )
 
 // ServedPort is one of the ports the sidecar serves itself, with the name

@@ -17,8 +17,9 @@ type Names struct {
 	// Workload is the pod's controller as Istio names it: a ReplicaSet's
 	// without the pod-template-hash (the Deployment), a CronJob's Job's
 	// without the schedule's suffix (the CronJob), any other controller's
-	// own name; with no controller the pod's own name, or its generateName
-	// without the dash.
+	// own name; with no controller the pod's generateName without its
+	// dash, else its name (so that the pod is named the same before the
+	// API server names it, at admission, and after).
 	Workload string
 	// App is the pod's app.kubernetes.io/name label, else its app label.
 	App string
@@ -92,10 +93,12 @@ func name(pod *corev1.Pod) string {
 		}
 		return o.Name
 	}
-	if pod.Name != "" {
-		return pod.Name
+	// generateName first: the injector sees a pod before the API server
+	// names it, discovery after, and both must give the same name.
+	if g := strings.TrimSuffix(pod.GenerateName, "-"); g != "" {
+		return g
 	}
-	return strings.TrimSuffix(pod.GenerateName, "-")
+	return pod.Name
 }
 
 func allDigits(s string) bool {

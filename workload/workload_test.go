@@ -29,6 +29,7 @@ var cases = []struct {
 	{"second owner the controller", metav1.ObjectMeta{Name: "p", OwnerReferences: append(owner("ReplicaSet", "x", &no), owner("StatefulSet", "s", &yes)...)}, Names{Workload: "s"}},
 	{"bare pod", metav1.ObjectMeta{Name: "debug"}, Names{Workload: "debug"}},
 	{"bare pod, generated name", metav1.ObjectMeta{GenerateName: "debug-"}, Names{Workload: "debug"}},
+	{"bare pod, generated name, named by the API server", metav1.ObjectMeta{GenerateName: "debug-", Name: "debug-x7k2p"}, Names{Workload: "debug"}},
 	{"kubernetes labels first", metav1.ObjectMeta{Name: "p", Labels: map[string]string{"app": "a", "app.kubernetes.io/name": "shop", "version": "v1", "app.kubernetes.io/version": "2.0"}}, Names{"p", "shop", "2.0"}},
 	{"empty kubernetes label skipped", metav1.ObjectMeta{Name: "p", Labels: map[string]string{"app": "a", "app.kubernetes.io/name": ""}}, Names{"p", "a", ""}},
 	{"nothing known", metav1.ObjectMeta{}, Names{}},

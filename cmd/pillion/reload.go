@@ -49,7 +49,7 @@ func newConfigWatcher(path string, current []byte, s *proxy.Server, log *zap.Log
 		Apply: func(contents [][]byte) error {
 			f, err := parseConfig(path, contents[0])
 			if err == nil {
-				err = s.Apply(f)
+				err = proxyUserError(s.Apply(f)) // with the flags that give an identity, if it lacks one
 			}
 			if err == nil {
 				log.Info("config reloaded", zap.String("path", path))

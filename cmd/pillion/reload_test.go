@@ -85,6 +85,17 @@ func TestReloader(t *testing.T) {
 	if n := logs.FilterMessage("config refused: the running config stays").Len(); n != 2 {
 		t.Errorf("refusals logged = %d, want 2: the missing file once, not every poll", n)
 	}
+
+	// A reload that needs mTLS, on a proxy without an identity: refused
+	// with the flags that give one, as at start.
+	write("mesh: {networks: [10.0.0.0/8]}")
+	w.Poll()
+	w.Poll()
+	refused = logs.FilterMessage("config refused: the running config stays").All()
+	if msg, _ := refused[len(refused)-1].ContextMap()["error"].(string); !strings.Contains(msg,
+		"mesh.networks: traffic to the mesh is mTLS and needs an identity: start the proxy with --spiffe-socket") {
+		t.Errorf("refusal of a config that needs mTLS: %q, want the flags that give an identity", msg)
+	}
 }
 
 // TestReloaderSkipsAHalfWrittenFile: a file caught truncated, then

@@ -73,7 +73,6 @@ func TestDecodeInvalid(t *testing.T) {
 		{`{"allow": [["*"]]}`, "allow[0]: want a SPIFFE ID pattern or a mapping {id, methods, paths}, got list"},
 		{`{"deny": [{"id": "*", "method": ["GET"]}]}`, "deny[0].method: unknown field (known: id, methods, paths)"},
 		{`{"allow": [{"id": 7}]}`, "allow[0].id: want a string, got number"},
-		{`{"allow": [{"id": null}]}`, "allow[0].id: want a string, got null"},
 		{`{"allow": [{"id": "*", "methods": "GET"}]}`, "allow[0].methods: want a list, got string"},
 		{`{"allow": ["*", {"id": "*", "paths": ["/a", true]}]}`, "allow[1].paths[1]: want a string, got bool"},
 	} {
@@ -108,6 +107,16 @@ func TestMarshalRoundTrip(t *testing.T) {
 	}
 }
 
+// decoded is the Config of the JSON in, which must decode.
+func decoded(t *testing.T, in string) Config {
+	t.Helper()
+	var c Config
+	if err := json.Unmarshal([]byte(in), &c); err != nil {
+		t.Fatalf("decoding %s: %v", in, err)
+	}
+	return c
+}
+
 func TestBuildInvalid(t *testing.T) {
 	id := func(s string) Config { return Config{Allow: []Rule{{ID: s}}} }
 	method := func(m string) Config { return Config{Deny: []Rule{{ID: "*"}, {ID: "*", Methods: []string{"GET", m}}}} }
@@ -121,6 +130,9 @@ func TestBuildInvalid(t *testing.T) {
 		{"empty lists", Config{Allow: []Rule{}, Deny: []Rule{}}, "want at least one rule in allow or deny"},
 		{"no id", Config{Deny: []Rule{{Paths: []string{"/admin/*"}}}},
 			`deny[0].id: required: a SPIFFE ID, a SPIFFE ID followed by /* for the IDs below it, or "*" for any authenticated caller`},
+		// null decodes as no ID (as encoding/json), and no ID is refused.
+		{"null id", decoded(t, `{"allow": [{"id": null}]}`),
+			`allow[0].id: required: a SPIFFE ID, a SPIFFE ID followed by /* for the IDs below it, or "*" for any authenticated caller`},
 		{"bad scheme", id("spiffe:/x"), `allow[0].id: "spiffe:/x": not a SPIFFE ID: scheme is missing or invalid`},
 		{"bare name", id("frontend"), `allow[0].id: "frontend": not a SPIFFE ID: scheme is missing or invalid`},
 		{"upper-case trust domain", id("spiffe://Cluster.local/ns/a"),

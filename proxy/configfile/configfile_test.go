@@ -273,3 +273,20 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// TestParseKeysInAnyCase: keys are matched as encoding/json matches them
+// (the exact name first, else regardless of case) and null leaves a value
+// as it is, so that configs written before the strict decoder went
+// through filters.DecodeStrict still load.
+func TestParseKeysInAnyCase(t *testing.T) {
+	f, err := Parse([]byte("outbound: {generateRequestID: false}\ntracing: {OTLP: {Endpoint: 'jaeger:4317'}, sampling: ~}\n"), registry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Tracing == nil || f.Tracing.Endpoint != "jaeger:4317" {
+		t.Fatalf("tracing = %+v, want the OTLP endpoint jaeger:4317", f.Tracing)
+	}
+	if f.Tracing.Sampling != tracing.DefaultSampling/100 {
+		t.Errorf("sampling: null gave %v, want the default %v", f.Tracing.Sampling, tracing.DefaultSampling/100)
+	}
+}

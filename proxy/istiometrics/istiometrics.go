@@ -217,9 +217,6 @@ func (m *Metrics) newSeries(k requestKey) *requestSeries {
 type TCP struct {
 	m      *Metrics
 	labels []string // nil: the family was off when it opened
-	// The byte counters of labels, looked up once: a long connection
-	// reports many times.
-	received, sent prometheus.Counter
 }
 
 // OpenTCP records a connection to the upstream of c made. Report its
@@ -231,22 +228,24 @@ func (m *Metrics) OpenTCP(c Conn) *TCP {
 	}
 	t.labels = m.tcpLabels(c, "-")
 	m.tcpOpen.WithLabelValues(t.labels...).Inc()
-	t.received, t.sent = m.tcpReceived.WithLabelValues(t.labels...), m.tcpSent.WithLabelValues(t.labels...)
 	return t
 }
 
 // Received records n more bytes received from the downstream. Safe for
-// concurrent use, as Sent is.
+// concurrent use, as Sent is. The series is looked up each time (a
+// chunk's worth of bytes, or 5 s of a spliced stream, apart): turning the
+// family off and on again drops the series, and the bytes that follow
+// must land in the new one.
 func (t *TCP) Received(n int64) {
 	if t.labels != nil && t.m.on.Load() {
-		t.received.Add(float64(n))
+		t.m.tcpReceived.WithLabelValues(t.labels...).Add(float64(n))
 	}
 }
 
 // Sent records n more bytes sent to the downstream.
 func (t *TCP) Sent(n int64) {
 	if t.labels != nil && t.m.on.Load() {
-		t.sent.Add(float64(n))
+		t.m.tcpSent.WithLabelValues(t.labels...).Add(float64(n))
 	}
 }
 

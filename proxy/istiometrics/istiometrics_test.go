@@ -358,6 +358,16 @@ func TestSwitchedOff(t *testing.T) {
 	if _, c := only(t, gather(t, m)["istio_requests_total"]); c.GetCounter().GetValue() != 1 {
 		t.Errorf("on again: %v requests, want 1", c.GetCounter().GetValue())
 	}
+	// A connection that outlived the switch: its later bytes land in the
+	// family switched on again.
+	long := m.OpenTCP(Conn{Reporter: Source})
+	m.SetEnabled(false)
+	m.SetEnabled(true)
+	long.Received(100)
+	long.End()
+	if _, c := only(t, gather(t, m)["istio_tcp_received_bytes_total"]); c.GetCounter().GetValue() != 100 {
+		t.Errorf("bytes after off and on: %v, want 100", c.GetCounter().GetValue())
+	}
 }
 
 // TestRecordRequestAllocations keeps recording a request on a known series

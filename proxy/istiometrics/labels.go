@@ -1,9 +1,7 @@
 package istiometrics
 
 import (
-	"fmt"
 	"strings"
-	"unicode/utf8"
 
 	"github.com/pillionmesh/pillion/proxy/upstream"
 )
@@ -103,9 +101,6 @@ type Workload struct {
 	Cluster string
 }
 
-// maxValue bounds a label value the sidecar is given.
-const maxValue = 253
-
 // FieldError is Validate's error: Field is the Workload field that is
 // wrong ("Name", "Namespace", "App", "Version", "Cluster").
 type FieldError struct {
@@ -120,22 +115,14 @@ func (e *FieldError) Error() string {
 // Unwrap returns why the field is wrong.
 func (e *FieldError) Unwrap() error { return e.Err }
 
-// Validate checks that every field of w can be a label value and returns
-// a *FieldError naming the first that cannot.
+// Validate checks that every field of w can be a label value
+// (upstream.CheckValue) and returns a *FieldError naming the first that
+// cannot.
 func (w Workload) Validate() error {
 	for _, f := range []struct{ field, v string }{
 		{"Name", w.Name}, {"Namespace", w.Namespace}, {"App", w.App}, {"Version", w.Version}, {"Cluster", w.Cluster},
 	} {
-		var err error
-		switch {
-		case len(f.v) > maxValue:
-			err = fmt.Errorf("%d bytes: at most %d", len(f.v), maxValue)
-		case !utf8.ValidString(f.v):
-			err = fmt.Errorf("%q: not UTF-8", f.v)
-		case strings.ContainsFunc(f.v, func(r rune) bool { return r < ' ' || r == 0x7f }):
-			err = fmt.Errorf("%q: has a control character", f.v)
-		}
-		if err != nil {
+		if err := upstream.CheckValue(f.v); err != nil {
 			return &FieldError{Field: f.field, Err: err}
 		}
 	}
@@ -168,11 +155,25 @@ func ParsePeer(v, peer string) (Workload, bool) {
 		return Workload{}, false
 	}
 	for _, s := range f {
-		if !upstream.LabelValue(s) {
+		if !labelValue(s) {
 			return Workload{}, false
 		}
 	}
 	return Workload{Name: f[0], Namespace: namespaceOf(peer), App: f[1], Version: f[2], Cluster: f[3]}, true
+}
+
+// labelValue reports whether s can be a Kubernetes label value (the empty
+// one included): at most 63 of [A-Za-z0-9._-].
+func labelValue(s string) bool {
+	if len(s) > 63 {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if (c < 'a' || c > 'z') && (c < 'A' || c > 'Z') && (c < '0' || c > '9') && c != '.' && c != '_' && c != '-' {
+			return false
+		}
+	}
+	return true
 }
 
 func or(v, dflt string) string {

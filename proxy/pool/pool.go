@@ -7,6 +7,8 @@
 // connection the application had closed, when it can; and proxy/h2, which
 // sends again a request the peer did not process when it can. This package
 // adds the limits, the dialer, the connection counts and the typed errors.
+// Why a pool per endpoint: ARCHITECTURE.md, "Per-endpoint pools and
+// per-request balancing".
 package pool
 
 import (

@@ -58,9 +58,10 @@ type Result struct {
 // the two may run concurrently, each never concurrently with itself, and
 // every byte Result counts is reported once, before TCP returns. Through a
 // buffer (a TLS end) bytes are reported as each chunk is written; between
-// two TCP ends, which the kernel splices, at least every Every while they
-// flow (a zero Every: every idle/2, or only at the end without an idle
-// time-out).
+// two TCP ends, which the kernel splices, every Every while they flow (a
+// zero Every: every idle/2, or only at the end without an idle time-out).
+// A spliced copy wakes to report: every Every while bytes flow, less often
+// while none do, at least once a minute.
 type Progress struct {
 	Every    time.Duration
 	Up, Down func(n int64)
@@ -150,8 +151,8 @@ func (r *tcpRelay) abort() {
 // telling report (if not nil) the bytes as they move. With an idle limit,
 // it reads with a deadline of idle/2 and, each time the deadline passes,
 // records whether bytes moved and gives up once r.last (shared with the
-// other direction) is idle old. A spliced copy that reports also stops at
-// each Progress.Every, to report.
+// other direction) is idle old. A spliced copy that reports also stops to
+// report, as Progress says.
 func (r *tcpRelay) copyHalf(dst, src Conn, report func(int64)) (int64, error) {
 	copyOnce := func() (int64, error) { return io.Copy(dst, src) }
 	spliced := isTCP(dst) && isTCP(src)
@@ -162,12 +163,20 @@ func (r *tcpRelay) copyHalf(dst, src Conn, report func(int64)) (int64, error) {
 		defer c.release()
 		copyOnce = c.copy
 	}
-	period := r.idle / 2
-	if spliced && report != nil && r.p.Every > 0 && (period <= 0 || r.p.Every < period) {
-		period = r.p.Every
+	// A spliced copy that reports wakes every Every while bytes flow, and
+	// less often (doubling up to maxQuietReport) while none do, so that a
+	// pool of idle connections costs few wake-ups.
+	every := time.Duration(0)
+	if spliced && report != nil {
+		every = r.p.Every
 	}
+	quiet := every
 	var total int64
 	for {
+		period := r.idle / 2
+		if quiet > 0 && (period <= 0 || quiet < period) {
+			period = quiet
+		}
 		if period > 0 {
 			_ = src.SetReadDeadline(time.Now().Add(period))
 		}
@@ -182,6 +191,9 @@ func (r *tcpRelay) copyHalf(dst, src Conn, report func(int64)) (int64, error) {
 			if spliced && report != nil {
 				report(n)
 			}
+			quiet = every
+		} else if quiet > 0 {
+			quiet = min(2*quiet, max(every, maxQuietReport))
 		}
 		if err == nil {
 			break // EOF
@@ -198,6 +210,11 @@ func (r *tcpRelay) copyHalf(dst, src Conn, report func(int64)) (int64, error) {
 	}
 	return total, nil
 }
+
+// maxQuietReport is how long a spliced copy that reports sleeps at most
+// while no byte moves: bytes that start to flow after a quiet spell are
+// reported within it, then every Progress.Every.
+const maxQuietReport = time.Minute
 
 // smallBufSize is the copy buffer of a quiet connection. An idle
 // connection waits in Read holding its buffer: 10 000 idle connections

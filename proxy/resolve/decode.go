@@ -61,6 +61,9 @@ type State struct {
 	// then has no endpoint (requests fail with "no healthy upstream"), and
 	// nothing is sent in plaintext to what may be a meshed pod.
 	Err error
+	// Dropped says why a field that only telemetry reads (an endpoint's
+	// workload) was left out, the first of them; the endpoints stand.
+	Dropped error
 }
 
 // maxEndpoints bounds one answer; a larger one is refused as invalid.
@@ -123,6 +126,11 @@ func decodeState(td spiffeid.TrustDomain, d *discoveryv1.Destination) (*State, e
 		if err != nil {
 			return st, fmt.Errorf("state.endpoints[%d]: %w", i, err)
 		}
+		// The workload is for telemetry only: one that does not validate
+		// is dropped (its labels read "unknown"), and the endpoint stands.
+		if ep.Workload, err = decodeWorkload(e); err != nil && st.Dropped == nil {
+			st.Dropped = fmt.Errorf("state.endpoints[%d].%w", i, err)
+		}
 		st.Endpoints = append(st.Endpoints, ep)
 	}
 	return st, nil
@@ -144,9 +152,6 @@ func decodeEndpoint(td spiffeid.TrustDomain, e *discoveryv1.Endpoint, svc upstre
 		Ready:       e.GetReady(),
 		Serving:     e.GetServing(),
 		Terminating: e.GetTerminating(),
-	}
-	if ep.Workload, err = decodeWorkload(e); err != nil {
-		return balance.Endpoint{}, err
 	}
 	if !ep.Meshed {
 		return ep, nil

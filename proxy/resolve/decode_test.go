@@ -75,18 +75,6 @@ func TestDecodeRefusesWhatCannotBeTrusted(t *testing.T) {
 		{"unknown kind", &discoveryv1.WatchResponse{Destination: "198.19.0.10:80",
 			State: &discoveryv1.Destination{Kind: 7}}, "state.kind: 7 is not a kind this sidecar knows"},
 		{"no state", &discoveryv1.WatchResponse{Destination: "198.19.0.10:80"}, "state: missing"},
-		{"workload without its pod's namespace", svcAnswer(&discoveryv1.Endpoint{Address: "198.18.0.2:8080",
-			Workload: &discoveryv1.Workload{Name: "web"}}),
-			`state.endpoints[0]: workload: namespace: "" is not a Kubernetes namespace`},
-		{"workload name with a space", svcAnswer(&discoveryv1.Endpoint{Address: "198.18.0.2:8080", Pod: &discoveryv1.PodRef{Namespace: "shop"},
-			Workload: &discoveryv1.Workload{Name: "web app"}}),
-			`state.endpoints[0]: workload: name: "web app" is not a Kubernetes object name (at most 253 of a-z, 0-9, '.', '-')`},
-		{"app that is no label value", svcAnswer(&discoveryv1.Endpoint{Address: "198.18.0.2:8080", Pod: &discoveryv1.PodRef{Namespace: "shop"},
-			Workload: &discoveryv1.Workload{Name: "web", App: "a\nb"}}),
-			`state.endpoints[0]: workload: app: "a\nb" is not a label value`},
-		{"version too long", svcAnswer(&discoveryv1.Endpoint{Address: "198.18.0.2:8080", Pod: &discoveryv1.PodRef{Namespace: "shop"},
-			Workload: &discoveryv1.Workload{Name: "web", Version: strings.Repeat("v", 64)}}),
-			`state.endpoints[0]: workload: version: "vvvv`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, st, err := decode(td, tc.m)
@@ -101,6 +89,46 @@ func TestDecodeRefusesWhatCannotBeTrusted(t *testing.T) {
 			}
 			if len(st.Endpoints) != 0 {
 				t.Errorf("an invalid answer kept %d endpoints", len(st.Endpoints))
+			}
+		})
+	}
+}
+
+// TestDecodeDropsABadWorkload: a workload that cannot be a label value is
+// left out, naming the field, and the endpoints stand: telemetry never
+// takes a destination's traffic down. Any name Kubernetes allows (a
+// custom controller's, in capitals) is kept.
+func TestDecodeDropsABadWorkload(t *testing.T) {
+	ns := &discoveryv1.PodRef{Namespace: "shop"}
+	for _, tc := range []struct {
+		name    string
+		pod     *discoveryv1.PodRef
+		w       *discoveryv1.Workload
+		dropped string // "": kept
+	}{
+		{"a custom controller's name", ns, &discoveryv1.Workload{Name: "MyApp_v2", App: "web", Version: "1.0"}, ""},
+		{"no namespace", nil, &discoveryv1.Workload{Name: "web"}, "state.endpoints[0].workload: namespace: required"},
+		{"a control character", ns, &discoveryv1.Workload{Name: "web", App: "a\nb"}, `state.endpoints[0].workload: app: "a\nb": has a control character`},
+		{"not UTF-8", ns, &discoveryv1.Workload{Name: "\xff"}, `state.endpoints[0].workload: name: "\xff": not UTF-8`},
+		{"too long", ns, &discoveryv1.Workload{Name: "web", Version: strings.Repeat("v", 254)}, "state.endpoints[0].workload: version: 254 bytes: at most 253"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, st, err := decode(td, svcAnswer(&discoveryv1.Endpoint{Address: "198.18.0.2:8080", Ready: true, Pod: tc.pod, Workload: tc.w}))
+			if err != nil || st.Err != nil {
+				t.Fatalf("decode: %v, %v; want the answer taken", err, st.Err)
+			}
+			if len(st.Endpoints) != 1 {
+				t.Fatalf("%d endpoints, want the one", len(st.Endpoints))
+			}
+			w := st.Endpoints[0].Workload
+			if tc.dropped == "" {
+				if st.Dropped != nil || w == nil || w.Name != tc.w.Name {
+					t.Errorf("workload %+v, dropped %v; want %q kept", w, st.Dropped, tc.w.Name)
+				}
+				return
+			}
+			if w != nil || st.Dropped == nil || st.Dropped.Error() != tc.dropped {
+				t.Errorf("workload %+v, dropped %v; want it left out: %s", w, st.Dropped, tc.dropped)
 			}
 		})
 	}

@@ -29,6 +29,7 @@ import (
 	"google.golang.org/grpc"
 
 	discoveryv1 "github.com/pillionmesh/pillion/api/discovery/v1"
+	"github.com/pillionmesh/pillion/proxy/ratelog"
 )
 
 // Defaults for Config.
@@ -78,6 +79,8 @@ type Resolver struct {
 	// answer, so that a sidecar's first requests are not sent to a
 	// Service's virtual IP while its stream is still connecting.
 	settled atomic.Bool
+	// warnTimeout bounds the lines of first lookups that gave up waiting.
+	warnTimeout ratelog.EverySecond
 }
 
 // entry is one destination asked about.
@@ -158,8 +161,9 @@ func (r *Resolver) Resolve(ctx context.Context, dst netip.AddrPort) *State {
 		if !up {
 			r.settled.Store(true) // the first stream is taking long: wait no more
 		}
-		r.cfg.Log.Info("no answer from discovery in time: forwarding to the original destination",
-			zap.Stringer("dst", dst), zap.Duration("waited", r.cfg.FirstAnswer), zap.Bool("stream_open", up))
+		if ce, n := r.warnTimeout.Check(r.cfg.Log, zap.InfoLevel, "no answer from discovery in time: forwarding to the original destination"); ce != nil {
+			ce.Write(zap.Stringer("dst", dst), zap.Duration("waited", r.cfg.FirstAnswer), zap.Bool("stream_open", up), zap.Int64("suppressed", n))
+		}
 	}
 	return e.state.Load()
 }
@@ -311,6 +315,10 @@ func (r *Resolver) take(m *discoveryv1.WatchResponse) {
 		r.stats.Invalid.Add(1)
 		r.cfg.Log.Warn("discovery answer refused: the destination has no endpoint until a valid one comes",
 			zap.Stringer("dst", dst), zap.Error(st.Err))
+	}
+	if st.Dropped != nil {
+		r.cfg.Log.Warn("discovery answer: a telemetry field left out (its labels read unknown)",
+			zap.Stringer("dst", dst), zap.Error(st.Dropped))
 	}
 	r.stats.Updates.Add(1)
 	if ce := r.cfg.Log.Check(zap.DebugLevel, "discovery answer"); ce != nil {

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Protocol is how a request travels to the upstream.
@@ -70,54 +71,37 @@ type Workload struct {
 	Name, Namespace, App, Version string
 }
 
-// Validate checks that w's fields are what Kubernetes allows them to be,
-// so that they can be label values: the name an object name, the
-// namespace a namespace's (required), the app and version label values.
-// The error names the field.
+// Validate checks that every field of w can be a metric label's value
+// (CheckValue) and that the namespace is set. The error names the field.
 func (w *Workload) Validate() error {
-	const (
-		objectChars = "at most 253 of a-z, 0-9, '.', '-'"
-		labelChars  = "at most 63 of A-Z, a-z, 0-9, '.', '_', '-'"
-	)
-	switch {
-	case w.Name != "" && !objectName(w.Name):
-		return fmt.Errorf("name: %q is not a Kubernetes object name (%s)", w.Name, objectChars)
-	case w.Namespace == "" || !objectName(w.Namespace) || strings.Contains(w.Namespace, "."):
-		return fmt.Errorf("namespace: %q is not a Kubernetes namespace (at most 63 of a-z, 0-9, '-')", w.Namespace)
-	case !LabelValue(w.App):
-		return fmt.Errorf("app: %q is not a label value (%s)", w.App, labelChars)
-	case !LabelValue(w.Version):
-		return fmt.Errorf("version: %q is not a label value (%s)", w.Version, labelChars)
+	if w.Namespace == "" {
+		return errors.New("namespace: required")
+	}
+	for _, f := range []struct{ name, v string }{{"name", w.Name}, {"namespace", w.Namespace}, {"app", w.App}, {"version", w.Version}} {
+		if err := CheckValue(f.v); err != nil {
+			return fmt.Errorf("%s: %w", f.name, err)
+		}
 	}
 	return nil
 }
 
-// objectName reports whether s can name a Kubernetes object: 1 to 253 of
-// [a-z0-9.-] (the API server checks the finer rules).
-func objectName(s string) bool {
-	if s == "" || len(s) > 253 {
-		return false
-	}
-	for _, c := range []byte(s) {
-		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '.' && c != '-' {
-			return false
-		}
-	}
-	return true
-}
+// MaxValue bounds the length of a name or label value taken from outside
+// (discovery, flags): a Kubernetes object name's.
+const MaxValue = 253
 
-// LabelValue reports whether s can be a Kubernetes label value, the empty
-// one included: at most 63 of [A-Za-z0-9._-].
-func LabelValue(s string) bool {
-	if len(s) > 63 {
-		return false
+// CheckValue says why s cannot be a metric label's value taken from
+// outside: longer than MaxValue, not UTF-8, or holding a control
+// character. Kubernetes names and label values always can.
+func CheckValue(s string) error {
+	switch {
+	case len(s) > MaxValue:
+		return fmt.Errorf("%d bytes: at most %d", len(s), MaxValue)
+	case !utf8.ValidString(s):
+		return fmt.Errorf("%q: not UTF-8", s)
+	case strings.ContainsFunc(s, func(r rune) bool { return r < ' ' || r == 0x7f }):
+		return fmt.Errorf("%q: has a control character", s)
 	}
-	for _, c := range []byte(s) {
-		if (c < 'a' || c > 'z') && (c < 'A' || c > 'Z') && (c < '0' || c > '9') && c != '.' && c != '_' && c != '-' {
-			return false
-		}
-	}
-	return true
+	return nil
 }
 
 // Done reports the outcome of a request or connection to a picked

@@ -529,8 +529,9 @@ func (x *Endpoint) GetWorkload() *Workload {
 type Workload struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The pod's controller: a Deployment's pod gives the Deployment, a
-	// CronJob's the CronJob, a pod of no controller its own name. A
-	// Kubernetes object name: at most 253 of [a-z0-9.-].
+	// CronJob's the CronJob, a pod of no controller its generateName (else
+	// its name). At most 253 bytes of printable UTF-8; a sidecar leaves out
+	// a workload that is not (its labels read "unknown").
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// The pod's app.kubernetes.io/name label, else its app label.
 	App string `protobuf:"bytes,2,opt,name=app,proto3" json:"app,omitempty"`

@@ -1,4 +1,4 @@
-package proxy
+package ratelog
 
 import (
 	"testing"
@@ -14,17 +14,17 @@ import (
 func TestEverySecond(t *testing.T) {
 	core, logs := observer.New(zapcore.InfoLevel)
 	log := zap.New(core)
-	var e everySecond
+	var e EverySecond
 	for range 5 {
-		if ce, n := e.check(log, zapcore.WarnLevel, "flood"); ce != nil {
+		if ce, n := e.Check(log, zapcore.WarnLevel, "flood"); ce != nil {
 			ce.Write(zap.Int64("suppressed", n))
 		}
 	}
-	if ce, _ := e.check(log, zapcore.DebugLevel, "below the level"); ce != nil {
+	if ce, _ := e.Check(log, zapcore.DebugLevel, "below the level"); ce != nil {
 		t.Error("a line below the logger's level was let through")
 	}
 	e.last.Add(-int64(time.Second)) // a second later
-	if ce, n := e.check(log, zapcore.WarnLevel, "flood"); ce != nil {
+	if ce, n := e.Check(log, zapcore.WarnLevel, "flood"); ce != nil {
 		ce.Write(zap.Int64("suppressed", n))
 	}
 	var got []int64
