@@ -145,15 +145,17 @@ func captureArgs(ann map[string]string) ([]string, error) {
 			*set[c.flag] = v
 		}
 	}
-	rc, err := f.Config()
-	if err != nil {
-		// The flags' errors name them as "--flag"; the user wrote the
-		// annotation of the same name.
-		msg := err.Error()
+	// The errors name what the user wrote: the annotation of each flag.
+	rc, err := f.ConfigNamed(func(flag string) string {
 		for _, c := range captureAnnotations {
-			msg = strings.ReplaceAll(msg, "--"+c.flag, c.annotation)
+			if c.flag == flag {
+				return c.annotation
+			}
 		}
-		lines := strings.Split(msg, "\n")
+		return "--" + flag // not one an annotation sets
+	})
+	if err != nil {
+		lines := strings.Split(err.Error(), "\n")
 		for i, l := range lines {
 			lines[i] = "annotation " + l
 		}

@@ -85,6 +85,13 @@ type Config struct {
 // Config validates f. The error names every flag that is wrong and why,
 // one per line, in the form `--flag: "value": reason`.
 func (f Flags) Config() (Config, error) {
+	return f.ConfigNamed(func(flag string) string { return "--" + flag })
+}
+
+// ConfigNamed is Config for a caller whose user set the flags under other
+// names (the injector's annotations): name gives what to call each flag,
+// from its name without dashes ("exclude-inbound-ports"), in the errors.
+func (f Flags) ConfigNamed(name func(flag string) string) (Config, error) {
 	c := Config{DryRun: f.DryRun, Cleanup: f.Cleanup}
 	var errs []error
 	check := func(err error) {
@@ -93,24 +100,24 @@ func (f Flags) Config() (Config, error) {
 		}
 	}
 	var err error
-	c.OutboundPort, err = parseCapturePort("outbound-port", f.OutboundPort)
+	c.OutboundPort, err = parseCapturePort(name("outbound-port"), f.OutboundPort)
 	check(err)
-	c.InboundPort, err = parseCapturePort("inbound-port", f.InboundPort)
+	c.InboundPort, err = parseCapturePort(name("inbound-port"), f.InboundPort)
 	check(err)
-	c.ProxyUID, err = ParseID("proxy-uid", "user", f.ProxyUID)
+	c.ProxyUID, err = ParseID(name("proxy-uid"), "user", f.ProxyUID)
 	check(err)
-	c.ProxyGID, err = ParseID("proxy-gid", "group", f.ProxyGID)
+	c.ProxyGID, err = ParseID(name("proxy-gid"), "group", f.ProxyGID)
 	check(err)
-	c.IncludeInboundPorts, err = listFlag("include-inbound-ports", f.IncludeInboundPorts, sidecar.ParsePortSet)
+	c.IncludeInboundPorts, err = listFlag(name("include-inbound-ports"), f.IncludeInboundPorts, sidecar.ParsePortSet)
 	check(err)
-	c.ExcludeInboundPorts, err = listFlag("exclude-inbound-ports", f.ExcludeInboundPorts, sidecar.ParsePortSet)
+	c.ExcludeInboundPorts, err = listFlag(name("exclude-inbound-ports"), f.ExcludeInboundPorts, sidecar.ParsePortSet)
 	check(err)
-	c.ExcludeOutboundPorts, err = listFlag("exclude-outbound-ports", f.ExcludeOutboundPorts, sidecar.ParsePortSet)
+	c.ExcludeOutboundPorts, err = listFlag(name("exclude-outbound-ports"), f.ExcludeOutboundPorts, sidecar.ParsePortSet)
 	check(err)
-	c.ExcludeOutboundIPRanges, err = listFlag("exclude-outbound-ip-ranges", f.ExcludeOutboundIPRanges, sidecar.ParsePrefixSet)
+	c.ExcludeOutboundIPRanges, err = listFlag(name("exclude-outbound-ip-ranges"), f.ExcludeOutboundIPRanges, sidecar.ParsePrefixSet)
 	check(err)
 	if len(errs) == 0 {
-		errs = append(errs, c.crossCheck(f)...)
+		errs = append(errs, c.crossCheck(f, name)...)
 	}
 	if len(errs) > 0 {
 		return Config{}, errors.Join(errs...)
@@ -118,34 +125,36 @@ func (f Flags) Config() (Config, error) {
 	return c, nil
 }
 
-// crossCheck finds conflicts between flags that are each valid.
-func (c Config) crossCheck(f Flags) []error {
+// crossCheck finds conflicts between flags that are each valid; name
+// names them.
+func (c Config) crossCheck(f Flags, name func(string) string) []error {
 	var errs []error
 	if c.InboundPort == c.OutboundPort {
-		errs = append(errs, fmt.Errorf("--inbound-port: %d is also the --outbound-port", c.InboundPort))
+		errs = append(errs, fmt.Errorf("%s: %d is also the %s", name("inbound-port"), c.InboundPort, name("outbound-port")))
 	}
 	for _, p := range c.IncludeInboundPorts.Ports {
-		if why := c.reserved(p); why != "" {
-			errs = append(errs, fmt.Errorf("--include-inbound-ports: %q: %d is %s and is never captured",
-				f.IncludeInboundPorts, p, why))
+		if why := c.reserved(p, name); why != "" {
+			errs = append(errs, fmt.Errorf("%s: %q: %d is %s and is never captured",
+				name("include-inbound-ports"), f.IncludeInboundPorts, p, why))
 		}
 	}
 	included := !c.IncludeInboundPorts.All && !c.IncludeInboundPorts.Empty()
 	if included && !c.ExcludeInboundPorts.Empty() {
+		include := name("include-inbound-ports")
 		errs = append(errs, fmt.Errorf(
-			`--exclude-inbound-ports: %q: conflicts with the --include-inbound-ports list %q; exclusions apply only when --include-inbound-ports is "*"`,
-			f.ExcludeInboundPorts, f.IncludeInboundPorts))
+			`%s: %q: conflicts with the %s list %q; exclusions apply only when %s is "*"`,
+			name("exclude-inbound-ports"), f.ExcludeInboundPorts, include, f.IncludeInboundPorts, include))
 	}
 	return errs
 }
 
 // reserved says what p is if the sidecar itself owns it, or "".
-func (c Config) reserved(p uint16) string {
+func (c Config) reserved(p uint16, name func(string) string) string {
 	switch p {
 	case c.OutboundPort:
-		return "the outbound capture port (--outbound-port)"
+		return "the outbound capture port (" + name("outbound-port") + ")"
 	case c.InboundPort:
-		return "the inbound capture port (--inbound-port)"
+		return "the inbound capture port (" + name("inbound-port") + ")"
 	}
 	for _, s := range sidecar.ServedPorts() {
 		if s.Port == p {
@@ -155,39 +164,40 @@ func (c Config) reserved(p uint16) string {
 	return ""
 }
 
+// parseCapturePort parses the capture port the user calls name.
 func parseCapturePort(name, raw string) (uint16, error) {
 	p, err := sidecar.ParsePort(raw)
 	if err != nil {
-		return 0, fmt.Errorf("--%s: %w", name, err)
+		return 0, fmt.Errorf("%s: %w", name, err)
 	}
 	for _, s := range sidecar.ServedPorts() {
 		if s.Port == p {
-			return 0, fmt.Errorf("--%s: %d is the sidecar's %s port", name, p, s.Name)
+			return 0, fmt.Errorf("%s: %d is the sidecar's %s port", name, p, s.Name)
 		}
 	}
 	return p, nil
 }
 
-// ParseID parses the user or group ID (kind) of flag --name: the proxy's,
-// which capture exempts, so never 0.
+// ParseID parses the user or group ID (kind) that the user calls name
+// ("--proxy-uid"): the proxy's, which capture exempts, so never 0.
 func ParseID(name, kind, raw string) (uint32, error) {
 	s := strings.TrimSpace(raw)
 	id, err := strconv.ParseUint(s, 10, 32)
 	if err != nil || id > maxID {
-		return 0, fmt.Errorf("--%s: %q is not a %s ID (1-%d)", name, s, kind, uint32(maxID))
+		return 0, fmt.Errorf("%s: %q is not a %s ID (1-%d)", name, s, kind, uint32(maxID))
 	}
 	if id == 0 {
-		return 0, fmt.Errorf("--%s: 0 is root: every process running as root would escape capture", name)
+		return 0, fmt.Errorf("%s: 0 is root: every process running as root would escape capture", name)
 	}
 	return uint32(id), nil
 }
 
-// listFlag parses a list flag and puts the flag's name and raw value in
-// front of an error, so the reason names the offending item.
+// listFlag parses a list the user calls name and puts that name and the
+// raw value in front of an error, so the reason names the offending item.
 func listFlag[T any](name, raw string, parse func(string) (T, error)) (T, error) {
 	v, err := parse(raw)
 	if err != nil {
-		return v, fmt.Errorf("--%s: %q: %w", name, raw, err)
+		return v, fmt.Errorf("%s: %q: %w", name, raw, err)
 	}
 	return v, nil
 }

@@ -173,11 +173,11 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if cfg.InboundPort, err = portFlag("inbound-port", *inbound); err != nil {
 		return err
 	}
-	uid, err := redirect.ParseID("proxy-uid", "user", *proxyUID)
+	uid, err := redirect.ParseID("--proxy-uid", "user", *proxyUID)
 	if err != nil {
 		return badUsage(err)
 	}
-	gid, err := redirect.ParseID("proxy-gid", "group", *proxyGID)
+	gid, err := redirect.ParseID("--proxy-gid", "group", *proxyGID)
 	if err != nil {
 		return badUsage(err)
 	}
