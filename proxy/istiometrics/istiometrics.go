@@ -48,6 +48,9 @@ type Metrics struct {
 
 	mu     sync.RWMutex
 	series map[requestKey]*requestSeries // the recorded requests' series, so that labels are built once
+	// gen counts the resets of SetEnabled(false): a series looked up
+	// before one is no longer exported.
+	gen atomic.Uint64
 }
 
 // requestKey is what a request's labels follow from.
@@ -123,6 +126,7 @@ func (m *Metrics) SetEnabled(on bool) {
 	if m.on.Swap(on) == on || on {
 		return
 	}
+	m.gen.Add(1)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	clear(m.series)
@@ -215,14 +219,26 @@ func (m *Metrics) newSeries(k requestKey) *requestSeries {
 // TCP is one opaque TCP connection whose opening was recorded; End
 // records its end.
 type TCP struct {
-	m      *Metrics
-	labels []string // nil: the family was off when it opened
+	m              *Metrics
+	labels         []string // nil: the family was off when it opened
+	received, sent tcpBytes
+}
+
+// tcpBytes is one of a connection's byte counters. It is looked up once,
+// and again only after the family was reset (Metrics.gen), so that a
+// long connection's many reports cost an atomic add each, and its bytes
+// after the family was switched off and on land in the new series. Each
+// is used by one goroutine at a time.
+type tcpBytes struct {
+	vec *prometheus.CounterVec
+	c   prometheus.Counter
+	gen uint64
 }
 
 // OpenTCP records a connection to the upstream of c made. Report its
 // bytes with Received and Sent as they move, and call End once it closes.
 func (m *Metrics) OpenTCP(c Conn) *TCP {
-	t := &TCP{m: m}
+	t := &TCP{m: m, received: tcpBytes{vec: m.tcpReceived}, sent: tcpBytes{vec: m.tcpSent}}
 	if !m.on.Load() {
 		return t
 	}
@@ -231,22 +247,21 @@ func (m *Metrics) OpenTCP(c Conn) *TCP {
 	return t
 }
 
-// Received records n more bytes received from the downstream. Safe for
-// concurrent use, as Sent is. The series is looked up each time (a
-// chunk's worth of bytes, or 5 s of a spliced stream, apart): turning the
-// family off and on again drops the series, and the bytes that follow
-// must land in the new one.
-func (t *TCP) Received(n int64) {
-	if t.labels != nil && t.m.on.Load() {
-		t.m.tcpReceived.WithLabelValues(t.labels...).Add(float64(n))
-	}
-}
+// Received records n more bytes received from the downstream. Received
+// and Sent may run concurrently, each with itself never.
+func (t *TCP) Received(n int64) { t.add(&t.received, n) }
 
 // Sent records n more bytes sent to the downstream.
-func (t *TCP) Sent(n int64) {
-	if t.labels != nil && t.m.on.Load() {
-		t.m.tcpSent.WithLabelValues(t.labels...).Add(float64(n))
+func (t *TCP) Sent(n int64) { t.add(&t.sent, n) }
+
+func (t *TCP) add(b *tcpBytes, n int64) {
+	if t.labels == nil || !t.m.on.Load() {
+		return
 	}
+	if g := t.m.gen.Load(); b.c == nil || b.gen != g {
+		b.c, b.gen = b.vec.WithLabelValues(t.labels...), g
+	}
+	b.c.Add(float64(n))
 }
 
 // End records the connection closed.

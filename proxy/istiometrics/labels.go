@@ -1,6 +1,7 @@
 package istiometrics
 
 import (
+	"cmp"
 	"strings"
 
 	"github.com/pillionmesh/pillion/proxy/upstream"
@@ -131,10 +132,10 @@ func (w Workload) Validate() error {
 
 // canonicalService is the workload's canonical service as Istio derives it
 // without the service.istio.io labels: the app, else the workload's name.
-func (w Workload) canonicalService() string { return or(w.App, w.Name) }
+func (w Workload) canonicalService() string { return cmp.Or(w.App, w.Name) }
 
 // canonicalRevision is the version, else "latest", as Istio's.
-func (w Workload) canonicalRevision() string { return or(w.Version, "latest") }
+func (w Workload) canonicalRevision() string { return cmp.Or(w.Version, "latest") }
 
 // Peer is w as the sidecar tells peer sidecars: "name;app;version;cluster"
 // (the namespace the peer reads from the SPIFFE ID, which is verified).
@@ -174,13 +175,6 @@ func labelValue(s string) bool {
 		}
 	}
 	return true
-}
-
-func or(v, dflt string) string {
-	if v == "" {
-		return dflt
-	}
-	return v
 }
 
 // Reporter is which sidecar reports: the caller's (source, outbound) or
@@ -239,26 +233,26 @@ func namespaceOf(id string) string {
 func (m *Metrics) connLabels(l *[numLabels]string, c Conn) {
 	self, peerNS := m.local, namespaceOf(c.Peer)
 	l[lReporter] = c.Reporter.String()
-	principal := func(id string) string { return or(id, Unknown) }
+	principal := func(id string) string { return cmp.Or(id, Unknown) }
 	switch c.Reporter {
 	case Source:
-		l[lSourceWorkload] = or(self.Name, Unknown)
-		l[lSourceWorkloadNamespace] = or(self.Namespace, Unknown)
+		l[lSourceWorkload] = cmp.Or(self.Name, Unknown)
+		l[lSourceWorkloadNamespace] = cmp.Or(self.Namespace, Unknown)
 		l[lSourcePrincipal] = principal(c.Local)
-		l[lSourceApp] = or(self.App, Unknown)
-		l[lSourceVersion] = or(self.Version, Unknown)
-		l[lSourceCanonicalService] = or(self.canonicalService(), Unknown)
+		l[lSourceApp] = cmp.Or(self.App, Unknown)
+		l[lSourceVersion] = cmp.Or(self.Version, Unknown)
+		l[lSourceCanonicalService] = cmp.Or(self.canonicalService(), Unknown)
 		l[lSourceCanonicalRevision] = self.canonicalRevision()
-		l[lSourceCluster] = or(self.Cluster, DefaultCluster)
+		l[lSourceCluster] = cmp.Or(self.Cluster, DefaultCluster)
 		// The endpoint's workload as discovery named it, where Istio reads
 		// the peer's metadata; its namespace, else the peer's SPIFFE ID's.
 		pw := c.PeerWorkload
-		peerNS = or(pw.Namespace, peerNS)
-		l[lDestinationWorkload] = or(pw.Name, Unknown)
-		l[lDestinationWorkloadNamespace] = or(peerNS, Unknown)
+		peerNS = cmp.Or(pw.Namespace, peerNS)
+		l[lDestinationWorkload] = cmp.Or(pw.Name, Unknown)
+		l[lDestinationWorkloadNamespace] = cmp.Or(peerNS, Unknown)
 		l[lDestinationPrincipal] = principal(c.Peer)
-		l[lDestinationApp] = or(pw.App, Unknown)
-		l[lDestinationVersion] = or(pw.Version, Unknown)
+		l[lDestinationApp] = cmp.Or(pw.App, Unknown)
+		l[lDestinationVersion] = cmp.Or(pw.Version, Unknown)
 		if s := c.Service; s.Name != "" {
 			l[lDestinationService] = s.Name + "." + s.Namespace + "." + clusterDomain
 			l[lDestinationServiceName] = s.Name
@@ -268,14 +262,14 @@ func (m *Metrics) connLabels(l *[numLabels]string, c Conn) {
 			// address as often as a name.
 			l[lDestinationService] = Unknown
 			l[lDestinationServiceName] = Unknown
-			l[lDestinationServiceNamespace] = or(peerNS, Unknown)
+			l[lDestinationServiceNamespace] = cmp.Or(peerNS, Unknown)
 		}
-		l[lDestinationCanonicalService] = or(pw.canonicalService(), Unknown)
+		l[lDestinationCanonicalService] = cmp.Or(pw.canonicalService(), Unknown)
 		l[lDestinationCanonicalRevision] = pw.canonicalRevision()
 		l[lDestinationCluster] = Unknown
 		if pw.Name != "" {
 			// Discovery answers for the sidecar's own cluster.
-			l[lDestinationCluster] = or(self.Cluster, DefaultCluster)
+			l[lDestinationCluster] = cmp.Or(self.Cluster, DefaultCluster)
 		}
 		// The client side cannot tell the policy, as Istio's.
 		l[lConnectionSecurityPolicy] = Unknown
@@ -283,23 +277,23 @@ func (m *Metrics) connLabels(l *[numLabels]string, c Conn) {
 		// Of the caller, its SPIFFE ID, and what its sidecar said of its
 		// workload (none: a caller outside the mesh, or an opaque stream).
 		pw := c.PeerWorkload
-		l[lSourceWorkload] = or(pw.Name, Unknown)
-		l[lSourceWorkloadNamespace] = or(peerNS, Unknown)
+		l[lSourceWorkload] = cmp.Or(pw.Name, Unknown)
+		l[lSourceWorkloadNamespace] = cmp.Or(peerNS, Unknown)
 		l[lSourcePrincipal] = principal(c.Peer)
-		l[lSourceApp] = or(pw.App, Unknown)
-		l[lSourceVersion] = or(pw.Version, Unknown)
-		l[lSourceCanonicalService] = or(pw.canonicalService(), Unknown)
+		l[lSourceApp] = cmp.Or(pw.App, Unknown)
+		l[lSourceVersion] = cmp.Or(pw.Version, Unknown)
+		l[lSourceCanonicalService] = cmp.Or(pw.canonicalService(), Unknown)
 		l[lSourceCanonicalRevision] = pw.canonicalRevision()
 		l[lSourceCluster] = Unknown
 		if pw.Name != "" {
-			l[lSourceCluster] = or(pw.Cluster, DefaultCluster)
+			l[lSourceCluster] = cmp.Or(pw.Cluster, DefaultCluster)
 		}
-		l[lDestinationWorkload] = or(self.Name, Unknown)
-		l[lDestinationWorkloadNamespace] = or(self.Namespace, Unknown)
+		l[lDestinationWorkload] = cmp.Or(self.Name, Unknown)
+		l[lDestinationWorkloadNamespace] = cmp.Or(self.Namespace, Unknown)
 		l[lDestinationPrincipal] = principal(c.Local)
-		l[lDestinationApp] = or(self.App, Unknown)
-		l[lDestinationVersion] = or(self.Version, Unknown)
-		canonical := or(self.canonicalService(), Unknown)
+		l[lDestinationApp] = cmp.Or(self.App, Unknown)
+		l[lDestinationVersion] = cmp.Or(self.Version, Unknown)
+		canonical := cmp.Or(self.canonicalService(), Unknown)
 		if s := c.Service; s.Name != "" {
 			l[lDestinationService] = s.Name + "." + s.Namespace + "." + clusterDomain
 			l[lDestinationServiceName] = s.Name
@@ -310,10 +304,10 @@ func (m *Metrics) connLabels(l *[numLabels]string, c Conn) {
 			l[lDestinationServiceName] = canonical
 		}
 		// Istio's: the pod's own namespace.
-		l[lDestinationServiceNamespace] = or(self.Namespace, Unknown)
+		l[lDestinationServiceNamespace] = cmp.Or(self.Namespace, Unknown)
 		l[lDestinationCanonicalService] = canonical
 		l[lDestinationCanonicalRevision] = self.canonicalRevision()
-		l[lDestinationCluster] = or(self.Cluster, DefaultCluster)
+		l[lDestinationCluster] = cmp.Or(self.Cluster, DefaultCluster)
 		if c.Peer != "" && c.Local != "" {
 			l[lConnectionSecurityPolicy] = "mutual_tls"
 		} else {
